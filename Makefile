@@ -1,0 +1,67 @@
+# agentplane — one Makefile for the whole monorepo. `make help` lists the targets.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+# uv: the one on PATH, else the one pip installs for this user (installed on first use).
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export HF_HUB_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	@python3 -m pip install --user --quiet uv 2>/dev/null \
+	  || python3 -m pip install --user --quiet --break-system-packages uv
+	@test -x $(UV) || { echo "uv was installed but is not at $(UV); put it on PATH" >&2; exit 1; }
+
+.PHONY: install
+install: $(UV) ## Install uv (if missing) and the workspace with its dev tools
+	$(UV) sync --all-packages --frozen
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis)
+	@tools/install-system-deps.sh
+
+.PHONY: validate
+validate: install ## Validate every spec under specs/ (what CI runs on each push)
+	$(UV) run agentplane validate specs/
+
+.PHONY: generate
+generate: install ## Regenerate CRDs and JSON Schemas from the spec API
+	$(UV) run agentplane generate
+
+.PHONY: format
+format: install ## Format the code
+	$(UV) run ruff format .
+	$(UV) run ruff check --fix .
+
+.PHONY: lint
+lint: install ## Lint the code (ruff)
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+.PHONY: typecheck
+typecheck: install ## Type-check every member and the tests (mypy --strict)
+	$(UV) run mypy platform/src operator/src runtime/src infra/src platform/tests tests
+
+.PHONY: k8s-binaries
+k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for the tests
+	@tests/cluster/build.sh
+
+.PHONY: cluster
+cluster: install k8s-binaries ## Start a local control plane for experiments; prints the KUBECONFIG line
+	$(UV) run python tests/support/cluster.py up
+
+.PHONY: cluster-down
+cluster-down: $(UV) ## Stop the control plane started by `make cluster`
+	$(UV) run python tests/support/cluster.py down
+
+.PHONY: test
+test: install system-deps k8s-binaries lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
+	$(UV) run pytest
+
+.PHONY: all
+all: test ## Everything CI runs

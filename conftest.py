@@ -1,0 +1,3 @@
+"""Session-wide pytest plugins: the real servers the tests run against (see tests/support/)."""
+
+pytest_plugins = ["support.service_fixtures"]

@@ -1,0 +1,3 @@
+"""Pulumi components that stand up an agentplane environment on Azure."""
+
+__all__: list[str] = []

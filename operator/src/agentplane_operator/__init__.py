@@ -1,0 +1,3 @@
+"""The agentplane operator: kopf handlers that reconcile Tenants, Agents, Tools and Prompts."""
+
+__all__: list[str] = []

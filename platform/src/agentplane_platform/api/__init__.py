@@ -1,0 +1,1 @@
+"""The spec API of agentplane; one subpackage per API version."""

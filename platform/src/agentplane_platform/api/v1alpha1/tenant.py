@@ -1,0 +1,204 @@
+"""Tenant: a team that runs agents, with its namespace, quotas, knowledge bases and egress."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from ._base import (
+    AGE_COLUMN,
+    DNS1123_LABEL,
+    DNS1123_WHAT,
+    READY_COLUMN,
+    REASON_COLUMN,
+    ApiModel,
+    PrinterColumn,
+    Resource,
+    Status,
+    cel,
+    k8s_extra,
+)
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+"""A Kubernetes resource quantity, in the forms tenants use for CPU and memory."""
+
+HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
+
+
+class Owner(ApiModel):
+    """A person or group that owns the tenant and may edit its agentplane objects."""
+
+    kind: Literal["User", "Group"] = "User"
+    """`User` (an Entra ID user principal name or e-mail) or `Group` (an Entra ID group object id or name)."""
+    name: str = Field(min_length=1, max_length=256)
+    """The user's principal name or the group's name, as the cluster's authenticator reports it."""
+
+
+class LlmQuota(ApiModel):
+    """Limits on LLM use, enforced by every runtime replica of the tenant's agents."""
+
+    tokens_per_minute: int = Field(default=100_000, ge=1)
+    """Prompt plus completion tokens per minute across all of the tenant's agents."""
+    requests_per_minute: int = Field(default=600, ge=1)
+    """Chat requests per minute across all of the tenant's agents."""
+    monthly_budget_usd: float = Field(default=100.0, ge=0)
+    """Spend ceiling per calendar month (UTC) in US dollars, from the provider's price list; 0 blocks paid models."""
+
+
+class ComputeQuota(ApiModel):
+    """Kubernetes resources the tenant's namespace may use (becomes a ResourceQuota)."""
+
+    cpu: str = Field(default="8", pattern=QUANTITY)
+    """Total CPU requests, as a Kubernetes quantity (`4`, `500m`)."""
+    memory: str = Field(default="16Gi", pattern=QUANTITY)
+    """Total memory requests, as a Kubernetes quantity (`8Gi`)."""
+    pods: int = Field(default=50, ge=1)
+    """Maximum number of pods."""
+
+
+class TenantQuotas(ApiModel):
+    """Everything the tenant may consume."""
+
+    llm: LlmQuota = Field(default_factory=LlmQuota)
+    """Token, request and budget limits on LLM calls."""
+    max_agents: int = Field(default=10, ge=0)
+    """Maximum number of Agents in the tenant's namespace."""
+    compute: ComputeQuota = Field(default_factory=ComputeQuota)
+    """CPU, memory and pod limits of the namespace."""
+
+
+class KnowledgeBase(ApiModel):
+    """A searchable collection of the tenant's documents (one Qdrant collection)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Name agents use to refer to the knowledge base."""
+    description: str = Field(default="", max_length=1024)
+    """What the knowledge base holds."""
+    embedding_model: str = Field(min_length=1, max_length=256)
+    """Dense embedding model, as a litellm model name (`azure/text-embedding-3-small`) or `local/all-MiniLM-L6-v2`."""
+    dimensions: int = Field(ge=1, le=65536)
+    """Size of the dense vectors the embedding model produces."""
+    distance: Literal["Cosine", "Dot", "Euclid", "Manhattan"] = "Cosine"
+    """Similarity measure of the dense vectors."""
+
+
+class EgressRule(ApiModel):
+    """A destination the tenant's agents may reach, besides DNS and the platform's services."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s_extra(
+            validations=[cel("has(self.host) != has(self.cidr)", "exactly one of host or cidr must be set")]
+        )
+    )
+
+    host: str | None = Field(default=None, max_length=253, pattern=HOST_PATTERN)
+    """A DNS name (`api.example.com`) or a wildcard for its subdomains (`*.example.com`)."""
+    cidr: str | None = Field(default=None, max_length=64, pattern=CIDR_PATTERN)
+    """An IP range in CIDR notation (`203.0.113.0/24`)."""
+    ports: list[int] = Field(default_factory=lambda: [443], min_length=1, max_length=16)
+    """TCP ports allowed to that destination."""
+
+    @model_validator(mode="after")
+    def _host_or_cidr(self) -> EgressRule:
+        if (self.host is None) == (self.cidr is None):
+            raise ValueError("exactly one of host or cidr must be set")
+        return self
+
+
+class TenantSpec(ApiModel):
+    """Desired state of a tenant."""
+
+    display_name: str = Field(default="", max_length=256)
+    """Human-friendly name of the team."""
+    owners: list[Owner] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra=k8s_extra(list_type="map", list_map_keys=["kind", "name"]),
+    )
+    """People and groups who own the tenant; they get edit rights on its agentplane objects."""
+    tier: Literal["free", "standard", "premium"] = "standard"
+    """Service tier; sets scheduling priority and which platform defaults apply."""
+    allowed_models: list[str] = Field(
+        min_length=1, max_length=128, json_schema_extra=k8s_extra(list_type="set")
+    )
+    """Models the tenant's agents may use (litellm names; `*` wildcards allowed: `azure/gpt-4o*`)."""
+    allowed_tools: list[str] = Field(
+        default_factory=lambda: ["*"], max_length=128, json_schema_extra=k8s_extra(list_type="set")
+    )
+    """Tool names the tenant's agents may use (`*` wildcards allowed)."""
+    quotas: TenantQuotas = Field(default_factory=TenantQuotas)
+    """LLM, agent and compute limits."""
+    knowledge_bases: list[KnowledgeBase] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=k8s_extra(list_type="map", list_map_keys=["name"]),
+    )
+    """Knowledge bases of the tenant, each a vector collection its agents can search."""
+    egress: list[EgressRule] = Field(default_factory=list, max_length=64)
+    """Destinations outside the cluster the tenant's agents and tools may reach; everything else is denied."""
+    deletion_policy: Literal["Retain", "Delete"] = "Retain"
+    """On deletion of the tenant: `Retain` keeps its vector collections and usage records, `Delete` removes them."""
+
+
+class KnowledgeBaseStatus(ApiModel):
+    """Observed state of one knowledge base."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    collection: str = ""
+    """Name of the Qdrant collection that holds it."""
+    ready: bool = False
+    message: str = ""
+
+
+class TenantStatus(Status):
+    """Observed state of a tenant."""
+
+    namespace: str | None = None
+    """The namespace the tenant's objects live in."""
+    agents: int | None = None
+    """Number of Agents in the tenant's namespace."""
+    knowledge_bases: list[KnowledgeBaseStatus] = Field(default_factory=list, max_length=64)
+    """State of each knowledge base's collection."""
+
+
+class Tenant(Resource):
+    """A team that runs agents on the platform: owners, quotas, allowed models and tools, knowledge bases."""
+
+    kind_name: ClassVar[str] = "Tenant"
+    plural: ClassVar[str] = "tenants"
+    namespaced: ClassVar[bool] = False
+    short_names: ClassVar[tuple[str, ...]] = ("tn",)
+    name_rule: ClassVar[tuple[str, int, str]] = (DNS1123_LABEL, 56, DNS1123_WHAT)
+    printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn(name="Tier", type="string", json_path=".spec.tier"),
+        PrinterColumn(name="Namespace", type="string", json_path=".status.namespace"),
+        PrinterColumn(name="Agents", type="integer", json_path=".status.agents"),
+        READY_COLUMN,
+        REASON_COLUMN,
+        AGE_COLUMN,
+    )
+
+    kind: Literal["Tenant"] = "Tenant"
+    spec: TenantSpec
+    """Desired state of the tenant."""
+    status: TenantStatus | None = None
+    """Observed state, written by the operator."""
+
+    @property
+    def namespace(self) -> str:
+        """The namespace that holds the tenant's Agents, Tools and Prompts."""
+        return namespace_of(self.metadata.name)
+
+
+def namespace_of(tenant: str) -> str:
+    """The namespace of a tenant's objects."""
+    return f"tenant-{tenant}"
+
+
+def tenant_of(namespace: str) -> str | None:
+    """The tenant that owns a namespace, or None when it is not a tenant namespace."""
+    return namespace.removeprefix("tenant-") if namespace.startswith("tenant-") else None

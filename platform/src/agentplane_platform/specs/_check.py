@@ -1,0 +1,422 @@
+"""Checks that span objects and files: names, namespaces, duplicates, references, inline secrets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentplane_platform.api.v1alpha1 import (
+    Agent,
+    HttpTool,
+    McpTool,
+    Prompt,
+    Resource,
+    Tenant,
+    Tool,
+    namespace_of,
+    tenant_of,
+)
+from agentplane_platform.schemas import openapi_schema
+from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
+
+from ._load import Loaded, LoadResult, RawObject
+from ._problems import Problem
+from ._yaml import Path_
+
+
+@dataclass(slots=True)
+class SpecSet:
+    """The valid objects of a spec tree, indexed the way references are resolved."""
+
+    tenants: dict[str, Loaded[Tenant]] = field(default_factory=dict)
+    agents: dict[tuple[str, str], Loaded[Agent]] = field(default_factory=dict)
+    tools: dict[tuple[str, str], Loaded[Tool]] = field(default_factory=dict)
+    prompts: dict[tuple[str, str], Loaded[Prompt]] = field(default_factory=dict)
+
+    def tenant_of(self, namespace: str) -> Loaded[Tenant] | None:
+        name = tenant_of(namespace)
+        return self.tenants.get(name) if name is not None else None
+
+    def agents_of(self, tenant: str) -> list[Loaded[Agent]]:
+        namespace = namespace_of(tenant)
+        return [a for (ns, _), a in sorted(self.agents.items()) if ns == namespace]
+
+    def __len__(self) -> int:
+        return len(self.tenants) + len(self.agents) + len(self.tools) + len(self.prompts)
+
+
+CREDENTIAL_NAME = re.compile(
+    r"(^|[-_.])(authorization|api[-_]?key|apikey|token|secret|password|passwd|pwd|cookie|credentials?|"
+    r"access[-_]?key|private[-_]?key|client[-_]?secret|auth)($|[-_.])",
+    re.IGNORECASE,
+)
+CREDENTIAL_VALUE = re.compile(
+    r"^(bearer|basic|token)\s+\S{8,}|"
+    r"^sk-[A-Za-z0-9_-]{16,}|^gh[pousr]_[A-Za-z0-9]{20,}|^xox[abprs]-[A-Za-z0-9-]{10,}|"
+    r"^AKIA[0-9A-Z]{16}$|^eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.|^AIza[0-9A-Za-z_-]{30,}",
+    re.IGNORECASE,
+)
+SECRET_HINT = "credentials must not be written in specs (expected spec.auth.secretRef naming a Secret or Key Vault secret)"
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def _tenant_dir(file: str) -> str | None:
+    """`acme` for a file under `.../tenants/acme/...`."""
+    parts = PurePath(file).parts
+    for index, part in enumerate(parts[:-2]):
+        if part == "tenants":
+            return parts[index + 1]
+    return None
+
+
+def _check_names(result: LoadResult) -> Iterator[Problem]:
+    for loaded in result.objects:
+        resource: Resource = loaded.resource
+        pattern, max_length, what = resource.name_rule
+        name = resource.metadata.name
+        if len(name) > max_length or not re.match(pattern, name):
+            yield loaded.at(
+                ("metadata", "name"),
+                f"got {name!r} (expected {what}, at most {max_length} characters)",
+            )
+        namespace = resource.metadata.namespace
+        folder = _tenant_dir(loaded.file)
+        if not resource.namespaced:
+            if namespace is not None:
+                yield loaded.at(
+                    ("metadata", "namespace"),
+                    f"{resource.kind_name} is cluster-scoped (expected no namespace)",
+                )
+            if folder is not None and folder != name:
+                yield loaded.at(
+                    ("metadata", "name"), f"file is under tenants/{folder}/ (expected name {folder!r})"
+                )
+            continue
+        if namespace is None:
+            expected = f"tenant-{folder}" if folder else "tenant-<tenant>"
+            yield loaded.at(
+                ("metadata", "namespace"), f"required for a namespaced kind (expected {expected})"
+            )
+        elif tenant_of(namespace) is None:
+            yield loaded.at(("metadata", "namespace"), f"got {namespace!r} (expected tenant-<tenant>)")
+        elif folder is not None and namespace != namespace_of(folder):
+            yield loaded.at(
+                ("metadata", "namespace"),
+                f"got {namespace!r} but the file is under tenants/{folder}/ (expected {namespace_of(folder)})",
+            )
+
+
+def _check_duplicates(raw: list[RawObject]) -> Iterator[Problem]:
+    seen: dict[tuple[str, str | None, str], RawObject] = {}
+    for obj in raw:
+        key = (obj.kind, obj.namespace, obj.name)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = obj
+            continue
+        where = f"{first.document.file}:{first.document.position(('metadata', 'name')).line}"
+        scope = f" in namespace {obj.namespace}" if obj.namespace else ""
+        yield Problem(
+            obj.document.file,
+            obj.document.position(("metadata", "name")),
+            f"duplicate {obj.kind} {obj.name!r}{scope} (first defined at {where})",
+            kind=obj.kind,
+            name=obj.name,
+            path="metadata.name",
+        )
+
+
+def _check_lists(loaded: Loaded[Any]) -> Iterator[Problem]:
+    """Uniqueness of list-map keys and set items, as the API server enforces them."""
+    kind: type[Resource] = type(loaded.resource)
+    schema = openapi_schema(kind)
+    pending: list[tuple[dict[str, Any], Any, Path_]] = [(schema, loaded.document.data, ())]
+    while pending:
+        node, data, path = pending.pop()
+        if isinstance(data, dict):
+            properties = node.get("properties", {})
+            for key, value in data.items():
+                if key in properties:
+                    pending.append((properties[key], value, (*path, key)))
+        elif isinstance(data, list):
+            list_type = node.get("x-kubernetes-list-type")
+            keys = node.get("x-kubernetes-list-map-keys", [])
+            seen: dict[Any, int] = {}
+            for index, item in enumerate(data):
+                if list_type == "map" and isinstance(item, dict):
+                    ident: Any = tuple(str(item.get(k)) for k in keys)
+                    label = ", ".join(f"{k}={item.get(k)!r}" for k in keys)
+                elif list_type == "set":
+                    ident, label = repr(item), repr(item)
+                else:
+                    ident = None
+                if ident is not None:
+                    if ident in seen:
+                        yield loaded.at(
+                            (*path, index), f"duplicate entry {label} (first at index {seen[ident]})"
+                        )
+                    else:
+                        seen[ident] = index
+                pending.append((node.get("items", {}), item, (*path, index)))
+
+
+def _check_prompt(loaded: Loaded[Prompt]) -> Iterator[Problem]:
+    spec = loaded.resource.spec
+    versions: list[tuple[Path_, str, list[str]]] = [
+        (("spec",), spec.template, [v.name for v in spec.variables])
+    ]
+    for index, previous in enumerate(spec.previous_versions):
+        versions.append(
+            (("spec", "previousVersions", index), previous.template, [v.name for v in previous.variables])
+        )
+    for base, template, declared in versions:
+        used, malformed = variables_used(template)
+        for placeholder in malformed:
+            yield loaded.at(
+                (*base, "template"), f"malformed placeholder {placeholder!r} (expected {{{{ name }}}})"
+            )
+        for name in sorted(used - set(declared) - BUILTIN_VARIABLES):
+            yield loaded.at(
+                (*base, "template"),
+                f"template uses {{{{ {name} }}}} but variables does not declare it "
+                f"(declared: {', '.join(declared) or 'none'})",
+            )
+        for index, name in enumerate(declared):
+            if name not in used:
+                yield loaded.at(
+                    (*base, "variables", index, "name"),
+                    f"variable {name!r} is declared but the template never uses it",
+                    severity="warning",
+                )
+
+
+def _walk_defaults(node: Any, path: Path_) -> Iterator[tuple[Path_, str, Any]]:
+    """`(path, property name, default)` for every default in a JSON Schema."""
+    pending: list[tuple[Any, Path_, str]] = [(node, path, "")]
+    while pending:
+        current, where, prop = pending.pop()
+        if isinstance(current, dict):
+            if "default" in current:
+                yield (*where, "default"), prop, current["default"]
+            for key, value in current.items():
+                if key == "properties" and isinstance(value, dict):
+                    for name, sub in value.items():
+                        pending.append((sub, (*where, "properties", name), name))
+                elif key != "default":
+                    pending.append((value, (*where, key), prop))
+        elif isinstance(current, list):
+            for index, value in enumerate(current):
+                pending.append((value, (*where, index), prop))
+
+
+def _looks_secret(value: Any) -> bool:
+    return isinstance(value, str) and CREDENTIAL_VALUE.search(value.strip()) is not None
+
+
+def _check_tool(loaded: Loaded[Tool], specs: SpecSet) -> Iterator[Problem]:
+    spec = loaded.resource.spec
+    if isinstance(spec, HttpTool):
+        for header, value in spec.headers.items():
+            if CREDENTIAL_NAME.search(header) or _looks_secret(value):
+                yield loaded.at(
+                    ("spec", "headers", header), f"header {header!r} carries a credential: {SECRET_HINT}"
+                )
+    parameters = spec.parameters
+    if parameters is not None:
+        if parameters.get("type") != "object":
+            yield loaded.at(
+                ("spec", "parameters"), "got a non-object schema (expected a JSON Schema with type: object)"
+            )
+        for path, prop, default in _walk_defaults(parameters, ("spec", "parameters")):
+            if (
+                prop and CREDENTIAL_NAME.search(prop) and isinstance(default, str) and default
+            ) or _looks_secret(default):
+                yield loaded.at(
+                    path, f"default of {prop or 'parameter'!r} looks like a credential: {SECRET_HINT}"
+                )
+    if isinstance(spec, HttpTool | McpTool):
+        url = urlsplit(spec.url)
+        if url.username or url.password:
+            yield loaded.at(("spec", "url"), f"the URL carries a user or password: {SECRET_HINT}")
+        for key in re.findall(r"(?:^|&)([^=&]+)=", url.query):
+            if CREDENTIAL_NAME.search(key):
+                yield loaded.at(
+                    ("spec", "url"), f"query parameter {key!r} carries a credential: {SECRET_HINT}"
+                )
+        namespace = loaded.resource.metadata.namespace or ""
+        tenant = specs.tenant_of(namespace)
+        host = url.hostname or ""
+        if tenant is not None and not _egress_allows(
+            tenant.resource, host, url.port or (443 if url.scheme == "https" else 80)
+        ):
+            yield loaded.at(
+                ("spec", "url"),
+                f"host {host!r} is not in Tenant {tenant.resource.name!r}'s egress allowlist "
+                "(expected a spec.egress entry for it, or the tool's calls will be blocked)",
+            )
+
+
+def _egress_allows(tenant: Tenant, host: str, port: int) -> bool:
+    for rule in tenant.spec.egress:
+        if rule.host is None or port not in rule.ports:
+            continue
+        if rule.host == host or (rule.host.startswith("*.") and host.endswith(rule.host[1:])):
+            return True
+    return False
+
+
+def _check_agent(
+    loaded: Loaded[Agent], specs: SpecSet, present: set[tuple[str, str | None, str]]
+) -> Iterator[Problem]:
+    agent = loaded.resource
+    spec = agent.spec
+    namespace = agent.metadata.namespace or ""
+    tenant = specs.tenant_of(namespace)
+    if tenant is None:
+        if tenant_of(namespace) is not None and ("Tenant", None, tenant_of(namespace)) not in present:
+            yield loaded.at(
+                ("metadata", "namespace"),
+                f"no Tenant {tenant_of(namespace)!r} for namespace {namespace} (expected a Tenant spec)",
+            )
+        return
+    tenant_spec = tenant.resource.spec
+    allowed = tenant_spec.allowed_models
+    if not _matches(spec.model.name, allowed):
+        yield loaded.at(
+            ("spec", "model", "name"),
+            f"model {spec.model.name!r} is not allowed by Tenant {tenant.resource.name!r} "
+            f"(expected one of allowedModels: {', '.join(allowed)})",
+        )
+    for index, fallback in enumerate(spec.model.fallbacks):
+        if not _matches(fallback, allowed):
+            yield loaded.at(
+                ("spec", "model", "fallbacks", index),
+                f"model {fallback!r} is not allowed by Tenant {tenant.resource.name!r} "
+                f"(expected one of allowedModels: {', '.join(allowed)})",
+            )
+    prompt = specs.prompts.get((namespace, spec.prompt.name))
+    if prompt is None:
+        if ("Prompt", namespace, spec.prompt.name) not in present:
+            yield loaded.at(
+                ("spec", "prompt", "name"), f"Prompt {spec.prompt.name!r} not found in namespace {namespace}"
+            )
+    else:
+        versions = prompt.resource.spec.versions()
+        version = versions.get(spec.prompt.version)
+        if version is None:
+            yield loaded.at(
+                ("spec", "prompt", "version"),
+                f"Prompt {spec.prompt.name!r} has no version {spec.prompt.version} "
+                f"(expected one of {', '.join(str(v) for v in sorted(versions))})",
+            )
+        else:
+            declared = {v.name: v for v in version.variables}
+            for name in spec.prompt.variables:
+                if name not in declared:
+                    yield loaded.at(
+                        ("spec", "prompt", "variables", name),
+                        f"Prompt {spec.prompt.name!r} v{version.version} declares no variable {name!r} "
+                        f"(declared: {', '.join(declared) or 'none'})",
+                    )
+            for name, variable in declared.items():
+                if variable.required and variable.default is None and name not in spec.prompt.variables:
+                    yield loaded.at(
+                        ("spec", "prompt", "variables")
+                        if "variables" in _prompt_data(loaded)
+                        else ("spec", "prompt"),
+                        f"required variable {name!r} of Prompt {spec.prompt.name!r} v{version.version} has no value "
+                        f"(expected spec.prompt.variables.{name})",
+                    )
+    for index, ref in enumerate(spec.tools):
+        if (namespace, ref.name) not in specs.tools and ("Tool", namespace, ref.name) not in present:
+            yield loaded.at(
+                ("spec", "tools", index, "name"), f"Tool {ref.name!r} not found in namespace {namespace}"
+            )
+        if not _matches(ref.name, tenant_spec.allowed_tools):
+            yield loaded.at(
+                ("spec", "tools", index, "name"),
+                f"tool {ref.name!r} is not allowed by Tenant {tenant.resource.name!r} "
+                f"(expected one of allowedTools: {', '.join(tenant_spec.allowed_tools) or 'none'})",
+            )
+    bases = {kb.name for kb in tenant_spec.knowledge_bases}
+    for index, kref in enumerate(spec.knowledge):
+        if kref.name not in bases:
+            yield loaded.at(
+                ("spec", "knowledge", index, "name"),
+                f"Tenant {tenant.resource.name!r} has no knowledge base {kref.name!r} "
+                f"(expected one of: {', '.join(sorted(bases)) or 'none'})",
+            )
+
+
+def _prompt_data(loaded: Loaded[Agent]) -> dict[str, Any]:
+    data = loaded.document.data
+    prompt = data.get("spec", {}).get("prompt", {}) if isinstance(data, dict) else {}
+    return prompt if isinstance(prompt, dict) else {}
+
+
+def _check_agent_counts(specs: SpecSet) -> Iterator[Problem]:
+    for name, tenant in specs.tenants.items():
+        agents = specs.agents_of(name)
+        limit = tenant.resource.spec.quotas.max_agents
+        if len(agents) > limit:
+            yield tenant.at(
+                ("spec", "quotas", "maxAgents"),
+                f"Tenant has {len(agents)} Agents, more than quotas.maxAgents allows "
+                f"(expected at most {limit}; raise the quota or remove agents)",
+            )
+
+
+def index(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
+    """The valid objects by name, and the duplicates found while indexing them."""
+    specs = SpecSet()
+    for loaded in result.objects:
+        resource = loaded.resource
+        key = (resource.metadata.namespace or "", resource.metadata.name)
+        if isinstance(resource, Tenant):
+            specs.tenants.setdefault(resource.metadata.name, loaded)
+        elif isinstance(resource, Agent):
+            specs.agents.setdefault(key, loaded)
+        elif isinstance(resource, Tool):
+            specs.tools.setdefault(key, loaded)
+        elif isinstance(resource, Prompt):
+            specs.prompts.setdefault(key, loaded)
+    return specs, list(_check_duplicates(result.raw))
+
+
+def check(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
+    """Every cross-object problem of a loaded spec tree."""
+    specs, problems = index(result)
+    present = {(raw.kind, raw.namespace if raw.kind != "Tenant" else None, raw.name) for raw in result.raw}
+    problems.extend(_check_names(result))
+    for loaded in result.objects:
+        problems.extend(_check_lists(loaded))
+        resource = loaded.resource
+        if isinstance(resource, Prompt):
+            problems.extend(_check_prompt(loaded))
+        elif isinstance(resource, Tool):
+            problems.extend(_check_tool(loaded, specs))
+        elif isinstance(resource, Agent):
+            problems.extend(_check_agent(loaded, specs, present))
+        if resource.namespaced and isinstance(resource, Tool | Prompt):
+            namespace = resource.metadata.namespace or ""
+            name = tenant_of(namespace)
+            if name is not None and name not in specs.tenants and ("Tenant", None, name) not in present:
+                problems.append(
+                    loaded.at(
+                        ("metadata", "namespace"),
+                        f"no Tenant {name!r} for namespace {namespace} (expected a Tenant spec)",
+                    )
+                )
+    problems.extend(_check_agent_counts(specs))
+    return specs, problems
+
+
+__all__ = ["SpecSet", "check", "index"]

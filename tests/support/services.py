@@ -1,0 +1,221 @@
+"""Real PostgreSQL and Redis servers for the tests, on private ports in a temporary directory."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceUnavailable(RuntimeError):
+    """A server could not be found or started; the message says why."""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceUnavailable(
+                f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ServiceUnavailable(
+        f"did not listen on {port} within {timeout:.0f}s: {log.read_text(errors='replace')[-2000:]}"
+    )
+
+
+@dataclass
+class Server:
+    """A running server process and how to reach it."""
+
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+    extra: dict[str, str] = field(default_factory=dict)
+    remove: bool = False
+    """Delete `directory` after stopping (it is not under pytest's temporary root)."""
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.remove:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise ServiceUnavailable("PostgreSQL is not installed (run tools/install-system-deps.sh)")
+    return Path(found[-1]).parent
+
+
+def _as_postgres_user() -> list[str]:
+    """Prefix that runs a command as the `postgres` user when we are root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return []
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def start_postgres(directory: Path) -> Server:
+    """initdb and start a PostgreSQL server; the database `agentplane` exists, user `postgres`."""
+    bindir = _postgres_bin()
+    prefix = _as_postgres_user()
+    if prefix:
+        # pytest's temporary directories are private to root; the postgres user needs its own.
+        directory = Path(tempfile.mkdtemp(prefix="agentplane-postgres-"))
+        shutil.chown(directory, "postgres", "postgres")
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "data"
+    log = directory / "postgres.log"
+    initdb = subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if initdb.returncode != 0:
+        raise ServiceUnavailable(f"initdb failed: {initdb.stderr.strip()[-2000:]}")
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                *prefix,
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(directory),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(
+        "postgresql",
+        f"postgresql://postgres@127.0.0.1:{port}/agentplane",
+        port,
+        process,
+        directory,
+        remove=bool(prefix),
+    )
+    try:
+        _wait_port(port, process, log)
+        deadline = time.monotonic() + 30
+        while True:
+            created = subprocess.run(
+                [
+                    str(bindir / "psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    "CREATE DATABASE agentplane",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if created.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"cannot create the database: {created.stderr}")
+            time.sleep(0.2)
+    except BaseException:
+        server.stop()
+        raise
+    server.extra["bindir"] = str(bindir)
+    return server
+
+
+def start_redis(directory: Path) -> Server:
+    """Start a Redis server with persistence off."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable("redis-server is not installed (run tools/install-system-deps.sh)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = directory / "redis.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("redis", f"redis://127.0.0.1:{port}/0", port, process, directory)
+    try:
+        _wait_port(port, process, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server

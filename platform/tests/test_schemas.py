@@ -120,7 +120,7 @@ def test_explain_prints_field_docs() -> None:
     assert "fallbacks\t<[]string>" in text
     assert "Possible values: http, mcp, builtin" in explain("tool.spec.type")
     assert "changing the template requires a higher version" in explain("prompts.spec")
-    with pytest.raises(ExplainError, match="field 'modle' does not exist in agent.spec"):
+    with pytest.raises(ExplainError, match=r"field 'modle' does not exist in agent\.spec"):
         explain("ag.spec.modle")
     with pytest.raises(ExplainError, match="unknown kind 'gadget'"):
         explain("gadget")

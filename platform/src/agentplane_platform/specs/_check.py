@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -43,8 +44,16 @@ class SpecSet:
         return self.tenants.get(name) if name is not None else None
 
     def agents_of(self, tenant: str) -> list[Loaded[Agent]]:
+        """The tenant's Agents, by name."""
         namespace = namespace_of(tenant)
         return [a for (ns, _), a in sorted(self.agents.items()) if ns == namespace]
+
+    def agent_counts(self) -> dict[str, int]:
+        """Number of Agents per namespace."""
+        counts: dict[str, int] = defaultdict(int)
+        for namespace, _ in self.agents:
+            counts[namespace] += 1
+        return counts
 
     def __len__(self) -> int:
         return len(self.tenants) + len(self.agents) + len(self.tools) + len(self.prompts)
@@ -363,13 +372,14 @@ def _prompt_data(loaded: Loaded[Agent]) -> dict[str, Any]:
 
 
 def _check_agent_counts(specs: SpecSet) -> Iterator[Problem]:
+    counts = specs.agent_counts()
     for name, tenant in specs.tenants.items():
-        agents = specs.agents_of(name)
+        count = counts.get(namespace_of(name), 0)
         limit = tenant.resource.spec.quotas.max_agents
-        if len(agents) > limit:
+        if count > limit:
             yield tenant.at(
                 ("spec", "quotas", "maxAgents"),
-                f"Tenant has {len(agents)} Agents, more than quotas.maxAgents allows "
+                f"Tenant has {count} Agents, more than quotas.maxAgents allows "
                 f"(expected at most {limit}; raise the quota or remove agents)",
             )
 

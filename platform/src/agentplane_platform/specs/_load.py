@@ -86,11 +86,10 @@ def spec_files(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     return found, problems
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def _display(path: Path, cwd: str) -> str:
+    """The path as the user wrote it, or relative to the working directory when absolute."""
+    text = str(path)
+    return text[len(cwd) :] if text.startswith(cwd) else text
 
 
 def _describe(error: Any) -> str:
@@ -289,9 +288,10 @@ def load_paths(paths: Sequence[Path]) -> LoadResult:
     generated = {f"{k.plural}.{GROUP}": crd(k) for k in KINDS.values()}
     files, problems = spec_files(paths)
     result = LoadResult(problems=problems)
+    cwd = str(Path.cwd()).rstrip("/") + "/"
     for path in files:
         result.files += 1
-        display = _display(path)
+        display = _display(path, cwd)
         try:
             data = path.read_bytes()
         except OSError as exc:

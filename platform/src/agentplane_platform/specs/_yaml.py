@@ -32,6 +32,8 @@ _SEQ = "tag:yaml.org,2002:seq"
 _SCALAR_TAGS = {_STR, _INT, _FLOAT, _BOOL, _NULL, "tag:yaml.org,2002:timestamp"}
 
 _resolver = yaml.resolver.Resolver()
+_IMPLICIT_FIRST = frozenset(k for k in _resolver.yaml_implicit_resolvers if k)
+"""First characters of plain scalars that may resolve to something other than a string."""
 _constructor = yaml.constructor.SafeConstructor()
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -70,7 +72,7 @@ def _scalar(event: Any) -> Any:
     value: str = event.value
     tag = event.tag
     if tag is None or tag == "!":
-        if event.style or not event.implicit[0]:
+        if event.style or not event.implicit[0] or (value and value[0] not in _IMPLICIT_FIRST):
             return value
         tag = _resolver.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
     elif tag not in _SCALAR_TAGS:

@@ -2,8 +2,9 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-# uv: the one on PATH, else the one pip installs for this user (installed on first use).
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv: the one on PATH, else a private copy pip installs under ~/.cache/agentplane on first use.
+UV_HOME := $(HOME)/.cache/agentplane/uv
+UV ?= $(shell command -v uv 2>/dev/null || echo $(UV_HOME)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
@@ -13,9 +14,10 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(UV):
-	@python3 -m pip install --user --quiet uv 2>/dev/null \
-	  || python3 -m pip install --user --quiet --break-system-packages uv
-	@test -x $(UV) || { echo "uv was installed but is not at $(UV); put it on PATH" >&2; exit 1; }
+	@echo "installing uv into $(UV_HOME)" >&2
+	@python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME) uv 2>/dev/null \
+	  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target $(UV_HOME) uv
+	@test -x $(UV) || { echo "uv was installed but is not at $(UV); put uv on PATH" >&2; exit 1; }
 
 .PHONY: install
 install: $(UV) ## Install uv (if missing) and the workspace with its dev tools

@@ -55,7 +55,7 @@ k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for 
 
 .PHONY: cluster
 cluster: install k8s-binaries ## Start a local control plane for experiments; prints the KUBECONFIG line
-	$(UV) run python tests/support/cluster.py up
+	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds
 
 .PHONY: cluster-down
 cluster-down: $(UV) ## Stop the control plane started by `make cluster`

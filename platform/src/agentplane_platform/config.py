@@ -1,0 +1,311 @@
+"""The resolved agent config: the one document the operator renders and the runtime serves.
+
+`resolve_agent` turns an Agent and what it references (its Tenant, the pinned Prompt version,
+its Tools) into an `AgentConfig` — pure, no I/O — or raises `ResolveError` with the reason the
+operator puts in the Agent's `ConfigResolved` condition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentplane_platform.api.v1alpha1 import (
+    Agent,
+    AgentLimits,
+    BuiltinTool,
+    HttpTool,
+    McpTool,
+    ModelParameters,
+    Prompt,
+    SecretRef,
+    Tenant,
+    Tool,
+)
+from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
+
+CONFIG_KIND = "AgentConfig"
+
+ResolveReason = Literal[
+    "PromptNotFound",
+    "PromptVersionNotFound",
+    "VariableMissing",
+    "ToolNotFound",
+    "ToolNotAllowed",
+    "ModelNotAllowed",
+    "KnowledgeBaseNotFound",
+]
+
+
+class ResolveError(Exception):
+    """Why an Agent's config cannot be resolved; `reason` is a condition reason."""
+
+    def __init__(self, reason: ResolveReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: ResolveReason = reason
+        self.message = message
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResolvedModel(_Config):
+    name: str
+    fallbacks: list[str]
+    parameters: ModelParameters
+
+
+class ResolvedPrompt(_Config):
+    name: str
+    version: int
+    template: str
+    values: dict[str, str]
+    """Every declared variable's value (the agent's, else the default); builtins are filled at serve time."""
+    hash: str
+
+
+class _ResolvedToolBase(_Config):
+    name: str
+    function_name: str
+    description: str
+    timeout_seconds: int
+    parameters: dict[str, Any] | None
+
+
+class ResolvedAuth(_Config):
+    header: str
+    scheme: str
+    secret: SecretRef
+
+
+class ResolvedHttpTool(_ResolvedToolBase):
+    type: Literal["http"] = "http"
+    url: str
+    method: str
+    headers: dict[str, str]
+    auth: ResolvedAuth | None
+    max_response_bytes: int
+
+
+class ResolvedMcpTool(_ResolvedToolBase):
+    type: Literal["mcp"] = "mcp"
+    url: str
+    tool: str
+    auth: ResolvedAuth | None
+
+
+class ResolvedBuiltinTool(_ResolvedToolBase):
+    type: Literal["builtin"] = "builtin"
+    builtin: Literal["retrieval", "calculator"]
+
+
+ResolvedTool = Annotated[
+    ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool, Field(discriminator="type")
+]
+
+
+class ResolvedKnowledge(_Config):
+    name: str
+    collection: str
+    embedding_model: str
+    dimensions: int
+    distance: str
+    top_k: int
+    min_score: float
+
+
+class ResolvedQuota(_Config):
+    tenant: str
+    tokens_per_minute: int
+    requests_per_minute: int
+    monthly_budget_usd: float
+    key_prefix: str
+    """Prefix of the Redis keys that hold the tenant's limits and live counters."""
+
+
+class AgentConfig(_Config):
+    """Everything the runtime needs to serve one agent; credentials only by reference."""
+
+    api_version: Literal["agentplane.io/v1alpha1"] = "agentplane.io/v1alpha1"
+    kind: Literal["AgentConfig"] = "AgentConfig"
+    tenant: str
+    namespace: str
+    agent: str
+    description: str
+    model: ResolvedModel
+    prompt: ResolvedPrompt
+    tools: list[ResolvedTool]
+    knowledge: list[ResolvedKnowledge]
+    limits: AgentLimits
+    quota: ResolvedQuota
+    egress_hosts: list[str]
+
+    def canonical_json(self) -> str:
+        """The config as canonical JSON (sorted keys, no spaces): what is hashed and mounted."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """Content hash; a change rolls the agent's pods."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def collection_name(tenant: str, knowledge_base: str) -> str:
+    """The Qdrant collection of a tenant's knowledge base."""
+    return f"{tenant}--{knowledge_base}"
+
+
+def quota_key_prefix(tenant: str) -> str:
+    """Prefix of a tenant's quota keys in Redis."""
+    return f"agentplane:quota:{tenant}"
+
+
+def content_hash(*parts: str) -> str:
+    """sha256 over the parts, hex, 16 characters."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _allowed(value: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
+    spec = tool.spec
+    common: dict[str, Any] = {
+        "name": tool.metadata.name,
+        "function_name": tool.function_name,
+        "description": spec.description,
+        "timeout_seconds": spec.timeout_seconds,
+        "parameters": spec.parameters,
+    }
+    if isinstance(spec, HttpTool):
+        auth = (
+            ResolvedAuth(header=spec.auth.header, scheme=spec.auth.scheme, secret=spec.auth.secret_ref)
+            if spec.auth
+            else None
+        )
+        return ResolvedHttpTool(
+            **common,
+            url=spec.url,
+            method=spec.method,
+            headers=dict(spec.headers),
+            auth=auth,
+            max_response_bytes=spec.max_response_bytes,
+        )
+    if isinstance(spec, McpTool):
+        auth = (
+            ResolvedAuth(header=spec.auth.header, scheme=spec.auth.scheme, secret=spec.auth.secret_ref)
+            if spec.auth
+            else None
+        )
+        return ResolvedMcpTool(**common, url=spec.url, tool=spec.tool, auth=auth)
+    assert isinstance(spec, BuiltinTool)
+    return ResolvedBuiltinTool(**common, builtin=spec.builtin)
+
+
+def resolve_agent(
+    agent: Agent, tenant: Tenant, prompts: Mapping[str, Prompt], tools: Mapping[str, Tool]
+) -> AgentConfig:
+    """The agent's resolved config, from the objects of its namespace (by name) and its Tenant."""
+    spec = agent.spec
+    tenant_spec = tenant.spec
+    for model in (spec.model.name, *spec.model.fallbacks):
+        if not _allowed(model, tenant_spec.allowed_models):
+            raise ResolveError(
+                "ModelNotAllowed", f"model {model!r} is not in Tenant {tenant.name!r}'s allowedModels"
+            )
+    prompt = prompts.get(spec.prompt.name)
+    if prompt is None:
+        raise ResolveError("PromptNotFound", f"Prompt {spec.prompt.name!r} not found")
+    version = prompt.spec.versions().get(spec.prompt.version)
+    if version is None:
+        available = ", ".join(str(v) for v in sorted(prompt.spec.versions()))
+        raise ResolveError(
+            "PromptVersionNotFound",
+            f"Prompt {spec.prompt.name!r} has no version {spec.prompt.version} (available: {available})",
+        )
+    values: dict[str, str] = {}
+    for variable in version.variables:
+        value = spec.prompt.variables.get(variable.name, variable.default)
+        if value is None:
+            if variable.required:
+                raise ResolveError(
+                    "VariableMissing",
+                    f"required variable {variable.name!r} of Prompt {prompt.name!r} has no value",
+                )
+            value = ""
+        values[variable.name] = value
+    used, _ = variables_used(version.template)
+    undeclared = sorted(used - set(values) - BUILTIN_VARIABLES)
+    if undeclared:
+        raise ResolveError(
+            "VariableMissing", f"the template uses {{{{ {undeclared[0]} }}}} which no variable declares"
+        )
+    resolved_tools = []
+    for ref in spec.tools:
+        tool = tools.get(ref.name)
+        if tool is None:
+            raise ResolveError("ToolNotFound", f"Tool {ref.name!r} not found")
+        if not _allowed(ref.name, tenant_spec.allowed_tools):
+            raise ResolveError(
+                "ToolNotAllowed", f"tool {ref.name!r} is not in Tenant {tenant.name!r}'s allowedTools"
+            )
+        resolved_tools.append(_resolve_tool(tool))
+    bases = {kb.name: kb for kb in tenant_spec.knowledge_bases}
+    knowledge = []
+    for kref in spec.knowledge:
+        base = bases.get(kref.name)
+        if base is None:
+            raise ResolveError(
+                "KnowledgeBaseNotFound", f"Tenant {tenant.name!r} has no knowledge base {kref.name!r}"
+            )
+        knowledge.append(
+            ResolvedKnowledge(
+                name=base.name,
+                collection=collection_name(tenant.name, base.name),
+                embedding_model=base.embedding_model,
+                dimensions=base.dimensions,
+                distance=base.distance,
+                top_k=kref.top_k,
+                min_score=kref.min_score,
+            )
+        )
+    llm = tenant_spec.quotas.llm
+    return AgentConfig(
+        tenant=tenant.name,
+        namespace=tenant.namespace,
+        agent=agent.metadata.name,
+        description=spec.description,
+        model=ResolvedModel(
+            name=spec.model.name, fallbacks=list(spec.model.fallbacks), parameters=spec.model.parameters
+        ),
+        prompt=ResolvedPrompt(
+            name=prompt.name,
+            version=version.version,
+            template=version.template,
+            values=values,
+            hash=content_hash(
+                version.template, json.dumps([v.model_dump(mode="json") for v in version.variables])
+            ),
+        ),
+        tools=resolved_tools,
+        knowledge=knowledge,
+        limits=spec.limits,
+        quota=ResolvedQuota(
+            tenant=tenant.name,
+            tokens_per_minute=llm.tokens_per_minute,
+            requests_per_minute=llm.requests_per_minute,
+            monthly_budget_usd=llm.monthly_budget_usd,
+            key_prefix=quota_key_prefix(tenant.name),
+        ),
+        egress_hosts=[rule.host for rule in tenant_spec.egress if rule.host is not None],
+    )

@@ -1,0 +1,107 @@
+"""Resolving Agents into the config document the runtime serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
+from agentplane_platform.config import AgentConfig, ResolveError, resolve_agent
+from agentplane_platform.specs import SpecSet, validate_paths
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def specs() -> SpecSet:
+    report = validate_paths([REPO / "specs" / "tenants"])
+    assert report.ok
+    return report.specs
+
+
+def _resolve(specs: SpecSet, namespace: str, name: str, **changes: object) -> AgentConfig:
+    agent = specs.agents[(namespace, name)].resource
+    if changes:
+        agent = agent.model_copy(update={"spec": agent.spec.model_copy(update=changes)})
+    tenant = specs.tenant_of(namespace)
+    assert tenant is not None
+    prompts: dict[str, Prompt] = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == namespace}
+    tools: dict[str, Tool] = {n: t.resource for (ns, n), t in specs.tools.items() if ns == namespace}
+    return resolve_agent(agent, tenant.resource, prompts, tools)
+
+
+def test_every_example_agent_resolves(specs: SpecSet) -> None:
+    for namespace, name in specs.agents:
+        config = _resolve(specs, namespace, name)
+        assert config.agent == name
+        assert AgentConfig.model_validate_json(config.canonical_json()) == config
+
+
+def test_support_bot_config(specs: SpecSet) -> None:
+    config = _resolve(specs, "tenant-acme", "support-bot")
+    assert config.tenant == "acme"
+    assert config.model.fallbacks == ["openai/gpt-4o-mini"]
+    assert config.prompt.version == 2
+    assert config.prompt.values == {"persona": "Ava", "product": "Acme Home", "max_sentences": "6"}
+    assert [t.type for t in config.tools] == ["http", "mcp"]
+    http = config.tools[0]
+    assert http.function_name == "order_lookup"
+    assert http.type == "http"
+    assert http.auth is not None
+    assert http.auth.secret.kubernetes is not None
+    assert http.auth.secret.kubernetes.name == "orders-api"
+    (kb,) = config.knowledge
+    assert (kb.collection, kb.dimensions, kb.top_k) == ("acme--help-center", 1536, 6)
+    assert config.quota.tokens_per_minute == 400000
+    assert "orders.acme.example" in config.egress_hosts
+
+
+def test_hash_is_stable_and_follows_the_pinned_version(specs: SpecSet) -> None:
+    v2 = _resolve(specs, "tenant-acme", "support-bot")
+    assert v2.hash() == _resolve(specs, "tenant-acme", "support-bot").hash()
+    legacy = _resolve(specs, "tenant-acme", "legacy-support-bot")
+    assert legacy.prompt.version == 1
+    assert legacy.prompt.hash != v2.prompt.hash
+    agent: Agent = specs.agents[("tenant-acme", "support-bot")].resource
+    bumped = agent.spec.prompt.model_copy(update={"version": 1})
+    assert _resolve(specs, "tenant-acme", "support-bot", prompt=bumped).hash() != v2.hash()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"prompt": {"name": "nope", "version": 1}}, "PromptNotFound"),
+        ({"prompt": {"name": "support", "version": 9}}, "PromptVersionNotFound"),
+        ({"prompt": {"name": "support", "version": 2}}, "VariableMissing"),
+        ({"tools": [{"name": "nope"}]}, "ToolNotFound"),
+        ({"model": {"name": "anthropic/claude-3-opus"}}, "ModelNotAllowed"),
+        ({"knowledge": [{"name": "wiki"}]}, "KnowledgeBaseNotFound"),
+    ],
+)
+def test_resolve_errors_carry_condition_reasons(
+    specs: SpecSet, change: dict[str, object], reason: str
+) -> None:
+    agent = specs.agents[("tenant-acme", "support-bot")].resource
+    data = agent.model_dump(mode="json", exclude_none=True)
+    data["spec"].update(change)
+    broken = Agent.model_validate(data)
+    tenant = specs.tenants["acme"].resource
+    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == "tenant-acme"}
+    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == "tenant-acme"}
+    with pytest.raises(ResolveError) as error:
+        resolve_agent(broken, tenant, prompts, tools)
+    assert error.value.reason == reason
+
+
+def test_tool_outside_allowed_tools(specs: SpecSet) -> None:
+    tenant: Tenant = specs.tenants["acme"].resource
+    narrowed = tenant.model_copy(
+        update={"spec": tenant.spec.model_copy(update={"allowed_tools": ["calculator"]})}
+    )
+    agent = specs.agents[("tenant-acme", "support-bot")].resource
+    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == "tenant-acme"}
+    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == "tenant-acme"}
+    with pytest.raises(ResolveError) as error:
+        resolve_agent(agent, narrowed, prompts, tools)
+    assert error.value.reason == "ToolNotAllowed"

@@ -47,7 +47,7 @@ lint: install ## Lint the code (ruff)
 
 .PHONY: typecheck
 typecheck: install ## Type-check every member and the tests (mypy --strict)
-	$(UV) run mypy platform/src operator/src runtime/src infra/src platform/tests tests
+	$(UV) run mypy platform/src operator/src runtime/src infra/src platform/tests operator/tests tests
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for the tests

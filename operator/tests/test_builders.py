@@ -32,8 +32,8 @@ def _config(specs: SpecSet, namespace: str, name: str) -> tuple[Agent, AgentConf
     agent = specs.agents[(namespace, name)].resource
     tenant = specs.tenant_of(namespace)
     assert tenant is not None
-    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == namespace}
-    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == namespace}
+    prompts = specs.prompts_in(namespace)
+    tools = specs.tools_in(namespace)
     return agent, resolve_agent(agent, tenant.resource, prompts, tools)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
+from agentplane_platform.api.v1alpha1 import Agent, Tenant
 from agentplane_platform.config import AgentConfig, ResolveError, resolve_agent
 from agentplane_platform.specs import SpecSet, validate_paths
 
@@ -26,8 +26,8 @@ def _resolve(specs: SpecSet, namespace: str, name: str, **changes: object) -> Ag
         agent = agent.model_copy(update={"spec": agent.spec.model_copy(update=changes)})
     tenant = specs.tenant_of(namespace)
     assert tenant is not None
-    prompts: dict[str, Prompt] = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == namespace}
-    tools: dict[str, Tool] = {n: t.resource for (ns, n), t in specs.tools.items() if ns == namespace}
+    prompts = specs.prompts_in(namespace)
+    tools = specs.tools_in(namespace)
     return resolve_agent(agent, tenant.resource, prompts, tools)
 
 
@@ -87,8 +87,8 @@ def test_resolve_errors_carry_condition_reasons(
     data["spec"].update(change)
     broken = Agent.model_validate(data)
     tenant = specs.tenants["acme"].resource
-    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == "tenant-acme"}
-    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == "tenant-acme"}
+    prompts = specs.prompts_in("tenant-acme")
+    tools = specs.tools_in("tenant-acme")
     with pytest.raises(ResolveError) as error:
         resolve_agent(broken, tenant, prompts, tools)
     assert error.value.reason == reason
@@ -100,8 +100,8 @@ def test_tool_outside_allowed_tools(specs: SpecSet) -> None:
         update={"spec": tenant.spec.model_copy(update={"allowed_tools": ["calculator"]})}
     )
     agent = specs.agents[("tenant-acme", "support-bot")].resource
-    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == "tenant-acme"}
-    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == "tenant-acme"}
+    prompts = specs.prompts_in("tenant-acme")
+    tools = specs.tools_in("tenant-acme")
     with pytest.raises(ResolveError) as error:
         resolve_agent(agent, narrowed, prompts, tools)
     assert error.value.reason == "ToolNotAllowed"

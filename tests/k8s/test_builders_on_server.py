@@ -68,8 +68,8 @@ def globex(k8s: Cluster, specs: SpecSet) -> Iterator[list[dict[str, Any]]]:
     )
     manifests = build_tenant_children(tenant, BuildSettings())
     agent = specs.agents[("tenant-globex", "oncall-helper")].resource
-    prompts = {n: p.resource for (ns, n), p in specs.prompts.items() if ns == "tenant-globex"}
-    tools = {n: t.resource for (ns, n), t in specs.tools.items() if ns == "tenant-globex"}
+    prompts = specs.prompts_in("tenant-globex")
+    tools = specs.tools_in("tenant-globex")
     config = resolve_agent(agent, tenant, prompts, tools)
     manifests += build_agent_children(agent, config, BuildSettings())
     yield manifests

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -51,7 +51,6 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     directory: Path
-    extra: dict[str, str] = field(default_factory=dict)
     remove: bool = False
     """Delete `directory` after stopping (it is not under pytest's temporary root)."""
 
@@ -177,7 +176,6 @@ def start_postgres(directory: Path) -> Server:
     except BaseException:
         server.stop()
         raise
-    server.extra["bindir"] = str(bindir)
     return server
 
 

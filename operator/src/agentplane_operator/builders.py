@@ -45,6 +45,11 @@ def _labels(tenant: str, **extra: str) -> dict[str, str]:
     return {**MANAGED_BY, TENANT_LABEL: tenant, **extra}
 
 
+def _tenant_meta(tenant: Tenant, name: str) -> Manifest:
+    """Metadata of a child object in the tenant's namespace."""
+    return {"name": name, "namespace": tenant.namespace, "labels": _labels(tenant.name)}
+
+
 def build_namespace(tenant: Tenant) -> Manifest:
     """The tenant's namespace, labelled so policies and dashboards can select it."""
     return {
@@ -63,7 +68,7 @@ def build_resource_quota(tenant: Tenant) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": {"name": "agentplane", "namespace": tenant.namespace, "labels": _labels(tenant.name)},
+        "metadata": _tenant_meta(tenant, "agentplane"),
         "spec": {
             "hard": {
                 "requests.cpu": compute.cpu,
@@ -80,7 +85,7 @@ def build_limit_range(tenant: Tenant) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "LimitRange",
-        "metadata": {"name": "agentplane", "namespace": tenant.namespace, "labels": _labels(tenant.name)},
+        "metadata": _tenant_meta(tenant, "agentplane"),
         "spec": {
             "limits": [
                 {
@@ -99,12 +104,10 @@ def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Mani
     NetworkPolicy cannot name hosts: CIDR rules become ipBlocks, host rules are allowed on their
     ports and listed in an annotation for an FQDN-aware enforcer (Cilium, Calico, an egress proxy).
     """
-    namespace = tenant.namespace
-    meta = {"namespace": namespace, "labels": _labels(tenant.name)}
     deny = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": "default-deny", **meta},
+        "metadata": _tenant_meta(tenant, "default-deny"),
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     }
     platform = {
@@ -128,7 +131,10 @@ def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Mani
     allow = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": "agentplane-allow", **meta, "annotations": {f"{GROUP}/egress-hosts": hosts}},
+        "metadata": {
+            **_tenant_meta(tenant, "agentplane-allow"),
+            "annotations": {f"{GROUP}/egress-hosts": hosts},
+        },
         "spec": {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
@@ -144,11 +150,7 @@ def build_service_account(tenant: Tenant) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {
-            "name": "agentplane-agent",
-            "namespace": tenant.namespace,
-            "labels": _labels(tenant.name),
-        },
+        "metadata": _tenant_meta(tenant, "agentplane-agent"),
         "automountServiceAccountToken": False,
     }
 
@@ -158,11 +160,7 @@ def build_owner_role_binding(tenant: Tenant) -> Manifest:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {
-            "name": "agentplane-owners",
-            "namespace": tenant.namespace,
-            "labels": _labels(tenant.name),
-        },
+        "metadata": _tenant_meta(tenant, "agentplane-owners"),
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
@@ -193,15 +191,18 @@ def _agent_labels(config: AgentConfig) -> dict[str, str]:
     )
 
 
+def _agent_meta(config: AgentConfig, name: str) -> Manifest:
+    """Metadata of a child object of an agent."""
+    return {"name": name, "namespace": config.namespace, "labels": _agent_labels(config)}
+
+
 def build_agent_config_map(config: AgentConfig) -> Manifest:
     """The resolved config the runtime reads, with its hash."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": f"agent-{config.agent}",
-            "namespace": config.namespace,
-            "labels": _agent_labels(config),
+            **_agent_meta(config, f"agent-{config.agent}"),
             "annotations": {CONFIG_HASH_ANNOTATION: config.hash()},
         },
         "data": {CONFIG_FILE: config.canonical_json()},
@@ -306,9 +307,7 @@ def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSet
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": config.agent,
-            "namespace": config.namespace,
-            "labels": labels,
+            **_agent_meta(config, config.agent),
             "annotations": {CONFIG_HASH_ANNOTATION: config.hash()},
         },
         "spec": spec,
@@ -320,7 +319,7 @@ def build_agent_service(config: AgentConfig) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": config.agent, "namespace": config.namespace, "labels": _agent_labels(config)},
+        "metadata": _agent_meta(config, config.agent),
         "spec": {
             "selector": {TENANT_LABEL: config.tenant, AGENT_LABEL: config.agent},
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
@@ -341,7 +340,7 @@ def build_agent_hpa(agent: Agent, config: AgentConfig) -> Manifest | None:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": config.agent, "namespace": config.namespace, "labels": _agent_labels(config)},
+        "metadata": _agent_meta(config, config.agent),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": config.agent},
             "minReplicas": scaling.min_replicas,
@@ -372,7 +371,7 @@ def build_agent_pdb(agent: Agent, config: AgentConfig) -> Manifest | None:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": config.agent, "namespace": config.namespace, "labels": _agent_labels(config)},
+        "metadata": _agent_meta(config, config.agent),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": {TENANT_LABEL: config.tenant, AGENT_LABEL: config.agent}},

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -174,10 +173,6 @@ def content_hash(*parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _allowed(value: str, patterns: list[str]) -> bool:
-    return any(fnmatchcase(value, pattern) for pattern in patterns)
-
-
 def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
     spec = tool.spec
     common: dict[str, Any] = {
@@ -219,7 +214,7 @@ def resolve_agent(
     spec = agent.spec
     tenant_spec = tenant.spec
     for model in (spec.model.name, *spec.model.fallbacks):
-        if not _allowed(model, tenant_spec.allowed_models):
+        if not tenant.allows_model(model):
             raise ResolveError(
                 "ModelNotAllowed", f"model {model!r} is not in Tenant {tenant.name!r}'s allowedModels"
             )
@@ -255,7 +250,7 @@ def resolve_agent(
         tool = tools.get(ref.name)
         if tool is None:
             raise ResolveError("ToolNotFound", f"Tool {ref.name!r} not found")
-        if not _allowed(ref.name, tenant_spec.allowed_tools):
+        if not tenant.allows_tool(ref.name):
             raise ResolveError(
                 "ToolNotAllowed", f"tool {ref.name!r} is not in Tenant {tenant.name!r}'s allowedTools"
             )

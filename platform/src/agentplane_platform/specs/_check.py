@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,10 +42,13 @@ class SpecSet:
         name = tenant_of(namespace)
         return self.tenants.get(name) if name is not None else None
 
-    def agents_of(self, tenant: str) -> list[Loaded[Agent]]:
-        """The tenant's Agents, by name."""
-        namespace = namespace_of(tenant)
-        return [a for (ns, _), a in sorted(self.agents.items()) if ns == namespace]
+    def prompts_in(self, namespace: str) -> dict[str, Prompt]:
+        """The Prompts of a namespace, by name."""
+        return {name: p.resource for (ns, name), p in self.prompts.items() if ns == namespace}
+
+    def tools_in(self, namespace: str) -> dict[str, Tool]:
+        """The Tools of a namespace, by name."""
+        return {name: t.resource for (ns, name), t in self.tools.items() if ns == namespace}
 
     def agent_counts(self) -> dict[str, int]:
         """Number of Agents per namespace."""
@@ -71,10 +73,6 @@ CREDENTIAL_VALUE = re.compile(
     re.IGNORECASE,
 )
 SECRET_HINT = "credentials must not be written in specs (expected spec.auth.secretRef naming a Secret or Key Vault secret)"
-
-
-def _matches(value: str, patterns: list[str]) -> bool:
-    return any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
 def _tenant_dir(file: str) -> str | None:
@@ -298,14 +296,14 @@ def _check_agent(
         return
     tenant_spec = tenant.resource.spec
     allowed = tenant_spec.allowed_models
-    if not _matches(spec.model.name, allowed):
+    if not tenant.resource.allows_model(spec.model.name):
         yield loaded.at(
             ("spec", "model", "name"),
             f"model {spec.model.name!r} is not allowed by Tenant {tenant.resource.name!r} "
             f"(expected one of allowedModels: {', '.join(allowed)})",
         )
     for index, fallback in enumerate(spec.model.fallbacks):
-        if not _matches(fallback, allowed):
+        if not tenant.resource.allows_model(fallback):
             yield loaded.at(
                 ("spec", "model", "fallbacks", index),
                 f"model {fallback!r} is not allowed by Tenant {tenant.resource.name!r} "
@@ -349,7 +347,7 @@ def _check_agent(
             yield loaded.at(
                 ("spec", "tools", index, "name"), f"Tool {ref.name!r} not found in namespace {namespace}"
             )
-        if not _matches(ref.name, tenant_spec.allowed_tools):
+        if not tenant.resource.allows_tool(ref.name):
             yield loaded.at(
                 ("spec", "tools", index, "name"),
                 f"tool {ref.name!r} is not allowed by Tenant {tenant.resource.name!r} "

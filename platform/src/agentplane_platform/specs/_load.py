@@ -141,22 +141,21 @@ def _data_path(data: Any, loc: Iterable[str | int]) -> Path_:
     """The path inside the document that a pydantic `loc` designates (union tags dropped)."""
     path: list[str | int] = []
     current = data
+    tagged: set[int] = set()
     for part in loc:
-        if isinstance(current, dict) and isinstance(part, str) and part in current:
+        if isinstance(current, dict) and current.get("type") == part and id(current) not in tagged:
+            # pydantic puts a discriminated union's tag (the value of `type`) into the loc
+            tagged.add(id(current))
+        elif isinstance(current, dict) and isinstance(part, str) and part in current:
             current = current[part]
             path.append(part)
         elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
             current = current[part]
             path.append(part)
-        elif isinstance(current, dict) and isinstance(part, str) and not _is_tag(part):
+        elif isinstance(current, dict) and isinstance(part, str):
             path.append(part)
             current = None
-        # else: a discriminated-union tag or a function-validator name; not part of the data
     return tuple(path)
-
-
-def _is_tag(part: str) -> bool:
-    return part in {"http", "mcp", "builtin"} or part.startswith("function-")
 
 
 def _schema_problems(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -187,6 +188,14 @@ class Tenant(Resource):
     """Desired state of the tenant."""
     status: TenantStatus | None = None
     """Observed state, written by the operator."""
+
+    def allows_model(self, model: str) -> bool:
+        """Whether `model` matches one of the tenant's allowedModels patterns."""
+        return any(fnmatchcase(model, pattern) for pattern in self.spec.allowed_models)
+
+    def allows_tool(self, tool: str) -> bool:
+        """Whether `tool` matches one of the tenant's allowedTools patterns."""
+        return any(fnmatchcase(tool, pattern) for pattern in self.spec.allowed_tools)
 
     @property
     def namespace(self) -> str:

@@ -53,7 +53,7 @@ def test_support_bot_config(specs: SpecSet) -> None:
     assert http.auth.secret.kubernetes.name == "orders-api"
     (kb,) = config.knowledge
     assert (kb.collection, kb.dimensions, kb.top_k) == ("acme--help-center", 1536, 6)
-    assert config.quota.tokens_per_minute == 400000
+    assert config.quota.limits_key == "agentplane:quota:acme:limits"
     assert "orders.acme.example" in config.egress_hosts
 
 

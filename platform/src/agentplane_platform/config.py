@@ -120,12 +120,15 @@ class ResolvedKnowledge(_Config):
 
 
 class ResolvedQuota(_Config):
+    """Where the tenant's LLM quota lives. The limits themselves are not in the config: the operator
+    writes them to `limits_key` (see `agentplane_platform.quotas`), so a quota change applies at
+    once and does not roll the agent's pods."""
+
     tenant: str
-    tokens_per_minute: int
-    requests_per_minute: int
-    monthly_budget_usd: float
     key_prefix: str
-    """Prefix of the Redis keys that hold the tenant's limits and live counters."""
+    """Prefix of the Redis keys that hold the tenant's live counters."""
+    limits_key: str
+    """Redis hash with the tenant's limits (`tokens_per_minute`, `requests_per_minute`, `monthly_budget_usd`)."""
 
 
 class AgentConfig(_Config):
@@ -162,6 +165,11 @@ def collection_name(tenant: str, knowledge_base: str) -> str:
 def quota_key_prefix(tenant: str) -> str:
     """Prefix of a tenant's quota keys in Redis."""
     return f"agentplane:quota:{tenant}"
+
+
+def quota_limits_key(tenant: str) -> str:
+    """The Redis hash holding a tenant's quota limits."""
+    return f"{quota_key_prefix(tenant)}:limits"
 
 
 def content_hash(*parts: str) -> str:
@@ -274,7 +282,6 @@ def resolve_agent(
                 min_score=kref.min_score,
             )
         )
-    llm = tenant_spec.quotas.llm
     return AgentConfig(
         tenant=tenant.name,
         namespace=tenant.namespace,
@@ -297,10 +304,8 @@ def resolve_agent(
         limits=spec.limits,
         quota=ResolvedQuota(
             tenant=tenant.name,
-            tokens_per_minute=llm.tokens_per_minute,
-            requests_per_minute=llm.requests_per_minute,
-            monthly_budget_usd=llm.monthly_budget_usd,
             key_prefix=quota_key_prefix(tenant.name),
+            limits_key=quota_limits_key(tenant.name),
         ),
         egress_hosts=[rule.host for rule in tenant_spec.egress if rule.host is not None],
     )

@@ -55,12 +55,15 @@ class ApiKey(Base):
 
 
 class UsageRecord(Base):
-    """One chat request as metered by the runtime (one row per request id)."""
+    """One chat request as metered by the runtime."""
 
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_records_tenant_created_at", "tenant", "created_at"),)
 
-    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """Unique per record (the runtime's own id; writing a record twice is a no-op)."""
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    """The request id the client saw (its `X-Request-ID`, when it sent one)."""
     tenant: Mapped[str] = mapped_column(String(63))
     agent: Mapped[str] = mapped_column(String(63))
     api_key_id: Mapped[str | None] = mapped_column(String(32))

@@ -32,7 +32,8 @@ def upgrade() -> None:
     op.create_index("ix_api_keys_tenant", "api_keys", ["tenant"])
     op.create_table(
         "usage_records",
-        sa.Column("request_id", sa.String(64), primary_key=True),
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("tenant", sa.String(63), nullable=False),
         sa.Column("agent", sa.String(63), nullable=False),
         sa.Column("api_key_id", sa.String(32), nullable=True),
@@ -52,9 +53,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_usage_records_tenant_created_at", "usage_records", ["tenant", "created_at"])
+    op.create_index("ix_usage_records_request_id", "usage_records", ["request_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_usage_records_request_id", table_name="usage_records")
     op.drop_index("ix_usage_records_tenant_created_at", table_name="usage_records")
     op.drop_table("usage_records")
     op.drop_index("ix_api_keys_tenant", table_name="api_keys")

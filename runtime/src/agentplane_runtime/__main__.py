@@ -1,0 +1,3 @@
+from agentplane_runtime.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""FastAPI dependencies: the runtime's shared clients, the agent a route serves, the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from opentelemetry.trace import Status, StatusCode
+
+from agentplane_runtime.agents import AgentContext, AgentNotFound
+from agentplane_runtime.auth import AuthError, AuthUnavailable, Principal
+from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.services import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_agent(request: Request, runtime: RuntimeDep) -> AgentContext:
+    """The agent of this route: from the `{tenant}`/`{agent}` path parameters when the agent router
+    is mounted under them (several agents in one app), else the runtime's default agent."""
+    params = request.path_params
+    try:
+        return runtime.agents.get(params.get("tenant"), params.get("agent"))
+    except AgentNotFound:
+        raise ApiError(404, "no such agent", type="not_found_error", code="agent_not_found") from None
+
+
+CurrentAgent = Annotated[AgentContext, Depends(get_agent)]
+
+
+async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAgent) -> Principal:
+    """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail)."""
+    with runtime.telemetry.tracer.start_as_current_span("auth") as span:
+        try:
+            principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            span.set_status(Status(StatusCode.ERROR, "unauthenticated"))
+            raise ApiError(
+                401,
+                str(exc),
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from None
+        except AuthUnavailable:
+            span.set_status(Status(StatusCode.ERROR, "auth unavailable"))
+            raise ApiError(
+                503,
+                "authentication is unavailable, retry shortly",
+                type="api_error",
+                headers={"Retry-After": "5"},
+            ) from None
+        span.set_attribute("agentplane.auth.method", principal.method)
+        if not principal.may_use(agent.config.tenant, agent.config.agent):
+            span.set_status(Status(StatusCode.ERROR, "forbidden"))
+            raise ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden")
+        return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def request_id(request: Request) -> str:
+    value: str = request.scope.get("state", {}).get("request_id") or ""
+    return value
+
+
+RequestId = Annotated[str, Depends(request_id)]

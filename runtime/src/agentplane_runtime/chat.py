@@ -1,0 +1,687 @@
+"""One chat request, in order: retrieval, prompt, quota, the LLM (with the tool loop), metering.
+
+Authentication happens before (a dependency of the route); everything after it is here. Errors
+before the first byte of a response are `ApiError`s (JSON with the request id); an error in the
+middle of a stream is sent as a final `{"error": ...}` event, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.responses import Response, StreamingResponse
+
+from agentplane_platform.config import ResolvedTool
+from agentplane_runtime.agents import AgentContext
+from agentplane_runtime.api.schemas import ChatCompletionRequest, ChatMessage
+from agentplane_runtime.auth import Principal
+from agentplane_runtime.core.config import Settings
+from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.core.telemetry import Telemetry
+from agentplane_runtime.documents import CHUNK_CHARS
+from agentplane_runtime.llm import Attempt, LLMClient, cost_of, finish_span
+from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
+from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
+from agentplane_runtime.tools import ToolError, ToolRunner
+from agentplane_runtime.usage import UsageEvent, UsageRecorder, now_utc
+
+log = logging.getLogger("agentplane.runtime.chat")
+
+CONTEXT_HEADER = "\n\nContext from the knowledge base (cite the sources by their number when you use them):\n"
+
+
+@dataclass
+class RequestState:
+    """Accounting of one request."""
+
+    request_id: str
+    agent: AgentContext
+    principal: Principal
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    deadline: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    model: str | None = None
+    ttft: float | None = None
+    tool_calls: int = 0
+    llm_calls: int = 0
+    status: str = "ok"
+    http_status: int = 200
+    error_type: str | None = None
+    reservation: Reservation | None = None
+    retrieval: str = "none"
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.config.agent,
+            "retrieval": {"status": self.retrieval, "sources": self.sources},
+            "tool_calls": self.tool_calls,
+        }
+
+    def account(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.model = model
+        self.llm_calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost += cost_of(model, prompt_tokens, completion_tokens)
+
+
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "role": message.role,
+        "content": message.text() if message.content is not None else None,
+    }
+    if message.name:
+        data["name"] = message.name
+    if message.tool_calls:
+        data["tool_calls"] = [c.model_dump() for c in message.tool_calls]
+    if message.tool_call_id:
+        data["tool_call_id"] = message.tool_call_id
+    return data
+
+
+def _size(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            total += len(content.encode())
+        if m.get("tool_calls"):
+            total += len(orjson.dumps(m["tool_calls"]))
+    return total
+
+
+class ChatService:
+    """Serves chat completions for any agent, sharing the runtime's clients."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        llm: LLMClient,
+        quota: QuotaGate,
+        usage: UsageRecorder,
+        knowledge: KnowledgeService,
+        tools: ToolRunner,
+        telemetry: Telemetry,
+    ) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.quota = quota
+        self.usage = usage
+        self.knowledge = knowledge
+        self.tools = tools
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer
+        self.metrics = telemetry.metrics
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def _reserve_tokens(self, size_bytes: int, messages: int, max_tokens: int) -> int:
+        """An upper bound of the tokens a call can use (see `quota_bytes_per_token`)."""
+        return math.ceil(size_bytes / self.settings.quota_bytes_per_token) + 8 * messages + 8 + max_tokens
+
+    # -- the request -----------------------------------------------------------------------
+
+    async def handle(
+        self, agent: AgentContext, body: ChatCompletionRequest, principal: Principal, request_id: str
+    ) -> Response:
+        state = RequestState(request_id, agent, principal, body.stream)
+        config = agent.config
+        state.deadline = time.monotonic() + config.limits.timeout_seconds
+        labels = (config.tenant, config.agent)
+        self.metrics.active.labels(*labels).inc()
+        streaming = False
+        try:
+            prepared = await self._prepare(state, body)
+            if body.stream:
+                response = await self._stream(state, body, prepared)
+                streaming = True
+                return response
+            return await self._complete(state, prepared)
+        except QuotaExceeded as exc:
+            state.status, state.http_status, state.error_type = "rate_limited", 429, exc.limit
+            self.metrics.quota_rejections.labels(*labels, exc.limit).inc()
+            budget = exc.limit == "monthly_budget_usd"
+            raise ApiError(
+                429,
+                exc.message,
+                type="insufficient_quota" if budget else "rate_limit_error",
+                code=exc.limit,
+                headers=exc.headers,
+            ) from None
+        except ApiError as exc:
+            state.status, state.http_status, state.error_type = "error", exc.status, exc.code or exc.type
+            raise
+        except asyncio.CancelledError:
+            state.status, state.http_status, state.error_type = "cancelled", 499, "client_closed"
+            raise
+        except Exception as exc:
+            log.exception("chat request failed")
+            state.status, state.http_status, state.error_type = "error", 500, type(exc).__name__
+            raise ApiError(500, "internal error", type="api_error") from None
+        finally:
+            if not streaming:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(state)
+
+    async def _prepare(self, state: RequestState, body: ChatCompletionRequest) -> dict[str, Any]:
+        config = state.agent.config
+        if len(body.messages) > self.settings.max_messages:
+            raise ApiError(
+                400,
+                f"too many messages ({len(body.messages)}; at most {self.settings.max_messages})",
+                param="messages",
+            )
+        if body.tools:
+            raise ApiError(
+                400,
+                "this agent's tools come from its configuration; requests may not define tools",
+                param="tools",
+            )
+        for i, message in enumerate(body.messages):
+            if isinstance(message.content, list) and any(p.type != "text" for p in message.content):
+                raise ApiError(400, "only text content is supported", param=f"messages.{i}.content")
+        conversation = [_message_dict(m) for m in body.messages]
+        system = state.agent.system_prompt()
+        tools = state.agent.tools if config.limits.max_tool_calls > 0 else []
+        tools_bytes = len(orjson.dumps(tools)) if tools else 0
+        # the input budget (trim context, never the system prompt or the conversation)
+        budget = config.limits.max_input_tokens
+        used = estimate_tokens(system) + sum(
+            estimate_tokens(m.get("content") or "") + 4 for m in conversation
+        )
+        used += math.ceil(tools_bytes / 3)
+        if used > budget:
+            raise ApiError(
+                400,
+                f"the conversation is too long for this agent (about {used} tokens; at most {budget})",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        max_tokens = body.max_completion_tokens or body.max_tokens or config.model.parameters.max_tokens
+        max_tokens = max_tokens or self.settings.quota_default_max_tokens
+        if config.model.parameters.max_tokens:
+            max_tokens = min(max_tokens, config.model.parameters.max_tokens)
+        state.max_tokens = max_tokens
+        context_bytes = sum(kb.top_k for kb in config.knowledge) * (CHUNK_CHARS * 4 + 256)
+        with self.tracer.start_as_current_span(
+            "quota", attributes={"agentplane.tenant": config.tenant}
+        ) as span:
+            reserve = self._reserve_tokens(
+                len(system.encode()) + _size(conversation) + tools_bytes + context_bytes,
+                len(conversation) + 1,
+                max_tokens,
+            )
+            span.set_attribute("agentplane.quota.reserved_tokens", reserve)
+            key_limits = state.principal.key_limits
+            try:
+                state.reservation = await self.quota.admit(config.quota, key_limits, reserve)
+            except QuotaExceeded as exc:
+                span.set_attribute("agentplane.quota.rejected", exc.limit)
+                raise
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                # fail open: a quota store outage must not take every agent down
+                log.warning("quota store unreachable (%s); request admitted", type(exc).__name__)
+                self.metrics.errors.labels(config.tenant, config.agent, "quota_unavailable").inc()
+                state.reservation = None
+            except Exception as exc:
+                if type(exc).__module__.startswith("redis"):
+                    log.warning("quota store error (%s); request admitted", type(exc).__name__)
+                    self.metrics.errors.labels(config.tenant, config.agent, "quota_unavailable").inc()
+                    state.reservation = None
+                else:
+                    raise
+        hits: list[Hit] = []
+        if config.knowledge:
+            query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
+            with self.tracer.start_as_current_span("retrieval") as span:
+                try:
+                    hits = await self.knowledge.search(
+                        config.tenant, list(config.knowledge), state.principal, query
+                    )
+                    state.retrieval = "ok"
+                    self.metrics.retrieval.labels(config.tenant, config.agent, "ok").inc()
+                except RetrievalUnavailable as exc:
+                    state.retrieval = "unavailable"
+                    span.set_status(Status(StatusCode.ERROR, "retrieval unavailable"))
+                    log.warning("retrieval unavailable (%s); answering without context", exc)
+                    self.metrics.retrieval.labels(config.tenant, config.agent, "unavailable").inc()
+                span.set_attribute("agentplane.retrieval.hits", len(hits))
+        context = ""
+        room = budget - used
+        room_bytes = context_bytes
+        for hit in hits:
+            n = len(state.sources) + 1
+            piece = f"[{n}] ({hit.source})\n{hit.text}\n\n"
+            cost = estimate_tokens(piece)
+            if cost > room or len(piece.encode()) > room_bytes:
+                continue
+            room -= cost
+            room_bytes -= len(piece.encode())
+            context += piece
+            state.sources.append(
+                {
+                    "n": n,
+                    "doc_id": hit.doc_id,
+                    "source": hit.source,
+                    "chunk": hit.chunk,
+                    "score": round(hit.score, 4),
+                }
+            )
+        if state.retrieval == "unavailable":
+            system += "\n\n(The knowledge base is unavailable right now: answer without it and say so.)"
+        elif context:
+            system += CONTEXT_HEADER + context.rstrip()
+        params: dict[str, Any] = {
+            "temperature": body.temperature
+            if body.temperature is not None
+            else config.model.parameters.temperature,
+            "top_p": body.top_p if body.top_p is not None else config.model.parameters.top_p,
+            "seed": body.seed if body.seed is not None else config.model.parameters.seed,
+            "stop": body.stop,
+            "max_tokens": max_tokens,
+            "user": body.user,
+        }
+        return {
+            "messages": [{"role": "system", "content": system}, *conversation],
+            "params": params,
+            "tools": tools,
+        }
+
+    def _tools_now(self, state: RequestState, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        if tools and state.tool_calls < state.agent.config.limits.max_tool_calls:
+            return tools
+        return None
+
+    async def _reserve_followup(self, state: RequestState, messages: list[dict[str, Any]]) -> None:
+        if state.reservation is None:
+            return
+        tokens = self._reserve_tokens(
+            _size(messages) + len(orjson.dumps(state.agent.tools)), len(messages), state.max_tokens
+        )
+        if not await self.quota.reserve_more(
+            state.reservation, state.agent.config.quota, state.principal.key_limits, tokens
+        ):
+            raise QuotaExceeded(
+                "tokens_per_minute", "the tenant's tokens per minute limit is reached", {"Retry-After": "60"}
+            )
+
+    async def _complete(self, state: RequestState, prepared: dict[str, Any]) -> Response:
+        messages: list[dict[str, Any]] = prepared["messages"]
+        tools: list[dict[str, Any]] = prepared["tools"]
+        while True:
+            offered = self._tools_now(state, tools)
+            attempt = await self.llm.complete(
+                state.agent.models,
+                messages=messages,
+                params=prepared["params"],
+                tools=offered,
+                stream=False,
+                deadline=state.deadline,
+            )
+            response = attempt.response
+            usage = getattr(response, "usage", None)
+            prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+            completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            state.account(attempt.model, prompt_tokens, completion_tokens)
+            choice = response.choices[0]
+            message = choice.message
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments or ""},
+                }
+                for c in (getattr(message, "tool_calls", None) or [])
+            ]
+            finish_span(
+                attempt.span,
+                response_model=getattr(response, "model", None),
+                response_id=getattr(response, "id", None),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                finish_reasons=[str(choice.finish_reason)],
+            )
+            if calls and offered:
+                messages = [*messages, {"role": "assistant", "content": message.content, "tool_calls": calls}]
+                messages += await self._run_tools(state, calls)
+                await self._reserve_followup(state, messages)
+                continue
+            content = message.content or ""
+            finish_reason = "stop" if calls else (choice.finish_reason or "stop")
+            break
+        body = {
+            "id": f"chatcmpl-{state.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": state.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": state.prompt_tokens,
+                "completion_tokens": state.completion_tokens,
+                "total_tokens": state.prompt_tokens + state.completion_tokens,
+            },
+            "agentplane": state.metadata(),
+        }
+        return Response(orjson.dumps(body), media_type="application/json", headers=self._headers(state))
+
+    def _headers(self, state: RequestState) -> dict[str, str]:
+        headers = dict(state.reservation.headers) if state.reservation is not None else {}
+        if state.model:
+            headers["x-agentplane-model"] = state.model
+        if state.retrieval != "none":
+            headers["x-agentplane-retrieval"] = state.retrieval
+        return headers
+
+    async def _run_tools(self, state: RequestState, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        limit = state.agent.config.limits.max_tool_calls
+        jobs = []
+        for call in calls:
+            if state.tool_calls >= limit:
+                jobs.append(self._tool_result(call, None, "the tool call limit of this request is reached"))
+                continue
+            state.tool_calls += 1
+            tool = state.agent.tools_by_function.get(call["function"]["name"])
+            jobs.append(self._call_tool(state, call, tool))
+        return list(await asyncio.gather(*jobs))
+
+    async def _tool_result(
+        self, call: dict[str, Any], result: str | None, error: str | None
+    ) -> dict[str, Any]:
+        content = result if error is None else json.dumps({"error": error})
+        return {"role": "tool", "tool_call_id": call["id"], "content": content or ""}
+
+    async def _call_tool(
+        self, state: RequestState, call: dict[str, Any], tool: ResolvedTool | None
+    ) -> dict[str, Any]:
+        config = state.agent.config
+        name = call["function"]["name"]
+        with self.tracer.start_as_current_span(f"execute_tool {name}", kind=SpanKind.INTERNAL) as span:
+            span.set_attributes(
+                {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": name,
+                    "gen_ai.tool.call.id": call["id"],
+                    "gen_ai.tool.type": "function",
+                }
+            )
+            if tool is None:
+                span.set_attribute("error.type", "unknown_tool")
+                self.metrics.tool_calls.labels(config.tenant, config.agent, name[:64], "unknown").inc()
+                return await self._tool_result(call, None, f"there is no tool named {name!r}")
+            remaining = state.deadline - time.monotonic()
+            timeout = max(0.01, min(float(tool.timeout_seconds), remaining))
+
+            async def retrieve(query: str) -> str:
+                hits = await self.knowledge.search(
+                    config.tenant, list(config.knowledge), state.principal, query
+                )
+                return json.dumps(
+                    [{"source": h.source, "score": round(h.score, 4), "text": h.text} for h in hits[:8]]
+                )
+
+            try:
+                result = await self.tools.run(
+                    config, tool, call["function"]["arguments"], timeout=timeout, retrieve=retrieve
+                )
+            except (ToolError, RetrievalUnavailable) as exc:
+                message = str(exc) if isinstance(exc, ToolError) else "the knowledge base is unavailable"
+                span.set_attribute("error.type", "tool_error")
+                span.set_status(Status(StatusCode.ERROR, message[:200]))
+                self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "error").inc()
+                return await self._tool_result(call, None, message)
+            except Exception as exc:
+                log.warning("tool %s crashed (%s)", tool.name, type(exc).__name__)
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "error").inc()
+                return await self._tool_result(call, None, "the tool failed")
+            self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "ok").inc()
+            return await self._tool_result(call, result, None)
+
+    # -- streaming -------------------------------------------------------------------------
+
+    async def _stream(
+        self, state: RequestState, body: ChatCompletionRequest, prepared: dict[str, Any]
+    ) -> Response:
+        messages: list[dict[str, Any]] = prepared["messages"]
+        tools: list[dict[str, Any]] = prepared["tools"]
+        offered = self._tools_now(state, tools)
+        # the first call is made before the response starts, so its failure is a proper error status
+        attempt = await self.llm.complete(
+            state.agent.models,
+            messages=messages,
+            params=prepared["params"],
+            tools=offered,
+            stream=True,
+            deadline=state.deadline,
+        )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        headers = self._headers(state)
+        headers["x-agentplane-model"] = attempt.model
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(
+            self._events(state, attempt, messages, offered, tools, prepared["params"], include_usage),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+
+    async def _events(
+        self,
+        state: RequestState,
+        attempt: Attempt,
+        messages: list[dict[str, Any]],
+        offered: list[dict[str, Any]] | None,
+        tools: list[dict[str, Any]],
+        params: dict[str, Any],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        ident = f"chatcmpl-{state.request_id}"
+        created = int(time.time())
+        current: Attempt | None = attempt
+
+        def event(choices: list[dict[str, Any]], model: str, **extra: Any) -> bytes:
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        try:
+            yield event(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                attempt.model,
+            )
+            finish_reason = "stop"
+            while current is not None:
+                model = current.model
+                calls: dict[int, dict[str, Any]] = {}
+                prompt_tokens = completion_tokens = 0
+                upstream_finish: str | None = None
+                response_id: str | None = None
+                async for chunk in current.response:
+                    usage = getattr(chunk, "usage", None)
+                    if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+                        prompt_tokens = int(usage.prompt_tokens or 0)
+                        completion_tokens = int(usage.completion_tokens or 0)
+                    response_id = response_id or getattr(chunk, "id", None)
+                    for choice in chunk.choices or []:
+                        delta = choice.delta
+                        text = getattr(delta, "content", None)
+                        if text:
+                            if state.ttft is None:
+                                state.ttft = time.perf_counter() - state.started
+                            yield event(
+                                [{"index": 0, "delta": {"content": text}, "finish_reason": None}], model
+                            )
+                        for tc in getattr(delta, "tool_calls", None) or []:
+                            slot = calls.setdefault(
+                                tc.index or 0,
+                                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                            )
+                            if tc.id:
+                                slot["id"] = tc.id
+                            if tc.function is not None:
+                                if tc.function.name:
+                                    slot["function"]["name"] = tc.function.name
+                                if tc.function.arguments:
+                                    slot["function"]["arguments"] += tc.function.arguments
+                        if choice.finish_reason:
+                            upstream_finish = choice.finish_reason
+                    if time.monotonic() > state.deadline:
+                        raise ApiError(
+                            504, "the agent's time limit was reached", type="timeout_error", code="timeout"
+                        )
+                state.account(model, prompt_tokens, completion_tokens)
+                finish_span(
+                    current.span,
+                    response_model=model,
+                    response_id=response_id,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    finish_reasons=[upstream_finish or ""],
+                )
+                current = None
+                if calls and offered:
+                    ordered = [calls[i] for i in sorted(calls)]
+                    messages = [*messages, {"role": "assistant", "content": None, "tool_calls": ordered}]
+                    messages += await self._run_tools(state, ordered)
+                    await self._reserve_followup(state, messages)
+                    offered = self._tools_now(state, tools)
+                    current = await self.llm.complete(
+                        state.agent.models,
+                        messages=messages,
+                        params=params,
+                        tools=offered,
+                        stream=True,
+                        deadline=state.deadline,
+                    )
+                    continue
+                finish_reason = upstream_finish if upstream_finish and not calls else "stop"
+            yield event(
+                [{"index": 0, "delta": {}, "finish_reason": finish_reason}], state.model or attempt.model
+            )
+            if include_usage:
+                yield event(
+                    [],
+                    state.model or attempt.model,
+                    usage={
+                        "prompt_tokens": state.prompt_tokens,
+                        "completion_tokens": state.completion_tokens,
+                        "total_tokens": state.prompt_tokens + state.completion_tokens,
+                    },
+                    agentplane=state.metadata(),
+                )
+            yield b"data: [DONE]\n\n"
+        except (ApiError, QuotaExceeded) as exc:
+            if isinstance(exc, QuotaExceeded):
+                error = ApiError(429, exc.message, type="rate_limit_error", code=exc.limit)
+                self.metrics.quota_rejections.labels(
+                    state.agent.config.tenant, state.agent.config.agent, exc.limit
+                ).inc()
+            else:
+                error = exc
+            state.status, state.http_status, state.error_type = (
+                "error",
+                error.status,
+                error.code or error.type,
+            )
+            yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            state.status, state.http_status, state.error_type = "cancelled", 499, "client_closed"
+            raise
+        except Exception as exc:
+            log.exception("stream failed")
+            state.status, state.http_status, state.error_type = "error", 502, type(exc).__name__
+            yield (
+                b"data: "
+                + orjson.dumps(
+                    ApiError(502, "the stream from the model failed", type="upstream_error").body()
+                )
+                + b"\n\n"
+            )
+        finally:
+            if current is not None:
+                current.span.end()
+            with anyio.CancelScope(shield=True):
+                await self._finish(state)
+
+    # -- the end of every request -------------------------------------------------------------
+
+    async def _finish(self, state: RequestState) -> None:
+        config = state.agent.config
+        elapsed = time.perf_counter() - state.started
+        used = state.prompt_tokens + state.completion_tokens
+        if state.reservation is not None:
+            try:
+                await self.quota.settle(state.reservation, used, state.cost)
+            except Exception as exc:
+                log.warning("quota settle failed (%s)", type(exc).__name__)
+        model = state.model or "none"
+        labels = (config.tenant, config.agent, model)
+        m = self.metrics
+        m.active.labels(config.tenant, config.agent).dec()
+        m.requests.labels(*labels, state.status).inc()
+        m.latency.labels(*labels).observe(elapsed)
+        if state.ttft is not None:
+            m.ttft.labels(*labels).observe(state.ttft)
+        if used:
+            m.tokens.labels(*labels, "input").inc(state.prompt_tokens)
+            m.tokens.labels(*labels, "output").inc(state.completion_tokens)
+        if state.cost:
+            m.cost.labels(*labels).inc(state.cost)
+        if state.error_type:
+            m.errors.labels(config.tenant, config.agent, state.error_type[:64]).inc()
+        await self.usage.record(
+            UsageEvent(
+                id=uuid.uuid4().hex,
+                request_id=state.request_id,
+                tenant=config.tenant,
+                agent=config.agent,
+                api_key_id=state.principal.key_id,
+                subject=state.principal.subject[:256],
+                model=state.model,
+                prompt_tokens=state.prompt_tokens,
+                completion_tokens=state.completion_tokens,
+                cost_usd=state.cost,
+                latency_ms=elapsed * 1000,
+                ttft_ms=state.ttft * 1000 if state.ttft is not None else None,
+                status=state.status,
+                http_status=state.http_status,
+                error_type=state.error_type[:64] if state.error_type else None,
+                stream=state.stream,
+                tool_calls=state.tool_calls,
+                llm_calls=state.llm_calls,
+                created_at=now_utc(),
+            )
+        )
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,43 @@
+"""`agentplane-runtime --config /etc/agentplane/agent.json [--host H] [--port P]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agentplane_runtime.core.config import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="agentplane-runtime", description="Serve one agent (OpenAI-compatible API)"
+    )
+    parser.add_argument("--config", type=Path, help="resolved agent config (default: $AGENTPLANE_CONFIG)")
+    parser.add_argument("--host", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (default 8080)")
+    args = parser.parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {"config": args.config, "host": args.host, "port": args.port}.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    if settings.config is None:
+        parser.error("no agent config: pass --config or set AGENTPLANE_CONFIG")
+
+    import uvicorn
+
+    from agentplane_runtime.app import create_app
+    from agentplane_runtime.core.logging import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=20,
+    )

@@ -1,0 +1,140 @@
+"""Runtime settings: environment variables prefixed `AGENTPLANE_` (provider keys also by their usual names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dependency = Literal["database", "quota_store", "vector_store"]
+_OPTIONAL: tuple[Dependency, ...] = ("database", "vector_store")
+
+
+class Settings(BaseSettings):
+    """Everything the runtime reads from its environment; built once by the entrypoint."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTPLANE_", extra="ignore", populate_by_name=True)
+
+    config: Path | None = None
+    """The resolved agent config (JSON, as the operator mounts it at /etc/agentplane/agent.json)."""
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+    database_url: str | None = None
+    """PostgreSQL (or SQLite) URL for API keys and usage; a SQLite file under `state_dir` when unset."""
+    state_dir: Path = Path("/tmp/agentplane")
+    migrate_on_start: bool = True
+    """Run the Alembic migrations at startup (idempotent; one replica at a time on PostgreSQL)."""
+    redis_url: str | None = None
+    """Redis for quota counters and the usage buffer; in-process counters and buffer when unset."""
+    qdrant_url: str | None = None
+    """Qdrant server; qdrant-client local mode (at `qdrant_path`, else in memory) when unset."""
+    qdrant_path: Path | None = None
+    qdrant_api_key: SecretStr | None = None
+    ensure_collections: bool = False
+    """Create missing knowledge collections at startup (the operator does it in a cluster)."""
+
+    ready_optional: list[Dependency] = Field(default_factory=lambda: list(_OPTIONAL))
+    """Dependencies whose outage does not make the pod unready: a database outage is absorbed by the
+    usage buffer and the key cache, a vector store outage by answers without context."""
+
+    # auth
+    api_key_cache_seconds: float = 10.0
+    """How long a verified API key is trusted before the database is asked again (revocation delay)."""
+    api_key_stale_seconds: float = 600.0
+    """While the database is unreachable, keys verified within this long are still accepted."""
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_group_roles: dict[str, list[str]] = Field(default_factory=dict)
+    """Group claim values (Entra group object ids) to roles such as `acme:user` or `acme:admin`."""
+    oidc_roles_claim: str = "roles"
+    oidc_groups_claim: str = "groups"
+    oidc_subject_claim: str = "oid"
+    """Claim naming the caller (Entra's object id); `sub` is used when it is missing."""
+    oidc_jwks_cache_seconds: float = 300.0
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256"])
+
+    # quotas
+    quota_limits_cache_seconds: float = 5.0
+    quota_bytes_per_token: float = 1.0
+    """Bytes of prompt per reserved token. 1.0 never under-reserves (a token is at least one byte)."""
+    quota_default_max_tokens: int = 1024
+    """Completion tokens reserved (and sent as `max_tokens`) when neither the caller nor the agent sets one."""
+
+    # LLM providers (credentials from the mounted Secret, under their usual names)
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTPLANE_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_api_base: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AGENTPLANE_OPENAI_API_BASE", "OPENAI_API_BASE", "OPENAI_BASE_URL"),
+    )
+    azure_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTPLANE_AZURE_API_KEY", "AZURE_API_KEY")
+    )
+    azure_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTPLANE_AZURE_API_BASE", "AZURE_API_BASE")
+    )
+    azure_api_version: str = Field(
+        default="2024-10-21",
+        validation_alias=AliasChoices("AGENTPLANE_AZURE_API_VERSION", "AZURE_API_VERSION"),
+    )
+    llm_timeout_seconds: float = 60.0
+    """Per attempt; bounded by what is left of the agent's total timeout."""
+    llm_retries: int = 2
+    """Retries of a retryable error (429, 5xx, timeout) on the same model before the next fallback."""
+    llm_backoff_seconds: float = 0.25
+    """Base of the jittered exponential backoff between retries."""
+    breaker_failures: int = 5
+    breaker_window_seconds: float = 30.0
+    breaker_open_seconds: float = 60.0
+
+    # tools
+    secrets_dir: Path = Path("/var/run/agentplane/secrets")
+    """Kubernetes secret refs: `<secrets_dir>/<tool-name>/<key>`."""
+    keyvault_dir: Path = Path("/mnt/secrets-store")
+    """Key Vault secret refs (Secrets Store CSI mount): `<keyvault_dir>/<secret-name>`."""
+
+    # request limits
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_messages: int = 1000
+
+    # usage metering
+    usage_flush_seconds: float = 0.5
+    usage_batch_size: int = 500
+    usage_stream: str = "agentplane:usage"
+    """Redis stream that buffers usage records until they are in the database."""
+
+    # telemetry and logs
+    otel_traces_exporter: Literal["otlp", "console", "none"] = Field(
+        default="otlp",
+        validation_alias=AliasChoices("AGENTPLANE_OTEL_TRACES_EXPORTER", "OTEL_TRACES_EXPORTER"),
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "AGENTPLANE_OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    """Traces are exported over OTLP/HTTP when this is set (the SDK reads the other OTEL_* variables)."""
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("breaker_failures", "max_messages", "usage_batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    def database(self) -> str:
+        """The database URL, defaulting to a SQLite file in the state directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'agentplane.db'}"

@@ -1,0 +1,319 @@
+"""LLM calls through litellm: the agent's model, then its fallbacks, with a per-attempt timeout,
+jittered retries for retryable errors only, and a circuit breaker per deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import litellm
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from agentplane_runtime.core.config import Settings
+from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.core.telemetry import Metrics
+
+log = logging.getLogger("agentplane.runtime.llm")
+
+
+class CircuitState(enum.IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitBreaker:
+    """Opens after `failures` retryable failures within `window` seconds; after `open_seconds`
+    one probe call is let through (half-open): success closes it, failure opens it again."""
+
+    def __init__(
+        self, failures: int, window: float, open_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = failures
+        self.window = window
+        self.open_seconds = open_seconds
+        self.clock = clock
+        self.state = CircuitState.CLOSED
+        self._failures: deque[float] = deque()
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to this deployment now (claims the probe when half-open)."""
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN:
+            if self.clock() - self._opened_at < self.open_seconds:
+                return False
+            self.state = CircuitState.HALF_OPEN
+            self._probing = False
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def retry_after(self) -> float:
+        return max(0.0, self.open_seconds - (self.clock() - self._opened_at))
+
+    def success(self) -> None:
+        self.state = CircuitState.CLOSED
+        self._failures.clear()
+        self._probing = False
+
+    def failure(self) -> None:
+        now = self.clock()
+        if self.state is CircuitState.HALF_OPEN:
+            self._open(now)
+            return
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > self.window:
+            self._failures.popleft()
+        if len(self._failures) >= self.threshold:
+            self._open(now)
+
+    def release(self) -> None:
+        """A probe that ended neither in success nor in a retryable failure."""
+        self._probing = False
+
+    def _open(self, now: float) -> None:
+        self.state = CircuitState.OPEN
+        self._opened_at = now
+        self._failures.clear()
+        self._probing = False
+
+
+_RETRYABLE = (
+    litellm.exceptions.RateLimitError,
+    litellm.exceptions.Timeout,
+    litellm.exceptions.APIConnectionError,
+    litellm.exceptions.InternalServerError,
+    litellm.exceptions.ServiceUnavailableError,
+)
+_CLIENT_ERRORS = (litellm.exceptions.BadRequestError, litellm.exceptions.UnprocessableEntityError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (*_RETRYABLE, asyncio.TimeoutError)):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status in (408, 429) or status >= 500)
+
+
+def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, litellm.exceptions.Timeout | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, litellm.exceptions.RateLimitError):
+        return "rate_limited"
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return f"http_{status}"
+    return type(exc).__name__
+
+
+def provider_of(model: str) -> str:
+    prefix, sep, _ = model.partition("/")
+    return prefix if sep else "openai"
+
+
+_SYSTEMS = {
+    "azure": "azure.ai.openai",
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "bedrock": "aws.bedrock",
+}
+
+
+@dataclass
+class Attempt:
+    """A successful LLM call: the model that answered and its response (a stream when streaming).
+    `span` is the attempt's span, still open: the caller ends it with `finish_span`."""
+
+    model: str
+    response: Any
+    span: Span
+    attempts: int
+    started: float = field(default_factory=time.perf_counter)
+
+
+class LLMClient:
+    """Calls litellm with the agent's model and fallbacks."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, tracer: Tracer) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.tracer = tracer
+        self.breakers: dict[str, CircuitBreaker] = {}
+        litellm.suppress_debug_info = True
+        litellm.drop_params = True
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        breaker = self.breakers.get(model)
+        if breaker is None:
+            s = self.settings
+            breaker = CircuitBreaker(s.breaker_failures, s.breaker_window_seconds, s.breaker_open_seconds)
+            self.breakers[model] = breaker
+        return breaker
+
+    def credentials(self, model: str) -> dict[str, Any]:
+        """Provider credentials for a model, from settings (never from the agent config)."""
+        s = self.settings
+        provider = provider_of(model)
+        if provider == "azure":
+            return {
+                "api_key": s.azure_api_key.get_secret_value() if s.azure_api_key else None,
+                "api_base": s.azure_api_base,
+                "api_version": s.azure_api_version,
+            }
+        if provider == "openai":
+            return {
+                "api_key": s.openai_api_key.get_secret_value() if s.openai_api_key else None,
+                "api_base": s.openai_api_base,
+            }
+        return {}
+
+    def _state(self, model: str, breaker: CircuitBreaker) -> None:
+        self.metrics.circuit_state.labels(model).set(int(breaker.state))
+
+    async def complete(
+        self,
+        models: list[str],
+        *,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        tools: list[dict[str, Any]] | None,
+        stream: bool,
+        deadline: float,
+    ) -> Attempt:
+        """The first model (in order) that answers; raises `ApiError` when none does."""
+        last: BaseException | None = None
+        open_circuits: list[CircuitBreaker] = []
+        attempts = 0
+        s = self.settings
+        for model in models:
+            breaker = self.breaker(model)
+            for retry in range(s.llm_retries + 1):
+                if not breaker.allow():
+                    open_circuits.append(breaker)
+                    self.metrics.llm_attempts.labels(model, "circuit_open").inc()
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.05:
+                    breaker.release()
+                    raise ApiError(
+                        504, "the agent's time limit was reached", type="timeout_error", code="timeout"
+                    )
+                attempts += 1
+                span = self.tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT)
+                span.set_attributes(
+                    {
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.system": _SYSTEMS.get(provider_of(model), provider_of(model)),
+                        "gen_ai.request.model": model,
+                        "agentplane.attempt": attempts,
+                    }
+                )
+                for name in ("max_tokens", "temperature", "top_p", "seed"):
+                    if params.get(name) is not None:
+                        span.set_attribute(f"gen_ai.request.{name}", params[name])
+                timeout = min(s.llm_timeout_seconds, remaining)
+                kwargs: dict[str, Any] = {
+                    **self.credentials(model),
+                    **{k: v for k, v in params.items() if v is not None},
+                    "model": model,
+                    "messages": messages,
+                    "timeout": timeout,
+                    "max_retries": 0,
+                }
+                if tools:
+                    kwargs["tools"] = tools
+                if stream:
+                    kwargs["stream"] = True
+                    kwargs["stream_options"] = {"include_usage": True}
+                try:
+                    response = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout + 1)
+                except asyncio.CancelledError:
+                    breaker.release()
+                    span.set_status(Status(StatusCode.ERROR, "cancelled"))
+                    span.end()
+                    raise
+                except Exception as exc:
+                    kind = error_kind(exc)
+                    span.set_attribute("error.type", kind)
+                    span.set_status(Status(StatusCode.ERROR, kind))
+                    span.end()
+                    self.metrics.llm_attempts.labels(model, kind).inc()
+                    last = exc
+                    if isinstance(exc, _CLIENT_ERRORS) and not is_retryable(exc):
+                        breaker.release()
+                        self._state(model, breaker)
+                        raise ApiError(
+                            400, "the model refused the request as invalid", code="upstream_bad_request"
+                        ) from exc
+                    if not is_retryable(exc):
+                        breaker.release()
+                        log.warning("model %s failed (%s), trying the next one", model, kind)
+                        break
+                    breaker.failure()
+                    self._state(model, breaker)
+                    log.warning("model %s attempt failed (%s)", model, kind)
+                    if retry < s.llm_retries and breaker.state is CircuitState.CLOSED:
+                        delay = s.llm_backoff_seconds * (2**retry) * random.uniform(0.5, 1.5)
+                        if time.monotonic() + delay < deadline - 0.1:
+                            await asyncio.sleep(delay)
+                    continue
+                breaker.success()
+                self._state(model, breaker)
+                self.metrics.llm_attempts.labels(model, "ok").inc()
+                return Attempt(model=model, response=response, span=span, attempts=attempts)
+        if last is None and open_circuits:
+            wait = min(b.retry_after() for b in open_circuits)
+            raise ApiError(
+                503,
+                "every model of this agent is unavailable (circuit open)",
+                type="upstream_unavailable",
+                code="circuit_open",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+        if last is not None and error_kind(last) == "timeout":
+            raise ApiError(504, "the model did not answer in time", type="upstream_timeout", code="timeout")
+        raise ApiError(
+            502, "the model provider failed to answer", type="upstream_error", code="upstream_error"
+        )
+
+
+def finish_span(
+    span: Span,
+    *,
+    response_model: str | None,
+    response_id: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reasons: list[str],
+) -> None:
+    if response_model:
+        span.set_attribute("gen_ai.response.model", response_model)
+    if response_id:
+        span.set_attribute("gen_ai.response.id", response_id)
+    span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
+    span.end()
+
+
+def cost_of(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """USD from litellm's cost map (0 for a model it does not know)."""
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # litellm raises plain exceptions for unknown models
+        return 0.0
+    return float(prompt_cost) + float(completion_cost)

@@ -1,0 +1,199 @@
+"""The runtime's shared clients and services, built from settings and closed together.
+
+One `Runtime` serves one agent in a pod, or every agent of `agentplane up`: the clients (database
+engine, Redis, Qdrant, HTTP) are shared; per-agent state lives in `AgentRegistry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from opentelemetry.sdk.trace.export import SpanExporter
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentplane_platform.api.v1alpha1 import KnowledgeBase
+from agentplane_platform.db import create_engine, migrate
+from agentplane_platform.knowledge import CollectionSpec, VectorStore, ensure_collection
+from agentplane_runtime.agents import AgentRegistry
+from agentplane_runtime.auth import ApiKeyVerifier, Authenticator, OidcVerifier
+from agentplane_runtime.chat import ChatService
+from agentplane_runtime.core.config import Settings
+from agentplane_runtime.core.telemetry import Telemetry, create_telemetry
+from agentplane_runtime.llm import LLMClient
+from agentplane_runtime.quotas import (
+    LimitsSource,
+    MemoryQuotaBackend,
+    QuotaBackend,
+    QuotaGate,
+    RedisLimits,
+    RedisQuotaBackend,
+    StaticLimits,
+)
+from agentplane_runtime.retrieval import Embedder, KnowledgeService, LiteLLMEmbedder
+from agentplane_runtime.tools import SecretReader, ToolRunner
+from agentplane_runtime.usage import (
+    MemoryUsageBuffer,
+    RedisUsageBuffer,
+    UsageBuffer,
+    UsageRecorder,
+    UsageStore,
+)
+
+log = logging.getLogger("agentplane.runtime")
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, shared by every agent served by this process."""
+
+    settings: Settings
+    agents: AgentRegistry
+    engine: AsyncEngine
+    redis: Redis | None
+    vectors: VectorStore
+    http: httpx.AsyncClient
+    telemetry: Telemetry
+    quota_backend: QuotaBackend
+    limits: LimitsSource
+    usage: UsageRecorder
+    usage_store: UsageStore
+    knowledge: KnowledgeService
+    authenticator: Authenticator
+    llm: LLMClient
+    chat: ChatService
+
+    async def check_database(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def check_quota_store(self) -> bool:
+        try:
+            return await self.quota_backend.ping()
+        except Exception:
+            return False
+
+    async def check_vector_store(self) -> bool:
+        try:
+            await self.vectors.client.get_collections()
+        except Exception:
+            return False
+        return True
+
+    async def ensure_collections(self) -> None:
+        """Create the knowledge collections of every served agent that are missing."""
+        for agent in self.agents.all():
+            for kb in agent.config.knowledge:
+                base = KnowledgeBase(
+                    name=kb.name,
+                    embedding_model=kb.embedding_model,
+                    dimensions=kb.dimensions,
+                    distance=kb.distance,  # type: ignore[arg-type]
+                )
+                state = await ensure_collection(self.vectors, CollectionSpec.of(agent.config.tenant, base))
+                if not state.ready:
+                    log.warning(state.message)
+
+
+@contextlib.asynccontextmanager
+async def build_runtime(
+    settings: Settings,
+    agents: AgentRegistry,
+    *,
+    span_exporter: SpanExporter | None = None,
+    limits: LimitsSource | None = None,
+    embedder: Embedder | None = None,
+) -> AsyncIterator[Runtime]:
+    """Open every client the settings name (embedded defaults for the ones they do not), close them after."""
+    async with contextlib.AsyncExitStack() as stack:
+        telemetry = create_telemetry(settings, span_exporter)
+        stack.callback(telemetry.shutdown)
+        if not settings.database_url:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.database(), pool_pre_ping=True)
+        stack.push_async_callback(engine.dispose)
+        if settings.migrate_on_start:
+            await migrate(engine)
+        redis: Redis | None = None
+        quota_backend: QuotaBackend
+        buffer: UsageBuffer
+        if settings.redis_url:
+            redis = Redis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+            )
+            stack.push_async_callback(redis.aclose)
+            quota_backend = RedisQuotaBackend(redis)
+            buffer = RedisUsageBuffer(redis, settings.usage_stream)
+            limits = limits or RedisLimits(redis, settings.quota_limits_cache_seconds)
+        else:
+            quota_backend = MemoryQuotaBackend()
+            buffer = MemoryUsageBuffer()
+            limits = limits or StaticLimits()
+        vectors = VectorStore.connect(
+            url=settings.qdrant_url,
+            path=settings.qdrant_path,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        )
+        stack.push_async_callback(vectors.close)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_connections=200))
+        stack.push_async_callback(http.aclose)
+        store = UsageStore(engine)
+        usage = UsageRecorder(
+            store,
+            buffer,
+            telemetry.metrics,
+            batch_size=settings.usage_batch_size,
+            flush_seconds=settings.usage_flush_seconds,
+        )
+        usage.start()
+        stack.push_async_callback(usage.stop)
+        llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
+        knowledge = KnowledgeService(vectors, embedder or LiteLLMEmbedder(llm.credentials))
+        oidc = OidcVerifier(settings, http) if settings.oidc_issuer else None
+        authenticator = Authenticator(
+            ApiKeyVerifier(
+                engine,
+                cache_seconds=settings.api_key_cache_seconds,
+                stale_seconds=settings.api_key_stale_seconds,
+            ),
+            oidc,
+        )
+        quota = QuotaGate(quota_backend, limits, store.spend_since)
+        chat = ChatService(
+            settings=settings,
+            llm=llm,
+            quota=quota,
+            usage=usage,
+            knowledge=knowledge,
+            tools=ToolRunner(http, SecretReader(settings.secrets_dir, settings.keyvault_dir)),
+            telemetry=telemetry,
+        )
+        runtime = Runtime(
+            settings=settings,
+            agents=agents,
+            engine=engine,
+            redis=redis,
+            vectors=vectors,
+            http=http,
+            telemetry=telemetry,
+            quota_backend=quota_backend,
+            limits=limits,
+            usage=usage,
+            usage_store=store,
+            knowledge=knowledge,
+            authenticator=authenticator,
+            llm=llm,
+            chat=chat,
+        )
+        if settings.ensure_collections:
+            await runtime.ensure_collections()
+        yield runtime

@@ -1,0 +1,348 @@
+"""Tools the model may call: `http` endpoints, `mcp` server tools (streamable HTTP), and the
+builtins `retrieval` and `calculator`. A failing tool becomes an error result for the model."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import fnmatch
+import json
+import math
+import operator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from agentplane_platform.api.v1alpha1 import SecretRef
+from agentplane_platform.config import (
+    AgentConfig,
+    ResolvedAuth,
+    ResolvedBuiltinTool,
+    ResolvedHttpTool,
+    ResolvedMcpTool,
+    ResolvedTool,
+)
+
+MAX_TOOL_RESULT_CHARS = 32_000
+
+CALCULATOR_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"expression": {"type": "string", "description": "Arithmetic, e.g. (2 + 3) * 4 / 7"}},
+    "required": ["expression"],
+}
+RETRIEVAL_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"query": {"type": "string", "description": "What to look up in the knowledge bases"}},
+    "required": ["query"],
+}
+
+
+class ToolError(Exception):
+    """A tool call failed; the message is what the model is told."""
+
+
+def tool_definitions(config: AgentConfig) -> list[dict[str, Any]]:
+    """The agent's tools as OpenAI function tools."""
+    definitions = []
+    for tool in config.tools:
+        parameters = tool.parameters
+        if parameters is None and isinstance(tool, ResolvedBuiltinTool):
+            parameters = CALCULATOR_PARAMETERS if tool.builtin == "calculator" else RETRIEVAL_PARAMETERS
+        definitions.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.function_name,
+                    "description": tool.description,
+                    "parameters": parameters or {"type": "object", "properties": {}},
+                },
+            }
+        )
+    return definitions
+
+
+# -- calculator ---------------------------------------------------------------------------------
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "log": math.log,
+    "exp": math.exp,
+    "floor": math.floor,
+    "ceil": math.ceil,
+}
+_CONSTANTS = {"pi": math.pi, "e": math.e}
+
+
+def calculate(expression: str) -> float | int:
+    """Evaluate arithmetic safely: numbers, + - * / // % **, parentheses, a few math functions."""
+    if len(expression) > 1000:
+        raise ToolError("expression too long")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise ToolError(f"not an arithmetic expression: {exc.msg}") from None
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int | float)
+            and not isinstance(node.value, bool)
+        ):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(right) > 1000 or abs(left) > 1e12):
+                raise ToolError("exponent too large")
+            if isinstance(node.op, ast.Mult | ast.Add | ast.Sub) and max(abs(left), abs(right)) > 1e300:
+                raise ToolError("number too large")
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](ev(node.operand))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+            and len(node.args) <= 8
+        ):
+            return _FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
+        raise ToolError(f"unsupported expression element: {type(node).__name__}")
+
+    try:
+        value = ev(tree)
+    except ToolError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ToolError(f"cannot compute: {exc}") from None
+    if isinstance(value, int) and value.bit_length() > 4000:
+        raise ToolError("result too large")
+    if not isinstance(value, int | float):
+        raise ToolError("the result is not a number")
+    return value
+
+
+# -- secrets and egress ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretReader:
+    """Reads tool credentials from mounted files (Kubernetes Secret volumes, Key Vault CSI mount)."""
+
+    secrets_dir: Path
+    keyvault_dir: Path
+
+    def read(self, tool_name: str, ref: SecretRef) -> str:
+        if ref.kubernetes is not None:
+            path = self.secrets_dir / tool_name / ref.kubernetes.key
+        elif ref.key_vault is not None:
+            path = self.keyvault_dir / ref.key_vault.name
+        else:  # pragma: no cover - the model refuses it
+            raise ToolError("the tool's credential is not configured")
+        try:
+            return path.read_text().strip()
+        except OSError:
+            raise ToolError("the tool's credential is not available") from None
+
+
+def host_allowed(url: str, allowed: list[str]) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return bool(host) and any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed)
+
+
+def _auth_header(auth: ResolvedAuth | None, tool: str, secrets: SecretReader) -> dict[str, str]:
+    if auth is None:
+        return {}
+    value = secrets.read(tool, auth.secret)
+    return {auth.header: f"{auth.scheme} {value}".strip() if auth.scheme else value}
+
+
+# -- execution ---------------------------------------------------------------------------------
+
+Retrieve = Callable[[str], Awaitable[str]]
+
+
+class ToolRunner:
+    """Executes one agent's tool calls."""
+
+    def __init__(self, http: httpx.AsyncClient, secrets: SecretReader) -> None:
+        self.http = http
+        self.secrets = secrets
+
+    async def run(
+        self, config: AgentConfig, tool: ResolvedTool, arguments: str, *, timeout: float, retrieve: Retrieve
+    ) -> str:
+        """The tool's result as text for the model; raises `ToolError`."""
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            raise ToolError("the arguments are not valid JSON") from None
+        if not isinstance(args, dict):
+            raise ToolError("the arguments must be a JSON object")
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(tool, ResolvedBuiltinTool):
+                    if tool.builtin == "calculator":
+                        return json.dumps({"result": calculate(str(args.get("expression", "")))})
+                    return await retrieve(str(args.get("query", "")))
+                if isinstance(tool, ResolvedHttpTool):
+                    return await self._http(config, tool, args)
+                return await self._mcp(config, tool, args)
+        except TimeoutError:
+            raise ToolError(f"the tool did not answer within {timeout:.0f} s") from None
+        except httpx.HTTPError as exc:
+            raise ToolError(f"the tool could not be reached ({type(exc).__name__})") from None
+
+    async def _http(self, config: AgentConfig, tool: ResolvedHttpTool, args: dict[str, Any]) -> str:
+        if not host_allowed(tool.url, config.egress_hosts):
+            raise ToolError("the tool's host is not in the tenant's egress allowlist")
+        headers = {**tool.headers, **_auth_header(tool.auth, tool.name, self.secrets)}
+        request = self.http.build_request(
+            tool.method,
+            tool.url,
+            params={k: str(v) for k, v in args.items()} if tool.method == "GET" else None,
+            json=args if tool.method != "GET" else None,
+            headers=headers,
+        )
+        response = await self.http.send(request, stream=True, follow_redirects=False)
+        try:
+            body = bytearray()
+            truncated = False
+            async for piece in response.aiter_bytes():
+                body += piece
+                if len(body) > tool.max_response_bytes:
+                    del body[tool.max_response_bytes :]
+                    truncated = True
+                    break
+        finally:
+            await response.aclose()
+        text = body.decode("utf-8", errors="replace")
+        if response.status_code >= 400:
+            raise ToolError(f"HTTP {response.status_code}: {text[:500]}")
+        return text[:MAX_TOOL_RESULT_CHARS] + ("\n[response truncated]" if truncated else "")
+
+    async def _mcp(self, config: AgentConfig, tool: ResolvedMcpTool, args: dict[str, Any]) -> str:
+        if not host_allowed(tool.url, config.egress_hosts):
+            raise ToolError("the MCP server's host is not in the tenant's egress allowlist")
+        session = McpSession(self.http, tool.url, _auth_header(tool.auth, tool.name, self.secrets))
+        try:
+            await session.initialize()
+            result = await session.request("tools/call", {"name": tool.tool, "arguments": args})
+        finally:
+            await session.close()
+        parts = []
+        for item in result.get("content") or []:
+            if isinstance(item, dict) and item.get("type") == "text":
+                parts.append(str(item.get("text", "")))
+            elif isinstance(item, dict):
+                parts.append(json.dumps(item)[:2000])
+        text = "\n".join(parts) if parts else json.dumps(result.get("structuredContent") or {})
+        if result.get("isError"):
+            raise ToolError(text[:2000] or "the MCP tool reported an error")
+        return text[:MAX_TOOL_RESULT_CHARS]
+
+
+class McpSession:
+    """A minimal MCP client over streamable HTTP: initialize, then JSON-RPC requests; answers come
+    as JSON or as a server-sent event stream."""
+
+    PROTOCOL_VERSION = "2025-06-18"
+
+    def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+        self.http = http
+        self.url = url
+        self.headers = {
+            **headers,
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+        self.session_id: str | None = None
+        self._next_id = 0
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+            headers["MCP-Protocol-Version"] = self.PROTOCOL_VERSION
+        return headers
+
+    async def initialize(self) -> None:
+        await self.request(
+            "initialize",
+            {
+                "protocolVersion": self.PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "agentplane-runtime", "version": "0.1.0"},
+            },
+        )
+        await self.notify("notifications/initialized")
+
+    async def notify(self, method: str) -> None:
+        response = await self.http.post(
+            self.url, json={"jsonrpc": "2.0", "method": method}, headers=self._headers()
+        )
+        await response.aclose()
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        ident = self._next_id
+        payload = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
+        async with self.http.stream("POST", self.url, json=payload, headers=self._headers()) as response:
+            if response.status_code >= 400:
+                raise ToolError(f"MCP server answered HTTP {response.status_code}")
+            session = response.headers.get("mcp-session-id")
+            if session:
+                self.session_id = session
+            ctype = response.headers.get("content-type", "")
+            message: dict[str, Any] | None = None
+            if ctype.startswith("text/event-stream"):
+                data_lines: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        data_lines.append(line[5:].strip())
+                    elif not line and data_lines:
+                        candidate = json.loads("\n".join(data_lines))
+                        data_lines = []
+                        if isinstance(candidate, dict) and candidate.get("id") == ident:
+                            message = candidate
+                            break
+            else:
+                raw = await response.aread()
+                candidate = json.loads(raw)
+                message = candidate if isinstance(candidate, dict) else None
+        if message is None:
+            raise ToolError("the MCP server sent no answer")
+        if "error" in message:
+            error = message["error"] or {}
+            raise ToolError(f"MCP error: {str(error.get('message', 'unknown'))[:500]}")
+        result = message.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def close(self) -> None:
+        if self.session_id:
+            try:
+                response = await self.http.delete(self.url, headers=self._headers())
+                await response.aclose()
+            except httpx.HTTPError:
+                pass

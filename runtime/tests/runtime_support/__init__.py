@@ -1,0 +1,152 @@
+"""Helpers for the runtime tests: agent configs, a runtime served over real HTTP, API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agentplane_platform.config import AgentConfig
+from agentplane_runtime import AgentRegistry, Runtime, Settings, create_app
+from agentplane_runtime.auth import create_api_key
+from agentplane_runtime.quotas import LimitsSource
+
+DIMS = 64
+
+
+def tenant_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_config(
+    tenant: str,
+    agent: str = "helper",
+    *,
+    model: str = "openai/gpt-4o-mini",
+    fallbacks: list[str] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    knowledge: list[str] | None = None,
+    max_tool_calls: int = 4,
+    timeout_seconds: int = 30,
+    max_input_tokens: int = 16000,
+    max_tokens: int | None = None,
+    egress: list[str] | None = None,
+    template: str = "You are {{ agent }} of {{ tenant }}. Be {{ tone }}.",
+) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "tenant": tenant,
+            "namespace": f"tenant-{tenant}",
+            "agent": agent,
+            "description": "a test agent",
+            "model": {
+                "name": model,
+                "fallbacks": fallbacks or [],
+                "parameters": {"temperature": 0.2, **({"max_tokens": max_tokens} if max_tokens else {})},
+            },
+            "prompt": {
+                "name": "p",
+                "version": 1,
+                "template": template,
+                "values": {"tone": "brief"},
+                "hash": "h",
+            },
+            "tools": tools or [],
+            "knowledge": [
+                {
+                    "name": kb,
+                    "collection": f"{tenant}--{kb}",
+                    "embedding_model": "openai/text-embedding-3-small",
+                    "dimensions": DIMS,
+                    "distance": "Cosine",
+                    "top_k": 4,
+                    "min_score": 0.0,
+                }
+                for kb in knowledge or []
+            ],
+            "limits": {
+                "max_tool_calls": max_tool_calls,
+                "timeout_seconds": timeout_seconds,
+                "max_input_tokens": max_input_tokens,
+            },
+            "quota": {
+                "tenant": tenant,
+                "key_prefix": f"agentplane:quota:{tenant}",
+                "limits_key": f"agentplane:quota:{tenant}:limits",
+            },
+            "egress_hosts": egress or ["127.0.0.1"],
+        }
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    """A runtime app served over real HTTP on loopback."""
+
+    runtime: Runtime
+    port: int
+    spans: InMemorySpanExporter
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    async def key(self, tenant: str | None = None, **kwargs: Any) -> str:
+        agent = self.runtime.agents.get()
+        return await create_api_key(
+            self.runtime.engine, tenant=tenant or agent.config.tenant, name="test", **kwargs
+        )
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    settings: Settings,
+    *configs: AgentConfig,
+    limits: LimitsSource | None = None,
+) -> AsyncIterator[Served]:
+    """Serve `configs` (the first is the default agent at /v1) with `settings` on a free port."""
+    registry = AgentRegistry()
+    for i, config in enumerate(configs):
+        registry.put(config, default=i == 0)
+    spans = InMemorySpanExporter()
+    app = create_app(settings, agents=registry, limits=limits)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(600):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+            raise RuntimeError("the runtime server stopped during startup")
+        if not server.started:
+            raise RuntimeError("the runtime server did not start")
+        runtime: Runtime = app.state.runtime
+        runtime.telemetry.provider.add_span_processor(SimpleSpanProcessor(spans))
+        yield Served(runtime, port, spans)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)

@@ -1,3 +1,6 @@
-"""Pulumi components that stand up an agentplane environment on Azure."""
+"""Pulumi components that stand up an agentplane environment on Azure and install the platform into it."""
 
-__all__: list[str] = []
+from agentplane_infra.config import ConfigError, StackConfig, load_config
+from agentplane_infra.program import program
+
+__all__ = ["ConfigError", "StackConfig", "load_config", "program"]

@@ -1,0 +1,289 @@
+"""Pure helpers: the repository's files in, Kubernetes manifests out. No Pulumi resources here.
+
+What the platform installs in the cluster lives in the repository, owned by its authors: the
+generated CRDs in `specs/crds/`, the operator's own manifests in `operator/deploy/`, dashboards and
+rules in `dashboards/`. They are read when the program runs, never copied into infra; infra only
+adds what only it knows (identities, images, where the connection settings come from).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+
+from agentplane_platform.specs import validate_paths
+
+Manifest = dict[str, Any]
+
+PLATFORM_NAMESPACE = "agentplane-system"
+OPERATOR_NAME = "agentplane-operator"
+RUNTIME_SERVICE_ACCOUNT = "agentplane-agent"
+"""The service account of agent pods in every tenant namespace (set by the operator's builders)."""
+OPERATOR_SECRET = "agentplane-operator"
+"""The SecretProviderClass and the Secret it syncs from Key Vault, in the platform namespace (the
+Secret name the operator's own manifests refer to)."""
+SECRETS_STORE_MOUNT = "/mnt/secrets-store"
+WORKLOAD_IDENTITY_CLIENT_ID = "azure.workload.identity/client-id"
+WORKLOAD_IDENTITY_USE = "azure.workload.identity/use"
+GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
+
+CONNECTION_ENV: Mapping[str, str] = {
+    "AGENTPLANE_OPERATOR_DATABASE_URL": "database-url",
+    "AGENTPLANE_OPERATOR_REDIS_URL": "redis-url",
+    "AGENTPLANE_OPERATOR_QDRANT_URL": "qdrant-url",
+    "AGENTPLANE_OPERATOR_QDRANT_API_KEY": "qdrant-api-key",
+}
+"""Operator environment variable -> key of the synced Secret (and name of the Key Vault secret)."""
+
+
+class ManifestError(Exception):
+    """A manifest file cannot be used; the message names the file."""
+
+
+def yaml_files(directory: Path) -> list[Path]:
+    """The `*.yaml` / `*.yml` files directly in a directory, sorted; none when it does not exist."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+
+
+def load_manifests(paths: Iterable[Path]) -> list[Manifest]:
+    """Every Kubernetes object of the (multi-document) YAML files, in file then document order."""
+    objects: list[Manifest] = []
+    for path in paths:
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as error:
+            raise ManifestError(f"{path}: not valid YAML: {error}") from None
+        for index, document in enumerate(documents):
+            if document is None:
+                continue
+            if not isinstance(document, dict) or not {"apiVersion", "kind", "metadata"} <= document.keys():
+                raise ManifestError(
+                    f"{path}: document {index + 1} is not a Kubernetes object (apiVersion, kind, metadata)"
+                )
+            objects.append(document)
+    return objects
+
+
+def object_key(obj: Manifest) -> str:
+    """`Kind/namespace/name` (or `Kind/name` when cluster-scoped) of an object."""
+    meta = obj["metadata"]
+    namespace = meta.get("namespace")
+    return f"{obj['kind']}/{namespace}/{meta['name']}" if namespace else f"{obj['kind']}/{meta['name']}"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What only infra knows about the operator's deployment."""
+
+    image: str
+    runtime_image: str
+    client_id: pulumi.Input[str]
+    """Client id of the operator's user-assigned managed identity."""
+
+
+def _is(obj: Manifest, kind: str, name: str) -> bool:
+    return bool(obj.get("kind") == kind and obj.get("metadata", {}).get("name") == name)
+
+
+def _merge_env(env: list[Manifest], extra: list[Manifest]) -> list[Manifest]:
+    names = {e["name"] for e in extra}
+    return [e for e in env if e.get("name") not in names] + extra
+
+
+def customize_operator(obj: Manifest, settings: OperatorSettings) -> Manifest:
+    """A copy of one of the operator's manifests with infra's settings added.
+
+    The ServiceAccount gets the workload-identity client id; the Deployment gets the workload
+    identity pod label, the image from stack config, the runtime image it deploys, the connection
+    settings from the Secret synced from Key Vault, and the CSI volume whose mount makes that sync
+    happen. Everything else is returned unchanged.
+    """
+    obj = copy.deepcopy(obj)
+    if _is(obj, "ServiceAccount", OPERATOR_NAME):
+        annotations = obj["metadata"].setdefault("annotations", {}) or {}
+        annotations[WORKLOAD_IDENTITY_CLIENT_ID] = settings.client_id
+        obj["metadata"]["annotations"] = annotations
+    elif _is(obj, "Deployment", OPERATOR_NAME):
+        template = obj.setdefault("spec", {}).setdefault("template", {})
+        labels = template.setdefault("metadata", {}).setdefault("labels", {})
+        labels[WORKLOAD_IDENTITY_USE] = "true"
+        pod = template.setdefault("spec", {})
+        containers: list[Manifest] = pod.get("containers") or []
+        if not containers:
+            raise ManifestError(f"Deployment {OPERATOR_NAME} has no containers")
+        container = next((c for c in containers if c.get("name") == "operator"), containers[0])
+        container["image"] = settings.image
+        container["env"] = _merge_env(
+            container.get("env") or [],
+            [
+                {"name": "AGENTPLANE_OPERATOR_RUNTIME_IMAGE", "value": settings.runtime_image},
+                *(
+                    {"name": env, "valueFrom": {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}}
+                    for env, key in CONNECTION_ENV.items()
+                ),
+            ],
+        )
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != "secrets-store"]
+        container["volumeMounts"] = [
+            *mounts,
+            {"name": "secrets-store", "mountPath": SECRETS_STORE_MOUNT, "readOnly": True},
+        ]
+        volumes = [v for v in pod.get("volumes") or [] if v.get("name") != "secrets-store"]
+        pod["volumes"] = [
+            *volumes,
+            {
+                "name": "secrets-store",
+                "csi": {
+                    "driver": "secrets-store.csi.k8s.io",
+                    "readOnly": True,
+                    "volumeAttributes": {"secretProviderClass": OPERATOR_SECRET},
+                },
+            },
+        ]
+    return obj
+
+
+def secret_provider_class(
+    *, client_id: pulumi.Input[str], vault_name: pulumi.Input[str], tenant_id: pulumi.Input[str]
+) -> Manifest:
+    """The SecretProviderClass that mounts the operator's Key Vault secrets and syncs them to a Secret."""
+    keys = sorted(CONNECTION_ENV.values())
+    objects = "array:\n" + "".join(f"  - |\n    objectName: {key}\n    objectType: secret\n" for key in keys)
+    return {
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": OPERATOR_SECRET, "namespace": PLATFORM_NAMESPACE},
+        "spec": {
+            "provider": "azure",
+            "secretObjects": [
+                {
+                    "secretName": OPERATOR_SECRET,
+                    "type": "Opaque",
+                    "data": [{"objectName": key, "key": key} for key in keys],
+                }
+            ],
+            "parameters": {
+                "usePodIdentity": "false",
+                "clientID": client_id,
+                "keyvaultName": vault_name,
+                "tenantId": tenant_id,
+                "objects": objects,
+            },
+        },
+    }
+
+
+def dns_label(text: str) -> str:
+    """A DNS-1123 label made from a file name."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label[:63].rstrip("-") or "unnamed"
+
+
+def grafana_dashboards(directory: Path, namespace: str) -> list[Manifest]:
+    """One ConfigMap, labelled for Grafana's dashboard sidecar, per dashboard JSON under `directory`."""
+    if not directory.is_dir():
+        return []
+    configmaps: list[Manifest] = []
+    for path in sorted(directory.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        try:
+            dashboard = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{path}: not valid JSON: {error}") from None
+        if not isinstance(dashboard, dict) or "panels" not in dashboard:
+            continue  # not a Grafana dashboard
+        configmaps.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": dns_label(f"dashboard-{path.stem}"),
+                    "namespace": namespace,
+                    "labels": {GRAFANA_DASHBOARD_LABEL: "1"},
+                },
+                "data": {path.name: text},
+            }
+        )
+    return configmaps
+
+
+def prometheus_rules(directory: Path, namespace: str, labels: Mapping[str, str]) -> list[Manifest]:
+    """PrometheusRule objects for the rule files under `directory`.
+
+    A YAML document that is already a PrometheusRule is applied in `namespace`; a plain Prometheus
+    rule file (`groups:`) is wrapped in one. Other YAML (SLO definitions, say) is not a rule.
+    """
+    if not directory.is_dir():
+        return []
+    rules: list[Manifest] = []
+    for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml")):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as error:
+            raise ManifestError(f"{path}: not valid YAML: {error}") from None
+        for index, document in enumerate(d for d in documents if isinstance(d, dict)):
+            suffix = f"-{index + 1}" if index else ""
+            if document.get("kind") == "PrometheusRule":
+                rule = copy.deepcopy(document)
+                meta = rule.setdefault("metadata", {})
+                meta.setdefault("name", dns_label(f"{path.stem}{suffix}"))
+                meta["namespace"] = namespace
+                meta["labels"] = {**(meta.get("labels") or {}), **labels}
+                rules.append(rule)
+            elif isinstance(document.get("groups"), list) and "apiVersion" not in document:
+                rules.append(
+                    {
+                        "apiVersion": "monitoring.coreos.com/v1",
+                        "kind": "PrometheusRule",
+                        "metadata": {
+                            "name": dns_label(f"{path.stem}{suffix}"),
+                            "namespace": namespace,
+                            "labels": dict(labels),
+                        },
+                        "spec": {"groups": document["groups"]},
+                    }
+                )
+    return rules
+
+
+def tenant_namespaces(tenants_dir: Path) -> list[str]:
+    """Namespaces of the valid Tenants under `specs/tenants/`, sorted (via the platform's loader)."""
+    if not tenants_dir.is_dir():
+        return []
+    report = validate_paths([tenants_dir])
+    return sorted(t.resource.namespace for t in report.specs.tenants.values())
+
+
+def workload_subject(namespace: str, service_account: str) -> str:
+    """The `sub` claim of a Kubernetes service account token."""
+    return f"system:serviceaccount:{namespace}:{service_account}"
+
+
+def kubeconfig_with_login(kubeconfig: str, method: str) -> str:
+    """The AKS user kubeconfig with `kubelogin get-token --login <method>` for every exec user.
+
+    `listClusterUserCredential(format=exec)` returns a kubeconfig whose exec plugin logs in with
+    the device code flow; Pulumi runs unattended, so the login method is set from stack config.
+    """
+    config = yaml.safe_load(kubeconfig)
+    for user in config.get("users") or []:
+        exec_ = (user.get("user") or {}).get("exec")
+        if not exec_:
+            continue
+        args: list[str] = list(exec_.get("args") or [])
+        if "--login" in args:
+            args[args.index("--login") + 1] = method
+        else:
+            args += ["--login", method]
+        exec_["args"] = args
+    return str(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,196 @@
+"""The Pulumi program: an agentplane environment on Azure, and the platform installed into it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+from pulumi_azure_native import authorization, resources
+
+from agentplane_infra.cache import Cache
+from agentplane_infra.cluster import Cluster
+from agentplane_infra.config import load_config
+from agentplane_infra.crds import Crds
+from agentplane_infra.database import Database
+from agentplane_infra.gitops import GitOps
+from agentplane_infra.identity import WorkloadIdentity
+from agentplane_infra.manifests import (
+    CONNECTION_ENV,
+    OPERATOR_NAME,
+    PLATFORM_NAMESPACE,
+    RUNTIME_SERVICE_ACCOUNT,
+    tenant_namespaces,
+    workload_subject,
+)
+from agentplane_infra.monitoring import Monitoring
+from agentplane_infra.network import Network
+from agentplane_infra.operator_deploy import Operator
+from agentplane_infra.qdrant import URL as QDRANT_URL
+from agentplane_infra.qdrant import Qdrant
+from agentplane_infra.vault import Vault
+
+PREFIX = "agentplane"
+
+
+def program(root: Path) -> dict[str, pulumi.Output[Any]]:
+    """Declare every resource of the current stack; `root` is the repository checkout.
+
+    Returns the stack outputs (also exported).
+    """
+    cfg = load_config()
+    client = authorization.get_client_config_output()
+    tags = cfg.tags
+
+    group = resources.ResourceGroup(
+        PREFIX, resource_group_name=f"{PREFIX}-{cfg.stack}", location=cfg.location, tags=tags
+    )
+    rg = group.name
+    net = Network(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "address_space": cfg.network.address_space,
+            "aks_subnet": cfg.network.aks_subnet,
+            "endpoints_subnet": cfg.network.endpoints_subnet,
+            "postgres_subnet": cfg.network.postgres_subnet,
+            "postgres_dns_zone": f"{PREFIX}-{cfg.stack}.private.postgres.database.azure.com",
+            "tags": tags,
+        },
+    )
+    cluster = Cluster(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "subnet_id": net.aks_subnet_id,
+            "subscription_id": client.subscription_id,
+            "aks": cfg.aks,
+            "log_retention_days": cfg.monitoring.log_retention_days,
+            "tags": tags,
+        },
+    )
+    database = Database(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "subnet_id": net.postgres_subnet_id,
+            "dns_zone_id": net.dns_zone_ids["postgres"],
+            "dns_link": net.dns_links["postgres"],
+            "postgres": cfg.postgres,
+            "tags": tags,
+        },
+    )
+    cache = Cache(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "endpoints_subnet_id": net.endpoints_subnet_id,
+            "dns_zone_id": net.dns_zone_ids["redis"],
+            "redis": cfg.redis,
+            "tags": tags,
+        },
+    )
+
+    # In the cluster: everything goes through the provider built from the AKS kubeconfig.
+    def in_cluster(*depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(provider=cluster.provider, depends_on=list(depends_on))
+
+    crds = Crds("crds", {"directory": root / "specs" / "crds"}, in_cluster())
+    monitoring = Monitoring(
+        "monitoring", {"chart": cfg.monitoring.chart, "dashboards": root / "dashboards"}, in_cluster()
+    )
+    qdrant_api_key = random.RandomPassword("qdrant-api-key", length=40, special=False)
+
+    llm_secrets = {f"llm-{provider}-api-key": key for provider, key in cfg.llm_provider_keys.items()}
+    vault = Vault(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "tenant_id": client.tenant_id,
+            "endpoints_subnet_id": net.endpoints_subnet_id,
+            "dns_zone_id": net.dns_zone_ids["keyvault"],
+            "key_vault": cfg.key_vault,
+            "secrets": {
+                "database-url": database.url,
+                "redis-url": cache.url,
+                "qdrant-url": QDRANT_URL,
+                "qdrant-api-key": qdrant_api_key.result,
+                "postgres-admin-password": database.admin_password,
+                "grafana-admin-password": monitoring.grafana_admin_password,
+                **llm_secrets,
+            },
+            "tags": tags,
+        },
+    )
+    connection = {key: vault.secret_ids[key] for key in CONNECTION_ENV.values()}
+    operator_identity = WorkloadIdentity(
+        f"{PREFIX}-operator",
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "oidc_issuer_url": cluster.oidc_issuer_url,
+            "subjects": [workload_subject(PLATFORM_NAMESPACE, OPERATOR_NAME)],
+            "secret_scopes": connection,
+            "subscription_id": client.subscription_id,
+            "tags": tags,
+        },
+    )
+    # Tenant namespaces come and go with the specs; a federated credential names one service
+    # account, so the runtime identity trusts the tenants known when `pulumi up` runs.
+    runtime_identity = WorkloadIdentity(
+        f"{PREFIX}-runtime",
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "oidc_issuer_url": cluster.oidc_issuer_url,
+            "subjects": [
+                workload_subject(namespace, RUNTIME_SERVICE_ACCOUNT)
+                for namespace in tenant_namespaces(root / "specs" / "tenants")
+            ],
+            "secret_scopes": {**connection, **{key: vault.secret_ids[key] for key in llm_secrets}},
+            "subscription_id": client.subscription_id,
+            "tags": tags,
+        },
+    )
+
+    operator = Operator(
+        "operator",
+        {
+            "directory": root / "operator" / "deploy",
+            "image": cfg.images.operator,
+            "runtime_image": cfg.images.runtime,
+            "client_id": operator_identity.client_id,
+            "vault_name": vault.vault_name,
+            "tenant_id": client.tenant_id,
+        },
+        in_cluster(crds, monitoring.release),
+    )
+    Qdrant(
+        "qdrant",
+        {"qdrant": cfg.qdrant, "api_key": qdrant_api_key.result},
+        in_cluster(operator.namespace, monitoring.release),
+    )
+    GitOps("gitops", {"gitops": cfg.gitops}, in_cluster(crds, operator))
+
+    outputs: dict[str, pulumi.Output[Any]] = {
+        "resourceGroupName": rg,
+        "clusterName": cluster.cluster_name,
+        "kubeconfig": cluster.kubeconfig,
+        "oidcIssuerUrl": cluster.oidc_issuer_url,
+        "databaseHost": database.host,
+        "redisHost": cache.host,
+        "keyVaultName": vault.vault_name,
+        "keyVaultUri": vault.vault_uri,
+        "operatorClientId": operator_identity.client_id,
+        "runtimeClientId": runtime_identity.client_id,
+        "qdrantUrl": pulumi.Output.from_input(QDRANT_URL),
+    }
+    for name, value in outputs.items():
+        pulumi.export(name, value)
+    return outputs

@@ -1,0 +1,278 @@
+"""What infra reads from the repository and applies in the cluster: the pure helpers, and the
+program over a checkout whose `operator/deploy/` and `dashboards/` are empty or hold files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from infra_mocks import REPO, StackRun, reveal, run_stack
+
+from agentplane_infra.manifests import (
+    CONNECTION_ENV,
+    OPERATOR_SECRET,
+    ManifestError,
+    OperatorSettings,
+    customize_operator,
+    dns_label,
+    grafana_dashboards,
+    kubeconfig_with_login,
+    load_manifests,
+    object_key,
+    prometheus_rules,
+    tenant_namespaces,
+    yaml_files,
+)
+
+SETTINGS = OperatorSettings(
+    image="registry.example/operator:1.2.3",
+    runtime_image="registry.example/runtime:1.2.3",
+    client_id="cid-123",
+)
+
+SERVICE_ACCOUNT = {
+    "apiVersion": "v1",
+    "kind": "ServiceAccount",
+    "metadata": {"name": "agentplane-operator", "namespace": "agentplane-system"},
+}
+DEPLOYMENT: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "agentplane-operator", "namespace": "agentplane-system"},
+    "spec": {
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "agentplane-operator"}},
+        "template": {
+            "metadata": {"labels": {"app.kubernetes.io/name": "agentplane-operator"}},
+            "spec": {
+                "serviceAccountName": "agentplane-operator",
+                "containers": [
+                    {
+                        "name": "operator",
+                        "image": "ghcr.io/agentplane/operator:latest",
+                        "env": [
+                            {"name": "AGENTPLANE_OPERATOR_QDRANT_URL", "value": "http://qdrant:6333"},
+                            {"name": "AGENTPLANE_OPERATOR_METRICS_PORT", "value": "8080"},
+                        ],
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }
+                ],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            },
+        },
+    },
+}
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_customize_operator_adds_workload_identity_image_and_connection_settings() -> None:
+    sa = customize_operator(SERVICE_ACCOUNT, SETTINGS)
+    assert sa["metadata"]["annotations"] == {"azure.workload.identity/client-id": "cid-123"}
+
+    deployment = customize_operator(DEPLOYMENT, SETTINGS)
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    container = template["spec"]["containers"][0]
+    assert container["image"] == "registry.example/operator:1.2.3"
+    env = _env(container)
+    assert env["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == "registry.example/runtime:1.2.3"
+    assert env["AGENTPLANE_OPERATOR_METRICS_PORT"] == "8080"  # the operator's own settings stay
+    for name, key in CONNECTION_ENV.items():
+        assert env[name] == {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}
+    assert [e["name"] for e in container["env"]].count("AGENTPLANE_OPERATOR_QDRANT_URL") == 1
+    # The CSI volume whose mount makes the driver sync the Secret from Key Vault.
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["secrets-store"]["csi"]["volumeAttributes"] == {"secretProviderClass": OPERATOR_SECRET}
+    assert "tmp" in volumes
+    assert {"name": "secrets-store", "mountPath": "/mnt/secrets-store", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    # Pure: the input is untouched, and applying twice changes nothing more.
+    assert DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":latest")
+    assert customize_operator(deployment, SETTINGS) == deployment
+
+
+def test_customize_operator_leaves_other_objects_alone() -> None:
+    other = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "agentplane-operator-metrics"}}
+    assert customize_operator(other, SETTINGS) == other
+    not_ours = {**SERVICE_ACCOUNT, "metadata": {"name": "someone-else", "namespace": "x"}}
+    assert customize_operator(not_ours, SETTINGS) == not_ours
+
+
+def test_kubeconfig_login_method_is_replaced_or_added() -> None:
+    config: dict[str, Any] = {
+        "users": [
+            {
+                "name": "u",
+                "user": {"exec": {"command": "kubelogin", "args": ["get-token", "--login", "devicecode"]}},
+            }
+        ]
+    }
+    out = yaml.safe_load(kubeconfig_with_login(yaml.safe_dump(config), "azurecli"))
+    assert out["users"][0]["user"]["exec"]["args"] == ["get-token", "--login", "azurecli"]
+    config["users"][0]["user"]["exec"]["args"] = ["get-token"]
+    out = yaml.safe_load(kubeconfig_with_login(yaml.safe_dump(config), "workloadidentity"))
+    assert out["users"][0]["user"]["exec"]["args"] == ["get-token", "--login", "workloadidentity"]
+
+
+def test_missing_or_empty_folders_yield_nothing(tmp_path: Path) -> None:
+    assert yaml_files(tmp_path / "missing") == []
+    assert yaml_files(tmp_path) == []
+    assert grafana_dashboards(tmp_path / "missing", "monitoring") == []
+    assert prometheus_rules(tmp_path, "monitoring", {}) == []
+    assert tenant_namespaces(tmp_path / "missing") == []
+
+
+def test_load_manifests_reads_multi_document_files_and_names_a_bad_file(tmp_path: Path) -> None:
+    good = tmp_path / "a.yaml"
+    good.write_text(
+        "# comment\n---\n" + yaml.safe_dump(SERVICE_ACCOUNT) + "---\n" + yaml.safe_dump(DEPLOYMENT)
+    )
+    assert [object_key(o) for o in load_manifests([good])] == [
+        "ServiceAccount/agentplane-system/agentplane-operator",
+        "Deployment/agentplane-system/agentplane-operator",
+    ]
+    bad = tmp_path / "b.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ManifestError, match=r"b\.yaml: document 1 is not a Kubernetes object"):
+        load_manifests([bad])
+    bad.write_text("key: [unclosed\n")
+    with pytest.raises(ManifestError, match=r"b\.yaml: not valid YAML"):
+        load_manifests([bad])
+
+
+def test_dashboards_become_labelled_configmaps_and_rules_prometheus_rules(tmp_path: Path) -> None:
+    (tmp_path / "grafana").mkdir()
+    (tmp_path / "grafana" / "Agent_SLO.json").write_text(json.dumps({"title": "SLO", "panels": []}))
+    (tmp_path / "grafana" / "not-a-dashboard.json").write_text(json.dumps({"slo": "x"}))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "burn.yaml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": []}]}))
+    (tmp_path / "rules" / "ready.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PrometheusRule",
+                "metadata": {"name": "ready", "namespace": "x"},
+                "spec": {"groups": []},
+            }
+        )
+    )
+    (tmp_path / "slo.yaml").write_text(yaml.safe_dump({"name": "availability", "objective": 99.9}))
+    (tmp_path / "README.md").write_text("# dashboards\n")
+
+    [dashboard] = grafana_dashboards(tmp_path, "monitoring")
+    assert dashboard["metadata"] == {
+        "name": "dashboard-agent-slo",
+        "namespace": "monitoring",
+        "labels": {"grafana_dashboard": "1"},
+    }
+    assert json.loads(dashboard["data"]["Agent_SLO.json"]) == {"title": "SLO", "panels": []}
+
+    rules = prometheus_rules(tmp_path, "monitoring", {"release": "kps"})
+    assert [(r["metadata"]["name"], r["metadata"]["namespace"], r["metadata"]["labels"]) for r in rules] == [
+        ("burn", "monitoring", {"release": "kps"}),
+        ("ready", "monitoring", {"release": "kps"}),
+    ]
+    assert rules[0]["spec"] == {"groups": [{"name": "g", "rules": []}]}
+
+
+def test_dns_label() -> None:
+    assert dns_label("Agent_SLO.v2") == "agent-slo-v2"
+    assert len(dns_label("x" * 100)) == 63
+
+
+def test_tenant_namespaces_come_from_the_specs() -> None:
+    names = sorted(p.parent.name for p in (REPO / "specs" / "tenants").glob("*/tenant.yaml"))
+    assert tenant_namespaces(REPO / "specs" / "tenants") == [f"tenant-{n}" for n in names]
+
+
+# The program over a checkout with and without the operator's manifests and dashboards.
+
+
+def _checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "specs" / "crds", root / "specs" / "crds")
+    shutil.copytree(REPO / "specs" / "tenants", root / "specs" / "tenants")
+    return root
+
+
+def _in_cluster(run: StackRun, prefix: str) -> dict[str, dict[str, Any]]:
+    """`Kind/[ns/]name` -> inputs of the Kubernetes objects a component (by name prefix) declared."""
+    return {
+        object_key(reveal(r.inputs)): reveal(r.inputs)
+        for r in run.mocks.resources
+        if r.type.startswith("kubernetes:") and r.name.startswith(f"{prefix}-") and "metadata" in r.inputs
+    }
+
+
+def test_without_operator_manifests_or_dashboards(tmp_path: Path) -> None:
+    run = run_stack("dev", root=_checkout(tmp_path))
+    assert set(_in_cluster(run, "operator")) == {
+        "Namespace/agentplane-system",
+        f"SecretProviderClass/agentplane-system/{OPERATOR_SECRET}",
+    }
+    assert set(_in_cluster(run, "monitoring")) == {"Namespace/monitoring"}
+
+
+def test_with_operator_manifests_and_dashboards(tmp_path: Path) -> None:
+    root = _checkout(tmp_path)
+    deploy = root / "operator" / "deploy"
+    deploy.mkdir(parents=True)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agentplane-system"}}
+    (deploy / "00-namespace.yaml").write_text(yaml.safe_dump(namespace))
+    (deploy / "30-deployment.yaml").write_text(yaml.safe_dump_all([SERVICE_ACCOUNT, DEPLOYMENT]))
+    dashboards = root / "dashboards"
+    dashboards.mkdir()
+    (dashboards / "agents.json").write_text(json.dumps({"title": "Agents", "panels": [{"type": "graph"}]}))
+    (dashboards / "agents-rules.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "agents", "rules": []}]})
+    )
+
+    run = run_stack("dev", root=root)
+    identity = run.mocks.one(
+        "azure-native:managedidentity:UserAssignedIdentity", "agentplane-operator-identity"
+    )
+    images = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]["agentplane:images"]
+    objects = _in_cluster(run, "operator")
+    assert set(objects) == {
+        "Namespace/agentplane-system",  # from the manifests, not created a second time
+        "ServiceAccount/agentplane-system/agentplane-operator",
+        "Deployment/agentplane-system/agentplane-operator",
+        f"SecretProviderClass/agentplane-system/{OPERATOR_SECRET}",
+    }
+    sa = objects["ServiceAccount/agentplane-system/agentplane-operator"]
+    assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == identity.state["clientId"]
+    template = objects["Deployment/agentplane-system/agentplane-operator"]["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    container = template["spec"]["containers"][0]
+    assert container["image"] == images["operator"]
+    env = _env(container)
+    assert env["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == images["runtime"]
+    for name, key in CONNECTION_ENV.items():
+        assert env[name] == {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}
+
+    spc = objects[f"SecretProviderClass/agentplane-system/{OPERATOR_SECRET}"]["spec"]
+    vault = run.mocks.one("azure-native:keyvault:Vault")
+    assert spc["parameters"]["clientID"] == identity.state["clientId"]
+    assert spc["parameters"]["keyvaultName"] == vault.state["name"]
+    synced = {d["key"] for d in spc["secretObjects"][0]["data"]}
+    assert synced == set(CONNECTION_ENV.values())
+    # `objects` is YAML: an "array:" of YAML documents, one per Key Vault object.
+    objects = yaml.safe_load(spc["parameters"]["objects"])["array"]
+    mounted = {yaml.safe_load(o)["objectName"] for o in objects}
+    assert mounted == synced
+    # Every synced key is a secret that exists in the vault.
+    vault_secrets = {r.plain["secretName"] for r in run.mocks.of_type("azure-native:keyvault:Secret")}
+    assert synced <= vault_secrets
+
+    monitoring = _in_cluster(run, "monitoring")
+    assert monitoring["ConfigMap/monitoring/dashboard-agents"]["metadata"]["labels"] == {
+        "grafana_dashboard": "1"
+    }
+    assert monitoring["PrometheusRule/monitoring/agents-rules"]["spec"]["groups"][0]["name"] == "agents"

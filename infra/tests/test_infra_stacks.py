@@ -1,0 +1,452 @@
+"""The real Pulumi program, run under mocks for each committed stack (dev and prod)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from infra_mocks import (
+    ISSUER,
+    REPO,
+    SUBSCRIPTION,
+    TENANT,
+    USER_KUBECONFIG,
+    StackRun,
+    is_secret,
+    reveal,
+    run_stack,
+    secret_at,
+)
+
+from agentplane_infra.config import SECRET_KEYS
+from agentplane_infra.identity import KEY_VAULT_SECRETS_USER, NETWORK_CONTRIBUTOR
+from agentplane_infra.manifests import object_key
+
+STACKS = ("dev", "prod")
+KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
+LLM_KEYS = {"openai": "sk-test-openai", "anthropic": "sk-test-anthropic"}
+
+AKS = "azure-native:containerservice:ManagedCluster"
+SERVER = "azure-native:dbforpostgresql:Server"
+REDIS = "azure-native:redis:Redis"
+VAULT = "azure-native:keyvault:Vault"
+SECRET = "azure-native:keyvault:Secret"
+ROLE = "azure-native:authorization:RoleAssignment"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+CREDENTIAL = "azure-native:managedidentity:FederatedIdentityCredential"
+K8S_PROVIDER = "pulumi:providers:kubernetes"
+CRD = "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def stack_file(stack: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+    return loaded
+
+
+def config(stack: str, key: str) -> Any:
+    return stack_file(stack)["config"][f"agentplane:{key}"]
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, StackRun]:
+    """One isolated run of the program per stack, with LLM keys set as Pulumi secrets."""
+    return {
+        stack: run_stack(stack, secret_config={"agentplane:llmProviderKeys": LLM_KEYS}) for stack in STACKS
+    }
+
+
+@pytest.fixture(params=STACKS)
+def run(request: pytest.FixtureRequest, runs: dict[str, StackRun]) -> StackRun:
+    return runs[request.param]
+
+
+def test_stacks_declare_the_same_resources(runs: dict[str, StackRun]) -> None:
+    """dev and prod differ only in config: the same program shape, the same resources."""
+    dev, prod = ({(r.type, r.name) for r in runs[s].mocks.resources} for s in STACKS)
+    assert dev == prod
+    assert len(dev) == len(runs["dev"].mocks.resources)  # names are unique per type
+
+
+def test_the_project_entry_point_runs_the_same_program(runs: dict[str, StackRun]) -> None:
+    """`Pulumi.yaml` runs `infra/__main__.py`, which finds the checkout it lives in."""
+    entry = run_stack("dev", secret_config={"agentplane:llmProviderKeys": LLM_KEYS}, entry_point=True)
+    assert {(r.type, r.name) for r in entry.mocks.resources} == {
+        (r.type, r.name) for r in runs["dev"].mocks.resources
+    }
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    assert project["name"] == "agentplane"
+    assert (REPO / project["main"] / "__main__.py").is_file()
+
+
+def test_postgres_is_private_version_16_with_ha_and_geo_backups_in_prod(run: StackRun) -> None:
+    server = run.mocks.one(SERVER).plain
+    assert server["version"] == "16"
+    subnet = run.mocks.one("azure-native:network:Subnet", "agentplane-postgres")
+    assert server["network"]["delegatedSubnetResourceId"] == subnet.id
+    assert subnet.plain["delegations"][0]["serviceName"] == "Microsoft.DBforPostgreSQL/flexibleServers"
+    assert server["network"]["publicNetworkAccess"] == "Disabled"
+    zone = run.mocks.by_id(server["network"]["privateDnsZoneArmResourceId"])
+    assert zone.state["name"].endswith(".postgres.database.azure.com")
+    if run.stack == "prod":
+        assert server["highAvailability"] == {"mode": "ZoneRedundant"}
+        assert server["backup"]["geoRedundantBackup"] == "Enabled"
+    else:
+        assert server["highAvailability"] == {"mode": "Disabled"}
+        assert server["backup"]["geoRedundantBackup"] == "Disabled"
+    assert server["sku"] == {
+        "name": config(run.stack, "postgres")["skuName"],
+        "tier": config(run.stack, "postgres")["skuTier"],
+    }
+
+    database = run.mocks.one("azure-native:dbforpostgresql:Database").plain
+    assert database["databaseName"] == "agentplane"
+    assert database["serverName"] == run.mocks.one(SERVER).state["name"]
+
+
+def test_postgres_admin_password_is_generated_and_kept_in_key_vault(run: StackRun) -> None:
+    server = run.mocks.one(SERVER)
+    password = run.mocks.one("random:index/randomPassword:RandomPassword", "agentplane-admin-password")
+    assert secret_at(server.inputs, "administratorLoginPassword")
+    assert reveal(server.inputs["administratorLoginPassword"]) == password.state["result"]
+    stored = run.mocks.one(SECRET, "agentplane-postgres-admin-password")
+    assert reveal(stored.inputs)["properties"]["value"] == password.state["result"]
+    url = run.mocks.one(SECRET, "agentplane-database-url").plain["properties"]["value"]
+    assert url == (
+        f"postgresql://agentplane:{password.state['result']}@{server.state['fullyQualifiedDomainName']}"
+        ":5432/agentplane?ssl=require"
+    )
+
+
+def test_redis_is_tls_only(run: StackRun) -> None:
+    redis = run.mocks.one(REDIS)
+    inputs = redis.plain
+    assert inputs["enableNonSslPort"] is False
+    assert inputs["minimumTlsVersion"] == "1.2"
+    assert inputs["publicNetworkAccess"] == "Disabled"
+    cfg = config(run.stack, "redis")
+    assert inputs["sku"] == {"name": cfg["sku"], "family": cfg["family"], "capacity": cfg["capacity"]}
+    endpoint = run.mocks.one("azure-native:network:PrivateEndpoint", "agentplane-redis-endpoint").plain
+    assert endpoint["privateLinkServiceConnections"][0]["privateLinkServiceId"] == redis.id
+    url = run.mocks.one(SECRET, "agentplane-redis-url").plain["properties"]["value"]
+    assert url == f"rediss://:redis-primary-key@{redis.state['hostName']}:6380/0"
+    assert (
+        "azure-native:redis:listRedisKeys",
+        {"name": redis.state["name"], "resourceGroupName": f"agentplane-{run.stack}"},
+    ) in run.mocks.calls
+
+
+def test_key_vault_is_rbac_network_restricted_with_purge_protection_in_prod(run: StackRun) -> None:
+    vault = run.mocks.one(VAULT)
+    props = vault.plain["properties"]
+    assert props["enableRbacAuthorization"] is True
+    assert "accessPolicies" not in props
+    assert props["enableSoftDelete"] is True
+    assert props["tenantId"] == TENANT
+    assert props["networkAcls"]["defaultAction"] == "Deny"
+    assert props["publicNetworkAccess"] == "Disabled"
+    if run.stack == "prod":
+        assert props["enablePurgeProtection"] is True
+        assert props["softDeleteRetentionInDays"] == 90
+    else:
+        assert "enablePurgeProtection" not in props  # cannot be turned off once on: dev leaves it unset
+    endpoint = run.mocks.one("azure-native:network:PrivateEndpoint", "agentplane-kv-endpoint").plain
+    assert endpoint["privateLinkServiceConnections"][0]["privateLinkServiceId"] == vault.id
+    assert endpoint["privateLinkServiceConnections"][0]["groupIds"] == ["vault"]
+
+
+def test_key_vault_holds_every_secret_as_a_pulumi_secret(run: StackRun) -> None:
+    secrets = {r.plain["secretName"]: r for r in run.mocks.of_type(SECRET)}
+    assert set(secrets) == {
+        "database-url",
+        "redis-url",
+        "qdrant-url",
+        "qdrant-api-key",
+        "postgres-admin-password",
+        "grafana-admin-password",
+        *(f"llm-{p}-api-key" for p in LLM_KEYS),
+    }
+    vault_name = run.mocks.one(VAULT).state["name"]
+    for name, secret in secrets.items():
+        assert secret_at(secret.inputs, "properties", "value"), name
+        assert secret.plain["vaultName"] == vault_name
+    for provider, key in LLM_KEYS.items():
+        assert secrets[f"llm-{provider}-api-key"].plain["properties"]["value"] == key
+
+
+def test_aks_has_workload_identity_oidc_network_policy_and_key_vault_csi(run: StackRun) -> None:
+    aks = run.mocks.one(AKS).plain
+    cfg = config(run.stack, "aks")
+    assert aks["kubernetesVersion"] == cfg["kubernetesVersion"]
+    assert aks["oidcIssuerProfile"] == {"enabled": True}
+    assert aks["securityProfile"]["workloadIdentity"] == {"enabled": True}
+    assert aks["networkProfile"]["networkPlugin"] == "azure"
+    assert aks["networkProfile"]["networkPolicy"] == "cilium"
+    assert aks["addonProfiles"]["azureKeyvaultSecretsProvider"]["enabled"] is True
+    assert aks["aadProfile"]["managed"] is True
+    assert aks["aadProfile"]["enableAzureRBAC"] is True
+    assert aks["disableLocalAccounts"] is True
+    assert aks["sku"]["tier"] == cfg["skuTier"]
+    workspace = run.mocks.one("azure-native:operationalinsights:Workspace")
+    assert aks["addonProfiles"]["omsagent"]["enabled"] is True
+    assert aks["addonProfiles"]["omsagent"]["config"]["logAnalyticsWorkspaceResourceID"] == workspace.id
+
+    subnet = run.mocks.one("azure-native:network:Subnet", "agentplane-aks").id
+    pools = {p["name"]: p for p in aks["agentPoolProfiles"]}
+    assert set(pools) == {"system", "app", "worker"}
+    assert pools["system"]["mode"] == "System"
+    for name in pools:
+        pool, wanted = pools[name], cfg[f"{name}Pool"]
+        assert pool["enableAutoScaling"] is True
+        assert (pool["minCount"], pool["maxCount"]) == (wanted["minCount"], wanted["maxCount"])
+        assert pool["vmSize"] == wanted["vmSize"]
+        assert pool["orchestratorVersion"] == cfg["kubernetesVersion"]
+        assert pool["vnetSubnetID"] == subnet
+        assert pool.get("availabilityZones", []) == wanted.get("zones", [])
+
+
+def test_kubernetes_version_is_never_hard_coded() -> None:
+    """The version comes from stack config: no literal `1.xx` version in the infra sources."""
+    for path in (REPO / "infra" / "src").rglob("*.py"):
+        assert not re.search(r"[\"']1\.\d{2}(\.\d+)?[\"']", path.read_text()), path
+
+
+def test_every_role_assignment_is_scoped_to_one_resource_with_least_privilege(run: StackRun) -> None:
+    assignments = run.mocks.of_type(ROLE)
+    assert assignments
+    ids = {r.id: r for r in run.mocks.resources}
+    principals = {r.state["principalId"]: r.name for r in run.mocks.of_type(IDENTITY)}
+    for assignment in assignments:
+        inputs = assignment.plain
+        scope = inputs["scope"]
+        assert not re.fullmatch(r"/subscriptions/[^/]+(/resourceGroups/[^/]+)?/?", scope), assignment.name
+        assert scope in ids, f"{assignment.name}: scope {scope} is not a resource of this stack"
+        assert inputs["principalId"] in principals
+        role = inputs["roleDefinitionId"]
+        assert role.startswith(
+            f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/"
+        )
+        target = ids[scope]
+        if target.type == SECRET:
+            assert role.endswith(KEY_VAULT_SECRETS_USER), assignment.name
+        else:
+            assert target.type == "azure-native:network:Subnet"
+            assert role.endswith(NETWORK_CONTRIBUTOR)
+            assert principals[inputs["principalId"]] == "agentplane-aks-identity"
+        assert not role.endswith(KEY_VAULT_SECRETS_OFFICER)
+
+
+def _readable_secrets(run: StackRun, identity: str) -> set[str]:
+    principal = run.mocks.one(IDENTITY, identity).state["principalId"]
+    ids = {r.id: r for r in run.mocks.resources}
+    return {
+        ids[a.plain["scope"]].plain["secretName"]
+        for a in run.mocks.of_type(ROLE)
+        if a.plain["principalId"] == principal
+    }
+
+
+def test_operator_and_runtime_read_only_the_secrets_they_use(run: StackRun) -> None:
+    connection = {"database-url", "redis-url", "qdrant-url", "qdrant-api-key"}
+    assert _readable_secrets(run, "agentplane-operator-identity") == connection
+    assert _readable_secrets(run, "agentplane-runtime-identity") == connection | {
+        f"llm-{p}-api-key" for p in LLM_KEYS
+    }
+
+
+def _tenants() -> list[str]:
+    return sorted(
+        yaml.safe_load(p.read_text())["metadata"]["name"]
+        for p in (REPO / "specs" / "tenants").glob("*/tenant.yaml")
+    )
+
+
+def test_federated_credentials_bind_the_identities_to_their_service_accounts(run: StackRun) -> None:
+    credentials = {c.plain["subject"]: c.plain for c in run.mocks.of_type(CREDENTIAL)}
+    operator = "system:serviceaccount:agentplane-system:agentplane-operator"
+    runtime = {f"system:serviceaccount:tenant-{t}:agentplane-agent" for t in _tenants()}
+    assert runtime, "specs/tenants/ holds tenants"
+    assert set(credentials) == {operator} | runtime
+    identities = {r.state["name"]: r for r in run.mocks.of_type(IDENTITY)}
+    for subject, credential in credentials.items():
+        assert credential["issuer"] == ISSUER
+        assert credential["audiences"] == ["api://AzureADTokenExchange"]
+        owner = "agentplane-operator-identity" if subject == operator else "agentplane-runtime-identity"
+        assert credential["resourceName"] == identities[owner].state["name"]
+
+
+def test_every_in_cluster_resource_uses_the_aks_provider(run: StackRun) -> None:
+    provider = run.mocks.one(K8S_PROVIDER)  # the only Kubernetes provider: no default one
+    in_cluster = [r for r in run.mocks.resources if r.type.startswith("kubernetes:")]
+    assert len(in_cluster) > 10
+    for resource in in_cluster:
+        assert resource.provider.startswith(f"urn:pulumi:{run.stack}::agentplane::")
+        assert resource.provider.endswith(f"{K8S_PROVIDER}::{provider.name}::{provider.id}"), resource.name
+
+    # The provider's kubeconfig is the AKS user credential, secret, logging in without a browser.
+    assert is_secret(provider.inputs["kubeconfig"])
+    kubeconfig = yaml.safe_load(reveal(provider.inputs["kubeconfig"]))
+    args = kubeconfig["users"][0]["user"]["exec"]["args"]
+    assert args[args.index("--login") + 1] == config(run.stack, "aks")["kubeloginMethod"]
+    assert kubeconfig["clusters"] == yaml.safe_load(USER_KUBECONFIG)["clusters"]
+    aks = run.mocks.one(AKS)
+    assert (
+        "azure-native:containerservice:listManagedClusterUserCredentials",
+        {"resourceGroupName": f"agentplane-{run.stack}", "resourceName": aks.state["name"], "format": "exec"},
+    ) in run.mocks.calls
+
+
+def _files_crds(directory: Path) -> dict[str, dict[str, Any]]:
+    crds: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                crds[doc["metadata"]["name"]] = doc
+    return crds
+
+
+def test_crds_applied_are_exactly_the_files_in_specs_crds(run: StackRun) -> None:
+    files = _files_crds(REPO / "specs" / "crds")
+    assert files, "specs/crds/ holds the generated CRDs"
+    applied = {
+        r.name.removeprefix("crds-"): r.plain for r in run.mocks.of_type(CRD) if r.name.startswith("crds-")
+    }
+    assert set(applied) == set(files)
+    for name, crd in applied.items():
+        assert crd["spec"] == files[name]["spec"], name
+        assert crd["metadata"] == files[name]["metadata"], name
+    # Any other CRD comes from the operator's own manifests (kopf's peering), none from elsewhere.
+    others = {r.plain["metadata"]["name"] for r in run.mocks.of_type(CRD) if not r.name.startswith("crds-")}
+    assert others == set(_files_crds(REPO / "operator" / "deploy"))
+
+
+def test_helm_charts_are_pinned_from_config(run: StackRun) -> None:
+    releases = {r.plain["name"]: r.plain for r in run.mocks.of_type(RELEASE)}
+    assert set(releases) == {"qdrant", "kube-prometheus-stack", "flux"}
+    for release, key in (("qdrant", "qdrant"), ("kube-prometheus-stack", "monitoring"), ("flux", "gitops")):
+        chart = config(run.stack, key)["chart"]
+        assert releases[release]["version"] == chart["version"]
+        assert releases[release]["repositoryOpts"] == {"repo": chart["repository"]}
+    qdrant = releases["qdrant"]
+    cfg = config(run.stack, "qdrant")
+    assert qdrant["namespace"] == "agentplane-system"
+    assert qdrant["values"]["replicaCount"] == cfg["replicas"]
+    assert qdrant["values"]["persistence"] == {
+        "size": cfg["storageSize"],
+        "storageClassName": cfg["storageClass"],
+    }
+    assert qdrant["values"]["config"]["cluster"]["enabled"] is (cfg["replicas"] > 1)
+    api_key = run.mocks.one("random:index/randomPassword:RandomPassword", "qdrant-api-key").state["result"]
+    assert qdrant["values"]["apiKey"] == api_key
+    grafana = run.mocks.one(RELEASE, "monitoring-release")
+    assert secret_at(grafana.inputs, "values", "grafana", "adminPassword")
+    assert secret_at(run.mocks.one(RELEASE, "qdrant-release").inputs, "values", "apiKey")
+
+
+def test_flux_syncs_this_repositorys_specs(run: StackRun) -> None:
+    cfg = config(run.stack, "gitops")
+    source = run.mocks.one("kubernetes:source.toolkit.fluxcd.io/v1:GitRepository").plain
+    assert source["spec"]["url"] == cfg["repoUrl"]
+    assert source["spec"]["ref"] == {"branch": cfg["branch"]}
+    assert "!/specs/" in source["spec"]["ignore"].splitlines()
+    sync = run.mocks.one("kubernetes:kustomize.toolkit.fluxcd.io/v1:Kustomization").plain
+    assert sync["spec"]["path"] == cfg["path"]
+    assert cfg["path"].startswith("./specs/")
+    assert (REPO / cfg["path"]).is_dir()
+    assert sync["spec"]["sourceRef"] == {"kind": "GitRepository", "name": source["metadata"]["name"]}
+    assert sync["spec"]["prune"] is True
+
+
+def test_stack_outputs(run: StackRun) -> None:
+    assert set(run.outputs) >= {
+        "clusterName",
+        "kubeconfig",
+        "databaseHost",
+        "redisHost",
+        "keyVaultUri",
+        "operatorClientId",
+        "runtimeClientId",
+    }
+    assert run.secret_outputs == {"kubeconfig"}
+    assert run.outputs["clusterName"] == run.mocks.one(AKS).state["name"]
+    assert run.outputs["databaseHost"] == run.mocks.one(SERVER).state["fullyQualifiedDomainName"]
+    assert run.outputs["redisHost"] == run.mocks.one(REDIS).state["hostName"]
+    assert run.outputs["keyVaultUri"] == run.mocks.one(VAULT).state["properties"]["vaultUri"]
+    assert (
+        run.outputs["operatorClientId"]
+        == run.mocks.one(IDENTITY, "agentplane-operator-identity").state["clientId"]
+    )
+    assert (
+        run.outputs["runtimeClientId"]
+        == run.mocks.one(IDENTITY, "agentplane-runtime-identity").state["clientId"]
+    )
+    assert "--login" in run.outputs["kubeconfig"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_secret_in_plain_stack_config(stack: str) -> None:
+    """Secrets only as Pulumi secrets: nothing credential-like is written in plain text."""
+    suspicious = re.compile(r"password|secret|token|api[-_]?key|credential|connection|^key$", re.IGNORECASE)
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if suspicious.search(str(k)) and not (isinstance(v, dict) and set(v) <= {"secure"}):
+                    pytest.fail(f"Pulumi.{stack}.yaml: {path}.{k} must be a Pulumi secret (secure:)")
+                walk(v, f"{path}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(value, str):
+            assert not re.search(r"sk-[A-Za-z0-9]{10,}|://[^/\s]*:[^@/\s]+@", value), (
+                f"{path}: looks like a credential"
+            )
+
+    document = stack_file(stack)
+    for key in SECRET_KEYS:
+        value = document["config"].get(f"agentplane:{key}")
+        assert value is None or (isinstance(value, dict) and "secure" in str(value)), key
+    walk(document["config"], "config")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_plain_text_secret_in_config_is_refused(stack: str) -> None:
+    with pytest.raises(Exception, match="must be a Pulumi secret"):
+        run_stack(stack, config={"agentplane:llmProviderKeys": {"openai": "sk-plain"}})
+
+
+def test_invalid_config_names_the_key_and_field() -> None:
+    aks = dict(config("dev", "aks"))
+    aks["appPool"] = {**aks["appPool"], "minCount": 5, "maxCount": 2}
+    with pytest.raises(Exception, match=r"agentplane:aks: appPool: .*minCount 5 is above maxCount 2"):
+        run_stack("dev", config={"agentplane:aks": aks})
+
+
+def test_operator_manifests_applied_are_those_in_operator_deploy(run: StackRun) -> None:
+    """Whatever `operator/deploy/` holds now (possibly nothing) is applied, plus the SecretProviderClass."""
+    files = [
+        doc
+        for path in sorted((REPO / "operator" / "deploy").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    expected = {object_key(doc) for doc in files} | {
+        "Namespace/agentplane-system",
+        "SecretProviderClass/agentplane-system/agentplane-operator",
+    }
+    applied = {
+        object_key(r.plain)
+        for r in run.mocks.resources
+        if r.type.startswith("kubernetes:") and r.name.startswith("operator-")
+    }
+    assert applied == expected
+    images = config(run.stack, "images")
+    for resource in run.mocks.of_type("kubernetes:apps/v1:Deployment"):
+        if resource.plain["metadata"]["name"] == "agentplane-operator":
+            containers = resource.plain["spec"]["template"]["spec"]["containers"]
+            assert images["operator"] in [c["image"] for c in containers]

@@ -120,7 +120,7 @@ class Cluster(pulumi.ComponentResource):
             },
             "omsagent": {
                 "enabled": True,
-                "config": {"logAnalyticsWorkspaceResourceID": workspace.id, "useAADAuth": "true"},
+                "config": {"logAnalyticsWorkspaceResourceID": workspace.id},
             },
         }
         cluster = cs.ManagedCluster(
@@ -146,7 +146,12 @@ class Cluster(pulumi.ComponentResource):
             auto_upgrade_profile={"upgrade_channel": "patch", "node_os_upgrade_channel": "NodeImage"},
             addon_profiles=addons,
             tags=args["tags"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[subnet_role]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[subnet_role],
+                # The cluster autoscaler owns node counts within [minCount, maxCount].
+                ignore_changes=["agentPoolProfiles[*].count"],
+            ),
         )
 
         credentials = containerservice.list_managed_cluster_user_credentials_output(

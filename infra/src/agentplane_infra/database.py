@@ -63,7 +63,6 @@ class Database(pulumi.ComponentResource):
             auth_config={"password_auth": "Enabled", "active_directory_auth": "Disabled"},
             administrator_login=ADMIN_LOGIN,
             administrator_login_password=secret_password,
-            create_mode="Create",
             tags=args["tags"],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args["dns_link"]]),
         )

@@ -197,6 +197,7 @@ class FakeLLM:
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # do not wait for scripted hangs to end
         if self._thread is not None:
             self._thread.join(timeout=10)
 

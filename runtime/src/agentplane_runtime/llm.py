@@ -233,6 +233,9 @@ class LLMClient:
                 }
                 if tools:
                     kwargs["tools"] = tools
+                    # litellm would otherwise import its proxy's MCP gateway (and the `mcp` package)
+                    # for any request with tools; our tools are run by us, never by litellm.
+                    kwargs["_skip_mcp_handler"] = True
                 if stream:
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
@@ -263,6 +266,7 @@ class LLMClient:
                     breaker.failure()
                     self._state(model, breaker)
                     log.warning("model %s attempt failed (%s)", model, kind)
+                    log.debug("model %s error: %s", model, str(exc)[:500])
                     if retry < s.llm_retries and breaker.state is CircuitState.CLOSED:
                         delay = s.llm_backoff_seconds * (2**retry) * random.uniform(0.5, 1.5)
                         if time.monotonic() + delay < deadline - 0.1:

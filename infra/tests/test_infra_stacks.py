@@ -181,6 +181,7 @@ def test_aks_has_workload_identity_oidc_network_policy_and_key_vault_csi(run: St
     aks = run.mocks.one(AKS).plain
     cfg = config(run.stack, "aks")
     assert aks["kubernetesVersion"] == cfg["kubernetesVersion"]
+    assert aks["dnsPrefix"] == f"agentplane-{run.stack}"
     assert aks["oidcIssuerProfile"] == {"enabled": True}
     assert aks["securityProfile"]["workloadIdentity"] == {"enabled": True}
     assert aks["networkProfile"]["networkPlugin"] == "azure"

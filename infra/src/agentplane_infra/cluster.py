@@ -22,6 +22,8 @@ class ClusterArgs(TypedDict):
     subnet_id: pulumi.Input[str]
     """Subnet of the nodes."""
     subscription_id: pulumi.Input[str]
+    dns_prefix: str
+    """Prefix of the API server's host name."""
     aks: AksConfig
     log_retention_days: int
     tags: pulumi.Input[dict[str, str]]
@@ -127,7 +129,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-aks",
             resource_group_name=rg,
             location=args["location"],
-            dns_prefix=f"{name}-{pulumi.get_stack()}",
+            dns_prefix=args["dns_prefix"],
             kubernetes_version=aks.kubernetes_version,
             sku={"name": "Base", "tier": aks.sku_tier},
             identity=identity_profile,

@@ -67,6 +67,7 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
             "location": cfg.location,
             "subnet_id": net.aks_subnet_id,
             "subscription_id": client.subscription_id,
+            "dns_prefix": f"{PREFIX}-{cfg.stack}",
             "aks": cfg.aks,
             "log_retention_days": cfg.monitoring.log_retention_days,
             "tags": tags,

@@ -130,7 +130,7 @@ async def build_runtime(
             redis = Redis.from_url(
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
             )
-            stack.push_async_callback(redis.aclose)
+            stack.push_async_callback(redis.aclose, close_connection_pool=True)
             quota_backend = RedisQuotaBackend(redis)
             buffer = RedisUsageBuffer(redis, settings.usage_stream)
             limits = limits or RedisLimits(redis, settings.quota_limits_cache_seconds)

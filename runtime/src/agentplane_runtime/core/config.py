@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     """Run the Alembic migrations at startup (idempotent; one replica at a time on PostgreSQL)."""
     redis_url: str | None = None
     """Redis for quota counters and the usage buffer; in-process counters and buffer when unset."""
+    redis_max_connections: int = 256
+    """Connections to Redis per process; a request waits for one when all are busy."""
     qdrant_url: str | None = None
     """Qdrant server; qdrant-client local mode (at `qdrant_path`, else in memory) when unset."""
     qdrant_path: Path | None = None

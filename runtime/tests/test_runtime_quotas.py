@@ -149,7 +149,7 @@ async def test_fifty_concurrent_streams_never_overshoot_tokens_per_minute(
     limits = QuotaLimits(tenant, tokens_per_minute=limit, requests_per_minute=10_000, monthly_budget_usd=0)
     if store == "redis":
         redis = Redis.from_url(redis_server.url)
-        await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=limits.redis_fields())  # type: ignore[misc]
+        await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
         await redis.aclose()
         chosen, static = settings, None
     else:

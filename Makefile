@@ -34,8 +34,9 @@ validate: install ## Validate every spec under specs/ (what CI runs on each push
 	$(UV) run agentplane validate specs/
 
 .PHONY: generate
-generate: install ## Regenerate CRDs and JSON Schemas from the spec API
+generate: install ## Regenerate CRDs, JSON Schemas and the operator's deploy manifests
 	$(UV) run agentplane generate
+	$(UV) run agentplane-operator manifests
 
 .PHONY: format
 format: install ## Format the code

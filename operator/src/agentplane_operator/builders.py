@@ -7,12 +7,13 @@ second reconcile write nothing.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agentplane_platform.api.v1alpha1 import Agent, Tenant
-from agentplane_platform.config import AgentConfig
+from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, tenant_of
+from agentplane_platform.config import AgentConfig, prompt_version_hash
 
 Manifest = dict[str, Any]
 
@@ -20,6 +21,8 @@ GROUP = "agentplane.io"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "agentplane-operator"}
 TENANT_LABEL = f"{GROUP}/tenant"
 AGENT_LABEL = f"{GROUP}/agent"
+PROMPT_LABEL = f"{GROUP}/prompt"
+PROMPT_HASH_ANNOTATION = f"{GROUP}/prompt-hash"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 CONFIG_FILE = "agent.json"
 CONFIG_MOUNT = "/etc/agentplane"
@@ -390,3 +393,37 @@ def build_agent_children(agent: Agent, config: AgentConfig, settings: BuildSetti
         if optional is not None:
             children.append(optional)
     return children
+
+
+def prompt_config_map_name(prompt: str, version: int) -> str:
+    return f"prompt-{prompt}-v{version}"
+
+
+def build_prompt_config_maps(prompt: Prompt) -> list[Manifest]:
+    """One ConfigMap per version kept for pinning: the template and its declared variables."""
+    namespace = prompt.metadata.namespace or ""
+    maps = []
+    for number, version in sorted(prompt.spec.versions().items()):
+        maps.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": prompt_config_map_name(prompt.name, number),
+                    "namespace": namespace,
+                    "labels": _labels(tenant_of(namespace) or "", **{PROMPT_LABEL: prompt.name}),
+                    "annotations": {PROMPT_HASH_ANNOTATION: prompt_version_hash(version)},
+                },
+                "data": {
+                    "template": version.template,
+                    "variables.json": json.dumps(
+                        [
+                            v.model_dump(mode="json", by_alias=True, exclude_none=True)
+                            for v in version.variables
+                        ],
+                        sort_keys=True,
+                    ),
+                },
+            }
+        )
+    return maps

@@ -22,6 +22,7 @@ from agentplane_platform.api.v1alpha1 import (
     McpTool,
     ModelParameters,
     Prompt,
+    PromptVersion,
     SecretRef,
     Tenant,
     Tool,
@@ -181,6 +182,13 @@ def content_hash(*parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def prompt_version_hash(version: PromptVersion) -> str:
+    """Content hash of one prompt version (its template and variables)."""
+    return content_hash(
+        version.template, json.dumps([v.model_dump(mode="json") for v in version.variables])
+    )
+
+
 def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
     spec = tool.spec
     common: dict[str, Any] = {
@@ -295,9 +303,7 @@ def resolve_agent(
             version=version.version,
             template=version.template,
             values=values,
-            hash=content_hash(
-                version.template, json.dumps([v.model_dump(mode="json") for v in version.variables])
-            ),
+            hash=prompt_version_hash(version),
         ),
         tools=resolved_tools,
         knowledge=knowledge,

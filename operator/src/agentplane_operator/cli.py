@@ -1,0 +1,58 @@
+"""`agentplane-operator`: run the operator, or write its deploy manifests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import kopf
+
+from agentplane_operator import manifests
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+"""`operator/deploy/` in a source checkout."""
+
+
+def _run(verbose: bool) -> int:
+    from agentplane_operator.handlers import build_registry
+    from agentplane_operator.settings import OperatorSettings
+
+    settings = OperatorSettings()  # required fields come from the environment
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    kopf.run(
+        priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
+        registry=build_registry(settings),
+        memo=kopf.Memo(settings=settings),
+        clusterwide=True,
+        standalone=settings.standalone,
+        peering_name=settings.peering,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentplane-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="reconcile Tenants, Agents, Tools and Prompts (settings: AGENTPLANE_OPERATOR_*)"
+    )
+    run.add_argument("--verbose", action="store_true")
+    generate = commands.add_parser("manifests", help="write the operator's deploy manifests")
+    generate.add_argument("--out", type=Path, default=DEPLOY_DIR)
+    generate.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args.verbose)
+    stale = manifests.write(args.out, check=args.check)
+    for path in stale:
+        print(f"{'stale' if args.check else 'wrote'}: {path}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""kstatus conditions and minimal status patches: a reconcile that changes nothing writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """One condition as a reconciler decides it."""
+
+    type: str
+    ok: bool | None
+    reason: str
+    message: str = ""
+
+    @property
+    def status(self) -> str:
+        return "Unknown" if self.ok is None else str(self.ok)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(current: Iterable[Mapping[str, Any]], wanted: Iterable[Cond]) -> list[dict[str, Any]]:
+    """The wanted conditions, keeping `lastTransitionTime` (and so the whole entry) when the status is
+    unchanged; conditions of other types are kept as they are."""
+    previous = {c.get("type"): c for c in current}
+    merged: dict[str, dict[str, Any]] = {str(k): dict(v) for k, v in previous.items()}
+    for cond in wanted:
+        old = previous.get(cond.type)
+        entry = {"type": cond.type, "status": cond.status, "reason": cond.reason, "message": cond.message}
+        if old is not None and old.get("status") == cond.status:
+            entry["lastTransitionTime"] = old.get("lastTransitionTime") or now()
+        else:
+            entry["lastTransitionTime"] = now()
+        merged[cond.type] = entry
+    return sorted(merged.values(), key=lambda c: (c["type"] != "Ready", c["type"]))
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level status fields whose value differs (empty: nothing to write)."""
+    return {key: value for key, value in desired.items() if current.get(key) != value}
+
+
+def ready_reason(conditions: Iterable[Cond]) -> Cond | None:
+    """The first failing condition, which becomes the `Ready` reason."""
+    return next((c for c in conditions if c.ok is not True), None)

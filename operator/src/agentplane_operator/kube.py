@@ -1,0 +1,258 @@
+"""A thin async client for the few Kubernetes calls the reconcilers make.
+
+kopf watches and patches the objects it handles; children are written here, with server-side
+apply under one field manager. `apply` reads the live object first and sends nothing when the
+live object already holds every field we want: an unchanged reconcile makes no write requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kopf
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    api_version: str
+    plural: str
+    namespaced: bool
+
+    def path(self, name: str | None = None, namespace: str | None = None, subresource: str = "") -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+RESOURCES: dict[str, ResourceType] = {
+    "Namespace": ResourceType("v1", "namespaces", namespaced=False),
+    "ResourceQuota": ResourceType("v1", "resourcequotas", namespaced=True),
+    "LimitRange": ResourceType("v1", "limitranges", namespaced=True),
+    "ServiceAccount": ResourceType("v1", "serviceaccounts", namespaced=True),
+    "ConfigMap": ResourceType("v1", "configmaps", namespaced=True),
+    "Secret": ResourceType("v1", "secrets", namespaced=True),
+    "Service": ResourceType("v1", "services", namespaced=True),
+    "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies", namespaced=True),
+    "RoleBinding": ResourceType("rbac.authorization.k8s.io/v1", "rolebindings", namespaced=True),
+    "Deployment": ResourceType("apps/v1", "deployments", namespaced=True),
+    "HorizontalPodAutoscaler": ResourceType("autoscaling/v2", "horizontalpodautoscalers", namespaced=True),
+    "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets", namespaced=True),
+    "Tenant": ResourceType("agentplane.io/v1alpha1", "tenants", namespaced=False),
+    "Agent": ResourceType("agentplane.io/v1alpha1", "agents", namespaced=True),
+    "Tool": ResourceType("agentplane.io/v1alpha1", "tools", namespaced=True),
+    "Prompt": ResourceType("agentplane.io/v1alpha1", "prompts", namespaced=True),
+}
+
+
+class KubeError(Exception):
+    """The API server refused a request; `status` is the HTTP status."""
+
+    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+        super().__init__(f"{method} {path}: {status} {message}")
+        self.status = status
+        self.message = message
+
+
+_SUFFIXES = {
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+    "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+    "P": Decimal("1e15"), "E": Decimal("1e18"), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
+}  # fmt: skip
+
+
+def _quantity(value: str) -> Decimal | None:
+    """A Kubernetes quantity's value (`500m`, `1Gi`, `2`), or None if it is not one."""
+    for size in (2, 1, 0):
+        suffix = value[-size:] if size else ""
+        if suffix in _SUFFIXES:
+            try:
+                return Decimal(value[: len(value) - size]) * _SUFFIXES[suffix]
+            except InvalidOperation:
+                continue
+    return None
+
+
+def _same_scalar(want: object, have: object) -> bool:
+    if want == have:
+        return True
+    if isinstance(want, str) and isinstance(have, str):
+        # The server canonicalises quantities: `1000m` comes back as `1`, `1024Mi` as `1Gi`.
+        a, b = _quantity(want), _quantity(have)
+        return a is not None and a == b
+    return False
+
+
+def holds(live: object, want: object) -> bool:
+    """Whether `live` already has every field of `want` with the same value (lists element-wise)."""
+    if isinstance(want, Mapping):
+        # A null in an apply patch means "not set" (kopf.adopt writes `namespace: None` on cluster objects).
+        return isinstance(live, Mapping) and all(
+            live.get(k) is None if v is None else (k in live and holds(live[k], v)) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(holds(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return _same_scalar(want, live)
+
+
+WriteHook = Callable[[str, str], None]
+"""Called with (kind, verb) before every write request: what the metrics count."""
+
+
+def _ssl_context(info: kopf.ConnectionInfo, workdir: Path) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context()
+    if info.ca_path:
+        context.load_verify_locations(cafile=str(info.ca_path))
+    elif info.ca_data:
+        data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
+        context.load_verify_locations(cadata=base64.b64decode(data).decode())
+
+    def material(path: object, data: str | bytes | None, name: str) -> str | None:
+        if path:
+            return str(path)
+        if data:
+            raw = base64.b64decode(data.encode() if isinstance(data, str) else data)
+            target = workdir / name
+            target.write_bytes(raw)
+            target.chmod(0o600)
+            return str(target)
+        return None
+
+    cert = material(info.certificate_path, info.certificate_data, "client.crt")
+    key = material(info.private_key_path, info.private_key_data, "client.key")
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+class _FileToken(httpx.Auth):
+    """Bearer token re-read on every request: projected service-account tokens rotate."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.path.read_text().strip()}"
+        yield request
+
+
+class Kube:
+    """The operator's own API client: reads, server-side apply, deletes and status patches."""
+
+    def __init__(self, client: httpx.AsyncClient, *, field_manager: str, on_write: WriteHook) -> None:
+        self._client = client
+        self.field_manager = field_manager
+        self._on_write = on_write
+
+    @classmethod
+    def connect(cls, info: kopf.ConnectionInfo, *, field_manager: str, on_write: WriteHook) -> Kube:
+        """A client for the same server and credentials kopf logged in with."""
+        workdir = Path(tempfile.mkdtemp(prefix="agentplane-operator-"))
+        auth: httpx.Auth | None = None
+        headers: dict[str, str] = {}
+        token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        if info.token and token_file.exists() and token_file.read_text().strip() == info.token:
+            auth = _FileToken(token_file)
+        else:
+            headers = info.as_http_headers()
+        client = httpx.AsyncClient(
+            base_url=info.server,
+            verify=_ssl_context(info, workdir),
+            auth=auth,
+            headers=headers,
+            timeout=httpx.Timeout(30.0),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+        )
+        return cls(client, field_manager=field_manager, on_write=on_write)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _request(
+        self, method: str, path: str, *, kind: str, body: object = None, content: bytes | None = None,
+        headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+    ) -> Manifest | None:  # fmt: skip
+        if method != "GET":
+            self._on_write(kind, method)
+        response = await self._client.request(
+            method, path, json=body, content=content, headers=headers, params=params
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("message", response.text))
+            except ValueError:
+                message = response.text
+            raise KubeError(response.status_code, method, path, message)
+        result: Manifest = response.json()
+        return result
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
+        return await self._request("GET", RESOURCES[kind].path(name, namespace), kind=kind)
+
+    async def list(
+        self, kind: str, namespace: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> list[Manifest]:
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        found = await self._request(
+            "GET", RESOURCES[kind].path(namespace=namespace), kind=kind, params=params
+        )
+        return list(found["items"]) if found else []
+
+    async def apply(self, manifest: Manifest) -> tuple[Manifest, bool]:
+        """Server-side apply `manifest` unless the live object already holds it; (live, written)."""
+        kind = manifest["kind"]
+        meta = manifest["metadata"]
+        path = RESOURCES[kind].path(meta["name"], meta.get("namespace"))
+        live = await self._request("GET", path, kind=kind)
+        if live is not None and holds(live, manifest):
+            return live, False
+        applied = await self._request(
+            "PATCH", path, kind=kind, content=json.dumps(manifest).encode(),
+            headers={"Content-Type": "application/apply-patch+yaml"},
+            params={"fieldManager": self.field_manager, "force": "true"},
+        )  # fmt: skip
+        assert applied is not None
+        return applied, True
+
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete an object (its dependents go by garbage collection); whether it existed."""
+        path = RESOURCES[kind].path(name, namespace)
+        return (
+            await self._request("DELETE", path, kind=kind, body={"propagationPolicy": "Background"})
+            is not None
+        )
+
+    async def patch_status(
+        self, kind: str, name: str, namespace: str | None, status: Manifest
+    ) -> Manifest | None:
+        """JSON merge patch of `.status` (None: the object is gone)."""
+        path = RESOURCES[kind].path(name, namespace, "status")
+        return await self._request(
+            "PATCH", path, kind=kind, body={"status": status},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )  # fmt: skip

@@ -1,0 +1,387 @@
+"""One idempotent reconcile per kind: desired state from the pure builders, applied, status written.
+
+Each reconcile reads what exists, writes only what differs, and ends by writing the object's
+status (only the fields that changed). Failures end in a condition with a reason and an Event;
+`kopf.TemporaryError` asks kopf to retry when a dependency (Qdrant, Redis, PostgreSQL) is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from agentplane_operator.builders import (
+    AGENT_LABEL,
+    MANAGED_BY,
+    PROMPT_LABEL,
+    agent_endpoint,
+    build_agent_children,
+    build_prompt_config_maps,
+    build_tenant_children,
+    prompt_config_map_name,
+)
+from agentplane_operator.conditions import Cond, merge_conditions, ready_reason, status_patch
+from agentplane_operator.kube import Manifest, holds
+from agentplane_operator.state import Operator, Views
+from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, namespace_of, tenant_of
+from agentplane_platform.config import (
+    AgentConfig,
+    ResolveError,
+    collection_name,
+    prompt_version_hash,
+    quota_key_prefix,
+    resolve_agent,
+)
+from agentplane_platform.db import TenantQuota
+from agentplane_platform.knowledge import CollectionSpec, delete_collection, ensure_collection
+from agentplane_platform.quotas import QuotaLimits
+
+
+def _meta(body: Mapping[str, Any]) -> tuple[str, str, int]:
+    meta = body["metadata"]
+    return meta.get("namespace") or "", meta["name"], int(meta.get("generation") or 0)
+
+
+def _body(body: Mapping[str, Any]) -> kopf.Body:
+    """kopf's view of an object, for `kopf.adopt` and `kopf.event` (index entries are plain dicts)."""
+    if isinstance(body, kopf.Body):
+        return body
+    raw: kopf.RawBody = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": body["metadata"]}
+    return kopf.Body(raw)
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A kopf body as the plain dict a model validates (status excluded: it is ours to write)."""
+    return {k: v for k, v in body.items() if k in ("apiVersion", "kind", "metadata", "spec")}
+
+
+async def _write_status(
+    op: Operator, kind: str, body: Mapping[str, Any], wanted: list[Cond], extra: Mapping[str, Any]
+) -> None:
+    """Write what changed in the status; an Event for every condition that changed status or reason."""
+    namespace, name, generation = _meta(body)
+    current: Mapping[str, Any] = body.get("status") or {}
+    failing = ready_reason(wanted)
+    if failing is None:
+        ready = Cond("Ready", True, "Ready", "; ".join(c.message for c in wanted if c.message))
+    else:
+        ready = Cond("Ready", False, failing.reason, failing.message)
+    conditions = merge_conditions(current.get("conditions") or [], [ready, *wanted])
+    desired = {"observedGeneration": generation, "conditions": conditions, **extra}
+    patch = status_patch(current, desired)
+    if not patch:
+        return
+    await op.kube.patch_status(kind, name, namespace or None, patch)
+    before = {c.get("type"): (c.get("status"), c.get("reason")) for c in current.get("conditions") or []}
+    for cond in [ready, *wanted]:
+        if before.get(cond.type) == (cond.status, cond.reason):
+            continue
+        if cond.ok is False:
+            op.metrics.errors.labels(kind, cond.reason).inc()
+        # A failing Ready repeats the failing condition's event; only its recovery is news.
+        if cond.type != "Ready" or cond.ok:
+            kopf.event(
+                _body(body), type="Normal" if cond.ok else "Warning", reason=cond.reason,
+                message=cond.message or f"{cond.type} is {cond.status}",
+            )  # fmt: skip
+
+
+# --- Tenant -----------------------------------------------------------------------------------
+
+
+async def _record_quota(op: Operator, limits: QuotaLimits) -> bool:
+    """Write the tenant's limits to Redis (live) and the database (durable) where they differ."""
+    wrote = False
+    fields = limits.redis_fields()
+    if await op.redis.hgetall(limits.redis_key) != fields:
+        await op.redis.hset(limits.redis_key, mapping=dict(fields.items()))
+        wrote = True
+    values = {
+        "tokens_per_minute": limits.tokens_per_minute,
+        "requests_per_minute": limits.requests_per_minute,
+        "monthly_budget_usd": limits.monthly_budget_usd,
+    }
+    async with op.db.begin() as conn:
+        row = (
+            (await conn.execute(select(TenantQuota.__table__).where(TenantQuota.tenant == limits.tenant)))
+            .mappings()
+            .first()
+        )
+        if row is None or any(row[k] != v for k, v in values.items()):
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = insert(TenantQuota).values(tenant=limits.tenant, **values)
+            await conn.execute(statement.on_conflict_do_update(index_elements=["tenant"], set_=values))
+            wrote = True
+    return wrote
+
+
+async def _forget_quota(op: Operator, tenant: str) -> None:
+    keys = [key async for key in op.redis.scan_iter(match=f"{quota_key_prefix(tenant)}:*")]
+    if keys:
+        await op.redis.delete(*keys)
+    async with op.db.begin() as conn:
+        await conn.execute(delete(TenantQuota).where(TenantQuota.tenant == tenant))
+
+
+async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) -> None:
+    tenant = Tenant.model_validate(_plain(body))
+    children = build_tenant_children(tenant, op.settings.build)
+    kopf.adopt(children, owner=_body(body))
+    namespace, *rest = children
+    await op.kube.apply(namespace)
+    await asyncio.gather(*(op.kube.apply(child) for child in rest))
+    conditions = [
+        Cond("NamespaceReady", True, "Applied", f"namespace {tenant.namespace} and its policies applied")
+    ]
+
+    retry: str | None = None
+    knowledge: list[dict[str, Any]] = []
+    try:
+        for base in tenant.spec.knowledge_bases:
+            state = await ensure_collection(op.vectors, CollectionSpec.of(tenant.name, base))
+            knowledge.append(
+                {"name": base.name, "collection": state.name, "ready": state.ready, "message": state.message}
+            )
+            if state.created:
+                kopf.event(_body(body), type="Normal", reason="CollectionCreated", message=state.message)
+        declared = {collection_name(tenant.name, b.name) for b in tenant.spec.knowledge_bases}
+        prefix = collection_name(tenant.name, "")
+        for existing in sorted(c.name for c in (await op.vectors.client.get_collections()).collections):
+            if existing.startswith(prefix) and existing not in declared:
+                knowledge.append({
+                    "name": existing.removeprefix(prefix), "collection": existing, "ready": False,
+                    "message": "no longer declared; the collection and its documents are kept (delete it by hand)",
+                })  # fmt: skip
+        bad = [k for k in knowledge if not k["ready"] and k["collection"] in declared]
+        conditions.append(
+            Cond("KnowledgeReady", False, "CollectionIncompatible", "; ".join(k["message"] for k in bad))
+            if bad
+            else Cond("KnowledgeReady", True, "CollectionsReady", f"{len(declared)} collection(s) ready")
+        )
+    except Exception as exc:  # Qdrant down or refusing: report, retry later.
+        conditions.append(Cond("KnowledgeReady", False, "QdrantUnavailable", f"{type(exc).__name__}: {exc}"))
+        knowledge = list((body.get("status") or {}).get("knowledgeBases") or [])
+        retry = "Qdrant"
+
+    try:
+        await _record_quota(op, QuotaLimits.of(tenant))
+        conditions.append(
+            Cond("QuotaRecorded", True, "Recorded", "LLM limits written to Redis and the database")
+        )
+    except Exception as exc:
+        conditions.append(
+            Cond("QuotaRecorded", False, "QuotaStoreUnavailable", f"{type(exc).__name__}: {exc}")
+        )
+        retry = retry or "the quota store"
+
+    agents = len(views.agents_in(tenant.namespace))
+    await _write_status(
+        op, "Tenant", body, conditions,
+        {"namespace": tenant.namespace, "agents": agents, "knowledgeBases": knowledge},
+    )  # fmt: skip
+    if retry:
+        raise kopf.TemporaryError(f"{retry} unavailable; retrying", delay=15)
+
+
+async def refresh_tenant_agents(op: Operator, tenant: str, views: Views) -> None:
+    """Keep the Tenant's `status.agents` current as Agents come and go (between full reconciles)."""
+    body = await op.kube.get("Tenant", tenant)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    count = len(views.agents_in(namespace_of(tenant)))
+    if (body.get("status") or {}).get("agents") != count:
+        await op.kube.patch_status("Tenant", tenant, None, {"agents": count})
+
+
+async def finalize_tenant(op: Operator, body: Mapping[str, Any]) -> str:
+    """What the Tenant's deletion policy says to do with its data; the message of what was done."""
+    tenant = Tenant.model_validate(_plain(body))
+    collections = [collection_name(tenant.name, b.name) for b in tenant.spec.knowledge_bases]
+    if tenant.spec.deletion_policy == "Retain":
+        message = (
+            f"deletionPolicy Retain: kept collections {', '.join(collections) or '(none)'} "
+            f"and quota records of tenant {tenant.name!r}"
+        )
+        kopf.event(_body(body), type="Normal", reason="DataRetained", message=message)
+        return message
+    try:
+        prefix = collection_name(tenant.name, "")
+        existing = [
+            c.name
+            for c in (await op.vectors.client.get_collections()).collections
+            if c.name.startswith(prefix)
+        ]
+        deleted = [
+            name
+            for name in sorted(set(existing) | set(collections))
+            if await delete_collection(op.vectors, name)
+        ]
+        await _forget_quota(op, tenant.name)
+    except Exception as exc:
+        kopf.event(
+            _body(body), type="Warning", reason="DeletionFailed", message=f"{type(exc).__name__}: {exc}"
+        )
+        raise kopf.TemporaryError(f"could not delete tenant data: {exc}", delay=15) from exc
+    message = f"deletionPolicy Delete: deleted collections {', '.join(deleted) or '(none)'} and quota records"
+    kopf.event(_body(body), type="Normal", reason="DataDeleted", message=message)
+    return message
+
+
+# --- Prompt and Tool --------------------------------------------------------------------------
+
+
+async def reconcile_prompt(op: Operator, body: Mapping[str, Any]) -> None:
+    prompt = Prompt.model_validate(_plain(body))
+    namespace = prompt.metadata.namespace or ""
+    maps = build_prompt_config_maps(prompt)
+    kopf.adopt(maps, owner=_body(body))
+    await asyncio.gather(*(op.kube.apply(m) for m in maps))
+    wanted = {m["metadata"]["name"] for m in maps}
+    for stale in await op.kube.list("ConfigMap", namespace, labels={**MANAGED_BY, PROMPT_LABEL: prompt.name}):
+        if stale["metadata"]["name"] not in wanted:
+            await op.kube.delete("ConfigMap", stale["metadata"]["name"], namespace)
+    versions = [
+        {"version": n, "hash": prompt_version_hash(v), "configMap": prompt_config_map_name(prompt.name, n)}
+        for n, v in sorted(prompt.spec.versions().items())
+    ]
+    listed = ", ".join(f"v{v['version']}" for v in versions)
+    await _write_status(
+        op, "Prompt", body, [Cond("Published", True, "VersionsPublished", f"versions {listed} published")],
+        {"versions": versions},
+    )  # fmt: skip
+
+
+async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
+    tool = Tool.model_validate(_plain(body))
+    namespace = tool.metadata.namespace or ""
+    auth = getattr(tool.spec, "auth", None)
+    cond = Cond("SecretResolved", True, "NoSecret", "the tool uses no credentials")
+    if auth is not None and auth.secret_ref.kubernetes is not None:
+        ref = auth.secret_ref.kubernetes
+        secret = await op.kube.get("Secret", ref.name, namespace)
+        if secret is None:
+            cond = Cond(
+                "SecretResolved",
+                False,
+                "SecretNotFound",
+                f"Secret {ref.name!r} not found in namespace {namespace}",
+            )
+        elif ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+            cond = Cond(
+                "SecretResolved", False, "SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r}"
+            )
+        else:
+            cond = Cond("SecretResolved", True, "SecretFound", f"Secret {ref.name!r} key {ref.key!r} exists")
+    elif auth is not None and auth.secret_ref.key_vault is not None:
+        cond = Cond(
+            "SecretResolved", True, "KeyVaultReference",
+            f"Key Vault secret {auth.secret_ref.key_vault.name!r} is mounted by the CSI driver when pods start",
+        )  # fmt: skip
+    await _write_status(op, "Tool", body, [cond], {})
+
+
+# --- Agent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    """What an Agent should be, decided from the indexes alone (no I/O)."""
+
+    conditions: list[Cond]
+    config: AgentConfig | None
+    children: list[Manifest]
+
+
+def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan:
+    namespace, name, _ = _meta(body)
+    agent = Agent.model_validate(_plain(body))
+    tenant_name = tenant_of(namespace)
+    tenant = views.tenant(tenant_name) if tenant_name else None
+    if tenant is None:
+        why = Cond("ConfigResolved", False, "TenantNotFound", f"no Tenant owns namespace {namespace}")
+        return AgentPlan([why, Cond("Deployed", False, "TenantNotFound", why.message)], None, [])
+    admitted = [a["metadata"]["name"] for a in views.agents_in(namespace)][: tenant.spec.quotas.max_agents]
+    if name not in admitted:
+        message = (
+            f"Tenant {tenant.name!r} allows {tenant.spec.quotas.max_agents} agent(s); this one is beyond it"
+        )
+        return AgentPlan(
+            [Cond("ConfigResolved", False, "QuotaExceeded", message), Cond("Deployed", False, "QuotaExceeded", message)],
+            None, [],
+        )  # fmt: skip
+    try:
+        config = resolve_agent(agent, tenant, views.prompts_in(namespace), views.tools_in(namespace))
+    except ResolveError as exc:
+        return AgentPlan(
+            [
+                Cond("ConfigResolved", False, exc.reason, exc.message),
+                Cond("Deployed", False, "ConfigNotResolved", "the last resolved config (if any) keeps running"),
+            ],
+            None, [],
+        )  # fmt: skip
+    children = build_agent_children(agent, config, op.settings.build)
+    kopf.adopt(children, owner=_body(body))
+    resolved = Cond(
+        "ConfigResolved", True, "Resolved", f"config {config.hash()} (prompt v{config.prompt.version})"
+    )
+    return AgentPlan([resolved], config, children)
+
+
+def _deployment_ready(deployment: Manifest, config: AgentConfig) -> tuple[Cond, int]:
+    status = deployment.get("status") or {}
+    want = int((deployment.get("spec") or {}).get("replicas") or 0)
+    generation = int(deployment["metadata"].get("generation") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return Cond(
+            "Deployed", False, "Progressing", "the Deployment controller has not seen the change yet"
+        ), 0
+    if updated < want or available < want or total > updated:
+        return Cond(
+            "Deployed", False, "Progressing",
+            f"{min(updated, available)}/{want} pods available with config {config.hash()}",
+        ), min(updated, available)  # fmt: skip
+    return Cond(
+        "Deployed", True, "Available", f"{available}/{want} pods available with config {config.hash()}"
+    ), available
+
+
+async def reconcile_agent(
+    op: Operator, body: Mapping[str, Any], views: Views, *, deployment: Manifest | None = None
+) -> None:
+    """Apply the agent's children (unless `deployment`, from a watch event, shows nothing to do) and status."""
+    namespace, name, _ = _meta(body)
+    plan = plan_agent(op, body, views)
+    extra: dict[str, Any] = {}
+    conditions = list(plan.conditions)
+    if plan.config is not None:
+        desired = {c["kind"]: c for c in plan.children}
+        if deployment is not None and holds(deployment, desired["Deployment"]):
+            live = deployment  # a status change of our own Deployment: only readiness to update
+        else:
+            config_map, *rest = plan.children
+            await op.kube.apply(config_map)
+            applied = await asyncio.gather(*(op.kube.apply(child) for child in rest))
+            live = next(obj for obj, _ in applied if obj["kind"] == "Deployment")
+            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
+                if kind not in desired:
+                    stale = await op.kube.get(kind, name, namespace)
+                    if stale is not None and stale["metadata"].get("labels", {}).get(AGENT_LABEL) == name:
+                        await op.kube.delete(kind, name, namespace)
+        deployed, replicas = _deployment_ready(live, plan.config)
+        conditions.append(deployed)
+        extra = {
+            "endpoint": agent_endpoint(plan.config),
+            "configHash": plan.config.hash(),
+            "replicas": replicas,
+        }
+    await _write_status(op, "Agent", body, conditions, extra)

@@ -1,0 +1,147 @@
+"""What the handlers share: the operator's clients (kept in kopf's memo) and views of the indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentplane_operator.kube import Kube, Manifest
+from agentplane_operator.metrics import Metrics
+from agentplane_operator.settings import OperatorSettings
+from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool
+from agentplane_platform.knowledge import VectorStore
+
+Cause = Literal["event", "resync", "dependency", "child"]
+DependencyKind = Literal["tenant", "prompt", "tool"]
+Key = tuple[str, str]
+"""(namespace, name) of a namespaced object."""
+
+V = TypeVar("V")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Operator:
+    """The operator's clients and per-object locks, created at startup and closed at cleanup."""
+
+    settings: OperatorSettings
+    kube: Kube
+    vectors: VectorStore
+    redis: Redis
+    db: AsyncEngine
+    metrics: Metrics
+    locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock)
+    )
+    _pending: set[Hashable] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def soon(self, key: Hashable, delay: float, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` after `delay` seconds, once for however many calls with `key` come meanwhile."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            self._pending.discard(key)
+            try:
+                await work()
+            except Exception:
+                logger.exception("deferred work %r failed", key)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @asynccontextmanager
+    async def reconciling(self, kind: str, name: str, namespace: str, cause: Cause) -> AsyncIterator[None]:
+        """One reconcile of one object at a time (handlers, timers and dependents may race), measured."""
+        depth = self.metrics.queue_depth.labels(kind)
+        depth.inc()
+        result = "error"
+        try:
+            async with self.locks[(kind, namespace, name)]:
+                started = time.perf_counter()
+                try:
+                    yield
+                    result = "ok"
+                finally:
+                    self.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+        finally:
+            depth.dec()
+            self.metrics.reconciles.labels(kind, cause, result).inc()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.kube.close()
+        await self.vectors.close()
+        await self.redis.aclose()
+        await self.db.dispose()
+
+
+def _first(values: Iterable[V] | None) -> V | None:
+    return next(iter(values), None) if values is not None else None
+
+
+@dataclass(frozen=True)
+class Views:
+    """Read access to kopf's indexes: the cluster's Tenants, Prompts, Tools and Agents as last seen."""
+
+    tenants: Mapping[str, Iterable[Tenant]]
+    prompts: Mapping[Key, Iterable[Prompt]]
+    tools: Mapping[Key, Iterable[Tool]]
+    agents: Mapping[Key, Iterable[Manifest]]
+    dependents: Mapping[tuple[str, str, str], Iterable[Key]]
+    agents_by_namespace: Mapping[str, Iterable[Key]]
+
+    @classmethod
+    def of(cls, indexes: Mapping[str, Any]) -> Views:
+        """From the keyword arguments kopf passes to every handler."""
+        return cls(
+            tenants=indexes["tenant_index"],
+            prompts=indexes["prompt_index"],
+            tools=indexes["tool_index"],
+            agents=indexes["agent_index"],
+            dependents=indexes["dependent_index"],
+            agents_by_namespace=indexes["namespace_agent_index"],
+        )
+
+    def tenant(self, name: str) -> Tenant | None:
+        return _first(self.tenants.get(name))
+
+    def agent(self, key: Key) -> Manifest | None:
+        return _first(self.agents.get(key))
+
+    def prompts_in(self, namespace: str) -> dict[str, Prompt]:
+        return {name: p for (ns, name), found in self.prompts.items() if ns == namespace for p in found}
+
+    def tools_in(self, namespace: str) -> dict[str, Tool]:
+        return {name: t for (ns, name), found in self.tools.items() if ns == namespace for t in found}
+
+    def agents_in(self, namespace: str) -> list[Manifest]:
+        """The namespace's Agents, oldest first: the order in which the tenant's `maxAgents` admits them."""
+        found = [
+            a
+            for key in set(self.agents_by_namespace.get(namespace, ()))
+            if (a := self.agent(key)) is not None
+        ]
+        return sorted(
+            found, key=lambda a: (a["metadata"].get("creationTimestamp", ""), a["metadata"]["name"])
+        )
+
+    def dependents_of(
+        self, kind: Literal["tenant", "prompt", "tool"], namespace: str, name: str
+    ) -> list[Key]:
+        """Agents whose config uses the given Tenant, Prompt or Tool."""
+        return sorted(set(self.dependents.get((kind, namespace, name), ())))

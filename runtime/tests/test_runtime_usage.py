@@ -1,0 +1,156 @@
+"""Usage metering: one row per request in PostgreSQL, and none lost while PostgreSQL restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from runtime_support import Served, make_config, serve, tenant_name
+from sqlalchemy import func, select
+
+from agentplane_platform.db import UsageRecord
+from agentplane_runtime import Settings
+from support.fake_llm import FakeLLM, error, reply
+from support.service_fixtures import unavailable
+from support.services import Server, ServiceUnavailable, _wait_port, start_postgres
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+
+
+async def rows(served: Served, tenant: str) -> list[UsageRecord]:
+    async with served.runtime.engine.connect() as connection:
+        result = await connection.execute(select(UsageRecord.__table__).where(UsageRecord.tenant == tenant))
+        return [UsageRecord(**dict(r)) for r in result.mappings()]
+
+
+async def wait_for_rows(served: Served, tenant: str, count: int, timeout: float = 20.0) -> list[UsageRecord]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            found = await rows(served, tenant)
+        except Exception:
+            found = []
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+async def test_every_request_writes_one_usage_row(settings: Settings, fake_llm: FakeLLM) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant, model="openai/broken-model", fallbacks=["openai/gpt-4o-mini"])
+    async with serve(settings, config) as served:
+        key = await served.key()
+        client = openai.AsyncOpenAI(api_key=key, base_url=served.base_url, max_retries=0)
+        fake_llm.script("broken-model", [error(500)] * 2)
+        fake_llm.script("gpt-4o-mini", [reply("plain answer", prompt_tokens=100, completion_tokens=20)])
+        await client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "a"}])
+        fake_llm.script("broken-model", [reply("streamed answer", prompt_tokens=50, completion_tokens=2)])
+        stream = await client.chat.completions.create(
+            model="helper", messages=[{"role": "user", "content": "b"}], stream=True
+        )
+        async for _ in stream:
+            pass
+        async with httpx.AsyncClient() as http:
+            bad = await http.post(
+                f"{served.base_url}/chat/completions",
+                json={"messages": [{"role": "user", "content": "c"}], "tools": [{"type": "function"}]},
+                headers={"Authorization": f"Bearer {key}", "X-Request-ID": "bad-one"},
+            )
+        assert bad.status_code == 400
+        found = sorted(await wait_for_rows(served, tenant, 3), key=lambda r: r.created_at)
+        await client.close()
+    assert [(r.status, r.http_status, r.stream) for r in found] == [
+        ("ok", 200, False),
+        ("ok", 200, True),
+        ("error", 400, False),
+    ]
+    plain, streamed, refused = found
+    assert plain.model == "openai/gpt-4o-mini"  # the fallback that answered
+    assert (plain.prompt_tokens, plain.completion_tokens) == (100, 20)
+    assert plain.cost_usd == pytest.approx(100 * 0.15e-6 + 20 * 0.6e-6)  # gpt-4o-mini in litellm's cost map
+    assert plain.api_key_id == key.split("_")[1]
+    assert plain.ttft_ms is None
+    assert streamed.model == "openai/broken-model"
+    assert (streamed.prompt_tokens, streamed.completion_tokens) == (50, 2)
+    assert streamed.ttft_ms is not None
+    assert streamed.ttft_ms <= streamed.latency_ms
+    assert refused.request_id == "bad-one"
+    assert refused.prompt_tokens == 0
+    assert all(r.tenant == tenant and r.agent == "helper" for r in found)
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A PostgreSQL server of this test only (it gets stopped and restarted)."""
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("pg-restart"))
+    except (ServiceUnavailable, OSError) as exc:
+        unavailable("postgresql", str(exc))
+        raise AssertionError("unreachable") from exc
+    yield server
+    server.stop()
+
+
+def stop(server: Server) -> None:
+    """Fast shutdown of the whole process group (postgres runs under `runuser` as root)."""
+    os.killpg(server.process.pid, signal.SIGINT)
+    server.process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any((p / "postmaster.pid").exists() for p in server.directory.glob("data")):
+        if time.monotonic() > deadline:
+            raise AssertionError("postgres did not stop")
+        time.sleep(0.05)
+
+
+def restart(server: Server, log: Path) -> None:
+    """Start the same server again: same data directory, same port."""
+    with log.open("ab") as out:
+        server.process = subprocess.Popen(
+            server.process.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _wait_port(server.port, server.process, log)
+
+
+async def test_no_usage_record_is_lost_across_a_postgres_restart(
+    own_postgres: Server, settings: Settings, tmp_path: Path
+) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant)
+    local = settings.model_copy(update={"database_url": own_postgres.url, "usage_stream": f"usage:{tenant}"})
+    async with serve(local, config) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+        await client.chat.completions.create(model="helper", messages=ask)
+        assert len(await wait_for_rows(served, tenant, 1)) == 1
+        await asyncio.to_thread(stop, own_postgres)
+        # the database is down: requests are still served (the key was verified before) and metered
+        for _ in range(10):
+            await client.chat.completions.create(model="helper", messages=ask)
+        stream = await client.chat.completions.create(model="helper", messages=ask, stream=True)
+        async for _ in stream:
+            pass
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{served.url}/healthz/ready")
+        assert ready.status_code == 200  # a database outage is absorbed, the pod stays in service
+        assert ready.json()["checks"]["database"] == "unreachable"
+        await asyncio.sleep(0.5)
+        assert served.runtime.redis is not None
+        assert await served.runtime.redis.xlen(f"usage:{tenant}") == 11
+        await asyncio.to_thread(restart, own_postgres, tmp_path / "postgres-restart.log")
+        found = await wait_for_rows(served, tenant, 12, timeout=30)
+        assert len(found) == 12
+        assert len({r.id for r in found}) == 12
+        assert await served.runtime.redis.xlen(f"usage:{tenant}") == 0
+        async with served.runtime.engine.connect() as connection:
+            count = await connection.scalar(select(func.count()).select_from(UsageRecord))
+        assert count == 12
+        await client.close()

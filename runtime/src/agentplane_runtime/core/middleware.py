@@ -14,7 +14,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from agentplane_runtime.core.context import request_id_var
-from agentplane_runtime.core.errors import ApiError, error_body
+from agentplane_runtime.core.errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,13 +59,30 @@ class RequestContextMiddleware:
         limit = self.max_upload if self.upload_marker in path else self.max_body
         raw_id = request_id.encode()
 
+        too_large = False
+        responded = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal responded
+            if too_large:
+                # the app saw a disconnect while reading the body: answer 413 in its place
+                if not responded:
+                    responded = True
+                    await _reject(send_with_id_raw, 413, f"the request body is larger than {limit} bytes")
+                return
             if message["type"] == "http.response.start":
+                responded = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
                 span.set_attribute("http.response.status_code", message["status"])
                 if message["status"] >= 500:
                     span.set_status(Status(StatusCode.ERROR))
+            await send(message)
+
+        async def send_with_id_raw(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+                span.set_attribute("http.response.status_code", message["status"])
             await send(message)
 
         parent = extract(headers)
@@ -88,15 +105,25 @@ class RequestContextMiddleware:
             received = 0
 
             async def limited_receive() -> Message:
-                nonlocal received
+                nonlocal received, too_large
+                if too_large:
+                    return {"type": "http.disconnect"}
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        raise ApiError(413, f"the request body is larger than {limit} bytes")
+                        too_large = True
+                        return {"type": "http.disconnect"}
                 return message
 
-            await self.app(scope, limited_receive, send_with_id)
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except Exception:
+                if not too_large:
+                    raise
+            if too_large and not responded:
+                responded = True
+                await _reject(send_with_id_raw, 413, f"the request body is larger than {limit} bytes")
         finally:
             otel_context.detach(ctx_token)
             span.end()

@@ -1,0 +1,137 @@
+"""Telemetry: spans for auth, quota, retrieval, each LLM attempt and each tool call with the GenAI
+attribute names; Prometheus metrics labelled by tenant/agent/model; JSON logs with the request id."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from runtime_support import make_config, serve, tenant_name
+
+from agentplane_runtime import Settings
+from agentplane_runtime.core.logging import JsonFormatter
+from support.fake_llm import FakeLLM, error, reply, tool_calls
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+
+CALCULATOR = {
+    "type": "builtin",
+    "name": "calculator",
+    "function_name": "calculator",
+    "description": "arithmetic",
+    "timeout_seconds": 5,
+    "parameters": None,
+    "builtin": "calculator",
+}
+
+
+async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> None:
+    tenant = tenant_name()
+    config = make_config(
+        tenant,
+        model="openai/flaky-model",
+        fallbacks=["openai/gpt-4o-mini"],
+        tools=[CALCULATOR],
+        knowledge=["docs"],
+    )
+    tuned = settings.model_copy(update={"llm_retries": 0, "ensure_collections": True})
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("agentplane").addHandler(handler)
+    try:
+        async with serve(tuned, config) as served:
+            client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+            fake_llm.script("flaky-model", [error(500), error(500)])
+            fake_llm.script(
+                "gpt-4o-mini",
+                [
+                    tool_calls(("calculator", {"expression": "6*7"})),
+                    reply("42", prompt_tokens=30, completion_tokens=1),
+                ],
+            )
+            raw = await client.chat.completions.with_raw_response.create(
+                model="helper",
+                messages=[{"role": "user", "content": "secret prompt text 6*7?"}],
+                extra_headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            )
+            request_id = raw.headers["x-request-id"]
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{served.url}/metrics")).text
+            spans = served.spans.get_finished_spans()
+            await client.close()
+    finally:
+        logging.getLogger("agentplane").removeHandler(handler)
+    names = [s.name for s in spans]
+    for expected in (
+        "auth",
+        "quota",
+        "retrieval",
+        "chat openai/flaky-model",
+        "chat openai/gpt-4o-mini",
+        "execute_tool calculator",
+    ):
+        assert expected in names, names
+    server = next(s for s in spans if s.name == "POST /v1/chat/completions")
+    # the caller's trace continues, every span of the request is in it
+    assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert {s.context.trace_id for s in spans if s.name != "GET /metrics"} == {server.context.trace_id}
+    failed = next(s for s in spans if s.name == "chat openai/flaky-model")
+    assert failed.attributes is not None
+    assert failed.attributes["error.type"] == "http_500"
+    answered = [s for s in spans if s.name == "chat openai/gpt-4o-mini"]
+    assert len(answered) == 2
+    attrs = answered[-1].attributes
+    assert attrs is not None
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.system"] == "openai"
+    assert attrs["gen_ai.request.model"] == "openai/gpt-4o-mini"
+    assert attrs["gen_ai.usage.input_tokens"] == 30
+    assert attrs["gen_ai.usage.output_tokens"] == 1
+    tool = next(s for s in spans if s.name == "execute_tool calculator")
+    assert tool.attributes is not None
+    assert tool.attributes["gen_ai.tool.name"] == "calculator"
+    samples = parse(metrics)
+    ours = {"tenant": tenant, "agent": "helper", "model": "openai/gpt-4o-mini"}
+    assert samples[("agentplane_requests_total", frozenset({**ours, "status": "ok"}.items()))] == 1.0
+    assert samples[("agentplane_request_duration_seconds_count", frozenset(ours.items()))] == 1.0
+    assert samples[("agentplane_tokens_total", frozenset({**ours, "direction": "output"}.items()))] == 2.0
+    assert samples[("agentplane_cost_usd_total", frozenset(ours.items()))] > 0
+    assert (
+        samples[
+            (
+                "agentplane_llm_attempts_total",
+                frozenset({"model": "openai/flaky-model", "outcome": "http_500"}.items()),
+            )
+        ]
+        == 2.0
+    )
+    assert samples[("agentplane_circuit_state", frozenset({"model": "openai/gpt-4o-mini"}.items()))] == 0.0
+    assert (
+        samples[
+            (
+                "agentplane_tool_calls_total",
+                frozenset(
+                    {"tenant": tenant, "agent": "helper", "tool": "calculator", "outcome": "ok"}.items()
+                ),
+            )
+        ]
+        == 1.0
+    )
+    logged = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert logged
+    assert any(entry.get("request_id") == request_id for entry in logged)
+    assert "secret prompt text" not in stream.getvalue()
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

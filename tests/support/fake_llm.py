@@ -16,7 +16,8 @@ the default answer when the script is empty. Scripts can also be set over HTTP
 (`POST /_control/script {"model": ..., "steps": [...]}`, `POST /_control/reset`), which is how
 load tests and other processes drive it.
 
-Run it as a script: `python tests/support/fake_llm.py --port 9999 [--delay-ms 0]`.
+Run it on its own: `PYTHONPATH=tests uv run python -m support.fake_llm --port 9999 [--delay-ms 0]`
+(as a module: run as a file, tests/support/ would shadow stdlib modules such as `operator`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class FakeLLM:
         self.record = record
         self.jwks: dict[str, Any] = {"keys": []}
         self.requests: list[Recorded] = []
+        self.traces_received = 0
         self._scripts: dict[str, deque[Step]] = {}
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -214,6 +216,11 @@ class FakeLLM:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if method == "POST" and path == "/v1/traces":
+            # an OTLP/HTTP trace sink (protobuf, not read), so benchmarks export their spans for real
+            self.traces_received += 1
+            await _json(send, 200, {})
+            return
         data: dict[str, Any] = {}
         if body:
             try:

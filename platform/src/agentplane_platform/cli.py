@@ -1,12 +1,14 @@
-"""The `agentplane` command line: validate, generate, explain."""
+"""The `agentplane` command line: validate, generate, explain, up."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -30,6 +32,13 @@ def _summary(report: Report, paths: Sequence[Path]) -> str:
     return f"{checked}: {errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
 
 
+def format_report(report: Report, paths: Sequence[Path]) -> str:
+    """`agentplane validate`'s text output: one line per problem, then the summary."""
+    lines = [problem.format() for problem in report.problems]
+    lines.append(_summary(report, paths))
+    return "\n".join(lines) + "\n"
+
+
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     paths = [Path(p) for p in args.paths] or [Path("specs")]
     report = validate_paths(paths)
@@ -42,9 +51,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
         }
         out.write(json.dumps(payload, indent=2) + "\n")
     else:
-        for problem in report.problems:
-            out.write(problem.format() + "\n")
-        out.write(_summary(report, paths) + "\n")
+        out.write(format_report(report, paths))
     return 0 if report.ok else 1
 
 
@@ -78,6 +85,24 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
+    # `up` serves the runtime, which depends on this package (never the other way): imported lazily.
+    # litellm (imported with it) fetches its cost map from the network unless told not to.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        local = importlib.import_module("agentplane_runtime.local")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("agentplane_runtime"):
+            raise
+        sys.stderr.write(
+            "error: `agentplane up` needs the agent runtime (agentplane-runtime); "
+            "install it with `uv sync --all-packages` (or `make install`)\n"
+        )
+        return 1
+    up: Callable[..., int] = local.up
+    return up(Path(args.path), host=args.host, port=args.port, state=Path(args.state), out=out)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `agentplane` command."""
     top = argparse.ArgumentParser(
@@ -100,6 +125,17 @@ def parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("explain", help="documentation of a kind or field, like kubectl explain")
     exp.add_argument("target", metavar="KIND[.FIELD]", help="for example agent.spec.model")
     exp.set_defaults(run=cmd_explain)
+
+    up = commands.add_parser(
+        "up", help="serve every agent of the specs locally (SQLite, Qdrant local mode, offline model)"
+    )
+    up.add_argument("path", nargs="?", default="specs", metavar="PATH", help="spec tree (default: specs/)")
+    up.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    up.add_argument(
+        "--state", default=".agentplane", help="state directory: SQLite, Qdrant, keys (default .agentplane/)"
+    )
+    up.set_defaults(run=cmd_up)
     return top
 
 

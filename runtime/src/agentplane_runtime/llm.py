@@ -16,6 +16,7 @@ from typing import Any
 import litellm
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from agentplane_runtime import offline
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.core.telemetry import Metrics
@@ -122,6 +123,16 @@ def provider_of(model: str) -> str:
     return prefix if sep else "openai"
 
 
+def has_credentials(settings: Settings, model: str) -> bool:
+    """Whether the settings hold the credentials of `model`'s provider (OpenAI and Azure OpenAI)."""
+    provider = provider_of(model)
+    if provider == "azure":
+        return settings.azure_api_key is not None and bool(settings.azure_api_base)
+    if provider == "openai":
+        return settings.openai_api_key is not None
+    return False
+
+
 _SYSTEMS = {
     "azure": "azure.ai.openai",
     "openai": "openai",
@@ -152,6 +163,15 @@ class LLMClient:
         self.breakers: dict[str, CircuitBreaker] = {}
         litellm.suppress_debug_info = True
         litellm.drop_params = True
+        if settings.offline_model:
+            offline.register()
+
+    def target(self, model: str) -> str:
+        """The model litellm is asked for: the offline model when `offline_model` is on and the
+        provider has no credentials."""
+        if self.settings.offline_model and not has_credentials(self.settings, model):
+            return offline.offline_model(model)
+        return model
 
     def breaker(self, model: str) -> CircuitBreaker:
         breaker = self.breakers.get(model)
@@ -196,7 +216,7 @@ class LLMClient:
         open_circuits: list[CircuitBreaker] = []
         attempts = 0
         s = self.settings
-        for model in models:
+        for model in [self.target(m) for m in models]:
             breaker = self.breaker(model)
             for retry in range(s.llm_retries + 1):
                 if not breaker.allow():

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         default="2024-10-21",
         validation_alias=AliasChoices("AGENTPLANE_AZURE_API_VERSION", "AZURE_API_VERSION"),
     )
+    offline_model: bool = False
+    """Answer with the offline model (`agentplane_runtime.offline`) for models whose provider has no
+    credentials here, instead of failing (`agentplane up` turns it on)."""
     llm_timeout_seconds: float = 60.0
     """Per attempt; bounded by what is left of the agent's total timeout."""
     llm_retries: int = 2

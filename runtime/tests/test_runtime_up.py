@@ -1,0 +1,290 @@
+"""`agentplane up` as a user runs it: a subprocess on a free port, over a copy of the example specs,
+talked to with the OpenAI SDK (the offline model: no provider key in its environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from runtime_support import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+AGENTS = [
+    ("acme", "billing-assistant"),
+    ("acme", "legacy-support-bot"),
+    ("acme", "support-bot"),
+    ("globex", "oncall-helper"),
+]
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[str]
+    port: int
+    state: Path
+    specs: Path
+    log: Path
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, tenant: str, agent: str) -> str:
+        return f"{self.base}/t/{tenant}/a/{agent}/v1"
+
+    def keys(self) -> dict[str, str]:
+        keys: dict[str, str] = json.loads((self.state / "api-keys.json").read_text())
+        return keys
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def client(self, tenant: str, agent: str, key: str | None = None) -> openai.OpenAI:
+        client = openai.OpenAI(
+            base_url=self.url(tenant, agent), api_key=key or self.keys()[tenant], max_retries=0
+        )
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> int:
+        for client in self.clients:
+            client.close()
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+
+def _env() -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AGENTPLANE_", "OPENAI_", "AZURE_", "OTEL_"))
+    }
+    env.update(HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
+    return env
+
+
+def start(specs: Path, state: Path, log: Path) -> Up:
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentplane_platform",
+                "up",
+                str(specs),
+                "--port",
+                str(port),
+                "--state",
+                str(state),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            text=True,
+        )
+    up = Up(process, port, state, specs, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"agentplane up exited with {process.returncode}:\n{up.output()}")
+        try:
+            if httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200:
+                return up
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"agentplane up did not become ready:\n{up.output()}")
+
+
+def copy_specs(tmp: Path) -> Path:
+    specs = tmp / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    return specs
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    tmp = tmp_path_factory.mktemp("up")
+    server = start(copy_specs(tmp), tmp / "state", tmp / "up.log")
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def test_banner_lists_every_agent_offline_with_its_url_and_tenant_key(up: Up) -> None:
+    text = up.output()
+    keys = up.keys()
+    for tenant, agent in AGENTS:
+        line = next(line for line in text.splitlines() if up.url(tenant, agent) in line)
+        assert "(offline)" in line
+        assert keys[tenant] in line
+    assert keys["acme"] != keys["globex"]
+    assert "curl -s" in text
+    assert "from openai import OpenAI" in text
+    assert "knowledge: 8 ingested, 0 unchanged, 0 removed" in text
+
+
+@pytest.mark.parametrize(("tenant", "agent"), AGENTS)
+def test_each_agent_answers_through_the_openai_sdk_saying_it_is_offline(
+    up: Up, tenant: str, agent: str
+) -> None:
+    reply = up.client(tenant, agent).chat.completions.create(
+        model=agent, messages=[{"role": "user", "content": "How do I return an item I bought?"}]
+    )
+    content = reply.choices[0].message.content or ""
+    assert content.startswith("[offline model]")
+    assert reply.model.startswith("agentplane-offline/")
+    assert reply.usage is not None
+    assert reply.usage.total_tokens > 0
+
+
+def test_offline_answer_quotes_the_tenants_knowledge(up: Up) -> None:
+    reply = up.client("acme", "support-bot").chat.completions.create(
+        model="support-bot", messages=[{"role": "user", "content": "How do I return an item?"}]
+    )
+    content = reply.choices[0].message.content or ""
+    assert "returns.md" in content
+    assert "30 days" in content
+    extra = reply.model_extra or {}
+    assert extra["agentplane"]["retrieval"]["status"] == "ok"
+
+
+def test_offline_model_streams_and_uses_the_calculator_tool(up: Up) -> None:
+    stream = up.client("acme", "billing-assistant").chat.completions.create(
+        model="billing-assistant",
+        stream=True,
+        messages=[{"role": "user", "content": "What is the pro-rated refund: 1200 * 5 / 12 ?"}],
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.startswith("[offline model]")
+    assert 'Tool result: {"result": 500.0}' in text
+
+
+def test_knowledge_query_finds_the_runbook(up: Up) -> None:
+    response = httpx.post(
+        f"{up.url('globex', 'oncall-helper')}/knowledge/runbooks/query",
+        json={"query": "how do I promote the database replica"},
+        headers={"Authorization": f"Bearer {up.keys()['globex']}"},
+    )
+    assert response.status_code == 200, response.text
+    hits = response.json()["data"]
+    assert hits[0]["source"] == "knowledge/runbooks/database-failover.md"
+
+
+def test_a_tenants_key_does_not_open_another_tenants_agent(up: Up) -> None:
+    client = openai.OpenAI(
+        base_url=up.url("globex", "oncall-helper"), api_key=up.keys()["acme"], max_retries=0
+    )
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_quota_bites_and_a_restart_keeps_keys_usage_and_knowledge(tmp_path: Path) -> None:
+    specs = copy_specs(tmp_path)
+    tenant_file = specs / "tenants" / "globex" / "tenant.yaml"
+    text = tenant_file.read_text()
+    assert "requestsPerMinute: 60" in text
+    tenant_file.write_text(text.replace("requestsPerMinute: 60", "requestsPerMinute: 3"))
+    state = tmp_path / "state"
+    first = start(specs, state, tmp_path / "first.log")
+    try:
+        key = first.keys()["globex"]
+        client = first.client("globex", "oncall-helper")
+        for _ in range(3):
+            client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "latency is high"}]
+            )
+        with pytest.raises(openai.RateLimitError) as exc:
+            client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "latency is high"}]
+            )
+        assert exc.value.response.headers.get("retry-after")
+    finally:
+        code = first.stop()
+    assert code == 0, first.output()
+    assert "agentplane up: stopped" in first.output()
+    with sqlite3.connect(state / "agentplane.db") as db:
+        rows = db.execute("select count(*) from usage_records where tenant = 'globex'").fetchone()[0]
+    assert rows >= 3
+
+    second = start(specs, state, tmp_path / "second.log")
+    try:
+        assert second.keys()["globex"] == key
+        assert key in second.output()
+        assert "knowledge: 0 ingested, 8 unchanged, 0 removed" in second.output()
+        reply = second.client("globex", "oncall-helper").chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "certificate expires soon"}]
+        )
+        assert "certificate-expiry.md" in (reply.choices[0].message.content or "")
+    finally:
+        assert second.stop() == 0
+    with sqlite3.connect(state / "agentplane.db") as db:
+        after = db.execute("select count(*) from usage_records where tenant = 'globex'").fetchone()[0]
+    assert after == rows + 1
+
+
+def test_changed_knowledge_is_reingested_and_removed_files_deleted(tmp_path: Path) -> None:
+    specs = copy_specs(tmp_path)
+    state = tmp_path / "state"
+    start(specs, state, tmp_path / "first.log").stop()
+    runbooks = specs / "tenants" / "globex" / "knowledge" / "runbooks"
+    (runbooks / "high-latency.md").unlink()
+    (runbooks / "certificate-expiry.md").write_text(
+        "# Certificates\n\nRenew them with the zebra procedure.\n"
+    )
+    second = start(specs, state, tmp_path / "second.log")
+    try:
+        assert "knowledge: 1 ingested, 6 unchanged, 1 removed" in second.output()
+        response = httpx.post(
+            f"{second.url('globex', 'oncall-helper')}/knowledge/runbooks/query",
+            json={"query": "zebra procedure latency cordon"},
+            headers={"Authorization": f"Bearer {second.keys()['globex']}"},
+        )
+        sources = {hit["source"] for hit in response.json()["data"]}
+        assert "knowledge/runbooks/certificate-expiry.md" in sources
+        assert "knowledge/runbooks/high-latency.md" not in sources
+    finally:
+        second.stop()
+
+
+def test_invalid_specs_refuse_to_start_and_print_the_problems(tmp_path: Path) -> None:
+    specs = copy_specs(tmp_path)
+    agent = specs / "tenants" / "acme" / "agents" / "support-bot.yaml"
+    agent.write_text(agent.read_text().replace("name: azure/gpt-4o-mini", "name: azure/gpt-5-unknown", 1))
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentplane_platform",
+            "up",
+            str(specs),
+            "--port",
+            str(free_port()),
+            "--state",
+            str(state),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "support-bot.yaml:" in result.stdout
+    assert "gpt-5-unknown" in result.stdout
+    assert "1 error" in result.stdout
+    assert "agentplane up: not starting" in result.stdout
+    assert not state.exists()

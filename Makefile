@@ -29,6 +29,10 @@ install: $(UV) ## Install uv (if missing) and the workspace with its dev tools
 system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis)
 	@tools/install-system-deps.sh
 
+.PHONY: up
+up: install ## Serve every agent of specs/ locally (agentplane up: SQLite, Qdrant local mode, offline model); Ctrl-C stops
+	$(UV) run agentplane up specs/ $(UP_ARGS)
+
 .PHONY: validate
 validate: install ## Validate every spec under specs/ (what CI runs on each push)
 	$(UV) run agentplane validate specs/

@@ -20,10 +20,11 @@ from k8s.operator_specs import agent, builtin_tool, http_tool, prompt, tenant
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
 from agentplane_platform.config import AgentConfig, resolve_agent
 from support.cluster import Cluster
-from support.operator import (
+from support.operator_process import (
     OperatorProcess,
     apply,
     condition,
+    delete_tenants,
     events,
     get,
     install_operator_rbac,
@@ -62,19 +63,12 @@ TENANTS = ("orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel")
 """Every tenant this module creates; each test works in its own."""
 
 
-def _delete_tenants(k8s: Cluster) -> None:
-    for name in TENANTS:
-        k8s.kubectl("delete", "tenant", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
-    for name in TENANTS:
-        k8s.kubectl("wait", "--for=delete", f"namespace/tenant-{name}", "--timeout=90s", check=False)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def clean_tenants(k8s: Cluster, operator: OperatorProcess) -> Iterator[None]:
     """Start from no tenants of ours (a reused cluster may hold them) and leave none behind."""
-    _delete_tenants(k8s)
+    delete_tenants(k8s, *TENANTS)
     yield
-    _delete_tenants(k8s)
+    delete_tenants(k8s, *TENANTS)
 
 
 def ready(

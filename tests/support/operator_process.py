@@ -149,6 +149,8 @@ def start_operator(
         "AGENTPLANE_OPERATOR_METRICS_HOST": "127.0.0.1",
         "AGENTPLANE_OPERATOR_METRICS_PORT": str(port),
         "AGENTPLANE_OPERATOR_RESYNC_SECONDS": str(resync_seconds),
+        # A SIGKILLed replica's peering record blocks the others until it expires.
+        "AGENTPLANE_OPERATOR_PEERING_LIFETIME_SECONDS": "10",
         "AGENTPLANE_OPERATOR_RUNTIME_IMAGE": "registry.test/agentplane/runtime:test",
         **(extra_env or {}),
     }
@@ -171,8 +173,22 @@ def start_operator(
         except OSError:
             return False
 
-    wait_for("the operator's /healthz", healthy, timeout=60)
+    try:
+        wait_for("the operator's /healthz", healthy, timeout=60)
+    except BaseException:
+        running.kill()
+        raise
     return running
+
+
+def delete_tenants(cluster: Cluster, *names: str) -> None:
+    """Delete Tenants (their finalizer needs a running operator) and wait until their namespaces are
+    gone too, so a test that reuses a name never meets a namespace still terminating."""
+    for name in names:
+        cluster.kubectl("delete", "tenant", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
+    for name in names:
+        if get(cluster, "namespace", f"tenant-{name}") is not None:
+            cluster.kubectl("wait", "--for=delete", f"namespace/tenant-{name}", "--timeout=120s")
 
 
 def apply(cluster: Cluster, *manifests: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ def _run(verbose: bool) -> int:
     from agentplane_operator.settings import OperatorSettings
 
     settings = OperatorSettings()  # required fields come from the environment
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     kopf.run(
         priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),

@@ -81,6 +81,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.peering.standalone = ours.standalone
         settings.peering.mandatory = not ours.standalone
         settings.peering.clusterwide = True
+        settings.peering.lifetime = ours.peering_lifetime_seconds
         settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's only warn
         settings.posting.reporting_component = "agentplane-operator"
         settings.execution.max_workers = 4

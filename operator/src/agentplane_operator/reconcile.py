@@ -65,9 +65,16 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
 async def _write_status(
     op: Operator, kind: str, body: Mapping[str, Any], wanted: list[Cond], extra: Mapping[str, Any]
 ) -> None:
-    """Write what changed in the status; an Event for every condition that changed status or reason."""
-    namespace, name, generation = _meta(body)
-    current: Mapping[str, Any] = body.get("status") or {}
+    """Write what changed in the status; an Event for every condition that changed status or reason.
+
+    The status is compared with the object as it is now, not with `body`: an event body or index
+    entry may predate our own last write, and comparing with it could skip a needed write.
+    """
+    namespace, name, generation = _meta(body)  # the generation whose spec this reconcile acted on
+    live = await op.kube.get(kind, name, namespace or None)
+    if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
+        return  # deleted (or replaced) meanwhile
+    current: Mapping[str, Any] = live.get("status") or {}
     failing = ready_reason(wanted)
     if failing is None:
         ready = Cond("Ready", True, "Ready", "; ".join(c.message for c in wanted if c.message))

@@ -43,6 +43,9 @@ class OperatorSettings(BaseSettings):
     priority: int | None = None
     """Peering priority: the highest runs, the others stand by. Unset, a random one, so that identical
     replicas never tie (kopf pauses every operator of a tied priority)."""
+    peering_lifetime_seconds: int = Field(default=60, ge=5)
+    """How long a replica's peering record lives without a keep-alive: a killed active replica is
+    taken over after at most this long."""
     standalone: bool = False
     """Run without peering (a single replica, no peering objects needed)."""
     field_manager: str = "agentplane-operator"

@@ -203,15 +203,20 @@ def test_quota_bites_and_a_restart_keeps_keys_usage_and_knowledge(tmp_path: Path
     try:
         key = first.keys()["globex"]
         client = first.client("globex", "oncall-helper")
-        for _ in range(3):
-            client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": "latency is high"}]
-            )
-        with pytest.raises(openai.RateLimitError) as exc:
-            client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": "latency is high"}]
-            )
-        assert exc.value.response.headers.get("retry-after")
+        # the limit is per minute window: a window boundary may let a second batch of 3 through
+        admitted, refused = 0, None
+        for _ in range(10):
+            try:
+                client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": "latency is high"}]
+                )
+            except openai.RateLimitError as exc:
+                refused = exc
+                break
+            admitted += 1
+        assert refused is not None
+        assert 3 <= admitted <= 6
+        assert refused.response.headers.get("retry-after")
     finally:
         code = first.stop()
     assert code == 0, first.output()

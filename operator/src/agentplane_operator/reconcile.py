@@ -348,15 +348,12 @@ def _deployment_ready(deployment: Manifest, config: AgentConfig) -> tuple[Cond, 
     updated = int(status.get("updatedReplicas") or 0)
     available = int(status.get("availableReplicas") or 0)
     total = int(status.get("replicas") or 0)
+    # One message for the whole rollout: each distinct message would be one more status write.
+    waiting = Cond("Deployed", False, "Progressing", f"waiting for {want} pod(s) with config {config.hash()}")
     if int(status.get("observedGeneration") or 0) < generation:
-        return Cond(
-            "Deployed", False, "Progressing", "the Deployment controller has not seen the change yet"
-        ), 0
+        return waiting, 0
     if updated < want or available < want or total > updated:
-        return Cond(
-            "Deployed", False, "Progressing",
-            f"{min(updated, available)}/{want} pods available with config {config.hash()}",
-        ), min(updated, available)  # fmt: skip
+        return waiting, min(updated, available)
     return Cond(
         "Deployed", True, "Available", f"{available}/{want} pods available with config {config.hash()}"
     ), available

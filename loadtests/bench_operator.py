@@ -49,6 +49,19 @@ def _ready_count(cluster: Cluster) -> int:
     )
 
 
+def _hashes(cluster: Cluster, namespace: str) -> dict[str, str]:
+    listed = json.loads(cluster.kubectl("get", "agents", "-n", namespace, "-o", "json").stdout)["items"]
+    return {a["metadata"]["name"]: a.get("status", {}).get("configHash", "") for a in listed}
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _kopf_agent_patches(cluster: Cluster) -> float:
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
     total = 0.0
@@ -125,6 +138,18 @@ def main() -> int:
                     prompt_maps = args.tenants  # one ConfigMap per Prompt version, not an Agent's
                     own = sum(writes.values()) - prompt_maps
                     kopf = _kopf_agent_patches(cluster)
+                    peak_mib = _peak_rss_mib(operator.process.pid)
+                    # One Prompt change: a new default for its variable changes every dependent's config.
+                    ns = f"tenant-{names[0]}"
+                    hashes = _hashes(cluster, ns)
+                    changed_at = time.perf_counter()
+                    bumped = prompt(ns, "assistant")
+                    bumped["spec"]["variables"][0]["default"] = "a concise assistant"
+                    cluster.kubectl("apply", "-f", "-", input=json.dumps(bumped))
+                    wait_for("every dependent's new config hash", lambda: all(
+                        h != hashes[n] for n, h in _hashes(cluster, ns).items()
+                    ), timeout=300, interval=0.2)  # fmt: skip
+                    dependents = time.perf_counter() - changed_at
                 finally:
                     operator.stop()
         finally:
@@ -139,6 +164,8 @@ def main() -> int:
     )
     print(f"  kopf bookkeeping per Agent     {kopf / n_agents:6.2f}  (PATCH of the Agent object)")
     print(f"  total writes per Agent         {(own + kopf) / n_agents:6.2f}")
+    print(f"  operator peak memory (RSS)     {peak_mib:6.0f} MiB")
+    print(f"  one Prompt change -> all {args.agents} dependents' new config hash: {dependents:.1f} s")
     return 0
 
 

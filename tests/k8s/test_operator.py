@@ -10,6 +10,7 @@ import asyncio
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,6 +36,7 @@ from support.services import Server, create_database
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres, pytest.mark.redis]
 
+REPO = Path(__file__).resolve().parents[2]
 RESYNC = 3.0
 
 
@@ -59,7 +61,7 @@ def operator(
     running.stop()
 
 
-TENANTS = ("orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel")
+TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel")
 """Every tenant this module creates; each test works in its own."""
 
 
@@ -102,6 +104,41 @@ def not_ready(k8s: Cluster, kind: str, name: str, namespace: str, reason: str) -
         return obj if condition(obj).get("reason") == reason else None
 
     return wait_for(f"{kind} {namespace}/{name} Ready=False {reason}", probe)
+
+
+def test_the_example_specs_converge(k8s: Cluster, operator: OperatorProcess) -> None:
+    """`kubectl apply` of specs/ as a tenant team or Flux would: Tenants first, then the rest."""
+    examples = REPO / "specs" / "tenants"
+    for name in ("acme", "globex"):
+        k8s.kubectl("apply", "-f", str(examples / name / "tenant.yaml"))
+    acme = ready(k8s, "tenant", "acme")
+    ready(k8s, "tenant", "globex")
+    k8s.kubectl("apply", "-R", "-f", str(examples))
+    for namespace, name in (
+        ("tenant-acme", "support-bot"),
+        ("tenant-acme", "legacy-support-bot"),
+        ("tenant-acme", "billing-assistant"),
+        ("tenant-globex", "oncall-helper"),
+    ):
+        ready(k8s, "agent", name, namespace, timeout=120)
+    assert [(kb["collection"], kb["ready"]) for kb in acme["status"]["knowledgeBases"]] == [
+        ("acme--help-center", True),
+        ("acme--billing-policies", True),
+    ]
+    assert _resolved(k8s, "tenant-acme", "legacy-support-bot").prompt.version == 1
+    assert _resolved(k8s, "tenant-acme", "support-bot").prompt.version == 2
+    assert get(k8s, "hpa", "support-bot", "tenant-acme") is not None
+    assert get(k8s, "pdb", "billing-assistant", "tenant-acme") is not None
+    assert get(k8s, "pdb", "legacy-support-bot", "tenant-acme") is None
+    support = ready(k8s, "prompt", "support", "tenant-acme")
+    assert [v["configMap"] for v in support["status"]["versions"]] == [
+        "prompt-support-v1",
+        "prompt-support-v2",
+    ]
+    # The examples reference Secrets nobody created: the Tools say so.
+    not_ready(k8s, "tool", "order-lookup", "tenant-acme", "SecretNotFound")
+    not_ready(k8s, "tool", "incident-timeline", "tenant-globex", "SecretNotFound")
+    ready(k8s, "tool", "calculator", "tenant-globex")
 
 
 def test_a_tenant_becomes_its_namespace_policies_collections_and_quota_records(

@@ -184,9 +184,7 @@ def content_hash(*parts: str) -> str:
 
 def prompt_version_hash(version: PromptVersion) -> str:
     """Content hash of one prompt version (its template and variables)."""
-    return content_hash(
-        version.template, json.dumps([v.model_dump(mode="json") for v in version.variables])
-    )
+    return content_hash(version.template, json.dumps([v.model_dump(mode="json") for v in version.variables]))
 
 
 def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:

@@ -77,7 +77,9 @@ class VectorStore:
     local: bool
 
     @classmethod
-    def connect(cls, *, url: str | None = None, path: Path | None = None, api_key: str | None = None) -> VectorStore:
+    def connect(
+        cls, *, url: str | None = None, path: Path | None = None, api_key: str | None = None
+    ) -> VectorStore:
         """A Qdrant server at `url`, else local mode stored under `path`, else local mode in memory."""
         if url:
             return cls(AsyncQdrantClient(url=url, api_key=api_key), local=False)
@@ -115,8 +117,12 @@ async def ensure_collection(store: VectorStore, spec: CollectionSpec) -> Collect
         try:
             await client.create_collection(
                 spec.name,
-                vectors_config={DENSE_VECTOR: models.VectorParams(size=spec.dimensions, distance=spec.distance)},
-                sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                vectors_config={
+                    DENSE_VECTOR: models.VectorParams(size=spec.dimensions, distance=spec.distance)
+                },
+                sparse_vectors_config={
+                    SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
             )
             created = True
         except (UnexpectedResponse, ValueError) as exc:

@@ -182,12 +182,15 @@ def start_operator(
 
 
 def delete_tenants(cluster: Cluster, *names: str) -> None:
-    """Delete Tenants (their finalizer needs a running operator) and wait until their namespaces are
-    gone too, so a test that reuses a name never meets a namespace still terminating."""
+    """Delete Tenants (their finalizer needs a running operator) and wait until the namespaces they
+    owned are gone too, so a test that reuses a name never meets a namespace still terminating."""
     for name in names:
         cluster.kubectl("delete", "tenant", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
     for name in names:
-        if get(cluster, "namespace", f"tenant-{name}") is not None:
+        namespace = get(cluster, "namespace", f"tenant-{name}")
+        owners = (namespace or {}).get("metadata", {}).get("ownerReferences") or []
+        # Only a namespace the Tenant owned goes with it (garbage collection); one made by hand stays.
+        if any(o.get("kind") == "Tenant" and o.get("name") == name for o in owners):
             cluster.kubectl("wait", "--for=delete", f"namespace/tenant-{name}", "--timeout=120s")
 
 

@@ -6,8 +6,8 @@ reconcile writes nothing" are observable); each test works in tenants of its own
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -413,14 +413,16 @@ def test_an_unchanged_reconcile_writes_nothing(k8s: Cluster, operator: OperatorP
     ready(k8s, "agent", "quiet", ns)
     until(k8s, "the tenant's agent count", "tenant", "deneb", None, lambda t: t["status"].get("agents") == 1)
     # Let in-flight work settle: no write for one resync interval.
-    settled = [operator.writes()]
+    last = {"writes": operator.writes(), "since": time.monotonic()}
 
     def quiet() -> bool:
-        asyncio.run(asyncio.sleep(RESYNC))
-        settled.append(operator.writes())
-        return settled[-1] == settled[-2]
+        """No write for a whole resync interval."""
+        writes = operator.writes()
+        if writes != last["writes"]:
+            last.update(writes=writes, since=time.monotonic())
+        return time.monotonic() - last["since"] >= RESYNC
 
-    wait_for("writes to settle", quiet, timeout=60)
+    wait_for("writes to settle", quiet, timeout=60, interval=0.5)
     versions = _resource_versions(k8s, ns)
     writes = operator.writes()
     resyncs = operator.reconciles(cause="resync")

@@ -18,6 +18,7 @@ from agentplane_operator import reconcile
 from agentplane_operator.builders import AGENT_LABEL, MANAGED_BY
 from agentplane_operator.kube import Kube
 from agentplane_operator.metrics import Metrics, serve
+from agentplane_operator.reconcile import spec_body
 from agentplane_operator.settings import OperatorSettings
 from agentplane_operator.state import Cause, DependencyKind, Key, Operator, Views
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, tenant_of
@@ -31,10 +32,6 @@ def _op(kwargs: dict[str, Any]) -> Operator:
     """The operator's clients, from kopf's memo among a handler's keyword arguments."""
     operator: Operator = kwargs["memo"]["operator"]
     return operator
-
-
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    return reconcile._plain(body)
 
 
 async def _reconcile_dependents(
@@ -123,19 +120,19 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.index(*tenants, registry=registry, id="tenant_index")
     def tenant_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Tenant]:
-        return {name: Tenant.model_validate(_plain(body))}
+        return {name: Tenant.model_validate(spec_body(body))}
 
     @kopf.index(*prompts, registry=registry, id="prompt_index")
     def prompt_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Prompt]:
-        return {(namespace or "", name): Prompt.model_validate(_plain(body))}
+        return {(namespace or "", name): Prompt.model_validate(spec_body(body))}
 
     @kopf.index(*tools, registry=registry, id="tool_index")
     def tool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Tool]:
-        return {(namespace or "", name): Tool.model_validate(_plain(body))}
+        return {(namespace or "", name): Tool.model_validate(spec_body(body))}
 
     @kopf.index(*agents, registry=registry, id="agent_index")
     def agent_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {(namespace or "", name): {**_plain(body), "status": dict(body.get("status") or {})}}
+        return {(namespace or "", name): {**spec_body(body), "status": dict(body.get("status") or {})}}
 
     @kopf.index(*agents, registry=registry, id="namespace_agent_index")
     def namespace_agent_index(namespace: str | None, name: str, **_: Any) -> dict[str, Key]:
@@ -181,27 +178,25 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     # --- Prompt and Tool: reconcile, then the Agents that use them -------------------------------
 
-    @on.resume(*prompts, registry=registry, id="prompt_changed")
-    @on.create(*prompts, registry=registry, id="prompt_changed")
-    @on.update(*prompts, registry=registry, id="prompt_changed")
-    async def prompt_changed(
-        namespace: str | None, name: str, body: kopf.Body, reason: str, **kw: Any
+    @on.resume(*prompts, registry=registry, id="dependency_changed")
+    @on.create(*prompts, registry=registry, id="dependency_changed")
+    @on.update(*prompts, registry=registry, id="dependency_changed")
+    @on.resume(*tools, registry=registry, id="dependency_changed")
+    @on.create(*tools, registry=registry, id="dependency_changed")
+    @on.update(*tools, registry=registry, id="dependency_changed")
+    async def dependency_changed(
+        namespace: str | None, name: str, body: kopf.Body, reason: str, resource: kopf.Resource, **kw: Any
     ) -> None:
         op, views, ns = _op(kw), Views.of(kw), namespace or ""
-        async with op.reconciling("Prompt", name, ns, "event"):
-            await reconcile.reconcile_prompt(op, body)
+        if resource.plural == "prompts":
+            async with op.reconciling("Prompt", name, ns, "event"):
+                await reconcile.reconcile_prompt(op, body)
+        else:
+            async with op.reconciling("Tool", name, ns, "event"):
+                await reconcile.reconcile_tool(op, body)
         if reason != "resume":
-            await _reconcile_dependents(op, views, "prompt", ns, name)
-
-    @on.resume(*tools, registry=registry, id="tool_changed")
-    @on.create(*tools, registry=registry, id="tool_changed")
-    @on.update(*tools, registry=registry, id="tool_changed")
-    async def tool_changed(namespace: str | None, name: str, body: kopf.Body, reason: str, **kw: Any) -> None:
-        op, views, ns = _op(kw), Views.of(kw), namespace or ""
-        async with op.reconciling("Tool", name, ns, "event"):
-            await reconcile.reconcile_tool(op, body)
-        if reason != "resume":
-            await _reconcile_dependents(op, views, "tool", ns, name)
+            kind: DependencyKind = "prompt" if resource.plural == "prompts" else "tool"
+            await _reconcile_dependents(op, views, kind, ns, name)
 
     @on.event(*prompts, registry=registry, id="dependency_deleted")
     @on.event(*tools, registry=registry, id="dependency_deleted")

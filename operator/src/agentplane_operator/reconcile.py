@@ -57,7 +57,7 @@ def _body(body: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(raw)
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+def spec_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """A kopf body as the plain dict a model validates (status excluded: it is ours to write)."""
     return {k: v for k, v in body.items() if k in ("apiVersion", "kind", "metadata", "spec")}
 
@@ -138,7 +138,7 @@ async def _forget_quota(op: Operator, tenant: str) -> None:
 
 
 async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) -> None:
-    tenant = Tenant.model_validate(_plain(body))
+    tenant = Tenant.model_validate(spec_body(body))
     children = build_tenant_children(tenant, op.settings.build)
     kopf.adopt(children, owner=_body(body))
     namespace, *rest = children
@@ -209,7 +209,7 @@ async def refresh_tenant_agents(op: Operator, tenant: str, views: Views) -> None
 
 async def finalize_tenant(op: Operator, body: Mapping[str, Any]) -> str:
     """What the Tenant's deletion policy says to do with its data; the message of what was done."""
-    tenant = Tenant.model_validate(_plain(body))
+    tenant = Tenant.model_validate(spec_body(body))
     collections = [collection_name(tenant.name, b.name) for b in tenant.spec.knowledge_bases]
     if tenant.spec.deletion_policy == "Retain":
         message = (
@@ -245,7 +245,7 @@ async def finalize_tenant(op: Operator, body: Mapping[str, Any]) -> str:
 
 
 async def reconcile_prompt(op: Operator, body: Mapping[str, Any]) -> None:
-    prompt = Prompt.model_validate(_plain(body))
+    prompt = Prompt.model_validate(spec_body(body))
     namespace = prompt.metadata.namespace or ""
     maps = build_prompt_config_maps(prompt)
     kopf.adopt(maps, owner=_body(body))
@@ -266,7 +266,7 @@ async def reconcile_prompt(op: Operator, body: Mapping[str, Any]) -> None:
 
 
 async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
-    tool = Tool.model_validate(_plain(body))
+    tool = Tool.model_validate(spec_body(body))
     namespace = tool.metadata.namespace or ""
     auth = getattr(tool.spec, "auth", None)
     cond = Cond("SecretResolved", True, "NoSecret", "the tool uses no credentials")
@@ -308,7 +308,7 @@ class AgentPlan:
 
 def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan:
     namespace, name, _ = _meta(body)
-    agent = Agent.model_validate(_plain(body))
+    agent = Agent.model_validate(spec_body(body))
     tenant_name = tenant_of(namespace)
     tenant = views.tenant(tenant_name) if tenant_name else None
     if tenant is None:

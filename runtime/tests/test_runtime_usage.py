@@ -142,14 +142,17 @@ async def test_no_usage_record_is_lost_across_a_postgres_restart(
             ready = await http.get(f"{served.url}/healthz/ready")
         assert ready.status_code == 200  # a database outage is absorbed, the pod stays in service
         assert ready.json()["checks"]["database"] == "unreachable"
-        await asyncio.sleep(0.5)
-        assert served.runtime.redis is not None
-        assert await served.runtime.redis.xlen(f"usage:{tenant}") == 11
+        redis = served.runtime.redis
+        assert redis is not None
+        deadline = asyncio.get_running_loop().time() + 10
+        while await redis.xlen(f"usage:{tenant}") < 11 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # the flusher parks records in the stream as it fails
+        assert await redis.xlen(f"usage:{tenant}") == 11
         await asyncio.to_thread(restart, own_postgres, tmp_path / "postgres-restart.log")
         found = await wait_for_rows(served, tenant, 12, timeout=30)
         assert len(found) == 12
         assert len({r.id for r in found}) == 12
-        assert await served.runtime.redis.xlen(f"usage:{tenant}") == 0
+        assert await redis.xlen(f"usage:{tenant}") == 0
         async with served.runtime.engine.connect() as connection:
             count = await connection.scalar(select(func.count()).select_from(UsageRecord))
         assert count == 12

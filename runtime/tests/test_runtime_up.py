@@ -3,116 +3,17 @@ talked to with the OpenAI SDK (the offline model: no provider key in its environ
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from runtime_support import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-AGENTS = [
-    ("acme", "billing-assistant"),
-    ("acme", "legacy-support-bot"),
-    ("acme", "support-bot"),
-    ("globex", "oncall-helper"),
-]
-
-
-@dataclass
-class Up:
-    process: subprocess.Popen[str]
-    port: int
-    state: Path
-    specs: Path
-    log: Path
-    clients: list[openai.OpenAI] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, tenant: str, agent: str) -> str:
-        return f"{self.base}/t/{tenant}/a/{agent}/v1"
-
-    def keys(self) -> dict[str, str]:
-        keys: dict[str, str] = json.loads((self.state / "api-keys.json").read_text())
-        return keys
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def client(self, tenant: str, agent: str, key: str | None = None) -> openai.OpenAI:
-        client = openai.OpenAI(
-            base_url=self.url(tenant, agent), api_key=key or self.keys()[tenant], max_retries=0
-        )
-        self.clients.append(client)
-        return client
-
-    def stop(self) -> int:
-        for client in self.clients:
-            client.close()
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=60)
-
-
-def _env() -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AGENTPLANE_", "OPENAI_", "AZURE_", "OTEL_"))
-    }
-    env.update(HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONUNBUFFERED="1")
-    return env
-
-
-def start(specs: Path, state: Path, log: Path) -> Up:
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agentplane_platform",
-                "up",
-                str(specs),
-                "--port",
-                str(port),
-                "--state",
-                str(state),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_env(),
-            text=True,
-        )
-    up = Up(process, port, state, specs, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"agentplane up exited with {process.returncode}:\n{up.output()}")
-        try:
-            if httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200:
-                return up
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"agentplane up did not become ready:\n{up.output()}")
-
-
-def copy_specs(tmp: Path) -> Path:
-    specs = tmp / "specs"
-    shutil.copytree(REPO / "specs", specs)
-    return specs
+from runtime_support.up import AGENTS, KEYWORDS_ONLY, Up, copy_specs, start, up_env
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +100,7 @@ def test_quota_bites_and_a_restart_keeps_keys_usage_and_knowledge(tmp_path: Path
     assert "requestsPerMinute: 60" in text
     tenant_file.write_text(text.replace("requestsPerMinute: 60", "requestsPerMinute: 3"))
     state = tmp_path / "state"
-    first = start(specs, state, tmp_path / "first.log")
+    first = start(specs, state, tmp_path / "first.log", **KEYWORDS_ONLY)
     try:
         key = first.keys()["globex"]
         client = first.client("globex", "oncall-helper")
@@ -225,7 +126,7 @@ def test_quota_bites_and_a_restart_keeps_keys_usage_and_knowledge(tmp_path: Path
         rows = db.execute("select count(*) from usage_records where tenant = 'globex'").fetchone()[0]
     assert rows >= 3
 
-    second = start(specs, state, tmp_path / "second.log")
+    second = start(specs, state, tmp_path / "second.log", **KEYWORDS_ONLY)
     try:
         assert second.keys()["globex"] == key
         assert key in second.output()
@@ -244,13 +145,13 @@ def test_quota_bites_and_a_restart_keeps_keys_usage_and_knowledge(tmp_path: Path
 def test_changed_knowledge_is_reingested_and_removed_files_deleted(tmp_path: Path) -> None:
     specs = copy_specs(tmp_path)
     state = tmp_path / "state"
-    start(specs, state, tmp_path / "first.log").stop()
+    start(specs, state, tmp_path / "first.log", **KEYWORDS_ONLY).stop()
     runbooks = specs / "tenants" / "globex" / "knowledge" / "runbooks"
     (runbooks / "high-latency.md").unlink()
     (runbooks / "certificate-expiry.md").write_text(
         "# Certificates\n\nRenew them with the zebra procedure.\n"
     )
-    second = start(specs, state, tmp_path / "second.log")
+    second = start(specs, state, tmp_path / "second.log", **KEYWORDS_ONLY)
     try:
         assert "knowledge: 1 ingested, 6 unchanged, 1 removed" in second.output()
         response = httpx.post(
@@ -284,7 +185,7 @@ def test_invalid_specs_refuse_to_start_and_print_the_problems(tmp_path: Path) ->
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=up_env(),
         timeout=120,
     )
     assert result.returncode == 1

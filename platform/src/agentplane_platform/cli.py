@@ -1,4 +1,4 @@
-"""The `agentplane` command line: validate, generate, explain, up."""
+"""The `agentplane` command line: validate, generate, explain, up, chat."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .explain import ExplainError, explain
 from .generate import generate
@@ -85,22 +85,47 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
-    # `up` serves the runtime, which depends on this package (never the other way): imported lazily.
-    # litellm (imported with it) fetches its cost map from the network unless told not to.
+def _runtime(module: str) -> Any:
+    """A module of the agent runtime, which depends on this package (never the other way round), so
+    it is imported lazily; None, with the reason printed, when it is not installed."""
+    # litellm (imported with the runtime) fetches its cost map from the network unless told not to
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
-        local = importlib.import_module("agentplane_runtime.local")
+        return importlib.import_module(f"agentplane_runtime.{module}")
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("agentplane_runtime"):
             raise
         sys.stderr.write(
-            "error: `agentplane up` needs the agent runtime (agentplane-runtime); "
+            "error: this command needs the agent runtime (agentplane-runtime); "
             "install it with `uv sync --all-packages` (or `make install`)\n"
         )
+        return None
+
+
+def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
+    local = _runtime("local")
+    if local is None:
         return 1
     up: Callable[..., int] = local.up
-    return up(Path(args.path), host=args.host, port=args.port, state=Path(args.state), out=out)
+    return up(
+        Path(args.path), host=args.host, port=args.port, state=Path(args.state), out=out, watch=args.watch
+    )
+
+
+def cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
+    terminal = _runtime("terminal")
+    if terminal is None:
+        return 1
+    chat: Callable[..., int] = terminal.chat
+    return chat(
+        args.target,
+        args.question,
+        base_url=args.url,
+        state=Path(args.state),
+        key=args.key,
+        out=out,
+        err=sys.stderr,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -135,7 +160,32 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--state", default=".agentplane", help="state directory: SQLite, Qdrant, keys (default .agentplane/)"
     )
+    up.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="serve the specs as they are at start; do not apply later changes",
+    )
     up.set_defaults(run=cmd_up)
+
+    chat = commands.add_parser(
+        "chat",
+        help="talk to an agent of `agentplane up` from the terminal: streams the answer, sources, usage",
+    )
+    chat.add_argument("target", metavar="TENANT/AGENT", help="for example acme/support-bot")
+    chat.add_argument(
+        "question", nargs="?", help="ask this one question and exit (default: an interactive conversation)"
+    )
+    chat.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="where `agentplane up` listens (default %(default)s)"
+    )
+    chat.add_argument(
+        "--state",
+        default=".agentplane",
+        help="state directory of `up`, for the tenant's key (default .agentplane/)",
+    )
+    chat.add_argument("--key", help="API key to use (default: AGENTPLANE_API_KEY, else the one `up` saved)")
+    chat.set_defaults(run=cmd_chat)
     return top
 
 

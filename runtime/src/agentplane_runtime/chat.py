@@ -69,6 +69,7 @@ class RequestState:
     def metadata(self) -> dict[str, Any]:
         return {
             "agent": self.agent.config.agent,
+            "prompt": {"name": self.agent.config.prompt.name, "version": self.agent.config.prompt.version},
             "retrieval": {"status": self.retrieval, "sources": self.sources},
             "tool_calls": self.tool_calls,
         }

@@ -10,9 +10,11 @@ is replaced by setting the runtime's usual `AGENTPLANE_*` variables.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -39,21 +41,20 @@ from agentplane_runtime.agents import AgentRegistry
 from agentplane_runtime.auth import create_api_key, split_key
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
+from agentplane_runtime.embeddings import ModelEmbedder
 from agentplane_runtime.llm import has_credentials
 from agentplane_runtime.quotas import StaticLimits
 from agentplane_runtime.services import Runtime
+from agentplane_runtime.terminal import KEYS_FILE
 
-KEYS_FILE = "api-keys.json"
+log = logging.getLogger("agentplane.up")
+
 MANIFEST_FILE = "knowledge.json"
 _OWNER = "agentplane-up"
 _KINDS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 
 
-class KeywordEmbedder:
-    """No dense vectors: retrieval runs on the model-free sparse keyword vector alone."""
-
-    async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
-        return None
+AgentKey = tuple[str, str]
 
 
 @dataclass
@@ -63,11 +64,23 @@ class LocalSpecs:
     report: Report
     agents: list[AgentConfig] = field(default_factory=list)
     tenants: dict[str, Tenant] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    errors: dict[AgentKey, str] = field(default_factory=dict)
+    """Agents that do not resolve (missing prompt version, tool, ...), by (tenant, agent)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.errors
 
     @property
     def limits(self) -> dict[str, QuotaLimits]:
         return {name: QuotaLimits.of(tenant) for name, tenant in self.tenants.items()}
+
+    def problems(self, paths: list[Path]) -> str:
+        """The problems as `agentplane validate` prints them, then the agents that do not resolve."""
+        from agentplane_platform.cli import format_report
+
+        text = format_report(self.report, paths) if not self.report.ok else ""
+        return text + "".join(error + "\n" for error in self.errors.values())
 
 
 def load_specs(path: Path) -> LocalSpecs:
@@ -80,7 +93,7 @@ def load_specs(path: Path) -> LocalSpecs:
     for (namespace, name), loaded in sorted(report.specs.agents.items()):
         tenant = report.specs.tenant_of(namespace)
         if tenant is None:
-            result.errors.append(
+            result.errors[(namespace, name)] = (
                 f"{loaded.document.file}: Agent {namespace}/{name}: no Tenant for {namespace}"
             )
             continue
@@ -94,7 +107,9 @@ def load_specs(path: Path) -> LocalSpecs:
                 )
             )
         except ResolveError as exc:
-            result.errors.append(f"{loaded.document.file}: Agent {namespace}/{name}: {exc}")
+            result.errors[(tenant.resource.name, name)] = (
+                f"{loaded.document.file}: Agent {namespace}/{name}: {exc}"
+            )
     return result
 
 
@@ -200,7 +215,8 @@ async def ingest_knowledge(
         key = f"{tenant_name}/{relative}"
         seen.add(key)
         data = file.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        # the embedding mode is part of the record: installing the dense extra re-embeds the files
+        digest = f"{hashlib.sha256(data).hexdigest()} {embedding_mode(runtime, kb.embedding_model)}"
         if manifest.get(key) == digest:
             result.unchanged += 1
             continue
@@ -234,6 +250,12 @@ async def ingest_knowledge(
     return result
 
 
+def embedding_mode(runtime: Runtime, model: str) -> str:
+    """`dense` or `keyword`: how knowledge bases of `model` are embedded by this runtime."""
+    embedder = runtime.knowledge.embedder
+    return embedder.mode(model) if isinstance(embedder, ModelEmbedder) else "dense"
+
+
 def _doc_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
@@ -246,17 +268,30 @@ def _bar(n: int, total: int, what: str, width: int = 24) -> str:
 # -- the banner -------------------------------------------------------------------------------
 
 
-def banner(settings: Settings, agents: list[AgentConfig], keys: dict[str, str], base: str) -> str:
+def _model_label(settings: Settings, config: AgentConfig) -> str:
+    live = has_credentials(settings, config.model.name)
+    return f"{config.model.name} ({'live' if live else 'offline'})"
+
+
+def agent_url(base: str, config: AgentConfig) -> str:
+    return f"{base}/t/{config.tenant}/a/{config.agent}/v1"
+
+
+def banner(
+    settings: Settings,
+    agents: list[AgentConfig],
+    keys: dict[str, str],
+    base: str,
+    knowledge: dict[str, str] | None = None,
+) -> str:
     rows = [("TENANT", "AGENT", "MODEL", "BASE URL", "API KEY")]
     for config in agents:
-        live = has_credentials(settings, config.model.name)
-        model = f"{config.model.name} ({'live' if live else 'offline'})"
         rows.append(
             (
                 config.tenant,
                 config.agent,
-                model,
-                f"{base}/t/{config.tenant}/a/{config.agent}/v1",
+                _model_label(settings, config),
+                agent_url(base, config),
                 keys[config.tenant],
             )
         )
@@ -271,12 +306,18 @@ def banner(settings: Settings, agents: list[AgentConfig], keys: dict[str, str], 
             "agents answer with the offline model from their knowledge and tools."
         )
         lines.append("")
+    if knowledge:
+        lines.append("Knowledge bases (retrieval):")
+        lines += [f"  {name}: {how}" for name, how in sorted(knowledge.items())]
+        lines.append("")
     if agents:
         first = agents[0]
-        url = f"{base}/t/{first.tenant}/a/{first.agent}/v1"
+        url = agent_url(base, first)
         key = keys[first.tenant]
         lines += [
             "Try it:",
+            f"  uv run agentplane chat {first.tenant}/{first.agent} 'How do I return an item?'",
+            "",
             f"  curl -s {url}/chat/completions -H 'Authorization: Bearer {key}' \\",
             "    -H 'Content-Type: application/json' \\",
             f'    -d \'{{"model": "{first.agent}", "messages": [{{"role": "user", "content": "How do I return an item?"}}]}}\'',
@@ -287,26 +328,171 @@ def banner(settings: Settings, agents: list[AgentConfig], keys: dict[str, str], 
             "  print(reply.choices[0].message.content)",
             "",
         ]
-    lines.append("Press Ctrl-C to stop (state is kept in " + str(settings.state_dir) + ").")
+    lines.append(f"Press Ctrl-C to stop (state is kept in {settings.state_dir}).")
     return "\n".join(lines)
 
 
-# -- the app ----------------------------------------------------------------------------------
+# -- the served platform, and its live reload ---------------------------------------------------
+
+
+def describe_change(old: AgentConfig, new: AgentConfig) -> str:
+    """What changed in an agent's resolved config, in the words of its spec."""
+    changes = []
+    if (old.prompt.name, old.prompt.version) != (new.prompt.name, new.prompt.version):
+        changes.append(
+            f"prompt {old.prompt.name} v{old.prompt.version} -> {new.prompt.name} v{new.prompt.version}"
+        )
+    elif old.prompt != new.prompt:
+        changes.append(f"prompt {new.prompt.name} v{new.prompt.version} edited")
+    if old.model != new.model:
+        changes.append(f"model {old.model.name} -> {new.model.name}")
+    if old.tools != new.tools:
+        changes.append("tools " + ", ".join(t.name for t in new.tools))
+    if old.knowledge != new.knowledge:
+        changes.append("knowledge " + ", ".join(k.name for k in new.knowledge))
+    known = {"prompt", "model", "tools", "knowledge"}
+    if any(getattr(old, f) != getattr(new, f) for f in type(new).model_fields if f not in known):
+        changes.append("settings")
+    return "; ".join(changes) or "unchanged"
+
+
+class LocalPlatform:
+    """Everything `up` serves, kept equal to the spec tree: agents in the registry, the tenants'
+    limits, keys and knowledge. `apply` moves it to a newly loaded tree and reports each change."""
+
+    def __init__(
+        self, settings: Settings, specs: Path, loaded: LocalSpecs, out: TextIO, base_url: str
+    ) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.out = out
+        self.base_url = base_url
+        self.registry = AgentRegistry()
+        self.limits = StaticLimits(loaded.limits)
+        self.loaded = loaded
+        self.keys: dict[str, str] = {}
+        self._reported = ""
+        for config in loaded.agents:
+            self.registry.put(config)
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    async def start(self, runtime: Runtime) -> None:
+        await self._sync_knowledge(runtime, quiet_when_unchanged=False)
+        self.keys = await tenant_keys(runtime, self.settings.state_dir, sorted(self.loaded.tenants))
+        modes = {
+            f"{tenant}/{base.name}": self._knowledge_label(runtime, base.embedding_model)
+            for tenant, spec in self.loaded.tenants.items()
+            for base in spec.spec.knowledge_bases
+        }
+        self.say(banner(self.settings, self.loaded.agents, self.keys, self.base_url, modes))
+
+    def _knowledge_label(self, runtime: Runtime, model: str) -> str:
+        if embedding_mode(runtime, model) == "dense":
+            return f"hybrid: dense {model} + keyword"
+        if model.startswith("local/") and not self.settings.local_embeddings:
+            return "keyword only (local embeddings are off)"
+        if model.startswith("local/"):
+            return f"keyword only ({model} needs the runtime's `dense` extra: make install-dense)"
+        return f"keyword only ({model} has no provider credentials here)"
+
+    async def _sync_knowledge(self, runtime: Runtime, *, quiet_when_unchanged: bool) -> None:
+        ingested = await ingest_knowledge(
+            runtime, self.specs, self.settings.state_dir, self.loaded.tenants, self.say
+        )
+        if not quiet_when_unchanged or ingested.added or ingested.removed or ingested.failed:
+            self.say(
+                f"knowledge: {ingested.added} ingested, {ingested.unchanged} unchanged, {ingested.removed} removed"
+            )
+        for failure in ingested.failed:
+            self.say(f"knowledge: skipped {failure}")
+
+    async def reload(self, runtime: Runtime) -> None:
+        """Load the spec tree again and apply it; an invalid tree changes nothing."""
+        loaded = await asyncio.to_thread(load_specs, self.specs)
+        if not loaded.report.ok:
+            problems = loaded.problems([self.specs])
+            if problems != self._reported:  # an editor's several writes report once
+                self._reported = problems
+                self.say(problems.rstrip("\n"))
+                self.say("specs: not applied (fix the problems above); the agents keep running as they were")
+            return
+        self._reported = ""
+        await self.apply(runtime, loaded)
+
+    async def apply(self, runtime: Runtime, loaded: LocalSpecs) -> None:
+        old = {(c.tenant, c.agent): c for c in self.loaded.agents}
+        new = {(c.tenant, c.agent): c for c in loaded.agents}
+        for key, error in sorted(loaded.errors.items()):
+            if key in old:
+                new[key] = old[key]  # a broken edit keeps the running version, as a cluster would
+                self.say(f"specs: ! {key[0]}/{key[1]} keeps running its previous version: {error}")
+            else:
+                self.say(f"specs: ! {key[0]}/{key[1]} not served: {error}")
+        self.limits.limits.clear()
+        self.limits.limits.update(loaded.limits)
+        for name in sorted(loaded.tenants.keys() & self.loaded.tenants.keys()):
+            if QuotaLimits.of(loaded.tenants[name]) != QuotaLimits.of(self.loaded.tenants[name]):
+                self.say(f"specs: ~ tenant {name}: quotas changed")
+        added_tenants = sorted(loaded.tenants.keys() - self.loaded.tenants.keys())
+        for name in sorted(self.loaded.tenants.keys() - loaded.tenants.keys()):
+            self.say(f"specs: - tenant {name}")
+        self.loaded = LocalSpecs(
+            loaded.report,
+            sorted(new.values(), key=lambda c: (c.tenant, c.agent)),
+            loaded.tenants,
+            loaded.errors,
+        )
+        if added_tenants:
+            self.keys = await tenant_keys(runtime, self.settings.state_dir, sorted(loaded.tenants))
+            for name in added_tenants:
+                self.say(f"specs: + tenant {name}, API key {self.keys[name]}")
+        for key in sorted(old.keys() - new.keys()):
+            self.registry.remove(*key)
+            self.say(f"specs: - {key[0]}/{key[1]}")
+        await runtime.ensure_collections_of(list(new.values()))
+        for key in sorted(new.keys() - old.keys()):
+            config = new[key]
+            self.registry.put(config)
+            self.say(
+                f"specs: + {key[0]}/{key[1]} {_model_label(self.settings, config)} at "
+                f"{agent_url(self.base_url, config)}"
+            )
+        for key in sorted(new.keys() & old.keys()):
+            if new[key] != old[key]:
+                self.registry.put(new[key])
+                self.say(f"specs: ~ {key[0]}/{key[1]}: {describe_change(old[key], new[key])}")
+        await self._sync_knowledge(runtime, quiet_when_unchanged=True)
+
+    async def watch(self, runtime: Runtime, stop: asyncio.Event) -> None:
+        """Apply every change under the spec tree until `stop` is set (the local GitOps loop)."""
+        from watchfiles import awatch
+
+        async for _ in awatch(self.specs, stop_event=stop, debounce=400, step=50):
+            try:
+                await self.reload(runtime)
+            except Exception:  # a reload bug must not stop the watch, nor the server
+                log.exception("applying the changed specs failed")
+                self.say("specs: applying the change failed (see the log); the agents keep running")
 
 
 def create_local_app(
-    settings: Settings, specs_path: Path, loaded: LocalSpecs, out: TextIO, base_url: str
+    settings: Settings,
+    specs_path: Path,
+    loaded: LocalSpecs,
+    out: TextIO,
+    base_url: str,
+    *,
+    watch: bool = True,
 ) -> FastAPI:
     """The runtime app serving every agent of `loaded` under `/t/{tenant}/a/{agent}/v1`, with the
-    tenants' keys and knowledge prepared at startup."""
+    tenants' keys and knowledge prepared at startup, and the spec tree watched when `watch`."""
     from agentplane_runtime.app import agent_router, create_app
 
-    registry = AgentRegistry()
-    for config in loaded.agents:
-        registry.put(config)
-    app = create_app(
-        settings, agents=registry, limits=StaticLimits(loaded.limits), embedder=KeywordEmbedder()
-    )
+    platform = LocalPlatform(settings, specs_path, loaded, out, base_url)
+    app = create_app(settings, agents=platform.registry, limits=platform.limits)
     app.include_router(agent_router(), prefix="/t/{tenant}/a/{agent}/v1")
     inner = app.router.lifespan_context
 
@@ -314,38 +500,32 @@ def create_local_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with inner(app):
             runtime: Runtime = app.state.runtime
-
-            def progress(line: str) -> None:
-                out.write(line + "\n")
-                out.flush()
-
-            ingested = await ingest_knowledge(
-                runtime, specs_path, settings.state_dir, loaded.tenants, progress
-            )
-            out.write(
-                f"knowledge: {ingested.added} ingested, {ingested.unchanged} unchanged, {ingested.removed} removed\n"
-            )
-            for failure in ingested.failed:
-                out.write(f"knowledge: skipped {failure}\n")
-            keys = await tenant_keys(runtime, settings.state_dir, sorted(loaded.tenants))
-            out.write(banner(settings, loaded.agents, keys, base_url) + "\n")
-            out.flush()
-            yield
+            await platform.start(runtime)
+            if not watch:
+                yield
+                return
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(platform.watch(runtime, stop), name="agentplane-up-watch")
+            platform.say(f"Watching {specs_path} for changes.")
+            try:
+                yield
+            finally:
+                stop.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(watcher, 5)
 
     app.router.lifespan_context = lifespan
     return app
 
 
-def up(specs: Path, *, host: str, port: int, state: Path, out: TextIO | None = None) -> int:
+def up(
+    specs: Path, *, host: str, port: int, state: Path, out: TextIO | None = None, watch: bool = True
+) -> int:
     """Validate, resolve and serve; returns the exit code (1 when the specs are invalid)."""
     out = out or sys.stdout
-    from agentplane_platform.cli import format_report
-
     loaded = load_specs(specs)
-    if not loaded.report.ok or loaded.errors:
-        out.write(format_report(loaded.report, [specs]))
-        for error in loaded.errors:
-            out.write(error + "\n")
+    if not loaded.ok:
+        out.write(loaded.problems([specs]))
         out.write("agentplane up: not starting, fix the problems above\n")
         return 1
     state.mkdir(parents=True, exist_ok=True)
@@ -362,7 +542,7 @@ def up(specs: Path, *, host: str, port: int, state: Path, out: TextIO | None = N
     from agentplane_runtime.core.logging import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
-    app = create_local_app(settings, specs, loaded, out, f"http://{host}:{port}")
+    app = create_local_app(settings, specs, loaded, out, f"http://{host}:{port}", watch=watch)
     server = uvicorn.Server(
         uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=5

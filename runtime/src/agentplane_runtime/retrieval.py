@@ -103,8 +103,6 @@ class LiteLLMEmbedder:
         self.timeout = timeout
 
     async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
-        if model.startswith("local/"):
-            return None
         kwargs: dict[str, Any] = {
             **self.credentials(model),
             "model": model,

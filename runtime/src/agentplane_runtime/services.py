@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.api.v1alpha1 import KnowledgeBase
+from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import create_engine, migrate
 from agentplane_platform.knowledge import CollectionSpec, VectorStore, ensure_collection
 from agentplane_runtime.agents import AgentRegistry
@@ -25,7 +27,8 @@ from agentplane_runtime.auth import ApiKeyVerifier, Authenticator, OidcVerifier
 from agentplane_runtime.chat import ChatService
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.telemetry import Telemetry, create_telemetry
-from agentplane_runtime.llm import LLMClient
+from agentplane_runtime.embeddings import LocalEmbedder, ModelEmbedder
+from agentplane_runtime.llm import LLMClient, has_credentials
 from agentplane_runtime.quotas import (
     LimitsSource,
     MemoryQuotaBackend,
@@ -91,17 +94,34 @@ class Runtime:
 
     async def ensure_collections(self) -> None:
         """Create the knowledge collections of every served agent that are missing."""
-        for agent in self.agents.all():
-            for kb in agent.config.knowledge:
+        await self.ensure_collections_of([agent.config for agent in self.agents.all()])
+
+    async def ensure_collections_of(self, configs: list[AgentConfig]) -> None:
+        """Create the knowledge collections of these agents that are missing (never reshapes one)."""
+        for config in configs:
+            for kb in config.knowledge:
                 base = KnowledgeBase(
                     name=kb.name,
                     embedding_model=kb.embedding_model,
                     dimensions=kb.dimensions,
                     distance=kb.distance,  # type: ignore[arg-type]
                 )
-                state = await ensure_collection(self.vectors, CollectionSpec.of(agent.config.tenant, base))
+                state = await ensure_collection(self.vectors, CollectionSpec.of(config.tenant, base))
                 if not state.ready:
                     log.warning(state.message)
+
+
+def default_embedder(settings: Settings, llm: LLMClient) -> ModelEmbedder:
+    """Each knowledge base's declared model: local models when installed, provider models through
+    litellm — with the offline model on, only those whose credentials are set (keyword vectors else)."""
+    live: Callable[[str], bool] = partial(has_credentials, settings) if settings.offline_model else _always
+    return ModelEmbedder(
+        LiteLLMEmbedder(llm.credentials), LocalEmbedder(enabled=settings.local_embeddings), live
+    )
+
+
+def _always(model: str) -> bool:
+    return True
 
 
 @contextlib.asynccontextmanager
@@ -157,7 +177,7 @@ async def build_runtime(
         usage.start()
         stack.push_async_callback(usage.stop)
         llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
-        knowledge = KnowledgeService(vectors, embedder or LiteLLMEmbedder(llm.credentials))
+        knowledge = KnowledgeService(vectors, embedder or default_embedder(settings, llm))
         oidc = OidcVerifier(settings, http) if settings.oidc_issuer else None
         authenticator = Authenticator(
             ApiKeyVerifier(

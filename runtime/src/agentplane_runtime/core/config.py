@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     qdrant_path: Path | None = None
     qdrant_api_key: SecretStr | None = None
     ensure_collections: bool = False
+    local_embeddings: bool = True
+    """Embed `local/...` knowledge bases with the local model when the runtime's `dense` extra is
+    installed; keyword vectors alone otherwise (or when this is off)."""
     """Create missing knowledge collections at startup (the operator does it in a cluster)."""
 
     ready_optional: list[Dependency] = Field(default_factory=lambda: list(_OPTIONAL))

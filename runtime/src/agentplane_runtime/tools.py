@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import fnmatch
 import json
 import math
@@ -268,6 +269,7 @@ class McpSession:
     as JSON or as a server-sent event stream."""
 
     PROTOCOL_VERSION = "2025-06-18"
+    CLOSE_TIMEOUT = 1.0
 
     def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
         self.http = http
@@ -278,17 +280,21 @@ class McpSession:
             "Content-Type": "application/json",
         }
         self.session_id: str | None = None
+        # the version the server chose in `initialize`; every later request names it, with or
+        # without a session (stateless servers issue none)
+        self.protocol_version: str | None = None
         self._next_id = 0
 
     def _headers(self) -> dict[str, str]:
         headers = dict(self.headers)
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
-            headers["MCP-Protocol-Version"] = self.PROTOCOL_VERSION
+        if self.protocol_version:
+            headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
     async def initialize(self) -> None:
-        await self.request(
+        result = await self.request(
             "initialize",
             {
                 "protocolVersion": self.PROTOCOL_VERSION,
@@ -296,6 +302,8 @@ class McpSession:
                 "clientInfo": {"name": "agentplane-runtime", "version": "0.1.0"},
             },
         )
+        negotiated = result.get("protocolVersion")
+        self.protocol_version = negotiated if isinstance(negotiated, str) else self.PROTOCOL_VERSION
         await self.notify("notifications/initialized")
 
     async def notify(self, method: str) -> None:
@@ -309,28 +317,31 @@ class McpSession:
         ident = self._next_id
         payload = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
         async with self.http.stream("POST", self.url, json=payload, headers=self._headers()) as response:
-            if response.status_code >= 400:
-                raise ToolError(f"MCP server answered HTTP {response.status_code}")
+            if not response.is_success:
+                raise ToolError(await _mcp_http_error(response))
             session = response.headers.get("mcp-session-id")
             if session:
                 self.session_id = session
             ctype = response.headers.get("content-type", "")
             message: dict[str, Any] | None = None
-            if ctype.startswith("text/event-stream"):
-                data_lines: list[str] = []
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        data_lines.append(line[5:].strip())
-                    elif not line and data_lines:
-                        candidate = json.loads("\n".join(data_lines))
-                        data_lines = []
-                        if isinstance(candidate, dict) and candidate.get("id") == ident:
-                            message = candidate
-                            break
-            else:
-                raw = await response.aread()
-                candidate = json.loads(raw)
-                message = candidate if isinstance(candidate, dict) else None
+            try:
+                if ctype.startswith("text/event-stream"):
+                    data_lines: list[str] = []
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            data_lines.append(line[5:].strip())
+                        elif not line and data_lines:
+                            candidate = json.loads("\n".join(data_lines))
+                            data_lines = []
+                            if isinstance(candidate, dict) and candidate.get("id") == ident:
+                                message = candidate
+                                break
+                else:
+                    raw = await response.aread()
+                    candidate = json.loads(raw)
+                    message = candidate if isinstance(candidate, dict) else None
+            except ValueError:
+                raise ToolError(f"the MCP server's answer to {method} is not JSON-RPC") from None
         if message is None:
             raise ToolError("the MCP server sent no answer")
         if "error" in message:
@@ -340,9 +351,31 @@ class McpSession:
         return result if isinstance(result, dict) else {}
 
     async def close(self) -> None:
+        """End the session, which stops the server's work on it; bounded, as this also runs after
+        the tool's timeout has passed."""
         if self.session_id:
             try:
-                response = await self.http.delete(self.url, headers=self._headers())
+                response = await self.http.delete(
+                    self.url, headers=self._headers(), timeout=self.CLOSE_TIMEOUT
+                )
                 await response.aclose()
             except httpx.HTTPError:
                 pass
+
+
+async def _mcp_http_error(response: httpx.Response) -> str:
+    """What the model is told when the MCP endpoint answers other than 2xx."""
+    status = f"MCP server answered HTTP {response.status_code}"
+    if response.is_redirect:
+        # not followed: the target could be outside the egress allowlist
+        location = response.headers.get("location", "?")
+        return f"{status}, a redirect to {location}; the tool's URL must name the endpoint itself"
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= 2000:
+            break
+    text = body[:2000].decode("utf-8", errors="replace").strip()
+    with contextlib.suppress(ValueError, TypeError, KeyError):  # the MCP SDKs send a JSON-RPC error
+        text = str(json.loads(text)["error"]["message"])
+    return f"{status}: {text[:500]}" if text else status

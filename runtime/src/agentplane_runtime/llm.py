@@ -254,7 +254,8 @@ class LLMClient:
                 if tools:
                     kwargs["tools"] = tools
                     # litellm would otherwise import its proxy's MCP gateway (and the `mcp` package)
-                    # for any request with tools; our tools are run by us, never by litellm.
+                    # for any request with tools; our tools are run by us, never by litellm. There is
+                    # no public switch (1.106): the import precedes the check; litellm's own calls pass this.
                     kwargs["_skip_mcp_handler"] = True
                 if stream:
                     kwargs["stream"] = True

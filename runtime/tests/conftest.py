@@ -21,7 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # qdrant-client checks the server version in a thread when it connects; the test of an
     # unreachable Qdrant makes it warn there
     config.addinivalue_line("filterwarnings", "ignore:Failed to obtain server version:UserWarning")
-    config.addinivalue_line("filterwarnings", "ignore::pytest.PytestUnhandledThreadExceptionWarning")
     # litellm's stream handler reads every attribute of a delta, including pydantic's deprecated ones
     config.addinivalue_line(
         "filterwarnings",

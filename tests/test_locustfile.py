@@ -1,0 +1,272 @@
+"""The load scenario (loadtests/locustfile.py) as a platform team runs it: locust headless in its own
+process (gevent never patches this one), against `agentplane up` over a copy of the example specs,
+and against a broken server to show that what is not a quota rejection fails the run.
+
+The runs go concurrently, so the module costs one `up` start and one locust run of wall time."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.services import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
+ACME = (
+    "/t/acme/a/support-bot/v1#help-center",
+    "/t/acme/a/billing-assistant/v1#billing-policies",
+    "/t/acme/a/legacy-support-bot/v1",
+)
+GLOBEX = "/t/globex/a/oncall-helper/v1#runbooks"
+
+
+@dataclass
+class Up:
+    process: subprocess.Popen[bytes]
+    base: str
+    state: Path
+
+
+def start_up(specs: Path, state: Path, log: Path) -> Up:
+    """`agentplane up` as runtime/tests/test_runtime_up.py starts it (offline: no provider keys).
+    Not imported from there: that module would bring litellm into this process, 9 s of imports."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AGENTPLANE_", "OPENAI_", "AZURE_", "OTEL_"))
+    }
+    env.update(HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    port = free_port()
+    command = [sys.executable, "-m", "agentplane_platform", "up", str(specs), "--port", str(port)]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--state", str(state)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    up = Up(process, f"http://127.0.0.1:{port}", state)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"agentplane up exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200:
+                return up
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    pytest.fail(f"agentplane up did not become ready:\n{log.read_text()}")
+
+
+@dataclass
+class Run:
+    code: int
+    output: str
+    stats: dict[tuple[str, str], dict[str, str]]
+    """Rows of `_stats.csv` by (type, name)."""
+    failures: list[dict[str, str]]
+    exceptions: list[dict[str, str]]
+
+    def count(self, type_: str, name: str) -> int:
+        row = self.stats.get((type_, name))
+        return int(row["Request Count"]) if row else 0
+
+    def failed(self) -> int:
+        return int(self.stats[("", "Aggregated")]["Failure Count"])
+
+
+def locust(host: str, csv_prefix: Path, seconds: int, users: int, **variables: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPLANE_")}
+    env.update(variables, AGENTPLANE_LOAD_THINK_SECONDS="0.05,0.2")  # short think time: more requests
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            host,
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--run-time",
+            f"{seconds}s",
+            "--only-summary",
+            "--csv",
+            str(csv_prefix),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+
+
+def collect(process: subprocess.Popen[str], csv_prefix: Path) -> Run:
+    output, _ = process.communicate(timeout=60)
+
+    def rows(suffix: str) -> list[dict[str, str]]:
+        path = csv_prefix.parent / f"{csv_prefix.name}_{suffix}.csv"
+        assert path.exists(), output
+        with path.open(newline="") as file:
+            return list(csv.DictReader(file))
+
+    stats = {(row["Type"], row["Name"]): row for row in rows("stats")}
+    return Run(process.returncode, output, stats, rows("failures"), rows("exceptions"))
+
+
+class BrokenRuntime(BaseHTTPRequestHandler):
+    """Answers like a runtime gone wrong: a 500 for chats, a stream that turns into garbage, a
+    knowledge answer without hits, models as usual."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(200, b'{"object": "list", "data": [{"id": "helper", "object": "model"}]}')
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/query"):
+            self._send(200, b'{"data": "not a list"}')
+        elif request.get("stream"):
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+            body = f"data: {json.dumps(chunk)}\n\n<html>upstream timeout</html>\n\n".encode()
+            self._send(200, body, "text/event-stream")
+        else:
+            self._send(500, b'{"error": {"message": "internal error", "type": "api_error", "code": null}}')
+
+
+def edit(path: Path, *replacements: tuple[str, str]) -> None:
+    text = path.read_text()
+    for old, new in replacements:
+        assert old in text, f"{path} changed: no {old!r}"
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """`agentplane up` over the example specs, with acme's quotas out of reach, globex's at 2
+    requests per minute, and globex's runbooks on keyword retrieval like acme's knowledge (loading
+    the local embedding model would double the start-up time of this module and test nothing here)."""
+    tmp = tmp_path_factory.mktemp("load")
+    specs = tmp / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    tenants = specs / "tenants"
+    edit(
+        tenants / "acme" / "tenant.yaml",
+        ("tokensPerMinute: 400000", "tokensPerMinute: 1000000000"),
+        ("requestsPerMinute: 1200", "requestsPerMinute: 1000000"),
+    )
+    edit(
+        tenants / "globex" / "tenant.yaml",
+        ("requestsPerMinute: 60", "requestsPerMinute: 2"),
+        ("embeddingModel: local/all-MiniLM-L6-v2", "embeddingModel: openai/text-embedding-3-small"),
+        ("dimensions: 384", "dimensions: 1536"),
+    )
+    server = start_up(specs, tmp / "state", tmp / "up.log")
+    yield server
+    server.process.send_signal(signal.SIGINT)
+    server.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def runs(up: Up, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    tmp = tmp_path_factory.mktemp("locust")
+    broken = ThreadingHTTPServer(("127.0.0.1", 0), BrokenRuntime)
+    thread = threading.Thread(target=broken.serve_forever, daemon=True)
+    thread.start()
+    state = str(up.state)
+    started = {
+        "mixed": locust(
+            up.base, tmp / "mixed", 9, 4, AGENTPLANE_STATE=state, AGENTPLANE_LOAD_TARGETS=",".join(ACME)
+        ),
+        "quota": locust(up.base, tmp / "quota", 6, 2, AGENTPLANE_STATE=state, AGENTPLANE_LOAD_TARGETS=GLOBEX),
+        "broken": locust(
+            f"http://127.0.0.1:{broken.server_address[1]}",
+            tmp / "broken",
+            4,
+            2,
+            AGENTPLANE_LOAD_TARGETS="/v1#docs",
+            AGENTPLANE_LOAD_API_KEYS="sk-anything",
+        ),
+    }
+    try:
+        yield {name: collect(process, tmp / name) for name, process in started.items()}
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        broken.shutdown()
+        broken.server_close()
+        thread.join()
+
+
+def test_mixed_scenario_runs_every_task_without_failures(runs: dict[str, Run]) -> None:
+    run = runs["mixed"]
+    assert run.code == 0, run.output
+    for entry in [("POST", "chat"), ("POST", "chat stream"), ("POST", "knowledge query"), ("GET", "models")]:
+        assert run.count(*entry) > 0, (entry, run.output)
+    assert run.failed() == 0, run.failures
+    assert run.failures == []
+    assert run.exceptions == [], run.exceptions
+    assert not [key for key in run.stats if key[0] == "429"], run.output  # acme's quotas are out of reach
+
+
+def test_every_stream_reports_its_time_to_first_token(runs: dict[str, Run]) -> None:
+    run = runs["mixed"]
+    streams, ttft = run.count("POST", "chat stream"), run.count("SSE", "chat stream TTFT")
+    # one first token per served stream; streams cut off by the end of the run may have had theirs
+    assert streams <= ttft <= streams + 4
+    # the fastest served stream had its first token sooner still
+    first = float(run.stats[("SSE", "chat stream TTFT")]["Min Response Time"])
+    assert first <= float(run.stats[("POST", "chat stream")]["Min Response Time"])
+
+
+def test_quota_rejections_are_their_own_outcome_not_failures(runs: dict[str, Run]) -> None:
+    run = runs["quota"]
+    assert run.code == 0, run.output
+    assert run.count("429", "chat") + run.count("429", "chat stream") > 0, run.output
+    assert run.count("POST", "chat") + run.count("POST", "chat stream") <= 4  # 2 a minute, maybe 2 windows
+    assert run.count("POST", "knowledge query") > 0  # not metered by the request quota
+    assert run.failed() == 0, run.failures
+    assert run.exceptions == [], run.exceptions
+
+
+def test_server_errors_and_malformed_streams_fail_the_run(runs: dict[str, Run]) -> None:
+    run = runs["broken"]
+    assert run.code == 1, run.output
+    # locust keeps a failure as the repr of the exception that `response.failure(message)` raises
+    errors = {(row["Method"], row["Name"], row["Error"]) for row in run.failures}
+    assert ("POST", "chat", "CatchResponseError('HTTP 500 api_error')") in errors
+    assert ("POST", "knowledge query", "CatchResponseError('no `data` list of hits')") in errors
+    stream = "malformed SSE: a line is not an SSE field: '<html>upstream timeout</html>'"
+    assert ("POST", "chat stream", f"CatchResponseError({stream!r})") in errors
+    assert run.count("GET", "models") > 0
+    assert int(run.stats[("GET", "models")]["Failure Count"]) == 0
+    assert run.exceptions == [], run.exceptions

@@ -9,21 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
-from support.services import free_port
+from support.agentplane_up import KEYWORDS_ONLY, Up, copy_specs, start
 
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
@@ -33,42 +29,6 @@ ACME = (
     "/t/acme/a/legacy-support-bot/v1",
 )
 GLOBEX = "/t/globex/a/oncall-helper/v1#runbooks"
-
-
-@dataclass
-class Up:
-    process: subprocess.Popen[bytes]
-    base: str
-    state: Path
-
-
-def start_up(specs: Path, state: Path, log: Path) -> Up:
-    """`agentplane up` as runtime/tests/test_runtime_up.py starts it (offline: no provider keys).
-    Not imported from there: that module would bring litellm into this process, 9 s of imports."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AGENTPLANE_", "OPENAI_", "AZURE_", "OTEL_"))
-    }
-    env.update(HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
-    port = free_port()
-    command = [sys.executable, "-m", "agentplane_platform", "up", str(specs), "--port", str(port)]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [*command, "--state", str(state)], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    up = Up(process, f"http://127.0.0.1:{port}", state)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"agentplane up exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200:
-                return up
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    process.wait()
-    pytest.fail(f"agentplane up did not become ready:\n{log.read_text()}")
 
 
 @dataclass
@@ -171,11 +131,10 @@ def edit(path: Path, *replacements: tuple[str, str]) -> None:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """`agentplane up` over the example specs, with acme's quotas out of reach, globex's at 2
-    requests per minute, and globex's runbooks on keyword retrieval like acme's knowledge (loading
-    the local embedding model would double the start-up time of this module and test nothing here)."""
+    requests per minute, and keyword retrieval only (loading the local embedding model would double
+    the start-up time of this module and test nothing here)."""
     tmp = tmp_path_factory.mktemp("load")
-    specs = tmp / "specs"
-    shutil.copytree(REPO / "specs", specs)
+    specs = copy_specs(tmp)
     tenants = specs / "tenants"
     edit(
         tenants / "acme" / "tenant.yaml",
@@ -185,13 +144,10 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     edit(
         tenants / "globex" / "tenant.yaml",
         ("requestsPerMinute: 60", "requestsPerMinute: 2"),
-        ("embeddingModel: local/all-MiniLM-L6-v2", "embeddingModel: openai/text-embedding-3-small"),
-        ("dimensions: 384", "dimensions: 1536"),
     )
-    server = start_up(specs, tmp / "state", tmp / "up.log")
+    server = start(specs, tmp / "state", tmp / "up.log", **KEYWORDS_ONLY)
     yield server
-    server.process.send_signal(signal.SIGINT)
-    server.process.wait(timeout=60)
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 from runtime_support import free_port
-from runtime_support.up import AGENTS, KEYWORDS_ONLY, Up, copy_specs, start, up_env
+
+from support.agentplane_up import AGENTS, KEYWORDS_ONLY, Up, copy_specs, start, up_env
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 from runtime_support import free_port
-from runtime_support.up import KEYWORDS_ONLY, Up, copy_specs, start, up_env
 
 from agentplane_runtime.retrieval import sparse_vector
+from support.agentplane_up import KEYWORDS_ONLY, Up, copy_specs, start, up_env
 
 QUESTION = [{"role": "user", "content": "How do I get a refund for a yearly plan?"}]
 

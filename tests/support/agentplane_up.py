@@ -1,5 +1,6 @@
 """`agentplane up` as a user runs it: a subprocess on a free port over a copy of the example specs,
-talked to with the OpenAI SDK (no provider key in its environment, so the offline model answers)."""
+talked to with the OpenAI SDK (no provider key in its environment, so the offline model answers).
+Light on purpose: importing it does not load the runtime (litellm alone takes seconds)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import httpx
 import openai
 import pytest
 
-from runtime_support import free_port
+from support.services import free_port
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 KEYWORDS_ONLY = {"AGENTPLANE_LOCAL_EMBEDDINGS": "false"}
 """Environment of a start that needs no dense vectors: loading the local model (torch) takes seconds."""
 AGENTS = [

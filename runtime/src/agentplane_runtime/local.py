@@ -468,9 +468,16 @@ class LocalPlatform:
 
     async def watch(self, runtime: Runtime, stop: asyncio.Event) -> None:
         """Apply every change under the spec tree until `stop` is set (the local GitOps loop)."""
-        from watchfiles import awatch
+        from watchfiles import Change, DefaultFilter, awatch
 
-        async for _ in awatch(self.specs, stop_event=stop, debounce=400, step=50):
+        state = self.settings.state_dir.resolve()
+        editor_noise = DefaultFilter()  # swap files, .git, __pycache__, ...
+
+        def relevant(change: Change, path: str) -> bool:
+            # a state directory inside the tree would otherwise reload on every write to it
+            return editor_noise(change, path) and not Path(path).resolve().is_relative_to(state)
+
+        async for _ in awatch(self.specs, stop_event=stop, debounce=400, step=50, watch_filter=relevant):
             try:
                 await self.reload(runtime)
             except Exception:  # a reload bug must not stop the watch, nor the server

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import openai
 import pytest
 from runtime_support import free_port
 
-from support.agentplane_up import AGENTS, KEYWORDS_ONLY, Up, copy_specs, start, up_env
+from support.agentplane_up import AGENTS, KEYWORDS_ONLY, Up, agentplane, copy_specs, start, up_env
 
 
 @pytest.fixture(scope="module")
@@ -173,17 +172,7 @@ def test_invalid_specs_refuse_to_start_and_print_the_problems(tmp_path: Path) ->
     agent.write_text(agent.read_text().replace("name: azure/gpt-4o-mini", "name: azure/gpt-5-unknown", 1))
     state = tmp_path / "state"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentplane_platform",
-            "up",
-            str(specs),
-            "--port",
-            str(free_port()),
-            "--state",
-            str(state),
-        ],
+        agentplane("up", str(specs), "--port", str(free_port()), "--state", str(state)),
         capture_output=True,
         text=True,
         env=up_env(),

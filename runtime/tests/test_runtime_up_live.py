@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from runtime_support import free_port
 
 from agentplane_runtime.retrieval import sparse_vector
-from support.agentplane_up import KEYWORDS_ONLY, Up, copy_specs, start, up_env
+from support.agentplane_up import KEYWORDS_ONLY, Up, agentplane, copy_specs, start, up_env
 
 QUESTION = [{"role": "user", "content": "How do I get a refund for a yearly plan?"}]
 
@@ -168,17 +167,7 @@ def test_a_new_tenant_gets_its_key_and_agents(live: Up) -> None:
 
 def _chat(up: Up, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentplane_platform",
-            "chat",
-            *args,
-            "--url",
-            up.base,
-            "--state",
-            str(up.state),
-        ],
+        agentplane("chat", *args, "--url", up.base, "--state", str(up.state)),
         input=stdin,
         capture_output=True,
         text=True,
@@ -229,7 +218,7 @@ def test_chat_errors_are_one_clear_line(live: Up) -> None:
     assert _chat(live, "no-slash", "hi").returncode == 2
     unreachable = ["--url", f"http://127.0.0.1:{free_port()}", "--key", "ap_x_y"]
     down = subprocess.run(
-        [sys.executable, "-m", "agentplane_platform", "chat", "acme/support-bot", "hi", *unreachable],
+        agentplane("chat", "acme/support-bot", "hi", *unreachable),
         capture_output=True,
         text=True,
         env=up_env(),

@@ -77,22 +77,17 @@ def up_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def agentplane(*args: str) -> list[str]:
+    """The command line of `agentplane ARGS...` as a user runs it, in this environment."""
+    return [sys.executable, "-m", "agentplane_platform", *args]
+
+
 def start(specs: Path, state: Path, log: Path, **env: str) -> Up:
     """Start `agentplane up` and wait until it is ready; `env` adds environment variables."""
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agentplane_platform",
-                "up",
-                str(specs),
-                "--port",
-                str(port),
-                "--state",
-                str(state),
-            ],
+            agentplane("up", str(specs), "--port", str(port), "--state", str(state)),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=up_env(**env),

@@ -10,6 +10,7 @@ adds the dense half (`agentplane up` re-ingests its documents when the embedding
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
 import logging
@@ -42,6 +43,12 @@ def local_model(model: str) -> LocalModel | None:
     return LOCAL_MODELS.get(model.removeprefix("local/").lower())
 
 
+@functools.cache
+def _installed(package: str) -> bool:
+    """Whether the package is importable (asked once: `available` is on every query's path)."""
+    return importlib.util.find_spec(package) is not None
+
+
 class LocalEmbedder:
     """Local sentence embeddings, loaded once on first use (never from the network), computed in a
     worker thread so the event loop keeps serving."""
@@ -55,7 +62,7 @@ class LocalEmbedder:
     def available(self, model: str) -> bool:
         """Whether `model` is a known local model whose package is installed (and local models are on)."""
         spec = local_model(model)
-        return self.enabled and spec is not None and importlib.util.find_spec(spec.package) is not None
+        return self.enabled and spec is not None and _installed(spec.package)
 
     async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
         spec = local_model(model)

@@ -147,6 +147,20 @@ class DocumentInfo:
     created_at: str
     chunks: int
 
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> DocumentInfo:
+        """The document described by the payload of one of its chunks."""
+        p = payload
+        return cls(
+            str(p.get("doc_id")),
+            str(p.get("source")),
+            str(p.get("owner")),
+            str(p.get("visibility")),
+            list(p.get("shared_with") or []),
+            str(p.get("created_at")),
+            int(p.get("chunks") or 0),
+        )
+
 
 _QDRANT_ERRORS = (UnexpectedResponse, ResponseHandlingException, OSError, ConnectionError, TimeoutError)
 
@@ -256,19 +270,7 @@ class KnowledgeService:
                 offset=offset,
                 with_payload=True,
             )
-            for record in records:
-                p = record.payload or {}
-                documents.append(
-                    DocumentInfo(
-                        str(p.get("doc_id")),
-                        str(p.get("source")),
-                        str(p.get("owner")),
-                        str(p.get("visibility")),
-                        list(p.get("shared_with") or []),
-                        str(p.get("created_at")),
-                        int(p.get("chunks") or 0),
-                    )
-                )
+            documents += [DocumentInfo.of(record.payload or {}) for record in records]
             if offset is None:
                 break
         documents.sort(key=lambda d: d.created_at)
@@ -289,16 +291,7 @@ class KnowledgeService:
         )
         if not records:
             return None
-        p = records[0].payload or {}
-        return DocumentInfo(
-            doc_id,
-            str(p.get("source")),
-            str(p.get("owner")),
-            str(p.get("visibility")),
-            list(p.get("shared_with") or []),
-            str(p.get("created_at")),
-            int(p.get("chunks") or 0),
-        )
+        return DocumentInfo.of({**(records[0].payload or {}), "doc_id": doc_id})
 
     async def delete_document(self, tenant: str, kb: ResolvedKnowledge, doc_id: str) -> None:
         await self.store.client.delete(

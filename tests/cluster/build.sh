@@ -2,8 +2,12 @@
 # Build the test Kubernetes control plane binaries from the Go module proxy:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 #     (k8s.io/kubernetes, pinned in tests/cluster/build/go.mod)
+#   kubelet, kube-proxy (same module: the real test node, tests/support/node.py)
+#   agnhost (k8s.io/kubernetes/test/images/agnhost: test server/client image)
+#   pause (the pods' sandbox process, tiny main in build/pause/)
 #   etcd (go.etcd.io/etcd/server/v3, same go.mod, tiny main in build/etcd/)
 #   kwok (sigs.k8s.io/kwok/cmd/kwok@KWOK_VERSION via `go install`)
+#   kube-router (firewall only: the real node's NetworkPolicy enforcer, via `go install`)
 #
 # Output: ${AGENTPLANE_CACHE:-$HOME/.cache/agentplane}/k8s-<version>/bin/
 # Go module and build caches live under the same cache root (go/mod, go/build),
@@ -15,6 +19,12 @@
 set -euo pipefail
 
 KWOK_VERSION=v0.8.0
+# kube-router enforces NetworkPolicy on the real test node (run with only its firewall on:
+# --run-firewall=true --run-router=false --run-service-proxy=false). v2.1.0 is the only version
+# the Go module proxy serves here and it has reported security flaws. It is acceptable as a
+# TEST-ONLY enforcer: it runs only inside the test node's own network namespace, on a throwaway
+# cluster, and is never shipped or deployed. Do not use this build anywhere else.
+KUBE_ROUTER_VERSION=v2.1.0
 # Bump to force a rebuild when changing something not captured below.
 BUILD_REV=1
 
@@ -48,12 +58,16 @@ k8s_minor="${BASH_REMATCH[2]}"
 out_root="$cache_root/k8s-$k8s_version"
 bin_dir="$out_root/bin"
 stamp_file="$bin_dir/.stamp"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+binaries=(
+  etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok
+  kubelet kube-proxy kube-router agnhost pause
+)
 
 stamp="$(
   {
-    printf 'kwok=%s rev=%s\n' "$KWOK_VERSION" "$BUILD_REV"
-    cat "$mod_dir/go.mod" "$mod_dir/go.sum" "$mod_dir/tools.go" "$mod_dir/etcd/main.go"
+    printf 'kwok=%s kube-router=%s rev=%s\n' "$KWOK_VERSION" "$KUBE_ROUTER_VERSION" "$BUILD_REV"
+    cat "$mod_dir/go.mod" "$mod_dir/go.sum" "$mod_dir/tools.go" "$mod_dir/etcd/main.go" \
+      "$mod_dir/pause/main.go"
   } | sha256sum | cut -d' ' -f1
 )"
 
@@ -113,7 +127,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-log "building kubernetes $k8s_version + etcd into $bin_dir (go $(go env GOVERSION), caches in $cache_root/go)"
+log "building kubernetes $k8s_version + etcd + pause into $bin_dir (go $(go env GOVERSION), caches in $cache_root/go)"
 (
   cd "$mod_dir"
   go build -mod=readonly -trimpath -ldflags="$k8s_ldflags" -o "$tmp_bin/" \
@@ -121,7 +135,11 @@ log "building kubernetes $k8s_version + etcd into $bin_dir (go $(go env GOVERSIO
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl \
-    ./etcd
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/test/images/agnhost \
+    ./etcd \
+    ./pause
 )
 
 log "building kwok $KWOK_VERSION"
@@ -130,6 +148,15 @@ log "building kwok $KWOK_VERSION"
   GOBIN="$tmp_bin" go install -trimpath \
     -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$k8s_version" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+)
+
+log "building kube-router $KUBE_ROUTER_VERSION (test-only NetworkPolicy enforcer, see above)"
+(
+  cd "$out_root" # outside any module: kube-router's own go.mod/go.sum (it has no replace directives)
+  kr=github.com/cloudnativelabs/kube-router/v2
+  GOBIN="$tmp_bin" go install -trimpath \
+    -ldflags="-s -w -X $kr/pkg/version.Version=$KUBE_ROUTER_VERSION -X $kr/pkg/version.BuildDate=1970-01-01T00:00:00Z" \
+    "$kr/cmd/kube-router@$KUBE_ROUTER_VERSION"
 )
 
 for b in "${binaries[@]}"; do

@@ -51,6 +51,8 @@ def runtime_database(postgres: Server) -> str:
 
 def base_settings(fake: FakeLLM, tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
+        # the tests choose their stores one by one; what they leave unset is embedded
+        "stores": "embedded",
         "state_dir": tmp_path,
         "openai_api_key": "sk-test",
         "openai_api_base": fake.base_url,

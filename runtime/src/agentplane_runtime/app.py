@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import start_http_server
 
 from agentplane_runtime.agents import AgentRegistry, load_config
 from agentplane_runtime.api.routes import chat, health, knowledge
@@ -21,6 +22,7 @@ from agentplane_runtime.core.middleware import RequestContextMiddleware
 from agentplane_runtime.quotas import LimitsSource
 from agentplane_runtime.retrieval import Embedder
 from agentplane_runtime.services import Runtime, build_runtime
+from agentplane_runtime.startup import StartupError, report
 
 
 def agent_router() -> APIRouter:
@@ -50,9 +52,22 @@ def create_app(
             if settings.config is None:
                 raise RuntimeError("no agent config: set AGENTPLANE_CONFIG or pass --config")
             registry.put(load_config(settings.config), default=True)
-        async with build_runtime(
-            settings, registry, span_exporter=span_exporter, limits=limits, embedder=embedder
-        ) as runtime:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                runtime = await stack.enter_async_context(
+                    build_runtime(
+                        settings, registry, span_exporter=span_exporter, limits=limits, embedder=embedder
+                    )
+                )
+            except StartupError as error:
+                report(settings, error)
+                raise
+            if settings.metrics_port is not None:
+                server, _ = start_http_server(
+                    settings.metrics_port, settings.host, registry=runtime.telemetry.metrics.registry
+                )
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
             app.state.runtime = runtime
             runtime_box.append(runtime)
             yield
@@ -66,6 +81,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(agent_router(), prefix="/v1")
     app.include_router(health.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
     # the tracer is the runtime's, created in the lifespan; the middleware looks it up lazily
     app.add_middleware(_LazyContextMiddleware, settings=settings, runtime_box=runtime_box)
     return app

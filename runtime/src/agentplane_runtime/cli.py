@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agentplane_platform.contract import HTTP_PORT
 from agentplane_runtime.core.config import Settings
 
 
@@ -14,13 +15,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", type=Path, help="resolved agent config (default: $AGENTPLANE_CONFIG)")
     parser.add_argument("--host", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="listen port (default 8080)")
+    parser.add_argument("--port", type=int, help=f"listen port (default {HTTP_PORT})")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port alone (default: beside the API)"
+    )
     args = parser.parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in {"config": args.config, "host": args.host, "port": args.port}.items()
-        if v is not None
-    }
+    given = {"config": args.config, "host": args.host, "port": args.port, "metrics_port": args.metrics_port}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)
     if settings.config is None:
         parser.error("no agent config: pass --config or set AGENTPLANE_CONFIG")

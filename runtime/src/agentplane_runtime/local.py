@@ -34,11 +34,11 @@ from agentplane_platform.config import (
     resolve_agent,
 )
 from agentplane_platform.db.models import ApiKey
+from agentplane_platform.keys import create_api_key, split_key
 from agentplane_platform.knowledge import CollectionSpec, ensure_collection
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_platform.specs import Report, validate_paths
 from agentplane_runtime.agents import AgentRegistry
-from agentplane_runtime.auth import create_api_key, split_key
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
 from agentplane_runtime.embeddings import ModelEmbedder
@@ -116,6 +116,7 @@ def load_specs(path: Path) -> LocalSpecs:
 def local_settings(*, state: Path, host: str, port: int) -> Settings:
     """The runtime settings of `up`: the environment's, with the embedded defaults under `state`."""
     return Settings(
+        stores="embedded",
         state_dir=state,
         qdrant_path=state / "qdrant",
         ensure_collections=True,

@@ -39,6 +39,7 @@ from agentplane_runtime.quotas import (
     StaticLimits,
 )
 from agentplane_runtime.retrieval import Embedder, KnowledgeService, LiteLLMEmbedder
+from agentplane_runtime.startup import check_configured, check_credentials, wait_for_stores
 from agentplane_runtime.tools import SecretReader, ToolRunner
 from agentplane_runtime.usage import (
     MemoryUsageBuffer,
@@ -133,7 +134,13 @@ async def build_runtime(
     limits: LimitsSource | None = None,
     embedder: Embedder | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Open every client the settings name (embedded defaults for the ones they do not), close them after."""
+    """Open every client the settings name (embedded defaults for the ones they do not, when the
+    settings allow it), close them after. With `required` stores, raises `StartupError` unless every
+    store answers and the agents' models have credentials (see `agentplane_runtime.startup`)."""
+    required = settings.stores == "required"
+    if required:
+        check_configured(settings)
+        check_credentials(settings, [agent.config for agent in agents.all()])
     async with contextlib.AsyncExitStack() as stack:
         telemetry = create_telemetry(settings, span_exporter)
         stack.callback(telemetry.shutdown)
@@ -141,8 +148,6 @@ async def build_runtime(
             settings.state_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings.database(), pool_pre_ping=True)
         stack.push_async_callback(engine.dispose)
-        if settings.migrate_on_start:
-            await migrate(engine)
         redis: Redis | None = None
         quota_backend: QuotaBackend
         buffer: UsageBuffer
@@ -164,6 +169,10 @@ async def build_runtime(
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
         )
         stack.push_async_callback(vectors.close)
+        if required:
+            await wait_for_stores(settings, engine=engine, quota=quota_backend, vectors=vectors)
+        if settings.migrate_on_start:
+            await migrate(engine)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=httpx.Limits(max_connections=200))
         stack.push_async_callback(http.aclose)
         store = UsageStore(engine)

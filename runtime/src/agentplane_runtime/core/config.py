@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentplane_platform.contract import HTTP_PORT, TERMINATION_LOG, StoresMode
+
 Dependency = Literal["database", "quota_store", "vector_store"]
 _OPTIONAL: tuple[Dependency, ...] = ("database", "vector_store")
 
@@ -20,26 +22,43 @@ class Settings(BaseSettings):
     config: Path | None = None
     """The resolved agent config (JSON, as the operator mounts it at /etc/agentplane/agent.json)."""
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: int = HTTP_PORT
+    metrics_port: int | None = None
+    """Serve `/metrics` on this port alone (and not on the API's), so that a NetworkPolicy can open
+    it to monitoring only; unset, `/metrics` is served beside the API (`agentplane up`)."""
+
+    stores: StoresMode = "required"
+    """`required`: refuse to start unless the database, Redis and Qdrant are configured and answer
+    within `startup_timeout_seconds`, and the agent's models have provider credentials (what a pod
+    runs). `embedded`: an unconfigured store falls back to its embedded default (SQLite in
+    `state_dir`, in-process counters and buffer, Qdrant local mode) — chosen by `agentplane up`."""
+    startup_timeout_seconds: float = 30.0
+    """How long a `required` store may take to answer at startup before the runtime gives up."""
+    termination_log: Path = Path(TERMINATION_LOG)
+    """Where a runtime that refuses to start writes why, when the file exists (Kubernetes shows it
+    as the container's termination message)."""
 
     database_url: str | None = None
-    """PostgreSQL (or SQLite) URL for API keys and usage; a SQLite file under `state_dir` when unset."""
+    """PostgreSQL (or SQLite) URL for API keys and usage; with embedded stores, a SQLite file under
+    `state_dir` when unset."""
     state_dir: Path = Path("/tmp/agentplane")
     migrate_on_start: bool = True
     """Run the Alembic migrations at startup (idempotent; one replica at a time on PostgreSQL)."""
     redis_url: str | None = None
-    """Redis for quota counters and the usage buffer; in-process counters and buffer when unset."""
+    """Redis for quota counters and the usage buffer; with embedded stores, in-process counters and
+    buffer when unset."""
     redis_max_connections: int = 256
     """Connections to Redis per process; a request waits for one when all are busy."""
     qdrant_url: str | None = None
-    """Qdrant server; qdrant-client local mode (at `qdrant_path`, else in memory) when unset."""
+    """Qdrant server; else qdrant-client local mode at `qdrant_path` (or, with embedded stores, in
+    memory)."""
     qdrant_path: Path | None = None
     qdrant_api_key: SecretStr | None = None
     ensure_collections: bool = False
+    """Create missing knowledge collections at startup (the operator does it in a cluster)."""
     local_embeddings: bool = True
     """Embed `local/...` knowledge bases with the local model when the runtime's `dense` extra is
     installed; keyword vectors alone otherwise (or when this is off)."""
-    """Create missing knowledge collections at startup (the operator does it in a cluster)."""
 
     ready_optional: list[Dependency] = Field(default_factory=lambda: list(_OPTIONAL))
     """Dependencies whose outage does not make the pod unready: a database outage is absorbed by the
@@ -142,7 +161,20 @@ class Settings(BaseSettings):
         return value
 
     def database(self) -> str:
-        """The database URL, defaulting to a SQLite file in the state directory."""
+        """The database URL; with embedded stores, a SQLite file in the state directory by default."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.state_dir / 'agentplane.db'}"
+
+    def missing_stores(self) -> list[str]:
+        """The settings a `required` runtime lacks (empty when every store is configured)."""
+        if self.stores == "embedded":
+            return []
+        missing = [
+            name
+            for name, value in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url))
+            if not value
+        ]
+        if not self.qdrant_url and self.qdrant_path is None:
+            missing.append("QDRANT_URL")
+        return [f"AGENTPLANE_{name}" for name in missing]

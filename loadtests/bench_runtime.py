@@ -124,7 +124,7 @@ def main() -> None:
                     "key_prefix": "agentplane:quota:bench",
                     "limits_key": "agentplane:quota:bench:limits",
                 },
-                "egress_hosts": [],
+                "egress": [],
             }
         )
         config_path = work / "agent.json"
@@ -146,6 +146,7 @@ def main() -> None:
             "OTEL_SERVICE_NAME": "agentplane-runtime-bench",
             "AGENTPLANE_LOG_LEVEL": "WARNING",
             "AGENTPLANE_STATE_DIR": str(work / "state"),
+            "AGENTPLANE_QDRANT_PATH": str(work / "qdrant"),
         }
         processes.append(
             subprocess.Popen(
@@ -203,7 +204,7 @@ def main() -> None:
 
         async def key() -> str:
             from agentplane_platform.db import create_engine
-            from agentplane_runtime.auth import create_api_key
+            from agentplane_platform.keys import create_api_key
 
             engine = create_engine(postgres.url)
             try:

@@ -16,8 +16,8 @@ from runtime_support import make_config, serve, tenant_name
 from sqlalchemy import select
 
 from agentplane_platform.db import ApiKey
+from agentplane_platform.keys import create_api_key, revoke_api_key
 from agentplane_runtime import Settings
-from agentplane_runtime.auth import create_api_key, revoke_api_key
 from support.fake_llm import FakeLLM
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]

@@ -1,19 +1,28 @@
-"""The `agentplane` command line: validate, generate, explain, up, chat."""
+"""The `agentplane` command line: validate, generate, explain, keys, up, chat."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.exc import SQLAlchemyError
+
+from .api.v1alpha1._base import DNS1123_LABEL
+from .db import create_engine, migrate
 from .explain import ExplainError, explain
 from .generate import generate
+from .keys import KeyInfo, create_api_key, list_api_keys, revoke_api_key, split_key
 from .specs import Report, validate_paths
 
 
@@ -85,6 +94,121 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+class KeysSettings(BaseSettings):
+    """`agentplane keys`' environment: the platform database (the one the runtimes check keys in)."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTPLANE_", extra="ignore")
+
+    database_url: str | None = None
+
+
+_DURATION = re.compile(r"^(\d+)([dhm])$")
+
+
+def parse_expiry(text: str, now: datetime) -> datetime:
+    """`30d`, `12h`, `90m` from now, or an ISO date / date-time (UTC when it names no zone)."""
+    match = _DURATION.match(text)
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+        return now + timedelta(**{unit: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--expires {text!r}: give a duration (30d, 12h, 90m) or an ISO date (2027-01-31)"
+        ) from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment <= now:
+        raise ValueError(f"--expires {text!r} is in the past")
+    return moment
+
+
+def _key_row(key: KeyInfo, now: datetime) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "agents": key.agents,
+        "roles": key.roles,
+        "state": key.state(now),
+        "created": key.created_at.isoformat() if key.created_at else None,
+        "expires": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+async def _keys(args: argparse.Namespace, database_url: str, out: TextIO) -> int:
+    engine = create_engine(database_url, pool_pre_ping=True)
+    try:
+        await migrate(engine)  # idempotent: a key can be made before any agent ran
+        now = datetime.now(UTC)
+        if args.action == "create":
+            expires = parse_expiry(args.expires, now) if args.expires else None
+            key = await create_api_key(
+                engine, tenant=args.tenant, name=args.name, agents=args.agent or None,
+                roles=args.role or [], expires_at=expires,
+                tokens_per_minute=args.tokens_per_minute, requests_per_minute=args.requests_per_minute,
+            )  # fmt: skip
+            new_id = (split_key(key) or ("?", ""))[0]
+            if args.format == "json":
+                out.write(json.dumps({"key": key, "id": new_id}) + "\n")
+            else:
+                scope = f"agents {', '.join(args.agent)}" if args.agent else "every agent"
+                until = f", expires {expires.isoformat()}" if expires else ""
+                out.write(f"{key}\n")
+                sys.stderr.write(
+                    f"key {new_id} for tenant {args.tenant} ({scope}{until}): "
+                    "shown once, only its hash is stored\n"
+                )
+            return 0
+        if args.action == "list":
+            rows = [
+                _key_row(k, now) for k in await list_api_keys(engine, tenant=args.tenant, agent=args.agent)
+            ]
+            if args.format == "json":
+                out.write(json.dumps(rows, indent=2) + "\n")
+                return 0
+            table = [("ID", "NAME", "AGENTS", "STATE", "CREATED", "EXPIRES")]
+            table += [
+                (r["id"], r["name"], ",".join(r["agents"] or ["*"]), r["state"],
+                 (r["created"] or "")[:19], (r["expires"] or "never")[:19])
+                for r in rows
+            ]  # fmt: skip
+            widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+            for row in table:
+                out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+            return 0
+        parts = split_key(args.key)
+        key_id: str = parts[0] if parts else args.key
+        if await revoke_api_key(engine, key_id=key_id, tenant=args.tenant):
+            out.write(f"revoked key {key_id} of tenant {args.tenant}\n")
+            return 0
+        sys.stderr.write(f"error: tenant {args.tenant} has no active key {key_id}\n")
+        return 1
+    finally:
+        await engine.dispose()
+
+
+def cmd_keys(args: argparse.Namespace, out: TextIO) -> int:
+    if not re.match(DNS1123_LABEL, args.tenant):
+        sys.stderr.write(f"error: --tenant {args.tenant!r} is not a tenant name\n")
+        return 2
+    database_url = args.database_url or KeysSettings().database_url
+    if not database_url:
+        sys.stderr.write(
+            "error: no database: set AGENTPLANE_DATABASE_URL or --database-url to the platform database "
+            "(for `agentplane up`: sqlite:///.agentplane/agentplane.db)\n"
+        )
+        return 2
+    try:
+        return asyncio.run(_keys(args, database_url, out))
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except (SQLAlchemyError, OSError) as exc:
+        sys.stderr.write(f"error: the database cannot be used: {type(exc).__name__}: {exc}\n")
+        return 1
+
+
 def _runtime(module: str) -> Any:
     """A module of the agent runtime, which depends on this package (never the other way round), so
     it is imported lazily; None, with the reason printed, when it is not installed."""
@@ -150,6 +274,41 @@ def parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("explain", help="documentation of a kind or field, like kubectl explain")
     exp.add_argument("target", metavar="KIND[.FIELD]", help="for example agent.spec.model")
     exp.set_defaults(run=cmd_explain)
+
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke tenant API keys in the platform database"
+    )
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tenant", required=True, help="the tenant the keys belong to")
+    common.add_argument(
+        "--database-url",
+        help="the platform database (default: AGENTPLANE_DATABASE_URL), postgresql://… or sqlite:///…",
+    )
+    create = key_actions.add_parser("create", parents=[common], help="make a key and print it (shown once)")
+    create.add_argument(
+        "--agent", action="append", help="limit the key to this agent (repeatable; default: all)"
+    )
+    create.add_argument("--name", default="cli", help="what the key is for (default: cli)")
+    create.add_argument("--expires", help="30d, 12h, 90m from now, or an ISO date (default: never)")
+    create.add_argument(
+        "--role", action="append", choices=["admin"], help="admin: may manage the tenant's documents"
+    )
+    create.add_argument(
+        "--tokens-per-minute", type=int, help="a limit of this key's own, within the tenant's"
+    )
+    create.add_argument(
+        "--requests-per-minute", type=int, help="a limit of this key's own, within the tenant's"
+    )
+    create.add_argument("--format", choices=("text", "json"), default="text")
+    listing = key_actions.add_parser("list", parents=[common], help="the tenant's keys (never their secrets)")
+    listing.add_argument("--agent", help="only keys usable on this agent")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    revoke = key_actions.add_parser(
+        "revoke", parents=[common], help="revoke a key (by id, or the key itself)"
+    )
+    revoke.add_argument("key", metavar="KEY_ID")
+    keys.set_defaults(run=cmd_keys)
 
     up = commands.add_parser(
         "up", help="serve every agent of the specs locally (SQLite, Qdrant local mode, offline model)"

@@ -12,9 +12,7 @@ or `<tenant>:admin` grants access to that tenant's agents.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,15 +20,14 @@ from typing import Any, Literal
 
 import httpx
 import jwt
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.db import ApiKey
+from agentplane_platform.keys import KEY_PREFIX, hash_secret, split_key
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.quotas import KeyLimits
-
-KEY_PREFIX = "ap_"
 
 
 class AuthError(Exception):
@@ -72,62 +69,6 @@ class Principal:
     def audiences(self) -> list[str]:
         """Values a document's `shared_with` may name to share it with this caller."""
         return [self.subject, *sorted(self.groups)]
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-async def create_api_key(
-    engine: AsyncEngine,
-    *,
-    tenant: str,
-    name: str,
-    subject: str | None = None,
-    agents: list[str] | None = None,
-    roles: list[str] | None = None,
-    expires_at: datetime | None = None,
-    tokens_per_minute: int | None = None,
-    requests_per_minute: int | None = None,
-) -> str:
-    """Create a key and return it; it is shown only this once (the database keeps a hash)."""
-    key_id = secrets.token_hex(8)
-    secret = secrets.token_urlsafe(32)
-    row = ApiKey(
-        id=key_id,
-        tenant=tenant,
-        name=name,
-        subject=subject or f"key:{key_id}",
-        secret_hash=hash_secret(secret),
-        agents=agents,
-        roles=roles or [],
-        tokens_per_minute=tokens_per_minute,
-        requests_per_minute=requests_per_minute,
-        expires_at=expires_at,
-    )
-    async with AsyncSession(engine) as session, session.begin():
-        session.add(row)
-    return f"{KEY_PREFIX}{key_id}_{secret}"
-
-
-async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
-    """Revoke a key; whether it existed and was not revoked yet."""
-    async with engine.begin() as connection:
-        result = await connection.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
-        )
-    return bool(result.rowcount)
-
-
-def split_key(token: str) -> tuple[str, str] | None:
-    if not token.startswith(KEY_PREFIX):
-        return None
-    parts = token[len(KEY_PREFIX) :].split("_", 1)
-    if len(parts) != 2 or len(parts[0]) != 16 or not parts[1]:
-        return None
-    return parts[0], parts[1]
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -15,8 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentplane_platform.config import AgentConfig
+from agentplane_platform.keys import create_api_key
 from agentplane_runtime import AgentRegistry, Runtime, Settings, create_app
-from agentplane_runtime.auth import create_api_key
 from agentplane_runtime.quotas import LimitsSource
 
 DIMS = 64
@@ -82,9 +83,18 @@ def make_config(
                 "key_prefix": f"agentplane:quota:{tenant}",
                 "limits_key": f"agentplane:quota:{tenant}:limits",
             },
-            "egress_hosts": egress or ["127.0.0.1"],
+            "egress": [_egress_rule(e) for e in egress or ["127.0.0.1"]],
         }
     )
+
+
+def _egress_rule(destination: str) -> dict[str, Any]:
+    """A host rule, or a /32 CIDR rule for an IP; the runtime checks destinations, not ports."""
+    try:
+        ipaddress.ip_address(destination)
+    except ValueError:
+        return {"host": destination, "ports": [443]}
+    return {"cidr": f"{destination}/32", "ports": [443]}
 
 
 def free_port() -> int:

@@ -54,7 +54,7 @@ def test_support_bot_config(specs: SpecSet) -> None:
     (kb,) = config.knowledge
     assert (kb.collection, kb.dimensions, kb.top_k) == ("acme--help-center", 1536, 6)
     assert config.quota.limits_key == "agentplane:quota:acme:limits"
-    assert "orders.acme.example" in config.egress_hosts
+    assert "orders.acme.example" in {rule.host for rule in config.egress}
 
 
 def test_hash_is_stable_and_follows_the_pinned_version(specs: SpecSet) -> None:

@@ -120,6 +120,14 @@ class ResolvedKnowledge(_Config):
     min_score: float
 
 
+class ResolvedEgress(_Config):
+    """One of the tenant's egress rules, as the runtime checks tool destinations against it."""
+
+    host: str | None = None
+    cidr: str | None = None
+    ports: list[int]
+
+
 class ResolvedQuota(_Config):
     """Where the tenant's LLM quota lives. The limits themselves are not in the config: the operator
     writes them to `limits_key` (see `agentplane_platform.quotas`), so a quota change applies at
@@ -147,7 +155,8 @@ class AgentConfig(_Config):
     knowledge: list[ResolvedKnowledge]
     limits: AgentLimits
     quota: ResolvedQuota
-    egress_hosts: list[str]
+    egress: list[ResolvedEgress]
+    """The tenant's egress rules (see `agentplane_platform.egress`)."""
 
     def canonical_json(self) -> str:
         """The config as canonical JSON (sorted keys, no spaces): what is hashed and mounted."""
@@ -311,5 +320,5 @@ def resolve_agent(
             key_prefix=quota_key_prefix(tenant.name),
             limits_key=quota_limits_key(tenant.name),
         ),
-        egress_hosts=[rule.host for rule in tenant_spec.egress if rule.host is not None],
+        egress=[ResolvedEgress(host=r.host, cidr=r.cidr, ports=list(r.ports)) for r in tenant_spec.egress],
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import fnmatch
 import json
 import math
 import operator
@@ -14,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from agentplane_platform import egress
 from agentplane_platform.api.v1alpha1 import SecretRef
 from agentplane_platform.config import (
     AgentConfig,
@@ -167,11 +166,6 @@ class SecretReader:
             raise ToolError("the tool's credential is not available") from None
 
 
-def host_allowed(url: str, allowed: list[str]) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return bool(host) and any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed)
-
-
 def _auth_header(auth: ResolvedAuth | None, tool: str, secrets: SecretReader) -> dict[str, str]:
     if auth is None:
         return {}
@@ -216,7 +210,7 @@ class ToolRunner:
             raise ToolError(f"the tool could not be reached ({type(exc).__name__})") from None
 
     async def _http(self, config: AgentConfig, tool: ResolvedHttpTool, args: dict[str, Any]) -> str:
-        if not host_allowed(tool.url, config.egress_hosts):
+        if not egress.allows_url(config.egress, tool.url, check_port=False):
             raise ToolError("the tool's host is not in the tenant's egress allowlist")
         headers = {**tool.headers, **_auth_header(tool.auth, tool.name, self.secrets)}
         request = self.http.build_request(
@@ -244,7 +238,7 @@ class ToolRunner:
         return text[:MAX_TOOL_RESULT_CHARS] + ("\n[response truncated]" if truncated else "")
 
     async def _mcp(self, config: AgentConfig, tool: ResolvedMcpTool, args: dict[str, Any]) -> str:
-        if not host_allowed(tool.url, config.egress_hosts):
+        if not egress.allows_url(config.egress, tool.url, check_port=False):
             raise ToolError("the MCP server's host is not in the tenant's egress allowlist")
         session = McpSession(self.http, tool.url, _auth_header(tool.auth, tool.name, self.secrets))
         try:

@@ -10,6 +10,7 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
+from agentplane_platform import egress
 from agentplane_platform.api.v1alpha1 import (
     Agent,
     HttpTool,
@@ -261,23 +262,12 @@ def _check_tool(loaded: Loaded[Tool], specs: SpecSet) -> Iterator[Problem]:
         namespace = loaded.resource.metadata.namespace or ""
         tenant = specs.tenant_of(namespace)
         host = url.hostname or ""
-        if tenant is not None and not _egress_allows(
-            tenant.resource, host, url.port or (443 if url.scheme == "https" else 80)
-        ):
+        if tenant is not None and not egress.allows_url(tenant.resource.spec.egress, spec.url):
             yield loaded.at(
                 ("spec", "url"),
                 f"host {host!r} is not in Tenant {tenant.resource.name!r}'s egress allowlist "
                 "(expected a spec.egress entry for it, or the tool's calls will be blocked)",
             )
-
-
-def _egress_allows(tenant: Tenant, host: str, port: int) -> bool:
-    for rule in tenant.spec.egress:
-        if rule.host is None or port not in rule.ports:
-            continue
-        if rule.host == host or (rule.host.startswith("*.") and host.endswith(rule.host[1:])):
-            return True
-    return False
 
 
 def _check_agent(

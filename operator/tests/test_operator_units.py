@@ -8,8 +8,9 @@ from typing import Any
 
 from agentplane_operator import manifests
 from agentplane_operator.builders import build_prompt_config_maps
-from agentplane_operator.conditions import Cond, merge_conditions, status_patch
+from agentplane_operator.conditions import Cond, kstatus, merge_conditions, status_patch
 from agentplane_operator.kube import holds
+from agentplane_operator.pods import pod_problem
 from agentplane_platform.api.v1alpha1 import Prompt
 from agentplane_platform.config import prompt_version_hash
 
@@ -88,4 +89,70 @@ def test_the_operator_rbac_is_explicit() -> None:
     rules = manifests.RULES
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
     secrets = [r for r in rules if "secrets" in r["resources"]]
-    assert [r["verbs"] for r in secrets] == [["get"]]  # never list or watch Secrets
+    # Secrets are written (each tenant's runtime and LLM Secrets) but never listed or watched.
+    assert [r["verbs"] for r in secrets] == [["get", "create", "patch"]]
+
+
+def test_pod_problems_say_why_a_pod_does_not_run() -> None:
+    annotation = "agentplane.io/config-hash"
+    meta = {"name": "bot-7d9f", "annotations": {annotation: "abc"}}
+    missing_secret = {
+        "metadata": meta,
+        "status": {"containerStatuses": [{"name": "runtime", "state": {"waiting": {
+            "reason": "CreateContainerConfigError", "message": 'secret "agentplane-runtime" not found'}}}]},
+    }  # fmt: skip
+    problem = pod_problem(missing_secret, annotation)
+    assert problem is not None
+    assert (problem.reason, problem.stalled, problem.config_hash) == (
+        "CreateContainerConfigError",
+        True,
+        "abc",
+    )
+    assert (
+        problem.describe()
+        == 'pod bot-7d9f: CreateContainerConfigError: secret "agentplane-runtime" not found'
+    )
+
+    crashing = {
+        "metadata": meta,
+        "status": {"containerStatuses": [{"name": "runtime",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
+            "lastState": {"terminated": {"exitCode": 3, "reason": "Error",
+                "message": "agentplane runtime cannot start: redis at redis://10.0.0.5:6379/0 unreachable\n"}}}]},
+    }  # fmt: skip
+    problem = pod_problem(crashing, annotation)
+    assert problem is not None
+    assert problem.stalled
+    assert problem.message == "agentplane runtime cannot start: redis at redis://10.0.0.5:6379/0 unreachable"
+
+    unschedulable = {"metadata": meta, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes available"}]}}  # fmt: skip
+    problem = pod_problem(unschedulable, annotation)
+    assert problem is not None
+    assert (problem.reason, problem.stalled) == ("Unschedulable", False)
+
+    running = {
+        "metadata": meta,
+        "status": {"containerStatuses": [{"name": "runtime", "state": {"running": {}}}]},
+    }
+    assert pod_problem(running, annotation) is None
+
+
+def test_kstatus_conditions_follow_the_failures() -> None:
+    stalled, drop = kstatus([Cond("ConfigResolved", False, "PromptVersionNotFound", "no v3", stalled=True)])
+    assert [(c.type, c.status, c.reason) for c in stalled] == [("Stalled", "True", "PromptVersionNotFound")]
+    assert drop == {"Reconciling"}
+    rolling, drop = kstatus(
+        [Cond("ConfigResolved", True, "Resolved"), Cond("Deployed", False, "Progressing")]
+    )
+    assert [(c.type, c.reason) for c in rolling] == [("Reconciling", "Progressing")]
+    assert drop == {"Stalled"}
+    done, drop = kstatus([Cond("Deployed", True, "Available")])
+    assert done == []
+    assert drop == {"Reconciling", "Stalled"}
+    merged = merge_conditions(
+        [{"type": "Stalled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        [Cond("Ready", True, "Ok")],
+        drop,
+    )
+    assert [c["type"] for c in merged] == ["Ready"]

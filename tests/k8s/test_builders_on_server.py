@@ -13,11 +13,18 @@ import pytest
 
 from agentplane_operator.builders import BuildSettings, build_agent_children, build_tenant_children
 from agentplane_platform.config import resolve_agent
+from agentplane_platform.contract import RuntimeStores
 from agentplane_platform.specs import SpecSet, validate_paths
 from support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 FIELD_MANAGER = "agentplane-operator"
+SETTINGS = BuildSettings(
+    stores=RuntimeStores(
+        database_url="postgresql://db/x", redis_url="redis://r/0", qdrant_url="http://q:6333"
+    ),
+    llm_secret_data={"OPENAI_API_KEY": "sk-test"},
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +73,12 @@ def globex(k8s: Cluster, specs: SpecSet) -> Iterator[list[dict[str, Any]]]:
     tenant = original.model_copy(
         update={"metadata": original.metadata.model_copy(update={"name": "builders"})}
     )
-    manifests = build_tenant_children(tenant, BuildSettings())
+    manifests = build_tenant_children(tenant, SETTINGS)
     agent = specs.agents[("tenant-globex", "oncall-helper")].resource
     prompts = specs.prompts_in("tenant-globex")
     tools = specs.tools_in("tenant-globex")
     config = resolve_agent(agent, tenant, prompts, tools)
-    manifests += build_agent_children(agent, config, BuildSettings())
+    manifests += build_agent_children(agent, config, SETTINGS)
     yield manifests
     k8s.kubectl("delete", "namespace", tenant.namespace, "--ignore-not-found", "--wait=false")
 

@@ -6,6 +6,7 @@ reconcile writes nothing" are observable); each test works in tenants of its own
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.request
@@ -20,6 +21,7 @@ from k8s.operator_specs import agent, builtin_tool, http_tool, prompt, tenant
 
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
 from agentplane_platform.config import AgentConfig, resolve_agent
+from agentplane_platform.contract import LLM_SECRET, RUNTIME_SECRET, RUNTIME_SECRET_KEYS
 from support.cluster import Cluster
 from support.operator_process import (
     OperatorProcess,
@@ -28,6 +30,7 @@ from support.operator_process import (
     delete_tenants,
     events,
     get,
+    install_llm_secret,
     install_operator_rbac,
     start_operator,
     wait_for,
@@ -61,7 +64,7 @@ def operator(
     running.stop()
 
 
-TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel")
+TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair")
 """Every tenant this module creates; each test works in its own."""
 
 
@@ -337,6 +340,12 @@ def test_failures_end_in_conditions_and_events(k8s: Cluster, operator: OperatorP
     not_ready(k8s, "agent", "no-prompt", ns, "PromptNotFound")
     bad = not_ready(k8s, "agent", "bad-model", ns, "ModelNotAllowed")
     assert condition(bad, "ConfigResolved")["status"] == "False"
+    # what will not fix itself is Stalled (kstatus: Failed), so a GitOps health check fails at once
+    assert (condition(bad, "Stalled")["status"], condition(bad, "Stalled")["reason"]) == (
+        "True",
+        "ModelNotAllowed",
+    )
+    assert condition(bad, "Reconciling") == {}
     assert ("Warning", "ModelNotAllowed") in [(t, r) for t, r, _ in events(k8s, ns, "bad-model")]
     apply(k8s, agent(ns, "over-quota"))  # the third Agent of a tenant allowing two
     not_ready(k8s, "agent", "over-quota", ns, "QuotaExceeded")
@@ -479,3 +488,46 @@ def test_metrics_and_health(operator: OperatorProcess) -> None:
     assert operator.total("agentplane_operator_reconcile_duration_seconds_count", kind="Tenant") > 0
     with urllib.request.urlopen(operator.metrics_url.replace("/metrics", "/healthz"), timeout=5) as response:
         assert json.loads(response.read()) == {"status": "ok"}
+
+
+def _secret_data(k8s: Cluster, name: str, namespace: str) -> dict[str, str]:
+    secret = get(k8s, "secret", name, namespace)
+    assert secret is not None, f"Secret {namespace}/{name} missing"
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def test_a_tenant_namespace_gets_the_runtime_and_provider_secrets(
+    k8s: Cluster, operator: OperatorProcess, stores: tuple[str, str]
+) -> None:
+    ns = "tenant-altair"
+    egress = [{"host": "api.altair.example"}, {"cidr": "203.0.113.0/24", "ports": [8443]}]
+    apply(k8s, tenant("altair", egress=egress))
+    obj = ready(k8s, "tenant", "altair")
+    assert obj["status"]["egress"] == [
+        {"destination": "api.altair.example", "ports": [443], "enforcedBy": "runtime"},
+        {"destination": "203.0.113.0/24", "ports": [8443], "enforcedBy": "network"},
+    ]
+    runtime = _secret_data(k8s, RUNTIME_SECRET, ns)
+    assert set(runtime) <= RUNTIME_SECRET_KEYS
+    database_url, redis_url = stores
+    assert (runtime["AGENTPLANE_DATABASE_URL"], runtime["AGENTPLANE_REDIS_URL"]) == (database_url, redis_url)
+    assert runtime["AGENTPLANE_STORES"] == "required"
+    assert _secret_data(k8s, LLM_SECRET, ns) == {"OPENAI_API_KEY": "sk-test"}
+
+    # A rotated platform Secret reaches the tenant's copy (at the latest at the next resync).
+    install_llm_secret(k8s, {"OPENAI_API_KEY": "sk-rotated"})
+    wait_for(
+        "the rotated key copied",
+        lambda: _secret_data(k8s, LLM_SECRET, ns) == {"OPENAI_API_KEY": "sk-rotated"},
+        timeout=RESYNC * 5,
+    )
+    # Without the platform's Secret the tenant's agents cannot start: the Tenant is Stalled, says why.
+    k8s.kubectl("delete", "secret", LLM_SECRET, "-n", "agentplane-system")
+    try:
+        stalled = not_ready(k8s, "tenant", "altair", "", "LLMSecretNotFound")
+        assert condition(stalled, "Stalled")["status"] == "True"
+        assert "agentplane-system/agentplane-llm" in condition(stalled, "Stalled")["message"]
+    finally:
+        install_llm_secret(k8s, {"OPENAI_API_KEY": "sk-test"})
+    recovered = ready(k8s, "tenant", "altair", timeout=RESYNC * 5)
+    assert condition(recovered, "Stalled") == {}

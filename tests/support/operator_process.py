@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agentplane_platform.contract import LLM_SECRET
 from support.cluster import Cluster
 from support.services import free_port
 
@@ -51,6 +52,7 @@ def install_operator_rbac(cluster: Cluster, workdir: Path) -> Path:
     )
     for name in ("15-peering.yaml", "20-rbac.yaml"):
         cluster.kubectl("apply", "--server-side", "-f", str(DEPLOY / name))
+    install_llm_secret(cluster, {"OPENAI_API_KEY": "sk-test"})
     token = cluster.kubectl(
         "create", "token", "agentplane-operator", "-n", "agentplane-system", "--duration=24h"
     ).stdout.strip()
@@ -72,6 +74,18 @@ def install_operator_rbac(cluster: Cluster, workdir: Path) -> Path:
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+def install_llm_secret(cluster: Cluster, data: dict[str, str]) -> None:
+    """The platform's LLM provider credentials (`agentplane-system/agentplane-llm`), which the
+    operator copies into every tenant namespace — what a platform team creates off Azure."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": LLM_SECRET, "namespace": "agentplane-system"},
+        "stringData": data,
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
@@ -146,6 +160,8 @@ def start_operator(
         "AGENTPLANE_OPERATOR_REDIS_URL": redis_url,
         "AGENTPLANE_OPERATOR_DATABASE_URL": database_url,
         "AGENTPLANE_OPERATOR_QDRANT_PATH": str(qdrant_path),
+        # no Qdrant server here: agent pods get local mode of their own (kwok pods never run it)
+        "AGENTPLANE_OPERATOR_RUNTIME_QDRANT_PATH": "/tmp/agentplane/qdrant",
         "AGENTPLANE_OPERATOR_METRICS_HOST": "127.0.0.1",
         "AGENTPLANE_OPERATOR_METRICS_PORT": str(port),
         "AGENTPLANE_OPERATOR_RESYNC_SECONDS": str(resync_seconds),

@@ -7,13 +7,41 @@ second reconcile write nothing.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, tenant_of
+from agentplane_platform.api.v1alpha1 import Agent, EgressStatus, Prompt, Tenant, Tool, tenant_of
 from agentplane_platform.config import AgentConfig, prompt_version_hash
+from agentplane_platform.contract import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    CONFIG_PATH,
+    ENV_CONFIG,
+    ENV_METRICS_PORT,
+    ENV_OTEL_RESOURCE_ATTRIBUTES,
+    ENV_OTEL_SERVICE_NAME,
+    HTTP_PORT,
+    HTTP_PORT_NAME,
+    KEYVAULT_DIR,
+    LIVE_PATH,
+    LLM_SECRET,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    READY_PATH,
+    RUNTIME_APP_NAME,
+    RUNTIME_SECRET,
+    RUNTIME_UID,
+    SERVICE_ACCOUNT,
+    STARTUP_PATH,
+    TMP_DIR,
+    TOOL_SECRETS_DIR,
+    RuntimeStores,
+    agent_path,
+)
 
 Manifest = dict[str, Any]
 
@@ -24,11 +52,49 @@ AGENT_LABEL = f"{GROUP}/agent"
 PROMPT_LABEL = f"{GROUP}/prompt"
 PROMPT_HASH_ANNOTATION = f"{GROUP}/prompt-hash"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
-CONFIG_FILE = "agent.json"
-CONFIG_MOUNT = "/etc/agentplane"
-SECRETS_MOUNT = "/var/run/agentplane/secrets"
+STORES_HASH_ANNOTATION = f"{GROUP}/stores-hash"
 TENANT_EDITOR_ROLE = "agentplane-tenant-editor"
-RUNTIME_PORT = 8080
+SERVICE_PORT = 80
+"""Port of an agent's Service (to the runtime's HTTP port)."""
+SECRET_PROVIDER_CLASS = "agentplane"
+"""The SecretProviderClass of a tenant namespace (Key Vault through the Secrets Store CSI driver)."""
+WORKLOAD_IDENTITY_USE = "azure.workload.identity/use"
+WORKLOAD_IDENTITY_CLIENT_ID = "azure.workload.identity/client-id"
+
+
+class EgressTarget(BaseModel):
+    """A destination every tenant's pods may reach: a platform store, the OTLP collector, an LLM provider."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cidr: str
+    ports: tuple[int, ...] = Field(min_length=1)
+
+
+class KeyVault(BaseModel):
+    """Azure Key Vault, read by agent pods through the Secrets Store CSI driver and workload identity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    tenant_id: str
+    """The Entra ID (Azure AD) tenant of the vault."""
+    client_id: str
+    """Client id of the runtime's user-assigned identity (federated with `SERVICE_ACCOUNT`)."""
+    provider_secrets: dict[str, str] = Field(default_factory=dict)
+    """Provider setting (`OPENAI_API_KEY`, ...) -> the Key Vault secret holding it; synced into the
+    Secret `LLM_SECRET` of each tenant namespace."""
+
+
+class Gateway(BaseModel):
+    """The Gateway API Gateway agents are reached through from outside the cluster."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str
+    url: str
+    """Its public base URL (`https://agents.example.com`): an agent's URL is `<url>/t/<tenant>/a/<agent>/v1`."""
 
 
 class BuildSettings(BaseModel):
@@ -36,12 +102,32 @@ class BuildSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    stores: RuntimeStores
+    """The stores agent pods use: the runtime Secret of every tenant namespace."""
     runtime_image: str = "ghcr.io/agentplane/runtime:latest"
     image_pull_policy: str = "IfNotPresent"
     platform_namespace: str = "agentplane-system"
-    """Namespace of the platform services (operator, Qdrant, Redis proxies) tenants may reach."""
-    runtime_secret: str = "agentplane-runtime"
-    """Secret in each tenant namespace with the runtime's own credentials (database, Redis, providers)."""
+    """Namespace of the platform services tenant pods may reach (Qdrant, the OTLP collector)."""
+    platform_egress: tuple[EgressTarget, ...] = ()
+    """Stores and providers outside the cluster (or outside pod networking) that every tenant's pods
+    reach: PostgreSQL, Redis, the LLM providers' endpoints."""
+    llm_secret_data: dict[str, str] | None = None
+    """Without Key Vault: the provider credentials copied into each tenant's `LLM_SECRET` (from the
+    platform namespace's Secret of that name, read by the reconciler)."""
+    key_vault: KeyVault | None = None
+    gateway: Gateway | None = None
+    ingress_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may call agents' APIs (the gateway's); the gateway's own is added."""
+    monitoring_namespace: str | None = "monitoring"
+    """Namespace whose pods (Prometheus) may scrape agents' metrics port."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Where agent pods run (a node pool for agents)."""
+    tolerations: tuple[dict[str, Any], ...] = ()
+
+    def callers(self) -> list[str]:
+        """Namespaces allowed to call agents' APIs."""
+        gateway = [self.gateway.namespace] if self.gateway else []
+        return sorted({*self.ingress_namespaces, *gateway})
 
 
 def _labels(tenant: str, **extra: str) -> dict[str, str]:
@@ -101,11 +187,18 @@ def build_limit_range(tenant: Tenant) -> Manifest:
     }
 
 
-def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Manifest]:
-    """Default deny, then DNS, the platform's services, same-namespace traffic and the declared egress.
+def _namespace(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
-    NetworkPolicy cannot name hosts: CIDR rules become ipBlocks, host rules are allowed on their
-    ports and listed in an annotation for an FQDN-aware enforcer (Cilium, Calico, an egress proxy).
+
+def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Manifest]:
+    """Default deny, then exactly what agent pods need.
+
+    Egress: DNS, the tenant's own pods, the platform namespace (Qdrant, the OTLP collector), the
+    platform's stores and providers by CIDR, and the tenant's declared egress. Ingress: the tenant's
+    own pods, the gateway's namespace on the API port, monitoring on the metrics port. Nothing from
+    or to another tenant. NetworkPolicy cannot name hosts: a host rule opens its ports to every
+    destination (see `egress_status`), and the runtime's allowlist is the gate for it.
     """
     deny = {
         "apiVersion": "networking.k8s.io/v1",
@@ -113,23 +206,37 @@ def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Mani
         "metadata": _tenant_meta(tenant, "default-deny"),
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     }
-    platform = {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.platform_namespace}}
-    }
     egress: list[dict[str, Any]] = [
         {
             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
-        {"to": [platform]},
         {"to": [{"podSelector": {}}]},
+        {"to": [_namespace(settings.platform_namespace)]},
     ]
+    for target in settings.platform_egress:
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": target.cidr}}],
+                "ports": [{"protocol": "TCP", "port": port} for port in target.ports],
+            }
+        )
     for rule in tenant.spec.egress:
         ports = [{"protocol": "TCP", "port": port} for port in rule.ports]
         if rule.cidr is not None:
             egress.append({"to": [{"ipBlock": {"cidr": rule.cidr}}], "ports": ports})
         else:
             egress.append({"ports": ports})
+    ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {}}]}]
+    for namespace in settings.callers():
+        ingress.append({"from": [_namespace(namespace)], "ports": [{"protocol": "TCP", "port": HTTP_PORT}]})
+    if settings.monitoring_namespace:
+        ingress.append(
+            {
+                "from": [_namespace(settings.monitoring_namespace)],
+                "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+            }
+        )
     hosts = ",".join(rule.host for rule in tenant.spec.egress if rule.host is not None)
     allow = {
         "apiVersion": "networking.k8s.io/v1",
@@ -141,19 +248,103 @@ def build_network_policies(tenant: Tenant, settings: BuildSettings) -> list[Mani
         "spec": {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [{"podSelector": {}}, platform]}],
+            "ingress": ingress,
             "egress": egress,
         },
     }
     return [deny, allow]
 
 
-def build_service_account(tenant: Tenant) -> Manifest:
-    """The identity the tenant's agent pods run as."""
+def egress_status(tenant: Tenant) -> list[EgressStatus]:
+    """How each declared egress rule is enforced: CIDRs by the network, hosts by the runtime alone."""
+    return [
+        EgressStatus(
+            destination=rule.cidr or rule.host or "",
+            ports=list(rule.ports),
+            enforced_by="network" if rule.cidr is not None else "runtime",
+        )
+        for rule in tenant.spec.egress
+    ]
+
+
+def _secret(tenant: Tenant, name: str, data: dict[str, str]) -> Manifest:
+    """An Opaque Secret; values base64-encoded as the server returns them (so an unchanged Secret
+    holds and is not written again)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _tenant_meta(tenant, name),
+        "type": "Opaque",
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(data.items())},
+    }
+
+
+def build_runtime_secret(tenant: Tenant, settings: BuildSettings) -> Manifest:
+    """The runtime's stores, as environment names (`envFrom`): exactly the keys the runtime reads."""
+    return _secret(tenant, RUNTIME_SECRET, settings.stores.secret_data())
+
+
+def stores_hash(settings: BuildSettings) -> str:
+    """Hash of the runtime Secret's content: in the pod template, so changed stores roll the pods."""
+    data = json.dumps(settings.stores.secret_data(), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def build_llm_secret_source(tenant: Tenant, settings: BuildSettings, tools: list[Tool]) -> Manifest | None:
+    """Where the tenant's `LLM_SECRET` comes from: a SecretProviderClass syncing it from Key Vault
+    (which also mounts the Key Vault secrets of the namespace's tools), or a copy of the platform's."""
+    vault = settings.key_vault
+    if vault is None:
+        if settings.llm_secret_data is None:
+            return None
+        return _secret(tenant, LLM_SECRET, settings.llm_secret_data)
+    objects = [{"objectName": secret, "objectType": "secret", "objectAlias": alias}
+               for alias, secret in sorted(vault.provider_secrets.items())]  # fmt: skip
+    tool_secrets = sorted(
+        {
+            auth.secret_ref.key_vault.name
+            for tool in tools
+            if (auth := getattr(tool.spec, "auth", None)) is not None
+            and auth.secret_ref.key_vault is not None
+        }
+    )
+    objects += [{"objectName": name, "objectType": "secret"} for name in tool_secrets]
+    return {
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": _tenant_meta(tenant, SECRET_PROVIDER_CLASS),
+        "spec": {
+            "provider": "azure",
+            "parameters": {
+                "usePodIdentity": "false",
+                "clientID": vault.client_id,
+                "keyvaultName": vault.name,
+                "tenantId": vault.tenant_id,
+                # the Azure provider's format: a YAML document with one YAML string per object
+                "objects": "array:\n"
+                + "".join("  - |\n" + "".join(f"    {k}: {v}\n" for k, v in o.items()) for o in objects),
+            },
+            "secretObjects": [
+                {
+                    "secretName": LLM_SECRET,
+                    "type": "Opaque",
+                    "data": [{"objectName": alias, "key": alias} for alias in sorted(vault.provider_secrets)],
+                }
+            ],
+        },
+    }
+
+
+def build_service_account(tenant: Tenant, settings: BuildSettings) -> Manifest:
+    """The identity the tenant's agent pods run as (federated with the runtime's Azure identity when
+    the platform reads Key Vault)."""
+    meta = _tenant_meta(tenant, SERVICE_ACCOUNT)
+    if settings.key_vault is not None:
+        meta["annotations"] = {WORKLOAD_IDENTITY_CLIENT_ID: settings.key_vault.client_id}
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _tenant_meta(tenant, "agentplane-agent"),
+        "metadata": meta,
         "automountServiceAccountToken": False,
     }
 
@@ -176,22 +367,28 @@ def build_owner_role_binding(tenant: Tenant) -> Manifest:
     }
 
 
-def build_tenant_children(tenant: Tenant, settings: BuildSettings) -> list[Manifest]:
-    """Every namespaced child of a Tenant, in apply order (namespace first)."""
-    return [
+def build_tenant_children(
+    tenant: Tenant, settings: BuildSettings, tools: list[Tool] | None = None
+) -> list[Manifest]:
+    """Every namespaced child of a Tenant, in apply order (namespace first). `tools`: the Tools in
+    its namespace (their Key Vault secrets are mounted through the tenant's SecretProviderClass)."""
+    children = [
         build_namespace(tenant),
         build_resource_quota(tenant),
         build_limit_range(tenant),
         *build_network_policies(tenant, settings),
-        build_service_account(tenant),
+        build_service_account(tenant, settings),
         build_owner_role_binding(tenant),
+        build_runtime_secret(tenant, settings),
     ]
+    llm = build_llm_secret_source(tenant, settings, tools or [])
+    if llm is not None:
+        children.append(llm)
+    return children
 
 
 def _agent_labels(config: AgentConfig) -> dict[str, str]:
-    return _labels(
-        config.tenant, **{AGENT_LABEL: config.agent, "app.kubernetes.io/name": "agentplane-runtime"}
-    )
+    return _labels(config.tenant, **{AGENT_LABEL: config.agent, "app.kubernetes.io/name": RUNTIME_APP_NAME})
 
 
 def _agent_meta(config: AgentConfig, name: str) -> Manifest:
@@ -213,7 +410,7 @@ def build_agent_config_map(config: AgentConfig) -> Manifest:
 
 
 def _secret_volumes(config: AgentConfig) -> tuple[list[Manifest], list[Manifest]]:
-    """Kubernetes Secrets the tools reference, mounted read-only under SECRETS_MOUNT/<tool>."""
+    """Kubernetes Secrets the tools reference, mounted read-only under TOOL_SECRETS_DIR/<tool>."""
     volumes: list[Manifest] = []
     mounts: list[Manifest] = []
     for tool in config.tools:
@@ -225,12 +422,17 @@ def _secret_volumes(config: AgentConfig) -> tuple[list[Manifest], list[Manifest]
         volumes.append(
             {"name": volume, "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}}
         )
-        mounts.append({"name": volume, "mountPath": f"{SECRETS_MOUNT}/{tool.name}", "readOnly": True})
+        mounts.append({"name": volume, "mountPath": f"{TOOL_SECRETS_DIR}/{tool.name}", "readOnly": True})
     return volumes, mounts
 
 
 def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSettings) -> Manifest:
-    """The runtime Deployment; its pod template carries the config hash, so a new config rolls it."""
+    """The runtime Deployment; its pod template carries the config hash, so a new config rolls it.
+
+    Its stores come from the tenant's runtime Secret and its provider credentials from the LLM
+    Secret, both required: without them the container is not created, and the runtime itself
+    refuses to start without reachable stores (the reason lands in the pod's termination message).
+    """
     runtime = agent.spec.runtime
     labels = _agent_labels(config)
     selector = {TENANT_LABEL: config.tenant, AGENT_LABEL: config.agent}
@@ -240,69 +442,96 @@ def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSet
         values = getattr(runtime.resources, section).model_dump(exclude_none=True)
         if values:
             resources[section] = values
-    probe_http = {"port": "http"}
+    probe_http = {"port": HTTP_PORT_NAME}
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": f"agent-{config.agent}"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        *secret_volumes,
+    ]
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        *secret_mounts,
+    ]
+    if settings.key_vault is not None:
+        volumes.append(
+            {
+                "name": "key-vault",
+                "csi": {
+                    "driver": "secrets-store.csi.k8s.io",
+                    "readOnly": True,
+                    "volumeAttributes": {"secretProviderClass": SECRET_PROVIDER_CLASS},
+                },
+            }
+        )
+        mounts.append({"name": "key-vault", "mountPath": KEYVAULT_DIR, "readOnly": True})
+        labels = {**labels, WORKLOAD_IDENTITY_USE: "true"}
     container = {
         "name": "runtime",
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
-        "ports": [{"name": "http", "containerPort": RUNTIME_PORT, "protocol": "TCP"}],
-        "envFrom": [{"secretRef": {"name": settings.runtime_secret, "optional": True}}],
+        "args": ["--config", CONFIG_PATH],
+        "ports": [
+            {"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "envFrom": [
+            {"secretRef": {"name": RUNTIME_SECRET, "optional": False}},
+            {"secretRef": {"name": LLM_SECRET, "optional": False}},
+        ],
         "env": [
-            {"name": "AGENTPLANE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
-            {"name": "OTEL_SERVICE_NAME", "value": f"agent-{config.agent}"},
+            {"name": ENV_CONFIG, "value": CONFIG_PATH},
+            {"name": ENV_METRICS_PORT, "value": str(METRICS_PORT)},
+            {"name": ENV_OTEL_SERVICE_NAME, "value": f"agent-{config.agent}"},
             {
-                "name": "OTEL_RESOURCE_ATTRIBUTES",
+                "name": ENV_OTEL_RESOURCE_ATTRIBUTES,
                 "value": f"agentplane.tenant={config.tenant},agentplane.agent={config.agent}",
             },
         ],
         "resources": resources,
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-            *secret_mounts,
-        ],
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "startupProbe": {
-            "httpGet": {"path": "/healthz/startup", **probe_http},
+            "httpGet": {"path": STARTUP_PATH, **probe_http},
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz/live", **probe_http},
+            "httpGet": {"path": LIVE_PATH, **probe_http},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         "readinessProbe": {
-            "httpGet": {"path": "/healthz/ready", **probe_http},
+            "httpGet": {"path": READY_PATH, **probe_http},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
     }
+    pod: dict[str, Any] = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "fsGroup": RUNTIME_UID},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.tolerations]
+    annotations = {CONFIG_HASH_ANNOTATION: config.hash(), STORES_HASH_ANNOTATION: stores_hash(settings)}
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "template": {
-            "metadata": {"labels": labels, "annotations": {CONFIG_HASH_ANNOTATION: config.hash()}},
-            "spec": {
-                "serviceAccountName": "agentplane-agent",
-                "automountServiceAccountToken": False,
-                "securityContext": {"runAsNonRoot": True, "fsGroup": 10001},
-                "containers": [container],
-                "volumes": [
-                    {"name": "config", "configMap": {"name": f"agent-{config.agent}"}},
-                    {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    *secret_volumes,
-                ],
-            },
-        },
+        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
     }
     if runtime.autoscaling is None:
         spec["replicas"] = 1 if runtime.replicas is None else runtime.replicas
@@ -325,7 +554,14 @@ def build_agent_service(config: AgentConfig) -> Manifest:
         "metadata": _agent_meta(config, config.agent),
         "spec": {
             "selector": {TENANT_LABEL: config.tenant, AGENT_LABEL: config.agent},
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": HTTP_PORT_NAME,
+                    "port": SERVICE_PORT,
+                    "targetPort": HTTP_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
         },
     }
 
@@ -333,6 +569,50 @@ def build_agent_service(config: AgentConfig) -> Manifest:
 def agent_endpoint(config: AgentConfig) -> str:
     """In-cluster base URL of the agent's API."""
     return f"http://{config.agent}.{config.namespace}.svc.cluster.local/v1"
+
+
+def agent_url(config: AgentConfig, settings: BuildSettings) -> str | None:
+    """The agent's base URL through the gateway, when the platform has one."""
+    if settings.gateway is None:
+        return None
+    return f"{settings.gateway.url.rstrip('/')}{agent_path(config.tenant, config.agent)}/v1"
+
+
+def build_agent_route(config: AgentConfig, settings: BuildSettings) -> Manifest | None:
+    """A Gateway API HTTPRoute: `<gateway>/t/<tenant>/a/<agent>/...` to the agent's Service, the
+    prefix stripped (the same paths `agentplane up` serves)."""
+    gateway = settings.gateway
+    if gateway is None:
+        return None
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _agent_meta(config, config.agent),
+        "spec": {
+            "parentRefs": [
+                {
+                    "group": "gateway.networking.k8s.io",
+                    "kind": "Gateway",
+                    "name": gateway.name,
+                    "namespace": gateway.namespace,
+                }
+            ],
+            "rules": [
+                {
+                    "matches": [
+                        {"path": {"type": "PathPrefix", "value": agent_path(config.tenant, config.agent)}}
+                    ],
+                    "filters": [
+                        {
+                            "type": "URLRewrite",
+                            "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+                        }
+                    ],
+                    "backendRefs": [{"name": config.agent, "port": SERVICE_PORT}],
+                }
+            ],
+        },
+    }
 
 
 def build_agent_hpa(agent: Agent, config: AgentConfig) -> Manifest | None:
@@ -389,7 +669,11 @@ def build_agent_children(agent: Agent, config: AgentConfig, settings: BuildSetti
         build_agent_deployment(agent, config, settings),
         build_agent_service(config),
     ]
-    for optional in (build_agent_hpa(agent, config), build_agent_pdb(agent, config)):
+    for optional in (
+        build_agent_hpa(agent, config),
+        build_agent_pdb(agent, config),
+        build_agent_route(config, settings),
+    ):
         if optional is not None:
             children.append(optional)
     return children

@@ -16,21 +16,48 @@ class Cond:
     ok: bool | None
     reason: str
     message: str = ""
+    stalled: bool = False
+    """A failure that will not fix itself (a missing prompt version, a missing Secret, a container
+    that cannot start): the object is `Stalled`, not `Reconciling`."""
 
     @property
     def status(self) -> str:
         return "Unknown" if self.ok is None else str(self.ok)
 
 
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+
+def kstatus(wanted: Iterable[Cond]) -> tuple[list[Cond], set[str]]:
+    """The kstatus conditions that go with `wanted`, and the ones to remove.
+
+    `Stalled=True` when a failure will not fix itself, `Reconciling=True` while work is under way
+    or being retried; neither once everything holds. Flux's and Argo CD's health checks (kstatus)
+    then read `Failed` with the reason at once, instead of waiting for their timeout.
+    """
+    failing = [c for c in wanted if c.ok is not True]
+    stalled = next((c for c in failing if c.stalled), None)
+    if stalled is not None:
+        return [Cond(STALLED, True, stalled.reason, stalled.message)], {RECONCILING}
+    if failing:
+        first = failing[0]
+        return [Cond(RECONCILING, True, first.reason, first.message)], {STALLED}
+    return [], {RECONCILING, STALLED}
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_conditions(current: Iterable[Mapping[str, Any]], wanted: Iterable[Cond]) -> list[dict[str, Any]]:
+def merge_conditions(
+    current: Iterable[Mapping[str, Any]], wanted: Iterable[Cond], drop: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """The wanted conditions, keeping `lastTransitionTime` (and so the whole entry) when the status is
-    unchanged; conditions of other types are kept as they are."""
+    unchanged; conditions of other types are kept as they are, except those in `drop`."""
     previous = {c.get("type"): c for c in current}
-    merged: dict[str, dict[str, Any]] = {str(k): dict(v) for k, v in previous.items()}
+    dropped = set(drop)
+    merged: dict[str, dict[str, Any]] = {str(k): dict(v) for k, v in previous.items() if k not in dropped}
     for cond in wanted:
         old = previous.get(cond.type)
         entry = {"type": cond.type, "status": cond.status, "reason": cond.reason, "message": cond.message}

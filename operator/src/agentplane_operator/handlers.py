@@ -15,9 +15,10 @@ import kopf
 from redis.asyncio import Redis
 
 from agentplane_operator import reconcile
-from agentplane_operator.builders import AGENT_LABEL, MANAGED_BY
+from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, MANAGED_BY
 from agentplane_operator.kube import Kube
 from agentplane_operator.metrics import Metrics, serve
+from agentplane_operator.pods import pod_problem
 from agentplane_operator.reconcile import spec_body
 from agentplane_operator.settings import OperatorSettings
 from agentplane_operator.state import Cause, DependencyKind, Key, Operator, Views
@@ -48,6 +49,14 @@ async def _reconcile_agent_key(op: Operator, views: Views, key: Key, cause: Caus
         return
     async with op.reconciling("Agent", key[1], key[0], cause):
         await reconcile.reconcile_agent(op, body, views, **kw)
+
+
+async def _reconcile_tenant_named(op: Operator, views: Views, name: str) -> None:
+    body = await op.kube.get("Tenant", name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    async with op.reconciling("Tenant", name, "", "dependency"):
+        await reconcile.reconcile_tenant(op, body, views)
 
 
 def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
@@ -100,6 +109,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             redis=Redis.from_url(ours.redis_url.get_secret_value(), decode_responses=True),
             db=db,
             metrics=metrics,
+            build=ours.build(),
         )
         memo["http"] = await serve(metrics, ours.metrics_host, ours.metrics_port)
         logger.info(f"metrics and health on {ours.metrics_host}:{ours.metrics_port}")
@@ -197,6 +207,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         if reason != "resume":
             kind: DependencyKind = "prompt" if resource.plural == "prompts" else "tool"
             await _reconcile_dependents(op, views, kind, ns, name)
+        if resource.plural == "tools" and op.settings.key_vault_name and (tenant := tenant_of(ns)):
+            # the tenant's SecretProviderClass mounts the Key Vault secrets of its namespace's tools
+            op.soon(("tenant", tenant), 1.0, lambda: _reconcile_tenant_named(op, views, tenant))
 
     @on.event(*prompts, registry=registry, id="dependency_deleted")
     @on.event(*tools, registry=registry, id="dependency_deleted")
@@ -250,6 +263,26 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             if any(c.get("reason") == "QuotaExceeded" for c in a["status"].get("conditions") or [])
         ]
         await asyncio.gather(*(_reconcile_agent_key(op, views, key, "dependency") for key in waiting))
+
+    @on.event(
+        "",
+        "v1",
+        "pods",
+        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
+        registry=registry,
+        id="pod_changed",
+    )
+    async def pod_changed(
+        event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, **kw: Any
+    ) -> None:
+        # Why pods do not run (a missing Secret, a crashing runtime) goes into the Agent's status.
+        if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        op, key = _op(kw), (namespace or "", labels[AGENT_LABEL])
+        problem = None if event["type"] == "DELETED" else pod_problem(event["object"], CONFIG_HASH_ANNOTATION)
+        if op.record_pod(key, name, problem):
+            views = Views.of(kw)
+            op.soon(("pods", *key), 1.0, lambda: _reconcile_agent_key(op, views, key, "child"))
 
     @on.event(
         "apps",

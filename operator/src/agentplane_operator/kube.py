@@ -54,6 +54,12 @@ RESOURCES: dict[str, ResourceType] = {
     "Deployment": ResourceType("apps/v1", "deployments", namespaced=True),
     "HorizontalPodAutoscaler": ResourceType("autoscaling/v2", "horizontalpodautoscalers", namespaced=True),
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets", namespaced=True),
+    "Pod": ResourceType("v1", "pods", namespaced=True),
+    "Job": ResourceType("batch/v1", "jobs", namespaced=True),
+    "HTTPRoute": ResourceType("gateway.networking.k8s.io/v1", "httproutes", namespaced=True),
+    "SecretProviderClass": ResourceType(
+        "secrets-store.csi.x-k8s.io/v1", "secretproviderclasses", namespaced=True
+    ),
     "Tenant": ResourceType("agentplane.io/v1alpha1", "tenants", namespaced=False),
     "Agent": ResourceType("agentplane.io/v1alpha1", "agents", namespaced=True),
     "Tool": ResourceType("agentplane.io/v1alpha1", "tools", namespaced=True),

@@ -8,7 +8,9 @@ status (only the fields that changed). Failures end in a condition with a reason
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +24,16 @@ from agentplane_operator.builders import (
     MANAGED_BY,
     PROMPT_LABEL,
     agent_endpoint,
+    agent_url,
     build_agent_children,
     build_prompt_config_maps,
     build_tenant_children,
+    egress_status,
     prompt_config_map_name,
 )
-from agentplane_operator.conditions import Cond, merge_conditions, ready_reason, status_patch
+from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
 from agentplane_operator.kube import Manifest, holds
+from agentplane_operator.pods import PodProblem
 from agentplane_operator.state import Operator, Views
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, namespace_of, tenant_of
 from agentplane_platform.config import (
@@ -80,7 +85,8 @@ async def _write_status(
         ready = Cond("Ready", True, "Ready", "; ".join(c.message for c in wanted if c.message))
     else:
         ready = Cond("Ready", False, failing.reason, failing.message)
-    conditions = merge_conditions(current.get("conditions") or [], [ready, *wanted])
+    progress, drop = kstatus(wanted)
+    conditions = merge_conditions(current.get("conditions") or [], [ready, *wanted, *progress], drop)
     desired = {"observedGeneration": generation, "conditions": conditions, **extra}
     patch = status_patch(current, desired)
     if not patch:
@@ -137,15 +143,49 @@ async def _forget_quota(op: Operator, tenant: str) -> None:
         await conn.execute(delete(TenantQuota).where(TenantQuota.tenant == tenant))
 
 
+async def _platform_llm_secret(op: Operator) -> tuple[dict[str, str] | None, Cond]:
+    """The provider credentials every tenant namespace gets, and the condition saying where from."""
+    settings = op.settings
+    if settings.key_vault_name:
+        return None, Cond(
+            "CredentialsReady", True, "KeyVault",
+            f"provider credentials are synced from Key Vault {settings.key_vault_name!r} by the Secrets Store CSI driver",
+        )  # fmt: skip
+    where = f"{settings.platform_namespace}/{settings.llm_secret}"
+    secret = await op.kube.get("Secret", settings.llm_secret, settings.platform_namespace)
+    if secret is None:
+        return None, Cond(
+            "CredentialsReady", False, "LLMSecretNotFound",
+            f"Secret {where} with the LLM providers' credentials does not exist: agent pods cannot start "
+            "until it does (create it with OPENAI_API_KEY, AZURE_API_KEY, ...)",
+            stalled=True,
+        )  # fmt: skip
+    try:
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        return None, Cond(
+            "CredentialsReady", False, "LLMSecretInvalid", f"Secret {where}: {exc}", stalled=True
+        )
+    return data, Cond(
+        "CredentialsReady",
+        True,
+        "Copied",
+        f"provider credentials copied from Secret {where} ({len(data)} keys)",
+    )
+
+
 async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) -> None:
     tenant = Tenant.model_validate(spec_body(body))
-    children = build_tenant_children(tenant, op.settings.build)
+    llm_data, credentials = await _platform_llm_secret(op)
+    tools = list(views.tools_in(tenant.namespace).values())
+    children = build_tenant_children(tenant, op.settings.build(llm_secret_data=llm_data), tools)
     kopf.adopt(children, owner=_body(body))
     namespace, *rest = children
     await op.kube.apply(namespace)
     await asyncio.gather(*(op.kube.apply(child) for child in rest))
     conditions = [
-        Cond("NamespaceReady", True, "Applied", f"namespace {tenant.namespace} and its policies applied")
+        Cond("NamespaceReady", True, "Applied", f"namespace {tenant.namespace} and its policies applied"),
+        credentials,
     ]
 
     retry: str | None = None
@@ -168,7 +208,13 @@ async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) 
                 })  # fmt: skip
         bad = [k for k in knowledge if not k["ready"] and k["collection"] in declared]
         conditions.append(
-            Cond("KnowledgeReady", False, "CollectionIncompatible", "; ".join(k["message"] for k in bad))
+            Cond(
+                "KnowledgeReady",
+                False,
+                "CollectionIncompatible",
+                "; ".join(k["message"] for k in bad),
+                stalled=True,
+            )
             if bad
             else Cond("KnowledgeReady", True, "CollectionsReady", f"{len(declared)} collection(s) ready")
         )
@@ -189,9 +235,10 @@ async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) 
         retry = retry or "the quota store"
 
     agents = len(views.agents_in(tenant.namespace))
+    egress = [e.model_dump(mode="json", by_alias=True) for e in egress_status(tenant)]
     await _write_status(
         op, "Tenant", body, conditions,
-        {"namespace": tenant.namespace, "agents": agents, "knowledgeBases": knowledge},
+        {"namespace": tenant.namespace, "agents": agents, "knowledgeBases": knowledge, "egress": egress},
     )  # fmt: skip
     if retry:
         raise kopf.TemporaryError(f"{retry} unavailable; retrying", delay=15)
@@ -279,11 +326,13 @@ async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
                 False,
                 "SecretNotFound",
                 f"Secret {ref.name!r} not found in namespace {namespace}",
+                stalled=True,
             )
         elif ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
             cond = Cond(
-                "SecretResolved", False, "SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r}"
-            )
+                "SecretResolved", False, "SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r}",
+                stalled=True,
+            )  # fmt: skip
         else:
             cond = Cond("SecretResolved", True, "SecretFound", f"Secret {ref.name!r} key {ref.key!r} exists")
     elif auth is not None and auth.secret_ref.key_vault is not None:
@@ -312,7 +361,9 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
     tenant_name = tenant_of(namespace)
     tenant = views.tenant(tenant_name) if tenant_name else None
     if tenant is None:
-        why = Cond("ConfigResolved", False, "TenantNotFound", f"no Tenant owns namespace {namespace}")
+        why = Cond(
+            "ConfigResolved", False, "TenantNotFound", f"no Tenant owns namespace {namespace}", stalled=True
+        )
         return AgentPlan([why, Cond("Deployed", False, "TenantNotFound", why.message)], None, [])
     admitted = [a["metadata"]["name"] for a in views.agents_in(namespace)][: tenant.spec.quotas.max_agents]
     if name not in admitted:
@@ -320,7 +371,10 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
             f"Tenant {tenant.name!r} allows {tenant.spec.quotas.max_agents} agent(s); this one is beyond it"
         )
         return AgentPlan(
-            [Cond("ConfigResolved", False, "QuotaExceeded", message), Cond("Deployed", False, "QuotaExceeded", message)],
+            [
+                Cond("ConfigResolved", False, "QuotaExceeded", message, stalled=True),
+                Cond("Deployed", False, "QuotaExceeded", message),
+            ],
             None, [],
         )  # fmt: skip
     try:
@@ -328,12 +382,12 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
     except ResolveError as exc:
         return AgentPlan(
             [
-                Cond("ConfigResolved", False, exc.reason, exc.message),
+                Cond("ConfigResolved", False, exc.reason, exc.message, stalled=True),
                 Cond("Deployed", False, "ConfigNotResolved", "the last resolved config (if any) keeps running"),
             ],
             None, [],
         )  # fmt: skip
-    children = build_agent_children(agent, config, op.settings.build)
+    children = build_agent_children(agent, config, op.build)
     kopf.adopt(children, owner=_body(body))
     resolved = Cond(
         "ConfigResolved", True, "Resolved", f"config {config.hash()} (prompt v{config.prompt.version})"
@@ -341,7 +395,11 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
     return AgentPlan([resolved], config, children)
 
 
-def _deployment_ready(deployment: Manifest, config: AgentConfig) -> tuple[Cond, int]:
+def _deployment_ready(
+    deployment: Manifest, config: AgentConfig, problems: Sequence[PodProblem] = ()
+) -> tuple[Cond, int]:
+    """The `Deployed` condition: available, still rolling out, or not running and why (from the pods
+    of the current config, or the Deployment's progress deadline)."""
     status = deployment.get("status") or {}
     want = int((deployment.get("spec") or {}).get("replicas") or 0)
     generation = int(deployment["metadata"].get("generation") or 0)
@@ -353,6 +411,21 @@ def _deployment_ready(deployment: Manifest, config: AgentConfig) -> tuple[Cond, 
     if int(status.get("observedGeneration") or 0) < generation:
         return waiting, 0
     if updated < want or available < want or total > updated:
+        current = [p for p in problems if p.config_hash == config.hash()]
+        stuck = next((p for p in current if p.stalled), None) or next(iter(current), None)
+        if stuck is not None:
+            return Cond("Deployed", False, stuck.reason, stuck.describe(), stalled=stuck.stalled), min(
+                updated, available
+            )
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "Progressing"
+                and condition.get("reason") == "ProgressDeadlineExceeded"
+            ):
+                message = str(condition.get("message") or "the rollout exceeded its progress deadline")
+                return Cond("Deployed", False, "ProgressDeadlineExceeded", message, stalled=True), min(
+                    updated, available
+                )
         return waiting, min(updated, available)
     return Cond(
         "Deployed", True, "Available", f"{available}/{want} pods available with config {config.hash()}"
@@ -381,10 +454,11 @@ async def reconcile_agent(
                     stale = await op.kube.get(kind, name, namespace)
                     if stale is not None and stale["metadata"].get("labels", {}).get(AGENT_LABEL) == name:
                         await op.kube.delete(kind, name, namespace)
-        deployed, replicas = _deployment_ready(live, plan.config)
+        deployed, replicas = _deployment_ready(live, plan.config, op.pod_problems_of(namespace, name))
         conditions.append(deployed)
         extra = {
             "endpoint": agent_endpoint(plan.config),
+            "url": agent_url(plan.config, op.build),
             "configHash": plan.config.hash(),
             "replicas": replicas,
         }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agentplane_operator.builders import BuildSettings
+from agentplane_operator.builders import BuildSettings, EgressTarget, Gateway, KeyVault
+from agentplane_platform.contract import LLM_SECRET, RuntimeStores
 
 
 class OperatorSettings(BaseSettings):
@@ -20,8 +22,6 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: str = "IfNotPresent"
     platform_namespace: str = "agentplane-system"
     """Namespace of the platform services that tenant pods may reach."""
-    runtime_secret: str = "agentplane-runtime"
-    """Secret (in each tenant namespace) holding the runtime's credentials, mounted as environment."""
 
     redis_url: SecretStr
     """Redis where the runtime enforces quotas; the operator writes each tenant's limits there."""
@@ -32,6 +32,46 @@ class OperatorSettings(BaseSettings):
     qdrant_api_key: SecretStr | None = None
     qdrant_path: Path | None = None
     """Qdrant local mode (embedded, single process) instead of a server: for tests and experiments."""
+
+    # What agent pods get, in the runtime Secret the operator keeps in every tenant namespace.
+    runtime_database_url: SecretStr | None = None
+    """The database agent pods use (default: `database_url`)."""
+    runtime_redis_url: SecretStr | None = None
+    """The Redis agent pods use (default: `redis_url`)."""
+    runtime_qdrant_url: str | None = None
+    """The Qdrant server agent pods use (default: `qdrant_url`)."""
+    runtime_qdrant_path: str | None = None
+    """Qdrant local mode inside each agent pod instead of a server — ephemeral and per pod: only for
+    clusters without a Qdrant server (the tests' real node)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP collector agent pods export traces to (`OTEL_EXPORTER_OTLP_ENDPOINT`)."""
+    platform_egress: list[EgressTarget] = Field(default_factory=list)
+    """CIDRs and ports every tenant's pods may reach: the stores (PostgreSQL, Redis), the LLM
+    providers' endpoints, a collector outside the cluster. JSON: `[{"cidr": "10.0.2.0/24", "ports": [5432]}]`."""
+    llm_secret: str = LLM_SECRET
+    """Without Key Vault: the Secret in `platform_namespace` with the LLM provider credentials
+    (`OPENAI_API_KEY`, ...), copied into every tenant namespace."""
+    key_vault_name: str | None = None
+    """With Key Vault (Azure): agent pods read provider credentials and tools' secrets from it through
+    the Secrets Store CSI driver and workload identity."""
+    key_vault_tenant_id: str | None = None
+    runtime_client_id: str | None = None
+    """Client id of the runtime's user-assigned identity (federated with each tenant's agent service account)."""
+    provider_secrets: dict[str, str] = Field(default_factory=dict)
+    """Provider setting -> Key Vault secret name, e.g. `{"OPENAI_API_KEY": "llm-openai-api-key"}`."""
+    gateway_name: str | None = None
+    """The Gateway API Gateway every agent gets an HTTPRoute on (none: no routes)."""
+    gateway_namespace: str = "agentplane-gateway"
+    gateway_url: str | None = None
+    """The gateway's public base URL, shown as each Agent's `status.url`."""
+    ingress_namespaces: list[str] = Field(default_factory=list)
+    """More namespaces whose pods may call agents (the gateway's is always allowed)."""
+    monitoring_namespace: str | None = "monitoring"
+    """Namespace of Prometheus, allowed to the agents' metrics port."""
+    agent_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node selector of agent pods (a node pool for agents)."""
+    agent_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations of agent pods."""
 
     resync_seconds: float = Field(default=300.0, gt=0)
     """How often every object is reconciled again, repairing drift of its children."""
@@ -54,18 +94,65 @@ class OperatorSettings(BaseSettings):
     """Most objects reconciled at once (kopf's batching worker limit); none by default."""
 
     @model_validator(mode="after")
-    def _one_qdrant(self) -> OperatorSettings:
+    def _coherent(self) -> OperatorSettings:
         if bool(self.qdrant_url) == (self.qdrant_path is not None):
             raise ValueError(
                 "set exactly one of AGENTPLANE_OPERATOR_QDRANT_URL and AGENTPLANE_OPERATOR_QDRANT_PATH"
             )
+        if bool(self.runtime_qdrant_url or self.qdrant_url) == bool(self.runtime_qdrant_path):
+            raise ValueError(
+                "agent pods need one Qdrant: set AGENTPLANE_OPERATOR_RUNTIME_QDRANT_URL (or "
+                "AGENTPLANE_OPERATOR_QDRANT_URL), or AGENTPLANE_OPERATOR_RUNTIME_QDRANT_PATH for local mode "
+                "inside each pod — not both"
+            )
+        vault = (self.key_vault_name, self.key_vault_tenant_id, self.runtime_client_id)
+        if any(vault) and not all(vault):
+            raise ValueError(
+                "Key Vault needs AGENTPLANE_OPERATOR_KEY_VAULT_NAME, _KEY_VAULT_TENANT_ID and "
+                "_RUNTIME_CLIENT_ID together"
+            )
+        if bool(self.gateway_name) != bool(self.gateway_url):
+            raise ValueError("set AGENTPLANE_OPERATOR_GATEWAY_NAME and _GATEWAY_URL together")
         return self
 
-    @property
-    def build(self) -> BuildSettings:
+    def runtime_stores(self) -> RuntimeStores:
+        """What agent pods get in the runtime Secret."""
+        database = self.runtime_database_url or self.database_url
+        redis = self.runtime_redis_url or self.redis_url
+        key = self.qdrant_api_key.get_secret_value() if self.qdrant_api_key else None
+        return RuntimeStores(
+            database_url=database.get_secret_value(),
+            redis_url=redis.get_secret_value(),
+            qdrant_url=None if self.runtime_qdrant_path else (self.runtime_qdrant_url or self.qdrant_url),
+            qdrant_api_key=None if self.runtime_qdrant_path else key,
+            qdrant_path=self.runtime_qdrant_path,
+            otlp_endpoint=self.otlp_endpoint,
+        )
+
+    def build(self, *, llm_secret_data: dict[str, str] | None = None) -> BuildSettings:
+        """The builders' settings; `llm_secret_data`: the platform's LLM Secret, read by the reconciler."""
+        vault = None
+        if self.key_vault_name and self.key_vault_tenant_id and self.runtime_client_id:
+            vault = KeyVault(
+                name=self.key_vault_name,
+                tenant_id=self.key_vault_tenant_id,
+                client_id=self.runtime_client_id,
+                provider_secrets=self.provider_secrets,
+            )
+        gateway = None
+        if self.gateway_name and self.gateway_url:
+            gateway = Gateway(name=self.gateway_name, namespace=self.gateway_namespace, url=self.gateway_url)
         return BuildSettings(
+            stores=self.runtime_stores(),
             runtime_image=self.runtime_image,
             image_pull_policy=self.image_pull_policy,
             platform_namespace=self.platform_namespace,
-            runtime_secret=self.runtime_secret,
+            platform_egress=tuple(self.platform_egress),
+            llm_secret_data=None if vault else llm_secret_data,
+            key_vault=vault,
+            gateway=gateway,
+            ingress_namespaces=tuple(self.ingress_namespaces),
+            monitoring_namespace=self.monitoring_namespace,
+            node_selector=self.agent_node_selector,
+            tolerations=tuple(self.agent_tolerations),
         )

@@ -14,8 +14,10 @@ from typing import Any, Literal, TypeVar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentplane_operator.builders import BuildSettings
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics
+from agentplane_operator.pods import PodProblem
 from agentplane_operator.settings import OperatorSettings
 from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool
 from agentplane_platform.knowledge import VectorStore
@@ -39,9 +41,13 @@ class Operator:
     redis: Redis
     db: AsyncEngine
     metrics: Metrics
+    build: BuildSettings
+    """The builders' settings for Agents (a Tenant's add the platform's LLM Secret, read per reconcile)."""
     locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
+    pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
+    """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     _pending: set[Hashable] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -62,6 +68,22 @@ class Operator:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
+        """Note a pod's problem (None: it has none, or is gone); whether that changed anything."""
+        pods = self.pod_problems.setdefault(key, {})
+        if pods.get(pod) == problem:
+            return False
+        if problem is None:
+            pods.pop(pod, None)
+            if not pods:
+                del self.pod_problems[key]
+        else:
+            pods[pod] = problem
+        return True
+
+    def pod_problems_of(self, namespace: str, agent: str) -> list[PodProblem]:
+        return sorted(self.pod_problems.get((namespace, agent), {}).values(), key=lambda p: p.pod)
 
     @asynccontextmanager
     async def reconciling(self, kind: str, name: str, namespace: str, cause: Cause) -> AsyncIterator[None]:

@@ -30,6 +30,7 @@ from .prompt import Prompt, PromptSpec, PromptStatus, PromptVariable, PromptVers
 from .tenant import (
     ComputeQuota,
     EgressRule,
+    EgressStatus,
     KnowledgeBase,
     KnowledgeBaseStatus,
     LlmQuota,
@@ -78,6 +79,7 @@ __all__ = [
     "ComputeQuota",
     "Condition",
     "EgressRule",
+    "EgressStatus",
     "HttpTool",
     "KeyVaultSecretRef",
     "KnowledgeBase",

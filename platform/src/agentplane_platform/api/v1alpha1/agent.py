@@ -191,6 +191,9 @@ class AgentStatus(Status):
 
     endpoint: str | None = None
     """In-cluster base URL of the agent's OpenAI-compatible API."""
+    url: str | None = None
+    """Base URL of the agent's API from outside the cluster, through the platform's gateway (set when
+    the platform has one)."""
     config_hash: str | None = None
     """Hash of the resolved configuration the running pods serve."""
     replicas: int | None = None
@@ -211,6 +214,7 @@ class Agent(Resource):
         PrinterColumn(name="Version", type="integer", json_path=".spec.prompt.version"),
         READY_COLUMN,
         REASON_COLUMN,
+        PrinterColumn(name="URL", type="string", json_path=".status.url"),
         PrinterColumn(name="Endpoint", type="string", json_path=".status.endpoint", priority=1),
         AGE_COLUMN,
     )

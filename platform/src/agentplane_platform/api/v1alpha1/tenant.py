@@ -155,6 +155,20 @@ class KnowledgeBaseStatus(ApiModel):
     message: str = ""
 
 
+class EgressStatus(ApiModel):
+    """How one declared egress rule is enforced."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    destination: str
+    """The rule's host or CIDR."""
+    ports: list[int] = Field(default_factory=list, max_length=16)
+    enforced_by: Literal["network", "runtime"]
+    """`network`: a NetworkPolicy ipBlock admits only this range. `runtime`: NetworkPolicy cannot
+    name hosts, so the rule's ports are open to every destination at the network level and the
+    runtime's egress allowlist (tools' URLs checked against the declared hosts) is the gate."""
+
+
 class TenantStatus(Status):
     """Observed state of a tenant."""
 
@@ -164,6 +178,8 @@ class TenantStatus(Status):
     """Number of Agents in the tenant's namespace."""
     knowledge_bases: list[KnowledgeBaseStatus] = Field(default_factory=list, max_length=64)
     """State of each knowledge base's collection."""
+    egress: list[EgressStatus] = Field(default_factory=list, max_length=64)
+    """How each declared egress rule is enforced (by the network, or only by the runtime)."""
 
 
 class Tenant(Resource):

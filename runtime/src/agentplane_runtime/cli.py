@@ -1,8 +1,10 @@
-"""`agentplane-runtime --config /etc/agentplane/agent.json [--host H] [--port P]`."""
+"""`agentplane-runtime --config /etc/agentplane/agent.json [--host H] [--port P]`: serve one agent;
+`agentplane-runtime knowledge-sync --source SRC`: ingest a spec tree's Git-kept knowledge."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from agentplane_platform.contract import HTTP_PORT
@@ -10,6 +12,11 @@ from agentplane_runtime.core.config import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given[:1] == ["knowledge-sync"]:
+        from agentplane_runtime.knowledge_sync import main as knowledge_sync
+
+        raise SystemExit(knowledge_sync(args_given[1:]))
     parser = argparse.ArgumentParser(
         prog="agentplane-runtime", description="Serve one agent (OpenAI-compatible API)"
     )
@@ -19,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="serve /metrics on this port alone (default: beside the API)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_given)
     given = {"config": args.config, "host": args.host, "port": args.port, "metrics_port": args.metrics_port}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -28,30 +27,23 @@ from sqlalchemy import select
 from agentplane_platform.api.v1alpha1 import Tenant
 from agentplane_platform.config import (
     AgentConfig,
-    ResolvedKnowledge,
     ResolveError,
-    collection_name,
     resolve_agent,
 )
 from agentplane_platform.db.models import ApiKey
 from agentplane_platform.keys import create_api_key, split_key
-from agentplane_platform.knowledge import CollectionSpec, ensure_collection
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_platform.specs import Report, validate_paths
 from agentplane_runtime.agents import AgentRegistry
 from agentplane_runtime.core.config import Settings
-from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
 from agentplane_runtime.embeddings import ModelEmbedder
+from agentplane_runtime.knowledge_sync import SyncResult, sync_knowledge
 from agentplane_runtime.llm import has_credentials
 from agentplane_runtime.quotas import StaticLimits
 from agentplane_runtime.services import Runtime
 from agentplane_runtime.terminal import KEYS_FILE
 
 log = logging.getLogger("agentplane.up")
-
-MANIFEST_FILE = "knowledge.json"
-_OWNER = "agentplane-up"
-_KINDS = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 
 
 AgentKey = tuple[str, str]
@@ -162,108 +154,10 @@ async def tenant_keys(runtime: Runtime, state: Path, tenants: list[str]) -> dict
 # -- knowledge --------------------------------------------------------------------------------
 
 
-@dataclass
-class IngestResult:
-    added: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: list[str] = field(default_factory=list)
-
-
-def _knowledge_files(specs: Path, tenant: str, kb: str) -> list[Path]:
-    folder = specs / "tenants" / tenant / "knowledge" / kb
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _KINDS)
-
-
-async def ingest_knowledge(
-    runtime: Runtime,
-    specs: Path,
-    state: Path,
-    tenants: dict[str, Tenant],
-    progress: Callable[[str], None],
-) -> IngestResult:
-    """Ingest `specs/tenants/<tenant>/knowledge/<kb>/` into the tenant's knowledge bases, only the
-    files whose content hash changed since the last start; files that are gone are deleted."""
-    path = state / MANIFEST_FILE
-    manifest: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    result = IngestResult()
-    seen: set[str] = set()
-    jobs: list[tuple[str, ResolvedKnowledge, Path, str]] = []
-    bases: dict[str, ResolvedKnowledge] = {}
-    for tenant_name, tenant in sorted(tenants.items()):
-        for base in tenant.spec.knowledge_bases:
-            kb = ResolvedKnowledge(
-                name=base.name,
-                collection=collection_name(tenant_name, base.name),
-                embedding_model=base.embedding_model,
-                dimensions=base.dimensions,
-                distance=base.distance,
-                top_k=5,
-                min_score=0.0,
-            )
-            bases[f"{tenant_name}/{base.name}"] = kb
-            files = _knowledge_files(specs, tenant_name, base.name)
-            if files:
-                await ensure_collection(runtime.vectors, CollectionSpec.of(tenant_name, base))
-            for file in files:
-                jobs.append(
-                    (tenant_name, kb, file, file.relative_to(specs / "tenants" / tenant_name).as_posix())
-                )
-    total = len(jobs)
-    for n, (tenant_name, kb, file, relative) in enumerate(jobs, 1):
-        key = f"{tenant_name}/{relative}"
-        seen.add(key)
-        data = file.read_bytes()
-        # the embedding mode is part of the record: installing the dense extra re-embeds the files
-        digest = f"{hashlib.sha256(data).hexdigest()} {embedding_mode(runtime, kb.embedding_model)}"
-        if manifest.get(key) == digest:
-            result.unchanged += 1
-            continue
-        progress(_bar(n, total, key))
-        try:
-            text = extract_text(data, detect_kind(file.name, None))
-        except DocumentError as exc:
-            result.failed.append(f"{file}: {exc}")
-            continue
-        await runtime.knowledge.add_document(
-            tenant_name,
-            kb,
-            chunk_text(text),
-            source=relative,
-            owner=_OWNER,
-            visibility="org",
-            shared_with=[],
-            doc_id=_doc_id(key),
-        )
-        manifest[key] = digest
-        result.added += 1
-    for key in sorted(set(manifest) - seen):
-        tenant_name, _, relative = key.partition("/")
-        kb_name = relative.split("/")[1] if relative.count("/") >= 2 else ""
-        gone = bases.get(f"{tenant_name}/{kb_name}")
-        if gone is not None:
-            await runtime.knowledge.delete_document(tenant_name, gone, _doc_id(key))
-        del manifest[key]
-        result.removed += 1
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return result
-
-
 def embedding_mode(runtime: Runtime, model: str) -> str:
     """`dense` or `keyword`: how knowledge bases of `model` are embedded by this runtime."""
     embedder = runtime.knowledge.embedder
     return embedder.mode(model) if isinstance(embedder, ModelEmbedder) else "dense"
-
-
-def _doc_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _bar(n: int, total: int, what: str, width: int = 24) -> str:
-    done = width * n // max(total, 1)
-    return f"  knowledge [{'#' * done}{'.' * (width - done)}] {n}/{total} {what}"
 
 
 # -- the banner -------------------------------------------------------------------------------
@@ -400,12 +294,20 @@ class LocalPlatform:
         return f"keyword only ({model} has no provider credentials here)"
 
     async def _sync_knowledge(self, runtime: Runtime, *, quiet_when_unchanged: bool) -> None:
-        ingested = await ingest_knowledge(
-            runtime, self.specs, self.settings.state_dir, self.loaded.tenants, self.say
+        """The same incremental sync as the cluster's knowledge-sync Job (`knowledge_sync`)."""
+        results = await sync_knowledge(
+            runtime.knowledge,
+            self.specs / "tenants",
+            self.loaded.tenants,
+            mode=lambda model: embedding_mode(runtime, model),
+            progress=self.say,
         )
-        if not quiet_when_unchanged or ingested.added or ingested.removed or ingested.failed:
+        ingested = SyncResult()
+        for result in results.values():
+            ingested.add(result)
+        if not quiet_when_unchanged or ingested.ingested or ingested.removed or ingested.failed:
             self.say(
-                f"knowledge: {ingested.added} ingested, {ingested.unchanged} unchanged, {ingested.removed} removed"
+                f"knowledge: {ingested.ingested} ingested, {ingested.unchanged} unchanged, {ingested.removed} removed"
             )
         for failure in ingested.failed:
             self.say(f"knowledge: skipped {failure}")

@@ -14,6 +14,7 @@ import math
 import re
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -211,7 +212,10 @@ class KnowledgeService:
         visibility: Visibility,
         shared_with: list[str],
         doc_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> DocumentInfo:
+        """Store a document's chunks (replacing an earlier version of `doc_id`); `extra` payload
+        fields go on every chunk."""
         doc_id = doc_id or uuid.uuid4().hex
         created_at = datetime.now(UTC).isoformat()
         dense = await self._dense_or_none(kb, [c.text for c in chunks]) if chunks else None
@@ -236,6 +240,7 @@ class KnowledgeService:
                         "chunks": len(chunks),
                         "section": chunk.section,
                         "text": chunk.text,
+                        **(extra or {}),
                     },
                 )
             )

@@ -17,8 +17,10 @@ from agentplane_operator.builders import (
     KeyVault,
     build_agent_children,
     build_agent_deployment,
+    build_knowledge_sync,
     build_tenant_children,
     egress_status,
+    knowledge_sync_job_name,
 )
 from agentplane_platform.api.v1alpha1 import Agent
 from agentplane_platform.config import AgentConfig, resolve_agent
@@ -273,3 +275,22 @@ def test_changed_stores_roll_the_pods(specs: SpecSet) -> None:
     annotations = [d["spec"]["template"]["metadata"]["annotations"] for d in (before, after)]
     assert annotations[0][STORES_HASH_ANNOTATION] != annotations[1][STORES_HASH_ANNOTATION]
     assert annotations[0][CONFIG_HASH_ANNOTATION] == annotations[1][CONFIG_HASH_ANNOTATION]
+
+
+def test_a_revision_syncs_knowledge_in_a_job_of_the_runtime_image() -> None:
+    revision = "main@sha1:0123456789abcdef"
+    url = "http://source-controller.flux-system.svc.cluster.local./gitrepository/flux-system/agentplane/abc.tar.gz"
+    secret, account, job = build_knowledge_sync(SETTINGS, revision=revision, url=url, specs_dir="specs")
+    assert (secret["kind"], secret["metadata"]["namespace"], set(_decoded(secret))) == (
+        "Secret", "agentplane-system", set(STORES.secret_data()))  # fmt: skip
+    assert account["metadata"]["name"] == job["spec"]["template"]["spec"]["serviceAccountName"]
+    assert job["metadata"]["name"] == knowledge_sync_job_name(revision)
+    assert job["metadata"]["name"] != knowledge_sync_job_name("main@sha1:fedcba")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == SETTINGS.runtime_image
+    assert container["args"] == ["knowledge-sync", "--source", url, "--specs-dir", "specs"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    with_vault = build_knowledge_sync(
+        SETTINGS.model_copy(update={"key_vault": VAULT}), revision=revision, url=url, specs_dir="specs"
+    )
+    assert [c["kind"] for c in with_vault] == ["Secret", "ServiceAccount", "SecretProviderClass", "Job"]

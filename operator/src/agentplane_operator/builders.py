@@ -711,3 +711,145 @@ def build_prompt_config_maps(prompt: Prompt) -> list[Manifest]:
             }
         )
     return maps
+
+
+# --- Git-kept knowledge -------------------------------------------------------------------------
+
+KNOWLEDGE_SYNC_LABEL = f"{GROUP}/knowledge-sync"
+REVISION_ANNOTATION = f"{GROUP}/revision"
+KNOWLEDGE_SERVICE_ACCOUNT = "agentplane-knowledge"
+"""Service account of the knowledge-sync Jobs in the platform namespace (federated with the
+runtime's Azure identity, like the tenants' agent service accounts)."""
+
+
+def knowledge_sync_job_name(revision: str) -> str:
+    return f"knowledge-sync-{hashlib.sha256(revision.encode()).hexdigest()[:12]}"
+
+
+def _platform_meta(settings: BuildSettings, name: str, **labels: str) -> Manifest:
+    return {"name": name, "namespace": settings.platform_namespace, "labels": {**MANAGED_BY, **labels}}
+
+
+def build_knowledge_sync(
+    settings: BuildSettings, *, revision: str, url: str, specs_dir: str
+) -> list[Manifest]:
+    """What syncs one GitOps revision's knowledge: the runtime's stores and identity in the platform
+    namespace, and a Job of the runtime image running `knowledge-sync` on the revision's artifact.
+
+    The Job runs in the platform namespace, not in the tenants': the artifact holds every tenant's
+    files, and only the platform may read them all.
+    """
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _platform_meta(settings, RUNTIME_SECRET),
+        "type": "Opaque",
+        "data": {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in sorted(settings.stores.secret_data().items())
+        },
+    }
+    account: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _platform_meta(settings, KNOWLEDGE_SERVICE_ACCOUNT),
+        "automountServiceAccountToken": False,
+    }
+    children = [secret, account]
+    labels = {**MANAGED_BY, KNOWLEDGE_SYNC_LABEL: "true"}
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": TMP_DIR}]
+    vault = settings.key_vault
+    if vault is not None:
+        account["metadata"]["annotations"] = {WORKLOAD_IDENTITY_CLIENT_ID: vault.client_id}
+        labels[WORKLOAD_IDENTITY_USE] = "true"
+        objects = "array:\n" + "".join(
+            f"  - |\n    objectName: {secret_name}\n    objectType: secret\n    objectAlias: {alias}\n"
+            for alias, secret_name in sorted(vault.provider_secrets.items())
+        )
+        children.append(
+            {
+                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+                "kind": "SecretProviderClass",
+                "metadata": _platform_meta(settings, KNOWLEDGE_SERVICE_ACCOUNT),
+                "spec": {
+                    "provider": "azure",
+                    "parameters": {
+                        "usePodIdentity": "false",
+                        "clientID": vault.client_id,
+                        "keyvaultName": vault.name,
+                        "tenantId": vault.tenant_id,
+                        "objects": objects,
+                    },
+                    "secretObjects": [
+                        {
+                            "secretName": LLM_SECRET,
+                            "type": "Opaque",
+                            "data": [{"objectName": a, "key": a} for a in sorted(vault.provider_secrets)],
+                        }
+                    ],
+                },
+            }
+        )
+        volumes.append(
+            {
+                "name": "key-vault",
+                "csi": {
+                    "driver": "secrets-store.csi.k8s.io",
+                    "readOnly": True,
+                    "volumeAttributes": {"secretProviderClass": KNOWLEDGE_SERVICE_ACCOUNT},
+                },
+            }
+        )
+        mounts.append({"name": "key-vault", "mountPath": KEYVAULT_DIR, "readOnly": True})
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": KNOWLEDGE_SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "fsGroup": RUNTIME_UID},
+        "containers": [
+            {
+                "name": "knowledge-sync",
+                "image": settings.runtime_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "args": ["knowledge-sync", "--source", url, "--specs-dir", specs_dir],
+                "envFrom": [
+                    {"secretRef": {"name": RUNTIME_SECRET, "optional": False}},
+                    {"secretRef": {"name": LLM_SECRET, "optional": False}},
+                ],
+                "env": [{"name": ENV_OTEL_SERVICE_NAME, "value": "agentplane-knowledge-sync"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": RUNTIME_UID,
+                    "runAsGroup": RUNTIME_UID,
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.tolerations]
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **_platform_meta(settings, knowledge_sync_job_name(revision), **{KNOWLEDGE_SYNC_LABEL: "true"}),
+            "annotations": {REVISION_ANNOTATION: revision},
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": 1800,
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+    return [*children, job]

@@ -15,7 +15,7 @@ import kopf
 from redis.asyncio import Redis
 
 from agentplane_operator import reconcile
-from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, MANAGED_BY
+from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
 from agentplane_operator.kube import Kube
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
@@ -301,5 +301,36 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         deployment = dict(event["object"]) if event["type"] != "DELETED" else None
         key = (namespace or "", labels[AGENT_LABEL])
         await _reconcile_agent_key(_op(kw), Views.of(kw), key, "child", deployment=deployment)
+
+    # --- Git-kept knowledge: each GitOps revision syncs the tenants' knowledge ----------------------
+
+    if settings.gitops_source:
+        source_namespace, source_name = settings.gitops_source.split("/")
+
+        @on.event(
+            "source.toolkit.fluxcd.io", "v1", "gitrepositories", field="metadata.name", value=source_name,
+            registry=registry, id="gitops_source",
+        )  # fmt: skip
+        async def gitops_source(event: kopf.RawEvent, namespace: str | None, **kw: Any) -> None:
+            if namespace != source_namespace or event["type"] not in ("ADDED", "MODIFIED"):
+                return
+            op = _op(kw)
+            async with op.reconciling("GitRepository", source_name, source_namespace, "event"):
+                await reconcile.sync_knowledge(op, event["object"], Views.of(kw))
+
+        @on.event(
+            "batch",
+            "v1",
+            "jobs",
+            labels={**MANAGED_BY, KNOWLEDGE_SYNC_LABEL: "true"},
+            registry=registry,
+            id="knowledge_job",
+        )
+        async def knowledge_job(event: kopf.RawEvent, name: str, namespace: str | None, **kw: Any) -> None:
+            if event["type"] not in ("ADDED", "MODIFIED"):
+                return
+            op = _op(kw)
+            async with op.reconciling("Job", name, namespace or "", "child"):
+                await reconcile.knowledge_sync_finished(op, event["object"], Views.of(kw))
 
     return registry

@@ -56,6 +56,7 @@ RESOURCES: dict[str, ResourceType] = {
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets", namespaced=True),
     "Pod": ResourceType("v1", "pods", namespaced=True),
     "Job": ResourceType("batch/v1", "jobs", namespaced=True),
+    "GitRepository": ResourceType("source.toolkit.fluxcd.io/v1", "gitrepositories", namespaced=True),
     "HTTPRoute": ResourceType("gateway.networking.k8s.io/v1", "httproutes", namespaced=True),
     "SecretProviderClass": ResourceType(
         "secrets-store.csi.x-k8s.io/v1", "secretproviderclasses", namespaced=True

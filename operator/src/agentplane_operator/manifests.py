@@ -49,6 +49,9 @@ RULES: list[Manifest] = [
     _rule("secrets-store.csi.x-k8s.io", ["secretproviderclasses"], _WRITE),
     # Why agent pods do not run (waiting reasons, termination messages) goes into Agent status.
     _rule("", ["pods"], ["list", "watch"]),
+    # Git-kept knowledge: each revision of the Flux source starts a knowledge-sync Job.
+    _rule("source.toolkit.fluxcd.io", ["gitrepositories"], ["get", "list", "watch"]),
+    _rule("batch", ["jobs"], ["get", "create", "patch", "list", "watch"]),
     # Each tenant namespace's runtime and LLM Secrets are written; tools' secret references are
     # checked to exist. Secrets are never listed or watched.
     _rule("", ["secrets"], _WRITE),

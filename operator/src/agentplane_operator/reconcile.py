@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +25,15 @@ from agentplane_operator.builders import (
     AGENT_LABEL,
     MANAGED_BY,
     PROMPT_LABEL,
+    REVISION_ANNOTATION,
     agent_endpoint,
     agent_url,
     build_agent_children,
+    build_knowledge_sync,
     build_prompt_config_maps,
     build_tenant_children,
     egress_status,
+    knowledge_sync_job_name,
     prompt_config_map_name,
 )
 from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
@@ -47,6 +52,8 @@ from agentplane_platform.config import (
 from agentplane_platform.db import TenantQuota
 from agentplane_platform.knowledge import CollectionSpec, delete_collection, ensure_collection
 from agentplane_platform.quotas import QuotaLimits
+
+log = logging.getLogger("agentplane.operator")
 
 
 def _meta(body: Mapping[str, Any]) -> tuple[str, str, int]:
@@ -463,3 +470,86 @@ async def reconcile_agent(
             "replicas": replicas,
         }
     await _write_status(op, "Agent", body, conditions, extra)
+
+
+# --- Git-kept knowledge -----------------------------------------------------------------------
+
+
+async def _set_knowledge_sync(op: Operator, views: Views, status_of: dict[str, dict[str, Any]]) -> None:
+    """Write `status.knowledgeSync` of the Tenants in `status_of` where it differs, with an Event."""
+    for name, wanted in sorted(status_of.items()):
+        body = await op.kube.get("Tenant", name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        if (body.get("status") or {}).get("knowledgeSync") == wanted:
+            continue
+        await op.kube.patch_status("Tenant", name, None, {"knowledgeSync": wanted})
+        if wanted["state"] != "Running":
+            ok = wanted["state"] == "Succeeded" and not wanted["failed"]
+            kopf.event(
+                _body(body), type="Normal" if ok else "Warning", reason=f"KnowledgeSync{wanted['state']}",
+                message=wanted["message"],
+            )  # fmt: skip
+
+
+def _tenants_with_knowledge(views: Views) -> list[str]:
+    return sorted(name for name, found in views.tenants.items() for t in found if t.spec.knowledge_bases)
+
+
+async def sync_knowledge(op: Operator, source: Mapping[str, Any], views: Views) -> None:
+    """A GitOps revision arrived: start the Job that syncs its knowledge (once per revision)."""
+    artifact = (source.get("status") or {}).get("artifact") or {}
+    revision, url = artifact.get("revision"), artifact.get("url")
+    if not revision or not url:
+        return
+    job = knowledge_sync_job_name(str(revision))
+    if await op.kube.get("Job", job, op.settings.platform_namespace) is not None:
+        return  # this revision's Job exists (running, or done and reported)
+    for child in build_knowledge_sync(
+        op.build, revision=str(revision), url=str(url), specs_dir=op.settings.gitops_specs_dir
+    ):
+        await op.kube.apply(child)
+    running = {"revision": revision, "state": "Running", "job": job, "message": f"Job {job} started"}
+    await _set_knowledge_sync(
+        op, views, {name: {**running, "ingested": 0, "unchanged": 0, "removed": 0, "failed": []}
+                    for name in _tenants_with_knowledge(views)}
+    )  # fmt: skip
+
+
+async def knowledge_sync_finished(op: Operator, job: Mapping[str, Any], views: Views) -> None:
+    """A knowledge-sync Job ended: each Tenant's part of its summary goes into the Tenant's status."""
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Complete" not in conditions and "Failed" not in conditions:
+        return
+    meta = job["metadata"]
+    revision = (meta.get("annotations") or {}).get(REVISION_ANNOTATION, "")
+    pods = await op.kube.list("Pod", meta["namespace"], labels={"job-name": meta["name"]})
+    said = ""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            said = str(((container.get("state") or {}).get("terminated") or {}).get("message") or said)
+    try:
+        summary = json.loads(said)
+    except ValueError:
+        summary = None
+    reported = summary.get("tenants", {}) if isinstance(summary, dict) else {}
+    failed_job = "Failed" in conditions
+    wanted: dict[str, dict[str, Any]] = {}
+    for name in _tenants_with_knowledge(views):
+        part = reported.get(name) or {}
+        counts = {k: int(part.get(k) or 0) for k in ("ingested", "unchanged", "removed")}
+        failures = [str(f) for f in part.get("failed") or []][:64]
+        if failed_job or not part:
+            reason = said.strip()[-500:] or str(conditions.get("Failed", {}).get("message", "no summary"))
+            message = f"Job {meta['name']} failed: {reason}"
+            state = "Failed"
+        else:
+            message = (
+                f"{counts['ingested']} ingested, {counts['unchanged']} unchanged, {counts['removed']} removed"
+                + (f", {len(failures)} failed" if failures else "")
+            )
+            state = "Succeeded"
+        wanted[name] = {"revision": revision, "state": state, "job": meta["name"], "message": message,
+                        "failed": failures, **counts}  # fmt: skip
+    await _set_knowledge_sync(op, views, wanted)

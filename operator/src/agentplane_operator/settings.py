@@ -72,6 +72,11 @@ class OperatorSettings(BaseSettings):
     """Node selector of agent pods (a node pool for agents)."""
     agent_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations of agent pods."""
+    gitops_source: str | None = None
+    """`<namespace>/<name>` of the Flux GitRepository holding the specs: each new artifact revision
+    syncs the tenants' Git-kept knowledge (a Job of the runtime image). Unset: no sync."""
+    gitops_specs_dir: str = "specs"
+    """Where `tenants/` is inside that repository."""
 
     resync_seconds: float = Field(default=300.0, gt=0)
     """How often every object is reconciled again, repairing drift of its children."""
@@ -110,6 +115,10 @@ class OperatorSettings(BaseSettings):
             raise ValueError(
                 "Key Vault needs AGENTPLANE_OPERATOR_KEY_VAULT_NAME, _KEY_VAULT_TENANT_ID and "
                 "_RUNTIME_CLIENT_ID together"
+            )
+        if self.gitops_source is not None and self.gitops_source.count("/") != 1:
+            raise ValueError(
+                "AGENTPLANE_OPERATOR_GITOPS_SOURCE is <namespace>/<name> of a Flux GitRepository"
             )
         if bool(self.gateway_name) != bool(self.gateway_url):
             raise ValueError("set AGENTPLANE_OPERATOR_GATEWAY_NAME and _GATEWAY_URL together")

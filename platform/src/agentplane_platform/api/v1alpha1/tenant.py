@@ -169,6 +169,26 @@ class EgressStatus(ApiModel):
     runtime's egress allowlist (tools' URLs checked against the declared hosts) is the gate."""
 
 
+class KnowledgeSyncStatus(ApiModel):
+    """The last sync of the tenant's Git-kept knowledge (`knowledge/` beside its specs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    revision: str
+    """The GitOps revision (Flux artifact) that was synced."""
+    state: Literal["Running", "Succeeded", "Failed"]
+    ingested: int = 0
+    """Documents (re-)embedded because they are new or changed."""
+    unchanged: int = 0
+    removed: int = 0
+    """Documents deleted because they are gone from Git."""
+    failed: list[str] = Field(default_factory=list, max_length=64)
+    """Files that could not be read, with the reason."""
+    message: str = ""
+    job: str = ""
+    """The Job that ran it (in the platform namespace)."""
+
+
 class TenantStatus(Status):
     """Observed state of a tenant."""
 
@@ -180,6 +200,8 @@ class TenantStatus(Status):
     """State of each knowledge base's collection."""
     egress: list[EgressStatus] = Field(default_factory=list, max_length=64)
     """How each declared egress rule is enforced (by the network, or only by the runtime)."""
+    knowledge_sync: KnowledgeSyncStatus | None = None
+    """The last sync of its Git-kept knowledge into its knowledge bases."""
 
 
 class Tenant(Resource):

@@ -137,17 +137,18 @@ class FakeLLM:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self.host = "127.0.0.1"
 
     # -- control ---------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        """The OpenAI-style base URL (`http://127.0.0.1:<port>/v1`)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        """The OpenAI-style base URL (`http://<host>:<port>/v1`)."""
+        return f"http://{self.host}:{self.port}/v1"
 
     @property
     def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def script(self, model: str, steps: list[Step]) -> None:
         """Queue steps for requests whose upstream model is `model` (appended to what is queued)."""
@@ -176,13 +177,14 @@ class FakeLLM:
                 return queue.popleft()
             return None
 
-    def start(self, port: int = 0) -> FakeLLM:
-        """Serve on 127.0.0.1 (a free port when 0) in a daemon thread; returns when it listens."""
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> FakeLLM:
+        """Serve on `host` (a free port when 0) in a daemon thread; returns when it listens."""
         import socket
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+        sock.bind((host, port))
+        self.host = host
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self, log_level="warning", lifespan="off", access_log=False)
         server = uvicorn.Server(config)

@@ -25,7 +25,9 @@ def free_port() -> int:
         return port
 
 
-def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+def _wait_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -33,7 +35,7 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: 
                 f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
             )
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
@@ -91,8 +93,11 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def start_postgres(directory: Path) -> Server:
-    """initdb and start a PostgreSQL server; the database `agentplane` exists, user `postgres`."""
+def start_postgres(directory: Path, *, host: str = "127.0.0.1", clients: str | None = None) -> Server:
+    """initdb and start a PostgreSQL server; the database `agentplane` exists, user `postgres`.
+
+    `host`: the address it listens on (beside loopback); `clients`: a CIDR trusted to connect there
+    (the pods of the test cluster's real node)."""
     bindir = _postgres_bin()
     prefix = _as_postgres_user()
     if prefix:
@@ -120,6 +125,10 @@ def start_postgres(directory: Path) -> Server:
     )
     if initdb.returncode != 0:
         raise ServiceUnavailable(f"initdb failed: {initdb.stderr.strip()[-2000:]}")
+    if clients is not None:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {clients} trust\n")
+    listen = "127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1,{host}"
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -133,7 +142,7 @@ def start_postgres(directory: Path) -> Server:
                 "-k",
                 str(directory),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={listen}",
                 "-c",
                 "fsync=off",
                 "-c",
@@ -149,14 +158,14 @@ def start_postgres(directory: Path) -> Server:
         )
     server = Server(
         "postgresql",
-        f"postgresql://postgres@127.0.0.1:{port}/agentplane",
+        f"postgresql://postgres@{host}:{port}/agentplane",
         port,
         process,
         directory,
         remove=bool(prefix),
     )
     try:
-        _wait_port(port, process, log)
+        _wait_port(port, process, log, host=host)
         deadline = time.monotonic() + 30
         while True:
             created = subprocess.run(
@@ -189,8 +198,8 @@ def start_postgres(directory: Path) -> Server:
     return server
 
 
-def start_redis(directory: Path) -> Server:
-    """Start a Redis server with persistence off."""
+def start_redis(directory: Path, *, host: str = "127.0.0.1") -> Server:
+    """Start a Redis server with persistence off, on loopback (and `host`, for the real node's pods)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("redis-server is not installed (run tools/install-system-deps.sh)")
@@ -204,7 +213,7 @@ def start_redis(directory: Path) -> Server:
                 "--port",
                 str(port),
                 "--bind",
-                "127.0.0.1",
+                "127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1 {host}",
                 "--dir",
                 str(directory),
                 "--save",
@@ -214,15 +223,15 @@ def start_redis(directory: Path) -> Server:
                 "--daemonize",
                 "no",
                 "--protected-mode",
-                "yes",
+                "yes" if host == "127.0.0.1" else "no",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server("redis", f"redis://127.0.0.1:{port}/0", port, process, directory)
+    server = Server("redis", f"redis://{host}:{port}/0", port, process, directory)
     try:
-        _wait_port(port, process, log)
+        _wait_port(port, process, log, host=host)
     except BaseException:
         server.stop()
         raise

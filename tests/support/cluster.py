@@ -50,6 +50,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+try:
+    from support import netplan
+except ModuleNotFoundError:  # run as a script: python tests/support/cluster.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from support import netplan
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
 KWOK_STAGES = REPO_ROOT / "tests" / "cluster" / "kwok-stages.yaml"
@@ -59,9 +65,10 @@ DEFAULT_DIR = REPO_ROOT / ".agentplane" / "cluster"
 BIN_DIR_ENV = "AGENTPLANE_K8S_BIN_DIR"
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
-SERVICE_CIDR = "10.96.0.0/16"
-KUBERNETES_SERVICE_IP = "10.96.0.1"
-POD_CIDR = "10.244.0.1/16"
+SERVICE_CIDR = netplan.SERVICE_CIDR
+KUBERNETES_SERVICE_IP = netplan.KUBERNETES_SERVICE_IP
+#: kwok's --cidr: the first fake pod address and the prefix length.
+KWOK_POD_CIDR = f"{netplan.first_address(netplan.FAKE_POD_CIDR)}/{netplan.FAKE_POD_CIDR.split('/')[1]}"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FAKE_NODE_NAMES = ("kwok-node-0", "kwok-node-1", "kwok-node-2")
 NODE_CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "1Ti"}
@@ -697,7 +704,7 @@ def start_cluster(
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                 "--node-lease-duration-seconds=40",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={KWOK_POD_CIDR}",
                 "--node-ip=127.0.0.1",
             ],
         )

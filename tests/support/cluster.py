@@ -5,6 +5,12 @@ plus kwok simulating nodes and pod lifecycles (pods are scheduled onto fake
 nodes and become Ready; nothing actually runs). Binaries are compiled from the
 Go module proxy by ``tests/cluster/build.sh`` and cached.
 
+With ``real_node=True`` (``--real-node``) the cluster also gets one real node
+(``support.node``: containerd, kubelet, kube-proxy, kube-router in a network
+namespace of its own) on which pods that opt in actually run; the API server
+then listens on ``netplan.HOST_ADDRESS`` instead of loopback and the
+``kubernetes`` Service has real endpoints. Addresses: ``support.netplan``.
+
 Library use::
 
     with running_cluster(workdir) as cluster:
@@ -12,7 +18,7 @@ Library use::
 
 Command line::
 
-    python tests/support/cluster.py up [--dir DIR] [--crd-dir DIR]
+    python tests/support/cluster.py up [--dir DIR] [--crd-dir DIR] [--real-node {no,auto,yes}]
     python tests/support/cluster.py down [--dir DIR]
     python tests/support/cluster.py build      # just build/locate the binaries
 
@@ -51,10 +57,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 try:
-    from support import netplan
+    from support import netplan, node
 except ModuleNotFoundError:  # run as a script: python tests/support/cluster.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from support import netplan
+    from support import netplan, node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
@@ -103,6 +109,8 @@ class Cluster:
     bin_dir: Path
     workdir: Path
     processes: list[ManagedProcess] = field(default_factory=list, repr=False)
+    real_node: node.RealNode | None = None
+    """The real node (``start_cluster(real_node=True)``), else None."""
 
     @property
     def kubectl_path(self) -> Path:
@@ -382,9 +390,9 @@ def _write_kubeconfig(path: Path, *, server: str, ca: Path, client: _CertPair, u
 # Processes
 
 
-def _free_port() -> int:
+def _free_port(address: str = netplan.LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -530,6 +538,7 @@ def start_cluster(
     bin_dir: Path | None = None,
     detach: bool = False,
     timeout: float = 120.0,
+    real_node: bool = False,
 ) -> Cluster:
     """Start a fresh control plane with state, kubeconfigs and logs under ``workdir``.
 
@@ -537,6 +546,11 @@ def start_cluster(
     calling thread dies; call :func:`stop_cluster` (or use
     :func:`running_cluster`) to stop them. On any startup failure everything
     started so far is stopped before the exception propagates.
+
+    ``real_node=True`` first creates the real node's network (the API server
+    binds ``netplan.HOST_ADDRESS``), then starts the node (``support.node``,
+    state in ``workdir/node``) once the control plane is up; needs root and
+    the packages ``tools/install-system-deps.sh`` installs.
     """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -551,8 +565,14 @@ def start_cluster(
         old.unlink()
 
     started = time.monotonic()
-    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    if real_node:
+        missing = node.missing_requirements(bin_dir)
+        if missing:
+            raise ClusterError("cannot start the real node: missing " + ", ".join(missing))
+    network = node.start_network(workdir / "node", detach=detach) if real_node else None
+    address = netplan.HOST_ADDRESS if real_node else netplan.LOOPBACK
+    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port(address)
+    server = f"https://{address}:{api_port}"
 
     pki = _Pki(workdir / "pki")
     serving = pki.issue(
@@ -566,9 +586,13 @@ def start_cluster(
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ips=("127.0.0.1", KUBERNETES_SERVICE_IP),
+        ips=(netplan.LOOPBACK, netplan.HOST_ADDRESS, KUBERNETES_SERVICE_IP),
     )
     front_proxy = pki.issue("front-proxy-client", "front-proxy-client")
+    # How the API server authenticates to kubelets (kubectl logs/exec/port-forward).
+    kubelet_client = pki.issue(
+        "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",)
+    )
     identities = {
         "admin": ("agentplane-admin", ("system:masters",)),
         USER_NAME: (USER_NAME, ()),
@@ -576,6 +600,12 @@ def start_cluster(
         "kube-scheduler": ("system:kube-scheduler", ()),
         "kwok": ("kwok-controller", ("system:masters",)),
     }
+    if real_node:
+        identities["kubelet"] = (f"system:node:{node.NODE_NAME}", ("system:nodes",))
+        identities["kube-proxy"] = ("system:kube-proxy", ())
+        # Test-only NetworkPolicy enforcer confined to the node's namespace; it reads pods,
+        # namespaces and policies cluster-wide.
+        identities["kube-router"] = ("kube-router", ("system:masters",))
     kubeconfigs: dict[str, Path] = {}
     clients: dict[str, _CertPair] = {}
     for name, (cn, orgs) in identities.items():
@@ -623,8 +653,8 @@ def start_cluster(
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
@@ -637,9 +667,13 @@ def start_cluster(
                 # Default admission plugins (incl. ValidatingAdmissionPolicy, GA since 1.30).
                 "--allow-privileged=true",
                 "--profiling=false",
-                # The only address is loopback, which Endpoints reject; nothing
-                # runs in-cluster, so the kubernetes Service needs no endpoints.
-                "--endpoint-reconciler-type=none",
+                # Without a real node the only address is loopback, which Endpoints
+                # reject, and nothing runs in-cluster: the kubernetes Service needs no
+                # endpoints. With one, pods reach the API server through it.
+                f"--endpoint-reconciler-type={'lease' if real_node else 'none'}",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP",
                 # Front-proxy (aggregation layer) settings; without them every
                 # component logs errors about a missing requestheader CA.
                 f"--requestheader-client-ca-file={pki.ca.cert}",
@@ -742,6 +776,30 @@ def start_cluster(
         if crd_dir is not None:
             apply_crds(cluster, crd_dir, timeout=timeout)
 
+        if network is not None:
+            serving = pki.issue(
+                "kubelet-serving",
+                node.NODE_NAME,
+                server=True,
+                dns_names=(node.NODE_NAME,),
+                ips=(netplan.NODE_ADDRESS,),
+            )
+            credentials = node.NodeCredentials(
+                ca_cert=pki.ca.cert,
+                kubelet_kubeconfig=kubeconfigs["kubelet"],
+                kubelet_serving_cert=serving.cert,
+                kubelet_serving_key=serving.key,
+                kube_proxy_kubeconfig=kubeconfigs["kube-proxy"],
+                kube_router_kubeconfig=kubeconfigs["kube-router"],
+            )
+            cluster.real_node = node.start_node(
+                network,
+                bin_dir=bin_dir,
+                credentials=credentials,
+                admin_kubeconfig=kubeconfigs["admin"],
+                timeout=timeout,
+            )
+
         _write_state(cluster)
         print(
             f"cluster: control plane up at {server} in {time.monotonic() - started:.1f}s "
@@ -750,6 +808,8 @@ def start_cluster(
         )
         return cluster
     except BaseException:
+        if network is not None:
+            network.stop()
         _stop_processes(procs)
         raise
 
@@ -768,23 +828,31 @@ def apply_crds(cluster: Cluster, crd_dir: Path, *, timeout: float = 60.0) -> lis
 def stop_cluster(cluster: Cluster | Path, *, grace: float = 5.0) -> None:
     """Stop a cluster: a :class:`Cluster` from this process, or a state directory.
 
-    Kills each process group (SIGTERM, then SIGKILL after ``grace`` seconds).
+    Stops the real node first (removing its network, cgroups and state), then
+    kills each process group (SIGTERM, then SIGKILL after ``grace`` seconds).
     """
     if isinstance(cluster, Cluster):
+        if cluster.real_node is not None:
+            cluster.real_node.stop()
+        elif (cluster.workdir / "node").is_dir():
+            node.stop_node_dir(cluster.workdir / "node")
         processes = cluster.processes or _processes_from_pidfiles(cluster.workdir, cluster.bin_dir)
     else:
-        state = _read_state(cluster)
+        workdir = cluster.resolve()
+        if (workdir / "node").is_dir():
+            node.stop_node_dir(workdir / "node")
+        state = _read_state(workdir)
         bin_dir = Path(str(state["bin_dir"])) if state else None
-        processes = _processes_from_pidfiles(cluster.resolve(), bin_dir)
+        processes = _processes_from_pidfiles(workdir, bin_dir)
     _stop_processes(processes, grace=grace)
 
 
 @contextlib.contextmanager
 def running_cluster(
-    workdir: Path, crd_dir: Path | None = None, *, bin_dir: Path | None = None
+    workdir: Path, crd_dir: Path | None = None, *, bin_dir: Path | None = None, real_node: bool = False
 ) -> Iterator[Cluster]:
-    """Context manager: start a cluster, yield it, always stop it."""
-    cluster = start_cluster(workdir, crd_dir, bin_dir=bin_dir)
+    """Context manager: start a cluster (with a real node if asked), yield it, always stop it."""
+    cluster = start_cluster(workdir, crd_dir, bin_dir=bin_dir, real_node=real_node)
     try:
         yield cluster
     finally:
@@ -802,6 +870,7 @@ def _write_state(cluster: Cluster) -> None:
         "user_kubeconfig": str(cluster.user_kubeconfig),
         "bin_dir": str(cluster.bin_dir),
         "pids": {p.name: p.pid for p in cluster.processes},
+        "real_node": cluster.real_node is not None,
     }
     (cluster.workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -845,6 +914,9 @@ def load_cluster(workdir: Path) -> Cluster | None:
     procs = _processes_from_pidfiles(workdir, bin_dir)
     if {p.name for p in procs} != set(START_ORDER) or not all(p.alive() for p in procs):
         return None
+    real_node = node.load_node(workdir / "node") if state.get("real_node") else None
+    if state.get("real_node") and real_node is None:
+        return None
     return Cluster(
         kubeconfig=Path(str(state["kubeconfig"])),
         user_kubeconfig=Path(str(state["user_kubeconfig"])),
@@ -852,6 +924,7 @@ def load_cluster(workdir: Path) -> Cluster | None:
         bin_dir=bin_dir,
         workdir=workdir,
         processes=procs,
+        real_node=real_node,
     )
 
 
@@ -859,6 +932,13 @@ def _print_exports(cluster: Cluster) -> None:
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     print(f"export PATH={cluster.bin_dir}:$PATH")
     print(f"# non-admin user: KUBECONFIG={cluster.user_kubeconfig}", file=sys.stderr)
+    if cluster.real_node is not None:
+        print(
+            f"# real node {cluster.real_node.name}: pods need nodeSelector {dict(node.NODE_SELECTOR)} "
+            f"and a toleration of {node.TOLERATION['key']}=true:NoSchedule; "
+            f"ip netns exec {cluster.real_node.network.netns} ... runs in its network namespace",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -867,6 +947,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a detached cluster and print export lines")
     up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state dir (default {DEFAULT_DIR})")
     up.add_argument("--crd-dir", type=Path, default=None, help="CRD manifests to apply")
+    up.add_argument(
+        "--real-node",
+        choices=("no", "auto", "yes"),
+        default="no",
+        help="also start a real node (auto: when root and its packages are installed)",
+    )
     down = sub.add_parser("down", help="stop the cluster started by 'up'")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     sub.add_parser("build", help="build/locate the binaries and print the bin dir")
@@ -883,7 +969,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_exports(existing)
             return 0
         stop_cluster(workdir)  # leftovers of a half-dead cluster
-        cluster = start_cluster(workdir, args.crd_dir, detach=True)
+        real_node = args.real_node == "yes"
+        if args.real_node == "auto":
+            missing = node.missing_requirements()
+            real_node = not missing
+            if missing:
+                print(f"cluster: no real node (missing: {', '.join(missing)})", file=sys.stderr)
+        cluster = start_cluster(workdir, args.crd_dir, detach=True, real_node=real_node)
         _print_exports(cluster)
         print(
             f"# stop with: python {Path(__file__).relative_to(REPO_ROOT)} down --dir {workdir}",

@@ -8,6 +8,10 @@ Register them in a conftest.py::
 worker). Override ``k8s_crd_dir`` in a conftest to have CRDs applied (and
 Established) before the first test runs.
 
+``real_cluster`` (module-scoped) is a control plane plus one real node on
+which pods that opt in actually run (``support.node``); ``real_node`` is that
+node. Only one real node runs on a machine at a time.
+
 Set ``AGENTPLANE_TEST_CLUSTER_DIR`` to the ``--dir`` of a cluster started with
 ``python tests/support/cluster.py up`` to reuse it instead of starting one.
 """
@@ -20,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import Cluster, apply_crds, load_cluster, running_cluster
+from support import node
+from support.cluster import Cluster, ClusterError, apply_crds, ensure_binaries, load_cluster, running_cluster
+from support.service_fixtures import unavailable
 
 REUSE_ENV = "AGENTPLANE_TEST_CLUSTER_DIR"
 
@@ -46,3 +52,47 @@ def k8s(tmp_path_factory: pytest.TempPathFactory, k8s_crd_dir: Path | None) -> I
     workdir = tmp_path_factory.mktemp("k8s")
     with running_cluster(workdir, k8s_crd_dir) as cluster:
         yield cluster
+
+
+def require_real_node() -> Path:
+    """Skip (locally) or fail (in CI) unless this machine can run the real node; return the bin dir."""
+    try:
+        bin_dir = ensure_binaries()
+    except ClusterError as exc:
+        unavailable("real Kubernetes node", str(exc))
+        raise AssertionError("unreachable") from exc
+    missing = node.missing_requirements(bin_dir)
+    if missing:
+        unavailable("real Kubernetes node", "missing " + ", ".join(missing))
+    return bin_dir
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory, k8s_crd_dir: Path | None) -> Iterator[Cluster]:
+    """A control plane plus one real node (``support.node``), for one test module.
+
+    ``cluster.real_node`` is set; pods run there only with ``node.TOLERATION`` and
+    ``node.NODE_SELECTOR`` (``node.on_real_node(spec)``). Reuses the cluster of
+    ``$AGENTPLANE_TEST_CLUSTER_DIR`` when that one has a real node. Skipped with the reason when
+    the machine cannot run the node (not root, packages missing), except in CI, where that fails.
+    """
+    reuse = os.environ.get(REUSE_ENV)
+    if reuse:
+        cluster = load_cluster(Path(reuse))
+        if cluster is not None and cluster.real_node is not None:
+            if k8s_crd_dir is not None:
+                apply_crds(cluster, k8s_crd_dir)
+            yield cluster
+            return
+    bin_dir = require_real_node()
+    with running_cluster(
+        tmp_path_factory.mktemp("k8s-real"), k8s_crd_dir, bin_dir=bin_dir, real_node=True
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def real_node(real_cluster: Cluster) -> node.RealNode:
+    """The real node of :func:`real_cluster`: ``name``, ``load_image()``, ``exec_in_node()``."""
+    assert real_cluster.real_node is not None
+    return real_cluster.real_node

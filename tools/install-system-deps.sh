@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test harness starts: PostgreSQL and Redis servers.
+# Install the Debian packages the test harness starts: PostgreSQL and Redis servers, and what the
+# real test node (tests/support/node.py) runs on: containerd with runc, the CNI plugins
+# (/usr/lib/cni), iptables, ipset, conntrack, iproute2 and util-linux's nsenter/unshare.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+have redis-server || missing+=(redis-server)
+have containerd || missing+=(containerd)
+have runc || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+have iptables || missing+=(iptables)
+have ipset || missing+=(ipset)
+have conntrack || missing+=(conntrack)
+have ip || missing+=(iproute2)
+{ have nsenter && have unshare; } || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -25,6 +37,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system-wide services on the default ports; the harness runs its own.
-for svc in redis-server postgresql; do
+for svc in redis-server postgresql containerd; do
   if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
 done

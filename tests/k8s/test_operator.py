@@ -22,6 +22,7 @@ from k8s.operator_specs import agent, builtin_tool, http_tool, prompt, tenant
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
 from agentplane_platform.config import AgentConfig, resolve_agent
 from agentplane_platform.contract import LLM_SECRET, RUNTIME_SECRET, RUNTIME_SECRET_KEYS
+from support.addons import kstatus
 from support.cluster import Cluster
 from support.operator_process import (
     OperatorProcess,
@@ -64,7 +65,7 @@ def operator(
     running.stop()
 
 
-TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair")
+TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair", "kappa")
 """Every tenant this module creates; each test works in its own."""
 
 
@@ -531,3 +532,34 @@ def test_a_tenant_namespace_gets_the_runtime_and_provider_secrets(
         install_llm_secret(k8s, {"OPENAI_API_KEY": "sk-test"})
     recovered = ready(k8s, "tenant", "altair", timeout=RESYNC * 5)
     assert condition(recovered, "Stalled") == {}
+
+
+def test_health_checks_read_the_status_as_flux_does(k8s: Cluster, operator: OperatorProcess) -> None:
+    """kstatus (what Flux's and Argo CD's health checks compute): Failed at once with the reason for
+    what will not fix itself, InProgress while pods cannot run yet, Current when Ready."""
+    ns = "tenant-kappa"
+    apply(k8s, tenant("kappa", quotas={"compute": {"cpu": "500", "memory": "64Gi", "pods": 20}}))
+    assert kstatus(ready(k8s, "tenant", "kappa")).status == "Current"
+    apply(k8s, prompt(ns, "assistant"))
+    apply(
+        k8s,
+        agent(ns, "fine"),
+        agent(ns, "pinned", version=3),
+        agent(ns, "too-big", runtime={"resources": {"requests": {"cpu": "200"}}}),
+    )
+    assert kstatus(ready(k8s, "agent", "fine", ns)).status == "Current"
+    pinned = not_ready(k8s, "agent", "pinned", ns, "PromptVersionNotFound")
+    verdict = kstatus(pinned)
+    assert verdict.status == "Failed"
+    assert "has no version 3" in verdict.message
+    # no node has 200 CPUs: the pod cannot be scheduled, which a new node could change
+    big = until(
+        k8s, "too-big reconciling with a reason", "agent", "too-big", ns,
+        lambda a: condition(a, "Reconciling").get("status") == "True" and condition(a, "Deployed")["reason"] != "Progressing",
+    )  # fmt: skip
+    assert condition(big, "Deployed")["reason"] == "Unschedulable"
+    assert "Insufficient cpu" in condition(big, "Deployed")["message"]
+    assert kstatus(big).status == "InProgress"
+    # fixing the pin makes it Current, without waiting for a health check's timeout
+    apply(k8s, agent(ns, "pinned"))
+    assert kstatus(ready(k8s, "agent", "pinned", ns)).status == "Current"

@@ -29,6 +29,7 @@ import pulumi
 import pulumi.runtime
 import yaml
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 
 from agentplane_infra import program
@@ -74,6 +75,7 @@ _NAME_INPUT = {
     "azure-native:dbforpostgresql:Database": "databaseName",
     "azure-native:privatedns:PrivateZone": "privateZoneName",
     "azure-native:managedidentity:FederatedIdentityCredential": "federatedIdentityCredentialResourceName",
+    "azure-native:containerregistry:Registry": "registryName",
 }
 
 
@@ -112,6 +114,11 @@ class Registered:
     provider: str
     id: str
     state: dict[str, Any]
+    urn: str = ""
+    parent: str = ""
+    """URN of the parent (the stack or a component)."""
+    dependencies: list[str] = field(default_factory=list)
+    """URNs this resource was registered as depending on (`depends_on` and its inputs' resources)."""
 
     @property
     def plain(self) -> dict[str, Any]:
@@ -178,6 +185,35 @@ class InfraMocks(pulumi.runtime.Mocks):
         assert len(found) == 1, f"expected one resource with id {resource_id}, found {len(found)}"
         return found[0]
 
+    def waits_for(self, resource: Registered, dependency: Registered) -> bool:
+        """Whether `resource` is registered only after `dependency`: it, or a component it belongs to
+        (whose children wait for it), depends on `dependency`."""
+        by_urn = {r.urn: r for r in self.resources}
+        current: Registered | None = resource
+        while current is not None:
+            if dependency.urn in current.dependencies:
+                return True
+            current = by_urn.get(current.parent)
+        return False
+
+
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also recording each resource's URN, parent and dependencies (the mocks'
+    `new_resource` does not see them)."""
+
+    def __init__(self, mocks: InfraMocks) -> None:
+        super().__init__(mocks)
+        self.infra_mocks = mocks
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        for registered in self.infra_mocks.resources:
+            if registered.type == request.type and registered.name == request.name:
+                registered.urn = response.urn
+                registered.parent = request.parent
+                registered.dependencies = list(request.dependencies)
+        return response
+
 
 def _uuid(name: str, kind: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{kind}/{name}"))
@@ -202,6 +238,15 @@ def _azure_outputs(token: str, name: str, state: Mapping[str, Any]) -> dict[str,
             "identity": identity,
             "oidcIssuerProfile": {**(state.get("oidcIssuerProfile") or {}), "issuerURL": ISSUER},
             "fqdn": f"{name}.hcp.westeurope.azmk8s.io",
+            # The kubelet identity AKS creates in its node resource group.
+            "identityProfile": {
+                "kubeletidentity": {
+                    "clientId": _uuid(name, "kubelet-client"),
+                    "objectId": _uuid(name, "kubelet-object"),
+                    "resourceId": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/MC_{name}/providers/"
+                    f"Microsoft.ManagedIdentity/userAssignedIdentities/{name}-agentpool",
+                }
+            },
         }
     if token == "azure-native:keyvault:Vault":
         return {
@@ -209,6 +254,8 @@ def _azure_outputs(token: str, name: str, state: Mapping[str, Any]) -> dict[str,
         }
     if token == "azure-native:dbforpostgresql:Server":
         return {"fullyQualifiedDomainName": f"{name}.postgres.database.azure.com"}
+    if token == "azure-native:containerregistry:Registry":
+        return {"loginServer": f"{name}.azurecr.io"}
     if token == "azure-native:redis:Redis":
         return {"hostName": f"{name}.redis.cache.windows.net", "sslPort": 6380, "port": 6379}
     if token == "azure-native:operationalinsights:Workspace":
@@ -298,7 +345,9 @@ def run_stack(
         asyncio.set_event_loop(loop)
         try:
             pulumi.runtime.set_all_config(settings, sorted(secret_keys))
-            pulumi.runtime.set_mocks(run.mocks, project=PROJECT, stack=stack, preview=False)
+            pulumi.runtime.set_mocks(
+                run.mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(run.mocks)
+            )
             loop.run_until_complete(run_pulumi_func(main))
         finally:
             executor.shutdown(wait=True)

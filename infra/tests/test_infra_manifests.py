@@ -12,6 +12,7 @@ import pytest
 import yaml
 from infra_mocks import REPO, StackRun, reveal, run_stack
 
+from agentplane_infra.config import EgressRule
 from agentplane_infra.manifests import (
     CONNECTION_ENV,
     OPERATOR_SECRET,
@@ -27,11 +28,23 @@ from agentplane_infra.manifests import (
     tenant_namespaces,
     yaml_files,
 )
+from agentplane_infra.providers import provider_secrets
 
 SETTINGS = OperatorSettings(
     image="registry.example/operator:1.2.3",
     runtime_image="registry.example/runtime:1.2.3",
     client_id="cid-123",
+    key_vault_name="kv-1",
+    tenant_id="tid-1",
+    runtime_client_id="runtime-cid",
+    provider_secrets={"OPENAI_API_KEY": "llm-openai-api-key"},
+    gateway_name="agentplane",
+    gateway_namespace="agentplane-gateway",
+    gateway_url="https://agents.example.com",
+    platform_egress=[EgressRule(cidr="10.0.2.0/24", ports=[5432])],
+    monitoring_namespace="monitoring",
+    agent_node_selector={"pool": "agents"},
+    agent_tolerations=[{"key": "pool", "operator": "Exists"}],
 )
 
 SERVICE_ACCOUNT = {
@@ -81,8 +94,21 @@ def test_customize_operator_adds_workload_identity_image_and_connection_settings
     container = template["spec"]["containers"][0]
     assert container["image"] == "registry.example/operator:1.2.3"
     env = _env(container)
-    assert env["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == "registry.example/runtime:1.2.3"
-    assert env["AGENTPLANE_OPERATOR_METRICS_PORT"] == "8080"  # the operator's own settings stay
+    assert {k: v for k, v in env.items() if k not in CONNECTION_ENV} == {
+        "AGENTPLANE_OPERATOR_METRICS_PORT": "8080",  # the operator's own settings stay
+        "AGENTPLANE_OPERATOR_RUNTIME_IMAGE": "registry.example/runtime:1.2.3",
+        "AGENTPLANE_OPERATOR_KEY_VAULT_NAME": "kv-1",
+        "AGENTPLANE_OPERATOR_KEY_VAULT_TENANT_ID": "tid-1",
+        "AGENTPLANE_OPERATOR_RUNTIME_CLIENT_ID": "runtime-cid",
+        "AGENTPLANE_OPERATOR_PROVIDER_SECRETS": '{"OPENAI_API_KEY":"llm-openai-api-key"}',
+        "AGENTPLANE_OPERATOR_GATEWAY_NAME": "agentplane",
+        "AGENTPLANE_OPERATOR_GATEWAY_NAMESPACE": "agentplane-gateway",
+        "AGENTPLANE_OPERATOR_GATEWAY_URL": "https://agents.example.com",
+        "AGENTPLANE_OPERATOR_PLATFORM_EGRESS": '[{"cidr":"10.0.2.0/24","ports":[5432]}]',
+        "AGENTPLANE_OPERATOR_MONITORING_NAMESPACE": "monitoring",
+        "AGENTPLANE_OPERATOR_AGENT_NODE_SELECTOR": '{"pool":"agents"}',
+        "AGENTPLANE_OPERATOR_AGENT_TOLERATIONS": '[{"key":"pool","operator":"Exists"}]',
+    }
     for name, key in CONNECTION_ENV.items():
         assert env[name] == {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}
     assert [e["name"] for e in container["env"]].count("AGENTPLANE_OPERATOR_QDRANT_URL") == 1
@@ -98,11 +124,41 @@ def test_customize_operator_adds_workload_identity_image_and_connection_settings
     assert customize_operator(deployment, SETTINGS) == deployment
 
 
+def test_unset_operator_settings_are_left_out() -> None:
+    bare = OperatorSettings(
+        image="i",
+        runtime_image="r",
+        client_id="c",
+        key_vault_name="kv",
+        tenant_id="t",
+        runtime_client_id="rc",
+    )
+    assert {e["name"].removeprefix("AGENTPLANE_OPERATOR_") for e in bare.env()} == {
+        "RUNTIME_IMAGE",
+        "KEY_VAULT_NAME",
+        "KEY_VAULT_TENANT_ID",
+        "RUNTIME_CLIENT_ID",
+        "PROVIDER_SECRETS",
+        "PLATFORM_EGRESS",
+        "AGENT_NODE_SELECTOR",
+        "AGENT_TOLERATIONS",
+    }
+
+
 def test_customize_operator_leaves_other_objects_alone() -> None:
     other = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "agentplane-operator-metrics"}}
     assert customize_operator(other, SETTINGS) == other
     not_ours = {**SERVICE_ACCOUNT, "metadata": {"name": "someone-else", "namespace": "x"}}
     assert customize_operator(not_ours, SETTINGS) == not_ours
+
+
+def test_provider_settings_map_to_litellm_names_and_key_vault_names() -> None:
+    assert provider_secrets(["openai", "azure_ai"], ["azure_ai"]) == {
+        "AZURE_AI_API_BASE": "llm-azure-ai-api-base",
+        "AZURE_AI_API_KEY": "llm-azure-ai-api-key",  # Key Vault names take no underscore
+        "OPENAI_API_KEY": "llm-openai-api-key",
+    }
+    assert provider_secrets([], []) == {}
 
 
 def test_kubeconfig_login_method_is_replaced_or_added() -> None:
@@ -220,13 +276,22 @@ def test_without_operator_manifests_or_dashboards(tmp_path: Path) -> None:
     assert set(_in_cluster(run, "monitoring")) == {"Namespace/monitoring"}
 
 
+POD_MONITOR = {
+    "apiVersion": "monitoring.coreos.com/v1",
+    "kind": "PodMonitor",
+    "metadata": {"name": "agents", "namespace": "agentplane-system"},
+    "spec": {"selector": {"matchLabels": {"app": "agent"}}, "podMetricsEndpoints": [{"port": "metrics"}]},
+}
+
+
 def test_with_operator_manifests_and_dashboards(tmp_path: Path) -> None:
     root = _checkout(tmp_path)
     deploy = root / "operator" / "deploy"
-    deploy.mkdir(parents=True)
+    (deploy / "monitoring").mkdir(parents=True)
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agentplane-system"}}
     (deploy / "00-namespace.yaml").write_text(yaml.safe_dump(namespace))
     (deploy / "30-deployment.yaml").write_text(yaml.safe_dump_all([SERVICE_ACCOUNT, DEPLOYMENT]))
+    (deploy / "monitoring" / "50-monitors.yaml").write_text(yaml.safe_dump(POD_MONITOR))
     dashboards = root / "dashboards"
     dashboards.mkdir()
     (dashboards / "agents.json").write_text(json.dumps({"title": "Agents", "panels": [{"type": "graph"}]}))
@@ -238,22 +303,23 @@ def test_with_operator_manifests_and_dashboards(tmp_path: Path) -> None:
     identity = run.mocks.one(
         "azure-native:managedidentity:UserAssignedIdentity", "agentplane-operator-identity"
     )
-    images = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]["agentplane:images"]
+    tag = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]["agentplane:images"]["tag"]
+    login_server = run.mocks.one("azure-native:containerregistry:Registry").state["loginServer"]
     objects = _in_cluster(run, "operator")
     assert set(objects) == {
         "Namespace/agentplane-system",  # from the manifests, not created a second time
         "ServiceAccount/agentplane-system/agentplane-operator",
         "Deployment/agentplane-system/agentplane-operator",
         f"SecretProviderClass/agentplane-system/{OPERATOR_SECRET}",
-    }
+    }  # not the monitors of `monitoring/`: they need the monitoring CRDs
     sa = objects["ServiceAccount/agentplane-system/agentplane-operator"]
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"] == identity.state["clientId"]
     template = objects["Deployment/agentplane-system/agentplane-operator"]["spec"]["template"]
     assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     container = template["spec"]["containers"][0]
-    assert container["image"] == images["operator"]
+    assert container["image"] == f"{login_server}/agentplane/operator:{tag}"
     env = _env(container)
-    assert env["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == images["runtime"]
+    assert env["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == f"{login_server}/agentplane/runtime:{tag}"
     for name, key in CONNECTION_ENV.items():
         assert env[name] == {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}
 
@@ -276,3 +342,4 @@ def test_with_operator_manifests_and_dashboards(tmp_path: Path) -> None:
         "grafana_dashboard": "1"
     }
     assert monitoring["PrometheusRule/monitoring/agents-rules"]["spec"]["groups"][0]["name"] == "agents"
+    assert monitoring["PodMonitor/agentplane-system/agents"]["spec"] == POD_MONITOR["spec"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,22 @@ from infra_mocks import (
 )
 
 from agentplane_infra.config import SECRET_KEYS
-from agentplane_infra.identity import KEY_VAULT_SECRETS_USER, NETWORK_CONTRIBUTOR
+from agentplane_infra.identity import ACR_PULL, KEY_VAULT_SECRETS_USER, NETWORK_CONTRIBUTOR
 from agentplane_infra.manifests import object_key
 
 STACKS = ("dev", "prod")
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
-LLM_KEYS = {"openai": "sk-test-openai", "anthropic": "sk-test-anthropic"}
+LLM_KEYS = {"openai": "sk-test-openai", "anthropic": "sk-test-anthropic", "azure": "az-test-key"}
+LLM_ENDPOINTS = {"azure": "https://agentplane-test.openai.azure.com"}
+LLM_SECRET_CONFIG = {"agentplane:llmProviderKeys": LLM_KEYS}
+LLM_CONFIG = {"agentplane:llmProviderEndpoints": LLM_ENDPOINTS}
+PROVIDER_SECRETS = {
+    "OPENAI_API_KEY": "llm-openai-api-key",
+    "ANTHROPIC_API_KEY": "llm-anthropic-api-key",
+    "AZURE_API_KEY": "llm-azure-api-key",
+    "AZURE_API_BASE": "llm-azure-api-base",
+}
+"""What the operator is told to sync into tenants' LLM Secret: environment name -> Key Vault secret."""
 
 AKS = "azure-native:containerservice:ManagedCluster"
 SERVER = "azure-native:dbforpostgresql:Server"
@@ -40,6 +51,9 @@ CREDENTIAL = "azure-native:managedidentity:FederatedIdentityCredential"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
 CRD = "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
 RELEASE = "kubernetes:helm.sh/v3:Release"
+ACR = "azure-native:containerregistry:Registry"
+ENDPOINT = "azure-native:network:PrivateEndpoint"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 
 def stack_file(stack: str) -> dict[str, Any]:
@@ -53,10 +67,9 @@ def config(stack: str, key: str) -> Any:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, StackRun]:
-    """One isolated run of the program per stack, with LLM keys set as Pulumi secrets."""
-    return {
-        stack: run_stack(stack, secret_config={"agentplane:llmProviderKeys": LLM_KEYS}) for stack in STACKS
-    }
+    """One isolated run of the program per stack, with LLM keys set as Pulumi secrets (and Azure
+    OpenAI's endpoint as plain config)."""
+    return {stack: run_stack(stack, config=LLM_CONFIG, secret_config=LLM_SECRET_CONFIG) for stack in STACKS}
 
 
 @pytest.fixture(params=STACKS)
@@ -65,15 +78,23 @@ def run(request: pytest.FixtureRequest, runs: dict[str, StackRun]) -> StackRun:
 
 
 def test_stacks_declare_the_same_resources(runs: dict[str, StackRun]) -> None:
-    """dev and prod differ only in config: the same program shape, the same resources."""
+    """dev and prod differ only in config: the same program shape, the same resources — but for the
+    registry's private endpoint, which only prod's Premium tier has."""
     dev, prod = ({(r.type, r.name) for r in runs[s].mocks.resources} for s in STACKS)
-    assert dev == prod
-    assert len(dev) == len(runs["dev"].mocks.resources)  # names are unique per type
+    assert prod - dev == {
+        (ENDPOINT, "agentplane-acr-endpoint"),
+        ("azure-native:network:PrivateDnsZoneGroup", "agentplane-acr-endpoint-dns"),
+    }
+    assert dev <= prod
+    for stack in STACKS:  # names are unique per type
+        assert len({(r.type, r.name) for r in runs[stack].mocks.resources}) == len(
+            runs[stack].mocks.resources
+        )
 
 
 def test_the_project_entry_point_runs_the_same_program(runs: dict[str, StackRun]) -> None:
     """`Pulumi.yaml` runs `infra/__main__.py`, which finds the checkout it lives in."""
-    entry = run_stack("dev", secret_config={"agentplane:llmProviderKeys": LLM_KEYS}, entry_point=True)
+    entry = run_stack("dev", config=LLM_CONFIG, secret_config=LLM_SECRET_CONFIG, entry_point=True)
     assert {(r.type, r.name) for r in entry.mocks.resources} == {
         (r.type, r.name) for r in runs["dev"].mocks.resources
     }
@@ -167,7 +188,7 @@ def test_key_vault_holds_every_secret_as_a_pulumi_secret(run: StackRun) -> None:
         "qdrant-api-key",
         "postgres-admin-password",
         "grafana-admin-password",
-        *(f"llm-{p}-api-key" for p in LLM_KEYS),
+        *PROVIDER_SECRETS.values(),
     }
     vault_name = run.mocks.one(VAULT).state["name"]
     for name, secret in secrets.items():
@@ -175,6 +196,7 @@ def test_key_vault_holds_every_secret_as_a_pulumi_secret(run: StackRun) -> None:
         assert secret.plain["vaultName"] == vault_name
     for provider, key in LLM_KEYS.items():
         assert secrets[f"llm-{provider}-api-key"].plain["properties"]["value"] == key
+    assert secrets["llm-azure-api-base"].plain["properties"]["value"] == LLM_ENDPOINTS["azure"]
 
 
 def test_aks_has_workload_identity_oidc_network_policy_and_key_vault_csi(run: StackRun) -> None:
@@ -220,6 +242,7 @@ def test_every_role_assignment_is_scoped_to_one_resource_with_least_privilege(ru
     assert assignments
     ids = {r.id: r for r in run.mocks.resources}
     principals = {r.state["principalId"]: r.name for r in run.mocks.of_type(IDENTITY)}
+    principals[_kubelet_object_id(run)] = "kubelet"
     for assignment in assignments:
         inputs = assignment.plain
         scope = inputs["scope"]
@@ -233,11 +256,19 @@ def test_every_role_assignment_is_scoped_to_one_resource_with_least_privilege(ru
         target = ids[scope]
         if target.type == SECRET:
             assert role.endswith(KEY_VAULT_SECRETS_USER), assignment.name
+        elif target.type == ACR:
+            assert role.endswith(ACR_PULL), assignment.name
+            assert principals[inputs["principalId"]] == "kubelet"
         else:
             assert target.type == "azure-native:network:Subnet"
             assert role.endswith(NETWORK_CONTRIBUTOR)
             assert principals[inputs["principalId"]] == "agentplane-aks-identity"
         assert not role.endswith(KEY_VAULT_SECRETS_OFFICER)
+
+
+def _kubelet_object_id(run: StackRun) -> str:
+    object_id: str = run.mocks.one(AKS).state["identityProfile"]["kubeletidentity"]["objectId"]
+    return object_id
 
 
 def _readable_secrets(run: StackRun, identity: str) -> set[str]:
@@ -251,11 +282,11 @@ def _readable_secrets(run: StackRun, identity: str) -> set[str]:
 
 
 def test_operator_and_runtime_read_only_the_secrets_they_use(run: StackRun) -> None:
+    """The operator reads the connection settings; agent pods only the provider settings the operator
+    syncs into their LLM Secret (their stores come from the operator's runtime Secret)."""
     connection = {"database-url", "redis-url", "qdrant-url", "qdrant-api-key"}
     assert _readable_secrets(run, "agentplane-operator-identity") == connection
-    assert _readable_secrets(run, "agentplane-runtime-identity") == connection | {
-        f"llm-{p}-api-key" for p in LLM_KEYS
-    }
+    assert _readable_secrets(run, "agentplane-runtime-identity") == set(PROVIDER_SECRETS.values())
 
 
 def _tenants() -> list[str]:
@@ -326,8 +357,13 @@ def test_crds_applied_are_exactly_the_files_in_specs_crds(run: StackRun) -> None
 
 def test_helm_charts_are_pinned_from_config(run: StackRun) -> None:
     releases = {r.plain["name"]: r.plain for r in run.mocks.of_type(RELEASE)}
-    assert set(releases) == {"qdrant", "kube-prometheus-stack", "flux"}
-    for release, key in (("qdrant", "qdrant"), ("kube-prometheus-stack", "monitoring"), ("flux", "gitops")):
+    assert set(releases) == {"qdrant", "kube-prometheus-stack", "flux", "traefik"}
+    for release, key in (
+        ("qdrant", "qdrant"),
+        ("kube-prometheus-stack", "monitoring"),
+        ("flux", "gitops"),
+        ("traefik", "gateway"),
+    ):
         chart = config(run.stack, key)["chart"]
         assert releases[release]["version"] == chart["version"]
         assert releases[release]["repositoryOpts"] == {"repo": chart["repository"]}
@@ -385,6 +421,8 @@ def test_stack_outputs(run: StackRun) -> None:
         == run.mocks.one(IDENTITY, "agentplane-runtime-identity").state["clientId"]
     )
     assert "--login" in run.outputs["kubeconfig"]
+    assert run.outputs["registryLoginServer"] == run.mocks.one(ACR).state["loginServer"]
+    assert run.outputs["gatewayUrl"] == config(run.stack, "gateway")["url"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -428,8 +466,32 @@ def test_invalid_config_names_the_key_and_field() -> None:
         run_stack("dev", config={"agentplane:aks": aks})
 
 
+@pytest.mark.parametrize(
+    ("key", "change", "message"),
+    [
+        (
+            "registry",
+            {"sku": "Basic", "allowedIpRanges": ["203.0.113.0/24"]},
+            r"allowedIpRanges needs sku Premium",
+        ),
+        ("images", {"tag": "latest!"}, r"tag 'latest!' is not an image tag"),
+        ("network", {"llmEgress": [{"cidr": "10.0.0.300/8", "ports": [443]}]}, r"llmEgress\.0: .*cidr"),
+        ("network", {"llmEgress": [{"cidr": "10.0.0.0/8", "ports": [0]}]}, r"ports \[0\] are not TCP ports"),
+        ("gateway", {"url": "https://agents.example.com/v1"}, r"without a path"),
+        ("gateway", {"gatewayApiVersion": "1.5"}, r"gatewayApiVersion '1.5' is not a release"),
+        ("llmProviderEndpoints", {"azure": "http://plain.example.com"}, r"\['azure'\] must be https:// URLs"),
+        ("llmProviderEndpoints", {"Azure-OpenAI": "https://x.example.com"}, r"not litellm provider names"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_key(key: str, change: dict[str, Any], message: str) -> None:
+    current = stack_file("dev")["config"].get(f"agentplane:{key}", {})
+    with pytest.raises(Exception, match=rf"agentplane:{key}.*{message}"):
+        run_stack("dev", config={f"agentplane:{key}": {**current, **change}})
+
+
 def test_operator_manifests_applied_are_those_in_operator_deploy(run: StackRun) -> None:
-    """Whatever `operator/deploy/` holds now (possibly nothing) is applied, plus the SecretProviderClass."""
+    """Whatever `operator/deploy/` holds now (possibly nothing) is applied, plus the SecretProviderClass.
+    (Its `monitoring/` is the monitoring component's.)"""
     files = [
         doc
         for path in sorted((REPO / "operator" / "deploy").glob("*.yaml"))
@@ -446,8 +508,328 @@ def test_operator_manifests_applied_are_those_in_operator_deploy(run: StackRun) 
         if r.type.startswith("kubernetes:") and r.name.startswith("operator-")
     }
     assert applied == expected
-    images = config(run.stack, "images")
-    for resource in run.mocks.of_type("kubernetes:apps/v1:Deployment"):
-        if resource.plain["metadata"]["name"] == "agentplane-operator":
-            containers = resource.plain["spec"]["template"]["spec"]["containers"]
-            assert images["operator"] in [c["image"] for c in containers]
+
+
+# The container registry.
+
+
+def test_registry_is_the_stacks_own_without_admin_user_and_private_in_premium(run: StackRun) -> None:
+    acr = run.mocks.one(ACR)
+    inputs = acr.plain
+    cfg = config(run.stack, "registry")
+    assert inputs["sku"] == {"name": cfg["sku"]}
+    assert inputs["adminUserEnabled"] is False
+    assert inputs["anonymousPullEnabled"] is False
+    assert re.fullmatch(rf"agentplane{run.stack}[a-z0-9]{{8}}", acr.state["name"])
+    endpoints = [
+        e.plain
+        for e in run.mocks.of_type(ENDPOINT)
+        if e.plain["privateLinkServiceConnections"][0]["privateLinkServiceId"] == acr.id
+    ]
+    if cfg["sku"] == "Premium":
+        # Reached from the cluster through its private endpoint; publicly from nowhere (no ranges set).
+        assert inputs["publicNetworkAccess"] == "Disabled"
+        assert inputs["networkRuleSet"] == {"defaultAction": "Deny", "ipRules": []}
+        [endpoint] = endpoints
+        assert endpoint["privateLinkServiceConnections"][0]["groupIds"] == ["registry"]
+        subnet = run.mocks.one("azure-native:network:Subnet", "agentplane-endpoints")
+        assert endpoint["subnet"] == {"id": subnet.id}
+        group = run.mocks.one("azure-native:network:PrivateDnsZoneGroup", "agentplane-acr-endpoint-dns").plain
+        zone = run.mocks.by_id(group["privateDnsZoneConfigs"][0]["privateDnsZoneId"])
+        assert zone.state["name"] == "privatelink.azurecr.io"
+    else:
+        # Network rules and private endpoints are Premium-only: public, but Entra ID auth only.
+        assert inputs["publicNetworkAccess"] == "Enabled"
+        assert "networkRuleSet" not in inputs
+        assert endpoints == []
+
+
+def test_only_the_kubelet_identity_pulls_and_only_from_the_registry(run: StackRun) -> None:
+    acr = run.mocks.one(ACR)
+    pulls = [a.plain for a in run.mocks.of_type(ROLE) if a.plain["roleDefinitionId"].endswith(ACR_PULL)]
+    assert pulls == [
+        {
+            "scope": acr.id,
+            "roleDefinitionId": f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/"
+            f"roleDefinitions/{ACR_PULL}",
+            "principalId": _kubelet_object_id(run),
+            "principalType": "ServicePrincipal",
+        }
+    ]
+    # The kubelet identity has no other role; the registry grants no other.
+    assert [a.name for a in run.mocks.of_type(ROLE) if a.plain["principalId"] == _kubelet_object_id(run)] == [
+        "agentplane-kubelet-acr-pull"
+    ]
+    assert [a.name for a in run.mocks.of_type(ROLE) if a.plain["scope"] == acr.id] == [
+        "agentplane-kubelet-acr-pull"
+    ]
+
+
+def _operator_container(run: StackRun) -> dict[str, Any]:
+    [deployment] = [
+        r.plain for r in run.mocks.of_type(DEPLOYMENT) if r.plain["metadata"]["name"] == "agentplane-operator"
+    ]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_images_are_the_registrys(run: StackRun) -> None:
+    """The operator's image and the runtime image it deploys: `<registry>/agentplane/<name>:<tag>`."""
+    login_server = run.mocks.one(ACR).state["loginServer"]
+    tag = config(run.stack, "images")["tag"]
+    container = _operator_container(run)
+    assert container["image"] == f"{login_server}/agentplane/operator:{tag}"
+    assert _env(container)["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == f"{login_server}/agentplane/runtime:{tag}"
+    assert container["args"] == ["run"]  # the operator's own manifest is kept: only infra's settings change
+
+
+RUNTIME_OVERRIDE = "mirror.example/agentplane/runtime@sha256:" + "a" * 64
+HTTPS_GATEWAY = {
+    "hostname": "agents.example.com",
+    "tlsSecretName": "agents-tls",
+    "url": "https://agents.example.com",
+}
+
+
+@pytest.fixture(scope="module")
+def optional_run() -> StackRun:
+    """dev with the optional settings the committed stacks leave unset: one run for their tests."""
+    return run_stack(
+        "dev",
+        config={
+            "agentplane:images": {**config("dev", "images"), "runtime": RUNTIME_OVERRIDE},
+            "agentplane:gateway": {**config("dev", "gateway"), **HTTPS_GATEWAY},
+        },
+    )
+
+
+def test_image_references_can_be_overridden(optional_run: StackRun) -> None:
+    container = _operator_container(optional_run)
+    assert container["image"].endswith(f".azurecr.io/agentplane/operator:{config('dev', 'images')['tag']}")
+    assert _env(container)["AGENTPLANE_OPERATOR_RUNTIME_IMAGE"] == RUNTIME_OVERRIDE
+
+
+# What the operator is told.
+
+
+def test_operator_settings_wire_key_vault_gateway_egress_monitoring_and_the_agent_pool(run: StackRun) -> None:
+    env = _env(_operator_container(run))
+    net = config(run.stack, "network")
+    ours = {name: value for name, value in env.items() if name.startswith("AGENTPLANE_OPERATOR_")}
+    # From the operator's own manifest: kept; the connection settings: from the synced Secret.
+    from_manifest = {"AGENTPLANE_OPERATOR_PLATFORM_NAMESPACE", "AGENTPLANE_OPERATOR_METRICS_PORT"}
+    connection = {name for name, value in ours.items() if isinstance(value, dict)}
+    assert connection == {
+        "AGENTPLANE_OPERATOR_DATABASE_URL",
+        "AGENTPLANE_OPERATOR_REDIS_URL",
+        "AGENTPLANE_OPERATOR_QDRANT_URL",
+        "AGENTPLANE_OPERATOR_QDRANT_API_KEY",
+    }
+    settings = {
+        k.removeprefix("AGENTPLANE_OPERATOR_"): v
+        for k, v in ours.items()
+        if k not in from_manifest | connection
+    }
+    login_server = run.mocks.one(ACR).state["loginServer"]
+    assert settings == {
+        "RUNTIME_IMAGE": f"{login_server}/agentplane/runtime:{config(run.stack, 'images')['tag']}",
+        "KEY_VAULT_NAME": run.mocks.one(VAULT).state["name"],
+        "KEY_VAULT_TENANT_ID": TENANT,
+        "RUNTIME_CLIENT_ID": run.mocks.one(IDENTITY, "agentplane-runtime-identity").state["clientId"],
+        "PROVIDER_SECRETS": json.dumps(PROVIDER_SECRETS, sort_keys=True, separators=(",", ":")),
+        "GATEWAY_NAME": "agentplane",
+        "GATEWAY_NAMESPACE": "agentplane-gateway",
+        "GATEWAY_URL": config(run.stack, "gateway")["url"],
+        "PLATFORM_EGRESS": settings["PLATFORM_EGRESS"],  # below
+        "MONITORING_NAMESPACE": "monitoring",
+        "AGENT_NODE_SELECTOR": '{"agentplane.io/pool":"worker"}',
+        "AGENT_TOLERATIONS": '[{"effect":"NoSchedule","key":"agentplane.io/pool","operator":"Equal","value":"worker"}]',
+    }
+    # PostgreSQL's subnet on 5432, the private endpoints' (Redis) on Redis' TLS port, then LLM providers.
+    assert json.loads(settings["PLATFORM_EGRESS"]) == [
+        {"cidr": net["postgresSubnet"], "ports": [5432]},
+        {"cidr": net["endpointsSubnet"], "ports": [6380]},
+        {"cidr": "0.0.0.0/0", "ports": [443]},
+    ]
+    # Every provider secret the operator names exists in the vault (and the runtime identity reads it).
+    vault_secrets = {r.plain["secretName"] for r in run.mocks.of_type(SECRET)}
+    assert set(json.loads(settings["PROVIDER_SECRETS"]).values()) <= vault_secrets
+
+
+def test_the_operators_settings_parse_as_the_operator_reads_them(
+    run: StackRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's side: the environment infra writes, read by the operator's own settings class."""
+    from agentplane_operator.settings import OperatorSettings
+
+    for name, value in _env(_operator_container(run)).items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "from-the-secret")
+    built = OperatorSettings().build()
+    assert built.key_vault is not None
+    assert built.key_vault.provider_secrets == PROVIDER_SECRETS
+    assert (
+        built.key_vault.client_id == run.mocks.one(IDENTITY, "agentplane-runtime-identity").state["clientId"]
+    )
+    assert built.gateway is not None
+    assert (built.gateway.name, built.gateway.namespace) == ("agentplane", "agentplane-gateway")
+    assert [t.cidr for t in built.platform_egress][:2] == [
+        config(run.stack, "network")["postgresSubnet"],
+        config(run.stack, "network")["endpointsSubnet"],
+    ]
+    assert built.node_selector == {"agentplane.io/pool": "worker"}
+    assert built.monitoring_namespace == "monitoring"
+
+
+def test_the_worker_pool_is_for_agent_pods_alone(run: StackRun) -> None:
+    pools = {p["name"]: p for p in run.mocks.one(AKS).plain["agentPoolProfiles"]}
+    assert pools["worker"]["nodeLabels"] == {"agentplane.io/pool": "worker"}
+    assert pools["worker"]["nodeTaints"] == ["agentplane.io/pool=worker:NoSchedule"]
+    assert "nodeTaints" not in pools["app"]  # the platform runs there
+    env = _env(_operator_container(run))
+    [toleration] = json.loads(env["AGENTPLANE_OPERATOR_AGENT_TOLERATIONS"])
+    key, rest = pools["worker"]["nodeTaints"][0].split("=")
+    value, effect = rest.split(":")
+    assert toleration == {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    assert (
+        json.loads(env["AGENTPLANE_OPERATOR_AGENT_NODE_SELECTOR"]).items()
+        <= pools["worker"]["nodeLabels"].items()
+    )
+
+
+def test_an_azure_key_needs_its_endpoint() -> None:
+    with pytest.raises(
+        Exception, match=r"llmProviderKeys\.azure needs agentplane:llmProviderEndpoints\.azure"
+    ):
+        run_stack("dev", secret_config={"agentplane:llmProviderKeys": {"azure": "az-key"}})
+
+
+# The gateway.
+
+
+def test_traefik_serves_the_gateway_api_only(run: StackRun) -> None:
+    release = run.mocks.one(RELEASE, "gateway-release").plain
+    assert release["namespace"] == "agentplane-gateway"
+    assert release["chart"] == "traefik"
+    values = release["values"]
+    assert values["providers"] == {
+        "kubernetesGateway": {"enabled": True},
+        "kubernetesIngress": {"enabled": False},
+        "kubernetesCRD": {"enabled": False},
+    }
+    # The GatewayClass and Gateway are ours (below), not the chart's defaults.
+    assert values["gateway"] == {"enabled": False}
+    assert values["gatewayClass"] == {"enabled": False}
+    assert values["ingressClass"] == {"enabled": False}
+    cfg = config(run.stack, "gateway")
+    assert values["deployment"]["replicas"] == cfg["replicas"]
+    assert ("podDisruptionBudget" in values) is (cfg["replicas"] > 1)
+    assert values["service"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-dns-label-name": cfg["dnsLabel"]
+    }
+
+
+def test_gateway_api_crds_are_the_pinned_standard_channel_release(run: StackRun) -> None:
+    crds = run.mocks.one("kubernetes:yaml/v2:ConfigFile", "gateway-gateway-api")
+    version = config(run.stack, "gateway")["gatewayApiVersion"]
+    assert crds.plain["file"] == (
+        f"https://github.com/kubernetes-sigs/gateway-api/releases/download/{version}/standard-install.yaml"
+    )
+    # Traefik and the Gateway API objects wait for them.
+    for resource in (
+        run.mocks.one(RELEASE, "gateway-release"),
+        run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:Gateway"),
+        run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:GatewayClass"),
+    ):
+        assert run.mocks.waits_for(resource, crds), resource.name
+
+
+def test_the_gateway_admits_routes_from_tenant_namespaces_only(run: StackRun) -> None:
+    gateway_class = run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:GatewayClass").plain
+    assert gateway_class["spec"] == {"controllerName": "traefik.io/gateway-controller"}
+    gateway = run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:Gateway").plain
+    assert gateway["metadata"] == {"name": "agentplane", "namespace": "agentplane-gateway"}
+    assert gateway["spec"]["gatewayClassName"] == gateway_class["metadata"]["name"]
+    [listener] = gateway["spec"]["listeners"]  # no tlsSecretName in the committed stacks
+    assert (listener["port"], listener["protocol"]) == (8000, "HTTP")  # Traefik's `web` entry point
+    assert listener["allowedRoutes"] == {
+        "kinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+        "namespaces": {
+            "from": "Selector",
+            "selector": {"matchExpressions": [{"key": "agentplane.io/tenant", "operator": "Exists"}]},
+        },
+    }
+
+
+def test_the_gateway_selects_the_namespaces_the_operator_makes_for_tenants(run: StackRun) -> None:
+    from agentplane_operator.builders import build_namespace
+    from agentplane_platform.specs import validate_paths
+
+    gateway = run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:Gateway").plain
+    [expression] = gateway["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["selector"][
+        "matchExpressions"
+    ]
+    tenants = validate_paths([REPO / "specs" / "tenants"]).specs.tenants.values()
+    assert tenants
+    for tenant in tenants:
+        assert expression["key"] in build_namespace(tenant.resource)["metadata"]["labels"]
+
+
+def test_https_listener_with_a_certificate(optional_run: StackRun) -> None:
+    listeners = optional_run.mocks.one("kubernetes:gateway.networking.k8s.io/v1:Gateway").plain["spec"][
+        "listeners"
+    ]
+    assert [(x["name"], x["port"], x["hostname"]) for x in listeners] == [
+        ("http", 8000, "agents.example.com"),
+        ("https", 8443, "agents.example.com"),
+    ]
+    assert listeners[1]["tls"] == {
+        "mode": "Terminate",
+        "certificateRefs": [{"kind": "Secret", "name": "agents-tls"}],
+    }
+    assert listeners[1]["allowedRoutes"] == listeners[0]["allowedRoutes"]
+
+
+def test_gateway_url_must_match_its_hostname() -> None:
+    gateway = {**config("dev", "gateway"), "hostname": "agents.example.com"}
+    with pytest.raises(Exception, match=r"agentplane:gateway: .*is not on hostname 'agents.example.com'"):
+        run_stack("dev", config={"agentplane:gateway": gateway})
+
+
+# Monitoring.
+
+
+def test_the_operators_monitors_are_applied_after_the_chart_and_the_platform_namespace(run: StackRun) -> None:
+    files = [
+        doc
+        for path in sorted((REPO / "operator" / "deploy" / "monitoring").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    assert {d["kind"] for d in files} == {"PodMonitor", "ServiceMonitor"}
+    monitors = {
+        object_key(r.plain): r
+        for r in run.mocks.resources
+        if r.type.startswith("kubernetes:monitoring.coreos.com/") and r.name.startswith("monitoring-")
+    }
+    assert set(monitors) >= {object_key(d) for d in files}
+    release = run.mocks.one(RELEASE, "monitoring-release")
+    namespace = run.mocks.one("kubernetes:core/v1:Namespace", "operator-namespace-agentplane-system")
+    for doc in files:
+        monitor = monitors[object_key(doc)]
+        assert monitor.plain["spec"] == doc["spec"]
+        assert run.mocks.waits_for(monitor, release), monitor.name
+        assert run.mocks.waits_for(monitor, namespace), monitor.name
+
+
+def test_prometheus_selects_every_monitor(run: StackRun) -> None:
+    spec = run.mocks.one(RELEASE, "monitoring-release").plain["values"]["prometheus"]["prometheusSpec"]
+    for kind in ("podMonitor", "serviceMonitor", "rule"):
+        assert spec[f"{kind}SelectorNilUsesHelmValues"] is False
+        # Selectors left at their defaults: every monitor, in every namespace.
+        assert f"{kind}Selector" not in spec
+        assert f"{kind}NamespaceSelector" not in spec

@@ -14,6 +14,13 @@ from agentplane_infra.identity import NETWORK_CONTRIBUTOR, role_definition_id
 from agentplane_infra.manifests import kubeconfig_with_login
 
 POOL_LABEL = "agentplane.io/pool"
+"""Label of every node with the name of its pool."""
+AGENT_POOL = "worker"
+"""The pool agent pods run on: tainted, so that nothing without the toleration lands there."""
+AGENT_NODE_SELECTOR = {POOL_LABEL: AGENT_POOL}
+AGENT_TOLERATIONS = ({"key": POOL_LABEL, "operator": "Equal", "value": AGENT_POOL, "effect": "NoSchedule"},)
+"""What the operator gives agent pods: the selector and toleration of `AGENT_POOL`. DaemonSets
+that tolerate every NoSchedule taint (AKS add-ons, node-exporter) still run there."""
 
 
 class ClusterArgs(TypedDict):
@@ -53,6 +60,9 @@ def _pool(
     if mode == "System":
         # Keep agent pods off the system pool.
         profile["node_taints"] = ["CriticalAddonsOnly=true:NoSchedule"]
+    elif name == AGENT_POOL:
+        # Keep the platform (operator, Qdrant, monitoring, gateway) off the agents' pool.
+        profile["node_taints"] = [f"{POOL_LABEL}={AGENT_POOL}:NoSchedule"]
     return profile
 
 
@@ -60,6 +70,8 @@ class Cluster(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     oidc_issuer_url: pulumi.Output[str]
+    kubelet_object_id: pulumi.Output[str]
+    """Object (principal) id of the kubelet identity AKS creates: the identity that pulls images."""
     provider: k8s.Provider
     """The Kubernetes provider every in-cluster resource uses."""
 
@@ -136,7 +148,7 @@ class Cluster(pulumi.ComponentResource):
             agent_pool_profiles=[
                 _pool("system", aks.system_pool, "System", args),
                 _pool("app", aks.app_pool, "User", args),
-                _pool("worker", aks.worker_pool, "User", args),
+                _pool(AGENT_POOL, aks.worker_pool, "User", args),
             ],
             network_profile=network_profile,
             oidc_issuer_profile={"enabled": True},
@@ -176,10 +188,14 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_issuer_url = cluster.oidc_issuer_profile.apply(
             lambda profile: profile.issuer_url if profile else ""
         )
+        self.kubelet_object_id = cluster.identity_profile.apply(
+            lambda profiles: (profiles or {})["kubeletidentity"].object_id or ""
+        )
         self.register_outputs(
             {
                 "cluster_name": self.cluster_name,
                 "kubeconfig": self.kubeconfig,
                 "oidc_issuer_url": self.oidc_issuer_url,
+                "kubelet_object_id": self.kubelet_object_id,
             }
         )

@@ -8,9 +8,12 @@ Pulumi secrets (`pulumi config set --secret ...`); a plain value is refused.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi.runtime
@@ -30,6 +33,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
+class EgressRule(_Model):
+    """Destinations agent pods may reach outside the cluster: a CIDR and TCP ports."""
+
+    cidr: str
+    ports: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        try:
+            ipaddress.ip_network(self.cidr)
+        except ValueError as error:
+            raise ValueError(f"cidr {self.cidr!r}: {error}") from None
+        bad = [port for port in self.ports if not 0 < port < 65536]
+        if bad:
+            raise ValueError(f"ports {bad} are not TCP ports (1-65535)")
+        return self
+
+
 class NetworkConfig(_Model):
     """Address plan of the environment's virtual network."""
 
@@ -41,6 +62,10 @@ class NetworkConfig(_Model):
     """CIDR of the subnet of the private endpoints (Key Vault, Redis)."""
     postgres_subnet: str
     """CIDR of the subnet delegated to PostgreSQL Flexible Server."""
+    llm_egress: list[EgressRule] = Field(default_factory=lambda: [EgressRule(cidr="0.0.0.0/0", ports=[443])])
+    """Where agent pods may reach LLM providers. Public providers (OpenAI, Azure OpenAI's public
+    endpoints) have no fixed addresses, so a NetworkPolicy cannot narrow them by CIDR: the default is
+    any address on 443. A provider behind a private endpoint or an egress proxy can be narrowed to it."""
 
 
 class NodePool(_Model):
@@ -121,12 +146,42 @@ class KeyVaultConfig(_Model):
     """Public CIDRs allowed through the vault firewall; empty means private endpoint only."""
 
 
-class ImagesConfig(_Model):
-    """Container images of the platform."""
+class RegistryConfig(_Model):
+    """The stack's Azure Container Registry, which the platform's images are pulled from."""
 
-    operator: str
-    runtime: str
-    """The agent runtime image the operator runs for every Agent."""
+    sku: Literal["Basic", "Standard", "Premium"]
+    allowed_ip_ranges: list[str] = Field(default_factory=list)
+    """Premium only: public CIDRs allowed to push and pull (CI runners, workstations); with Premium
+    and none, the registry is reached only through its private endpoint."""
+
+    @model_validator(mode="after")
+    def _premium(self) -> Self:
+        if self.allowed_ip_ranges and self.sku != "Premium":
+            raise ValueError("allowedIpRanges needs sku Premium (the only tier with network rules)")
+        return self
+
+
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class ImagesConfig(_Model):
+    """Container images of the platform: `<registry>/agentplane/{operator,runtime}:<tag>`."""
+
+    tag: str
+    """Tag of both images in the stack's registry."""
+    operator: str | None = None
+    """A full image reference instead of the registry's operator image."""
+    runtime: str | None = None
+    """A full image reference instead of the registry's runtime image (what the operator runs for
+    every Agent)."""
+
+    @model_validator(mode="after")
+    def _tag(self) -> Self:
+        if not _TAG.fullmatch(self.tag):
+            raise ValueError(
+                f"tag {self.tag!r} is not an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*, 128 at most)"
+            )
+        return self
 
 
 class ChartConfig(_Model):
@@ -134,6 +189,35 @@ class ChartConfig(_Model):
 
     repository: str
     version: str
+
+
+class GatewayConfig(_Model):
+    """The gateway agents are reached through from outside the cluster: Traefik, Gateway API."""
+
+    chart: ChartConfig
+    gateway_api_version: str
+    """Release of the Gateway API CRDs (standard channel) applied, e.g. `v1.5.1`: the one the
+    Traefik version of the chart supports (the chart no longer ships them)."""
+    replicas: int = Field(default=1, ge=1)
+    url: str
+    """The public base URL the operator shows as each Agent's URL (`<url>/t/<tenant>/a/<agent>/v1`)."""
+    hostname: str | None = None
+    """Host name the Gateway's listeners accept (any when unset)."""
+    dns_label: str | None = None
+    """DNS label of the gateway's public IP: `<label>.<location>.cloudapp.azure.com` (unique per region)."""
+    tls_secret_name: str | None = None
+    """A `kubernetes.io/tls` Secret in the gateway's namespace: adds an HTTPS listener with it."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if not re.fullmatch(r"v\d+\.\d+\.\d+", self.gateway_api_version):
+            raise ValueError(f"gatewayApiVersion {self.gateway_api_version!r} is not a release (vX.Y.Z)")
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ValueError(f"url {self.url!r} must be http(s)://<host>[:port], without a path")
+        if self.hostname and url.hostname != self.hostname.lower():
+            raise ValueError(f"url {self.url!r} is not on hostname {self.hostname!r}")
+        return self
 
 
 class QdrantConfig(_Model):
@@ -174,12 +258,16 @@ class StackConfig:
     postgres: PostgresConfig
     redis: RedisConfig
     key_vault: KeyVaultConfig
+    registry: RegistryConfig
     images: ImagesConfig
+    gateway: GatewayConfig
     qdrant: QdrantConfig
     monitoring: MonitoringConfig
     gitops: GitOpsConfig
     llm_provider_keys: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     """Provider name -> API key, each a secret Output."""
+    llm_provider_endpoints: dict[str, str] = field(default_factory=dict)
+    """Provider name -> API base URL (not a secret; stored in Key Vault beside the key)."""
 
     @property
     def tags(self) -> dict[str, str]:
@@ -203,6 +291,30 @@ def _object(cfg: pulumi.Config, key: str) -> Any:
     return value
 
 
+_PROVIDER = re.compile(r"[a-z][a-z0-9_]*")
+"""litellm's provider names (`openai`, `azure`, `azure_ai`, ...)."""
+
+
+def _provider_names(key: str, names: Any) -> None:
+    bad = [str(name) for name in names if not _PROVIDER.fullmatch(str(name))]
+    if bad:
+        raise ConfigError(
+            f"{NAMESPACE}:{key}: provider names {bad} are not litellm provider names ([a-z][a-z0-9_]*)"
+        )
+
+
+def _llm_provider_endpoints(cfg: pulumi.Config) -> dict[str, str]:
+    key = "llmProviderEndpoints"
+    endpoints = cfg.get_object(key) or {}
+    if not isinstance(endpoints, dict) or not all(isinstance(v, str) for v in endpoints.values()):
+        raise ConfigError(f"{NAMESPACE}:{key} must map provider names to API base URLs")
+    _provider_names(key, endpoints)
+    bad = [name for name, url in endpoints.items() if urlsplit(url).scheme != "https"]
+    if bad:
+        raise ConfigError(f"{NAMESPACE}:{key}: {bad} must be https:// URLs")
+    return {str(name): url for name, url in sorted(endpoints.items())}
+
+
 def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
     full_key = f"{NAMESPACE}:llmProviderKeys"
     raw = pulumi.runtime.get_config(full_key)
@@ -219,6 +331,7 @@ def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
     keys = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
         raise ConfigError(f"{full_key} must map provider names to API keys")
+    _provider_names("llmProviderKeys", keys)
     return {str(name): pulumi.Output.secret(value) for name, value in sorted(keys.items())}
 
 
@@ -228,6 +341,12 @@ def load_config() -> StackConfig:
     location = pulumi.Config("azure-native").get("location")
     if not location:
         raise ConfigError(f"azure-native:location is not set in Pulumi.{pulumi.get_stack()}.yaml")
+    keys, endpoints = _llm_provider_keys(), _llm_provider_endpoints(cfg)
+    if "azure" in keys and "azure" not in endpoints:
+        raise ConfigError(
+            f"{NAMESPACE}:llmProviderKeys.azure needs {NAMESPACE}:llmProviderEndpoints.azure, the Azure "
+            "OpenAI resource's endpoint (https://<resource>.openai.azure.com): the runtime reads both"
+        )
     return StackConfig(
         stack=pulumi.get_stack(),
         location=location,
@@ -236,9 +355,12 @@ def load_config() -> StackConfig:
         postgres=_parse(PostgresConfig, "postgres", _object(cfg, "postgres")),
         redis=_parse(RedisConfig, "redis", _object(cfg, "redis")),
         key_vault=_parse(KeyVaultConfig, "keyVault", _object(cfg, "keyVault")),
+        registry=_parse(RegistryConfig, "registry", _object(cfg, "registry")),
         images=_parse(ImagesConfig, "images", _object(cfg, "images")),
+        gateway=_parse(GatewayConfig, "gateway", _object(cfg, "gateway")),
         qdrant=_parse(QdrantConfig, "qdrant", _object(cfg, "qdrant")),
         monitoring=_parse(MonitoringConfig, "monitoring", _object(cfg, "monitoring")),
         gitops=_parse(GitOpsConfig, "gitops", _object(cfg, "gitops")),
-        llm_provider_keys=_llm_provider_keys(),
+        llm_provider_keys=keys,
+        llm_provider_endpoints=endpoints,
     )

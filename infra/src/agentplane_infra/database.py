@@ -12,6 +12,7 @@ from agentplane_infra.config import PostgresConfig
 
 DATABASE = "agentplane"
 ADMIN_LOGIN = "agentplane"
+PORT = 5432
 
 
 class DatabaseArgs(TypedDict):
@@ -86,7 +87,7 @@ class Database(pulumi.ComponentResource):
                 password.result,
                 "@",
                 self.host,
-                ":5432/",
+                f":{PORT}/",
                 DATABASE,
                 "?ssl=require",
             )

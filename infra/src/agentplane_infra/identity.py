@@ -13,6 +13,8 @@ from pulumi_azure_native import authorization, managedidentity
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 """Read secret contents. Not Secrets Officer: nothing in the cluster writes secrets."""
 NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+"""Pull images from a container registry, nothing else."""
 MAX_FEDERATED_CREDENTIALS = 20
 """Azure's limit of federated credentials per user-assigned identity."""
 TOKEN_AUDIENCE = "api://AzureADTokenExchange"

@@ -11,14 +11,15 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import yaml
 
+from agentplane_infra.config import EgressRule
 from agentplane_platform.specs import validate_paths
 
 Manifest = dict[str, Any]
@@ -81,14 +82,61 @@ def object_key(obj: Manifest) -> str:
     return f"{obj['kind']}/{namespace}/{meta['name']}" if namespace else f"{obj['kind']}/{meta['name']}"
 
 
+ENV_PREFIX = "AGENTPLANE_OPERATOR_"
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """What only infra knows about the operator's deployment."""
 
-    image: str
-    runtime_image: str
+    image: pulumi.Input[str]
+    runtime_image: pulumi.Input[str]
+    """The image of every agent pod."""
     client_id: pulumi.Input[str]
     """Client id of the operator's user-assigned managed identity."""
+    key_vault_name: pulumi.Input[str]
+    tenant_id: pulumi.Input[str]
+    """The Entra ID tenant of the vault (and of both identities)."""
+    runtime_client_id: pulumi.Input[str]
+    """Client id of the agent runtime's identity: tenant SecretProviderClasses read Key Vault as it."""
+    provider_secrets: Mapping[str, str] = field(default_factory=dict)
+    """Provider environment name -> Key Vault secret name, synced into every tenant's LLM Secret."""
+    gateway_name: str | None = None
+    gateway_namespace: str | None = None
+    gateway_url: pulumi.Input[str] | None = None
+    platform_egress: Sequence[EgressRule] = ()
+    """Destinations outside the cluster every tenant's pods may reach (stores, LLM providers)."""
+    monitoring_namespace: str | None = None
+    agent_node_selector: Mapping[str, str] = field(default_factory=dict)
+    agent_tolerations: Sequence[Mapping[str, str]] = ()
+
+    def env(self) -> list[Manifest]:
+        """The operator's `AGENTPLANE_OPERATOR_*` settings infra sets (complex values as JSON)."""
+        values: dict[str, pulumi.Input[str] | None] = {
+            "RUNTIME_IMAGE": self.runtime_image,
+            "KEY_VAULT_NAME": self.key_vault_name,
+            "KEY_VAULT_TENANT_ID": self.tenant_id,
+            "RUNTIME_CLIENT_ID": self.runtime_client_id,
+            "PROVIDER_SECRETS": _json(dict(self.provider_secrets)),
+            "GATEWAY_NAME": self.gateway_name,
+            "GATEWAY_NAMESPACE": self.gateway_namespace,
+            "GATEWAY_URL": self.gateway_url,
+            "PLATFORM_EGRESS": _json(
+                [{"cidr": r.cidr, "ports": list(r.ports)} for r in self.platform_egress]
+            ),
+            "MONITORING_NAMESPACE": self.monitoring_namespace,
+            "AGENT_NODE_SELECTOR": _json(dict(self.agent_node_selector)),
+            "AGENT_TOLERATIONS": _json([dict(t) for t in self.agent_tolerations]),
+        }
+        return [
+            {"name": f"{ENV_PREFIX}{key}", "value": value}
+            for key, value in values.items()
+            if value is not None
+        ]
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _is(obj: Manifest, kind: str, name: str) -> bool:
@@ -104,9 +152,10 @@ def customize_operator(obj: Manifest, settings: OperatorSettings) -> Manifest:
     """A copy of one of the operator's manifests with infra's settings added.
 
     The ServiceAccount gets the workload-identity client id; the Deployment gets the workload
-    identity pod label, the image from stack config, the runtime image it deploys, the connection
-    settings from the Secret synced from Key Vault, and the CSI volume whose mount makes that sync
-    happen. Everything else is returned unchanged.
+    identity pod label, the image, its settings (`OperatorSettings.env`: the runtime image, Key Vault
+    and the runtime identity, provider secrets, gateway, egress, monitoring, agent node pool), the
+    connection settings from the Secret synced from Key Vault, and the CSI volume whose mount makes
+    that sync happen. Everything else is returned unchanged.
     """
     obj = copy.deepcopy(obj)
     if _is(obj, "ServiceAccount", OPERATOR_NAME):
@@ -126,7 +175,7 @@ def customize_operator(obj: Manifest, settings: OperatorSettings) -> Manifest:
         container["env"] = _merge_env(
             container.get("env") or [],
             [
-                {"name": "AGENTPLANE_OPERATOR_RUNTIME_IMAGE", "value": settings.runtime_image},
+                *settings.env(),
                 *(
                     {"name": env, "valueFrom": {"secretKeyRef": {"name": OPERATOR_SECRET, "key": key}}}
                     for env, key in CONNECTION_ENV.items()

@@ -10,6 +10,9 @@ from pulumi_azure_native import network, privatedns
 PRIVATE_DNS_ZONES = {
     "keyvault": "privatelink.vaultcore.azure.net",
     "redis": "privatelink.redis.cache.windows.net",
+    # Empty when the registry has no private endpoint (below Premium): names resolve through the
+    # zone only once an endpoint exists, so an empty zone changes nothing.
+    "registry": "privatelink.azurecr.io",
 }
 """Private DNS zones of the private endpoints, by service."""
 
@@ -32,7 +35,7 @@ class Network(pulumi.ComponentResource):
     endpoints_subnet_id: pulumi.Output[str]
     postgres_subnet_id: pulumi.Output[str]
     dns_zone_ids: dict[str, pulumi.Output[str]]
-    """Private DNS zone ids by service: `keyvault`, `redis`, `postgres`."""
+    """Private DNS zone ids by service: `keyvault`, `redis`, `registry`, `postgres`."""
     dns_links: dict[str, pulumi.Resource]
     """The zones' links to the network: a server registering in a zone waits for them."""
 
@@ -119,7 +122,7 @@ class PrivateEndpointArgs(TypedDict):
     target_id: pulumi.Input[str]
     """The resource reached through the endpoint."""
     group_id: str
-    """Its private link sub-resource (`vault`, `redisCache`)."""
+    """Its private link sub-resource (`vault`, `redisCache`, `registry`)."""
     dns_zone_id: pulumi.Input[str]
     tags: pulumi.Input[dict[str, str]]
 

@@ -22,13 +22,9 @@ from agentplane_infra.manifests import (
 
 class OperatorArgs(TypedDict):
     directory: Path
-    """`operator/deploy/`: every YAML file there, sorted; absent or empty means nothing of the operator yet."""
-    image: str
-    runtime_image: str
-    client_id: pulumi.Input[str]
-    """Client id of the operator's managed identity (workload identity)."""
-    vault_name: pulumi.Input[str]
-    tenant_id: pulumi.Input[str]
+    """`operator/deploy/`: every YAML file directly there, sorted; absent or empty means nothing of
+    the operator yet. (Its `monitoring/` needs the monitoring CRDs: the Monitoring component applies it.)"""
+    settings: OperatorSettings
 
 
 class Operator(pulumi.ComponentResource):
@@ -39,9 +35,7 @@ class Operator(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: OperatorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("agentplane:operator:Operator", name, None, opts)
-        settings = OperatorSettings(
-            image=args["image"], runtime_image=args["runtime_image"], client_id=args["client_id"]
-        )
+        settings = args["settings"]
         manifests = [
             customize_operator(obj, settings) for obj in load_manifests(yaml_files(args["directory"]))
         ]
@@ -68,7 +62,7 @@ class Operator(pulumi.ComponentResource):
         self.namespace = namespace
         after = pulumi.ResourceOptions(parent=self, depends_on=first)
         spc = secret_provider_class(
-            client_id=args["client_id"], vault_name=args["vault_name"], tenant_id=args["tenant_id"]
+            client_id=settings.client_id, vault_name=settings.key_vault_name, tenant_id=settings.tenant_id
         )
         for obj in [spc, *rest]:
             apply_manifest(resource_name(name, obj), obj, after)

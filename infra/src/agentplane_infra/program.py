@@ -9,11 +9,15 @@ import pulumi
 import pulumi_random as random
 from pulumi_azure_native import authorization, resources
 
+from agentplane_infra.cache import TLS_PORT as REDIS_TLS_PORT
 from agentplane_infra.cache import Cache
-from agentplane_infra.cluster import Cluster
-from agentplane_infra.config import load_config
+from agentplane_infra.cluster import AGENT_NODE_SELECTOR, AGENT_TOLERATIONS, Cluster
+from agentplane_infra.config import EgressRule, load_config
 from agentplane_infra.crds import Crds
+from agentplane_infra.database import PORT as POSTGRES_PORT
 from agentplane_infra.database import Database
+from agentplane_infra.gateway import GATEWAY, Gateway
+from agentplane_infra.gateway import NAMESPACE as GATEWAY_NAMESPACE
 from agentplane_infra.gitops import GitOps
 from agentplane_infra.identity import WorkloadIdentity
 from agentplane_infra.manifests import (
@@ -21,14 +25,18 @@ from agentplane_infra.manifests import (
     OPERATOR_NAME,
     PLATFORM_NAMESPACE,
     RUNTIME_SERVICE_ACCOUNT,
+    OperatorSettings,
     tenant_namespaces,
     workload_subject,
 )
+from agentplane_infra.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from agentplane_infra.monitoring import Monitoring
 from agentplane_infra.network import Network
 from agentplane_infra.operator_deploy import Operator
+from agentplane_infra.providers import provider_secrets, secret_name
 from agentplane_infra.qdrant import URL as QDRANT_URL
 from agentplane_infra.qdrant import Qdrant
+from agentplane_infra.registry import Registry, image_ref
 from agentplane_infra.vault import Vault
 
 PREFIX = "agentplane"
@@ -101,13 +109,30 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
     def in_cluster(*depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(provider=cluster.provider, depends_on=list(depends_on))
 
-    crds = Crds("crds", {"directory": root / "specs" / "crds"}, in_cluster())
-    monitoring = Monitoring(
-        "monitoring", {"chart": cfg.monitoring.chart, "dashboards": root / "dashboards"}, in_cluster()
+    registry = Registry(
+        PREFIX,
+        {
+            "resource_group_name": rg,
+            "location": cfg.location,
+            "stack": cfg.stack,
+            "registry": cfg.registry,
+            "endpoints_subnet_id": net.endpoints_subnet_id,
+            "dns_zone_id": net.dns_zone_ids["registry"],
+            "pull_principal_id": cluster.kubelet_object_id,
+            "subscription_id": client.subscription_id,
+            "tags": tags,
+        },
     )
-    qdrant_api_key = random.RandomPassword("qdrant-api-key", length=40, special=False)
 
-    llm_secrets = {f"llm-{provider}-api-key": key for provider, key in cfg.llm_provider_keys.items()}
+    crds = Crds("crds", {"directory": root / "specs" / "crds"}, in_cluster())
+    qdrant_api_key = random.RandomPassword("qdrant-api-key", length=40, special=False)
+    grafana_admin_password = random.RandomPassword("grafana-admin-password", length=32, special=False)
+
+    # Provider settings, stored in Key Vault and synced by the operator into each tenant's LLM Secret.
+    provider_values: dict[str, pulumi.Input[str]] = {
+        **{secret_name(p, "api-key"): key for p, key in cfg.llm_provider_keys.items()},
+        **{secret_name(p, "api-base"): url for p, url in cfg.llm_provider_endpoints.items()},
+    }
     vault = Vault(
         PREFIX,
         {
@@ -123,13 +148,12 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
                 "qdrant-url": QDRANT_URL,
                 "qdrant-api-key": qdrant_api_key.result,
                 "postgres-admin-password": database.admin_password,
-                "grafana-admin-password": monitoring.grafana_admin_password,
-                **llm_secrets,
+                "grafana-admin-password": grafana_admin_password.result,
+                **provider_values,
             },
             "tags": tags,
         },
     )
-    connection = {key: vault.secret_ids[key] for key in CONNECTION_ENV.values()}
     operator_identity = WorkloadIdentity(
         f"{PREFIX}-operator",
         {
@@ -137,13 +161,14 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
             "location": cfg.location,
             "oidc_issuer_url": cluster.oidc_issuer_url,
             "subjects": [workload_subject(PLATFORM_NAMESPACE, OPERATOR_NAME)],
-            "secret_scopes": connection,
+            "secret_scopes": {key: vault.secret_ids[key] for key in CONNECTION_ENV.values()},
             "subscription_id": client.subscription_id,
             "tags": tags,
         },
     )
-    # Tenant namespaces come and go with the specs; a federated credential names one service
-    # account, so the runtime identity trusts the tenants known when `pulumi up` runs.
+    # Agent pods read only the provider settings through this identity (their stores come from the
+    # runtime Secret the operator keeps). Tenant namespaces come and go with the specs; a federated
+    # credential names one service account, so it trusts the tenants known when `pulumi up` runs.
     runtime_identity = WorkloadIdentity(
         f"{PREFIX}-runtime",
         {
@@ -154,30 +179,62 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
                 workload_subject(namespace, RUNTIME_SERVICE_ACCOUNT)
                 for namespace in tenant_namespaces(root / "specs" / "tenants")
             ],
-            "secret_scopes": {**connection, **{key: vault.secret_ids[key] for key in llm_secrets}},
+            "secret_scopes": {key: vault.secret_ids[key] for key in provider_values},
             "subscription_id": client.subscription_id,
             "tags": tags,
         },
     )
 
+    images = cfg.images
     operator = Operator(
         "operator",
         {
             "directory": root / "operator" / "deploy",
-            "image": cfg.images.operator,
-            "runtime_image": cfg.images.runtime,
-            "client_id": operator_identity.client_id,
-            "vault_name": vault.vault_name,
-            "tenant_id": client.tenant_id,
+            "settings": OperatorSettings(
+                image=images.operator or image_ref(registry.login_server, "operator", images.tag),
+                runtime_image=images.runtime or image_ref(registry.login_server, "runtime", images.tag),
+                client_id=operator_identity.client_id,
+                key_vault_name=vault.vault_name,
+                tenant_id=client.tenant_id,
+                runtime_client_id=runtime_identity.client_id,
+                provider_secrets=provider_secrets(cfg.llm_provider_keys, cfg.llm_provider_endpoints),
+                gateway_name=GATEWAY,
+                gateway_namespace=GATEWAY_NAMESPACE,
+                gateway_url=cfg.gateway.url,
+                platform_egress=[
+                    EgressRule(cidr=cfg.network.postgres_subnet, ports=[POSTGRES_PORT]),
+                    # Redis (and Key Vault, not opened here) are behind private endpoints in this subnet.
+                    EgressRule(cidr=cfg.network.endpoints_subnet, ports=[REDIS_TLS_PORT]),
+                    *cfg.network.llm_egress,
+                ],
+                monitoring_namespace=MONITORING_NAMESPACE,
+                agent_node_selector=AGENT_NODE_SELECTOR,
+                agent_tolerations=AGENT_TOLERATIONS,
+            ),
         },
-        in_cluster(crds, monitoring.release),
+        # Images are pulled as the kubelet identity: the grant comes first.
+        in_cluster(crds, registry),
+    )
+    monitoring = Monitoring(
+        "monitoring",
+        {
+            "chart": cfg.monitoring.chart,
+            "dashboards": root / "dashboards",
+            "monitors": root / "operator" / "deploy" / "monitoring",
+            "monitors_namespace": operator.namespace,
+            "grafana_admin_password": grafana_admin_password.result,
+        },
+        in_cluster(),
     )
     Qdrant(
         "qdrant",
         {"qdrant": cfg.qdrant, "api_key": qdrant_api_key.result},
         in_cluster(operator.namespace, monitoring.release),
     )
-    GitOps("gitops", {"gitops": cfg.gitops}, in_cluster(crds, operator))
+    gateway = Gateway("gateway", {"gateway": cfg.gateway}, in_cluster(monitoring.release))
+    # Tenants and their agents arrive through Flux: after the operator, and after the Gateway API
+    # that the operator's HTTPRoutes need.
+    GitOps("gitops", {"gitops": cfg.gitops}, in_cluster(crds, operator, gateway))
 
     outputs: dict[str, pulumi.Output[Any]] = {
         "resourceGroupName": rg,
@@ -191,6 +248,8 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
         "operatorClientId": operator_identity.client_id,
         "runtimeClientId": runtime_identity.client_id,
         "qdrantUrl": pulumi.Output.from_input(QDRANT_URL),
+        "registryLoginServer": registry.login_server,
+        "gatewayUrl": gateway.url,
     }
     for name, value in outputs.items():
         pulumi.export(name, value)

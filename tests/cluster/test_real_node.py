@@ -1,8 +1,8 @@
 """The real test node: pods run, Services route, NetworkPolicy holds, and teardown leaves nothing.
 
-One cluster with a real node (``support.node``) serves the module; its last tests stop it and
-compare the host against a snapshot taken before it started, then do the same for a test process
-that is killed outright.
+The module's ``real_cluster`` (``support.cluster_fixture``) serves every test; the last tests
+stop it and compare the host with a snapshot taken before it started, then do the same for a
+test process that is killed outright while it holds a real node.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from support import netplan, node, oci
-from support.cluster import REPO_ROOT, Cluster, start_cluster, stop_cluster
-from support.cluster_fixture import require_real_node
+from support.cluster import REPO_ROOT, Cluster, stop_cluster
+from support.cluster_fixture import REUSE_ENV, require_real_node
 from support.node import HostSnapshot, RealNode
 
 pytestmark = pytest.mark.k8s
@@ -55,17 +55,14 @@ class RealCluster:
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
-    """This module's own cluster with a real node, so that its last test can stop it."""
-    bin_dir = require_real_node()
-    workdir = tmp_path_factory.mktemp("real-node")
-    before = node.snapshot_host(workdir)
-    cluster = start_cluster(workdir, bin_dir=bin_dir, real_node=True)
-    try:
-        assert cluster.real_node is not None
-        yield RealCluster(cluster, cluster.real_node, before, workdir)
-    finally:
-        stop_cluster(cluster)
+def host_before() -> HostSnapshot:
+    """The host before this module's real cluster starts (requested first, so taken first)."""
+    return node.snapshot_host()
+
+
+@pytest.fixture(scope="module")
+def real(host_before: HostSnapshot, real_cluster: Cluster, real_node: RealNode) -> RealCluster:
+    return RealCluster(real_cluster, real_node, host_before, real_cluster.workdir)
 
 
 @pytest.fixture
@@ -386,6 +383,8 @@ def test_node_processes_are_its_components(real: RealCluster) -> None:
 
 
 def test_teardown_leaves_nothing_behind(real: RealCluster) -> None:
+    if os.environ.get(REUSE_ENV):
+        pytest.skip(f"${REUSE_ENV} is set: the reused cluster is not this test's to stop")
     during = node.snapshot_host(real.workdir)
     created = node.host_leftovers(real.before, during)
     assert any(f"link {real.node.network.veth}" in item for item in created), created  # the check can fail

@@ -568,7 +568,7 @@ def start_cluster(
     if real_node:
         missing = node.missing_requirements(bin_dir)
         if missing:
-            raise ClusterError("cannot start the real node: missing " + ", ".join(missing))
+            raise ClusterError(f"cannot start the real node: {node.requirements_hint(missing)}")
     network = node.start_network(workdir / "node", detach=detach) if real_node else None
     address = netplan.HOST_ADDRESS if real_node else netplan.LOOPBACK
     etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port(address)
@@ -974,7 +974,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing = node.missing_requirements()
             real_node = not missing
             if missing:
-                print(f"cluster: no real node (missing: {', '.join(missing)})", file=sys.stderr)
+                print(f"cluster: no real node: {node.requirements_hint(missing)}", file=sys.stderr)
         cluster = start_cluster(workdir, args.crd_dir, detach=True, real_node=real_node)
         _print_exports(cluster)
         print(

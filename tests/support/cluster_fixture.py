@@ -63,7 +63,7 @@ def require_real_node() -> Path:
         raise AssertionError("unreachable") from exc
     missing = node.missing_requirements(bin_dir)
     if missing:
-        unavailable("real Kubernetes node", "missing " + ", ".join(missing))
+        unavailable("real Kubernetes node", node.requirements_hint(missing))
     return bin_dir
 
 

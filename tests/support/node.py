@@ -139,9 +139,12 @@ def missing_requirements(bin_dir: Path | None = None) -> list[str]:
     ]
     if bin_dir is not None:
         missing += [f"{bin_dir / b}" for b in _NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
-    if missing and os.geteuid() == 0:
-        missing.append("(tools/install-system-deps.sh installs the packages)")
     return missing
+
+
+def requirements_hint(missing: Sequence[str]) -> str:
+    """``missing ...`` plus where to get it, for error and skip messages."""
+    return f"missing {', '.join(missing)} (tools/install-system-deps.sh installs the packages, as root)"
 
 
 def lock_path() -> Path:
@@ -532,7 +535,7 @@ def start_network(workdir: Path, *, detach: bool = False, timeout: float = 30.0)
             raise NodeError(f"node workdir {workdir} is under {shadowed}, which the node shadows")
     missing = missing_requirements()
     if missing:
-        raise NodeError("cannot run the real node: missing " + ", ".join(missing))
+        raise NodeError(f"cannot run the real node: {requirements_hint(missing)}")
     layout = _Layout(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     for directory in (layout.logs, layout.config, layout.images):

@@ -301,6 +301,8 @@ def test_federated_credentials_bind_the_identities_to_their_service_accounts(run
     operator = "system:serviceaccount:agentplane-system:agentplane-operator"
     runtime = {f"system:serviceaccount:tenant-{t}:agentplane-agent" for t in _tenants()}
     assert runtime, "specs/tenants/ holds tenants"
+    # the knowledge-sync Jobs embed with the providers' keys, as the runtime does
+    runtime.add("system:serviceaccount:agentplane-system:agentplane-knowledge")
     assert set(credentials) == {operator} | runtime
     identities = {r.state["name"]: r for r in run.mocks.of_type(IDENTITY)}
     for subject, credential in credentials.items():
@@ -649,6 +651,8 @@ def test_operator_settings_wire_key_vault_gateway_egress_monitoring_and_the_agen
         "MONITORING_NAMESPACE": "monitoring",
         "AGENT_NODE_SELECTOR": '{"agentplane.io/pool":"worker"}',
         "AGENT_TOLERATIONS": '[{"effect":"NoSchedule","key":"agentplane.io/pool","operator":"Equal","value":"worker"}]',
+        "GITOPS_SOURCE": "flux-system/agentplane",
+        "GITOPS_SPECS_DIR": "specs",
     }
     # PostgreSQL's subnet on 5432, the private endpoints' (Redis) on Redis' TLS port, then LLM providers.
     assert json.loads(settings["PLATFORM_EGRESS"]) == [

@@ -11,6 +11,8 @@ from agentplane_infra.config import GitOpsConfig
 
 NAMESPACE = "flux-system"
 SOURCE = "agentplane"
+SPECS_DIR = "specs"
+"""Where `tenants/` is in the repository (the operator's knowledge sync reads it from the artifact)."""
 # Only `specs/` is fetched; its generated CRDs and JSON Schemas are not Flux's to apply (Pulumi
 # installs the CRDs together with the operator that understands them).
 IGNORE = "/*\n!/specs/\n/specs/crds/\n/specs/schemas/\n"

@@ -109,6 +109,10 @@ class OperatorSettings:
     monitoring_namespace: str | None = None
     agent_node_selector: Mapping[str, str] = field(default_factory=dict)
     agent_tolerations: Sequence[Mapping[str, str]] = ()
+    gitops_source: str | None = None
+    """`<namespace>/<name>` of the Flux GitRepository whose revisions sync the tenants' knowledge."""
+    gitops_specs_dir: str | None = None
+    """Where `tenants/` is inside that repository."""
 
     def env(self) -> list[Manifest]:
         """The operator's `AGENTPLANE_OPERATOR_*` settings infra sets (complex values as JSON)."""
@@ -127,6 +131,8 @@ class OperatorSettings:
             "MONITORING_NAMESPACE": self.monitoring_namespace,
             "AGENT_NODE_SELECTOR": _json(dict(self.agent_node_selector)),
             "AGENT_TOLERATIONS": _json([dict(t) for t in self.agent_tolerations]),
+            "GITOPS_SOURCE": self.gitops_source,
+            "GITOPS_SPECS_DIR": self.gitops_specs_dir,
         }
         return [
             {"name": f"{ENV_PREFIX}{key}", "value": value}

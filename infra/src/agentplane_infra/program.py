@@ -18,6 +18,9 @@ from agentplane_infra.database import PORT as POSTGRES_PORT
 from agentplane_infra.database import Database
 from agentplane_infra.gateway import GATEWAY, Gateway
 from agentplane_infra.gateway import NAMESPACE as GATEWAY_NAMESPACE
+from agentplane_infra.gitops import NAMESPACE as GITOPS_NAMESPACE
+from agentplane_infra.gitops import SOURCE as GITOPS_SOURCE
+from agentplane_infra.gitops import SPECS_DIR as GITOPS_SPECS_DIR
 from agentplane_infra.gitops import GitOps
 from agentplane_infra.identity import WorkloadIdentity
 from agentplane_infra.manifests import (
@@ -38,6 +41,7 @@ from agentplane_infra.qdrant import URL as QDRANT_URL
 from agentplane_infra.qdrant import Qdrant
 from agentplane_infra.registry import Registry, image_ref
 from agentplane_infra.vault import Vault
+from agentplane_platform.contract import KNOWLEDGE_SERVICE_ACCOUNT
 
 PREFIX = "agentplane"
 
@@ -176,8 +180,12 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
             "location": cfg.location,
             "oidc_issuer_url": cluster.oidc_issuer_url,
             "subjects": [
-                workload_subject(namespace, RUNTIME_SERVICE_ACCOUNT)
-                for namespace in tenant_namespaces(root / "specs" / "tenants")
+                # the knowledge-sync Jobs embed documents with the providers' keys too
+                workload_subject(PLATFORM_NAMESPACE, KNOWLEDGE_SERVICE_ACCOUNT),
+                *(
+                    workload_subject(namespace, RUNTIME_SERVICE_ACCOUNT)
+                    for namespace in tenant_namespaces(root / "specs" / "tenants")
+                ),
             ],
             "secret_scopes": {key: vault.secret_ids[key] for key in provider_values},
             "subscription_id": client.subscription_id,
@@ -210,6 +218,8 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
                 monitoring_namespace=MONITORING_NAMESPACE,
                 agent_node_selector=AGENT_NODE_SELECTOR,
                 agent_tolerations=AGENT_TOLERATIONS,
+                gitops_source=f"{GITOPS_NAMESPACE}/{GITOPS_SOURCE}",
+                gitops_specs_dir=GITOPS_SPECS_DIR,
             ),
         },
         # Images are pulled as the kubelet identity: the grant comes first.

@@ -27,6 +27,7 @@ from agentplane_platform.contract import (
     HTTP_PORT,
     HTTP_PORT_NAME,
     KEYVAULT_DIR,
+    KNOWLEDGE_SERVICE_ACCOUNT,
     LIVE_PATH,
     LLM_SECRET,
     METRICS_PORT,
@@ -717,9 +718,6 @@ def build_prompt_config_maps(prompt: Prompt) -> list[Manifest]:
 
 KNOWLEDGE_SYNC_LABEL = f"{GROUP}/knowledge-sync"
 REVISION_ANNOTATION = f"{GROUP}/revision"
-KNOWLEDGE_SERVICE_ACCOUNT = "agentplane-knowledge"
-"""Service account of the knowledge-sync Jobs in the platform namespace (federated with the
-runtime's Azure identity, like the tenants' agent service accounts)."""
 
 
 def knowledge_sync_job_name(revision: str) -> str:

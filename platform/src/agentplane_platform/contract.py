@@ -50,6 +50,9 @@ TERMINATION_LOG: Final = "/dev/termination-log"
 SERVICE_ACCOUNT: Final = "agentplane-agent"
 """Service account of every agent pod in a tenant namespace (federated with the runtime's Azure
 identity by infra)."""
+KNOWLEDGE_SERVICE_ACCOUNT: Final = "agentplane-knowledge"
+"""Service account of the knowledge-sync Jobs in the platform namespace (federated with the runtime's
+Azure identity by infra, like the tenants' agent service accounts)."""
 RUNTIME_SECRET: Final = "agentplane-runtime"
 """Secret in each tenant namespace, kept by the operator: the runtime's stores (`RuntimeStores`)."""
 LLM_SECRET: Final = "agentplane-llm"

@@ -64,6 +64,15 @@ typecheck: install ## Type-check every member and the tests (mypy --strict)
 k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for the tests
 	@tests/cluster/build.sh
 
+# Images: IMAGE_BASE=python builds FROM the Dockerfiles' python:3.11-slim (needs a registry; docker when
+# an engine answers, else buildah); IMAGE_BASE=debian on a base made offline from Debian's packages.
+IMAGE_BASE ?= python
+IMAGE_EXTRAS ?=
+.PHONY: images
+images: install ## Build the runtime and operator images (cached tars; IMAGE_BASE=debian: offline; IMAGE_EXTRAS=dense)
+	@tools/install-image-deps.sh
+	$(UV) run python tests/support/images.py build --base $(IMAGE_BASE) --extras "$(IMAGE_EXTRAS)"
+
 .PHONY: cluster
 cluster: install k8s-binaries ## Start a local control plane (plus a real node when root with its packages); prints the KUBECONFIG line
 	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds --real-node auto

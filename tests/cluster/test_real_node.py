@@ -390,6 +390,7 @@ def test_teardown_leaves_nothing_behind(real: RealCluster) -> None:
     assert any(f"link {real.node.network.veth}" in item for item in created), created  # the check can fail
     stop_cluster(real.cluster)
     assert not real.node.alive()
+    assert real.node.network.status()["phase"] == "stopped", real.node.network.log.read_text()
     assert_nothing_left(real.before, real.workdir)
 
 

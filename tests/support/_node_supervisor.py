@@ -5,10 +5,12 @@ Two roles, one per subcommand:
 ``watch CONFIG.json`` -- the *watchdog*, in the root namespaces. It holds the machine-wide
 real-node lock, removes what an earlier crashed run left behind, creates the node's network
 namespace (``apn-<id>``), the veth pair and the root-namespace routes, then waits. On SIGUSR1 it
-starts the node (``init`` below) inside that namespace; on SIGTERM or SIGINT -- or when the node
-dies -- it kills the node and removes everything it created: veth (with its addresses and
-routes), network namespace, cgroup directories, the node's container and kubelet state. Started
-with PR_SET_PDEATHSIG=SIGTERM, so a killed test process still gets this cleanup.
+starts the node (``init`` below) inside that namespace; on SIGUSR2 it kills the node but keeps
+the network (so the API server, which listens on the link, can still shut down cleanly); on
+SIGTERM or SIGINT -- or when the node dies unasked -- it kills the node and removes everything it
+created: veth (with its addresses and routes), network namespace, cgroup directories, the node's
+container and kubelet state. Started with PR_SET_PDEATHSIG=SIGTERM, so a killed test process
+still gets this cleanup.
 
 ``init CONFIG.json`` -- PID 1 of the node's own PID namespace, started by the watchdog as::
 
@@ -50,6 +52,7 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _stop_requested = False
 _start_requested = False
+_node_stop_requested = False
 
 
 def _log(message: str) -> None:
@@ -78,6 +81,11 @@ def _on_stop(signum: int, _frame: object) -> None:
 def _on_start(signum: int, _frame: object) -> None:
     global _start_requested
     _start_requested = True
+
+
+def _on_node_stop(signum: int, _frame: object) -> None:
+    global _node_stop_requested
+    _node_stop_requested = True
 
 
 # --------------------------------------------------------------------------
@@ -283,6 +291,7 @@ class _Watchdog:
         signal.signal(signal.SIGTERM, _on_stop)
         signal.signal(signal.SIGINT, _on_stop)
         signal.signal(signal.SIGUSR1, _on_start)
+        signal.signal(signal.SIGUSR2, _on_node_stop)
         self.status("starting")
         lock_fd = self.lock()
         code = 0
@@ -294,16 +303,28 @@ class _Watchdog:
             self.status("network")
             _log(f"network up: netns {self.netns}, veth {self.veth}")
             while not _stop_requested:
-                if _start_requested and self.init_launcher is None:
+                if _start_requested and self.init_launcher is None and not _node_stop_requested:
                     self.start_node()
-                if self.init_launcher is not None and self.init_launcher.poll() is not None:
+                if (
+                    _node_stop_requested
+                    and self.init_launcher is not None
+                    and "node_stopped" not in self.state
+                ):
+                    self.stop_node()
+                    self.status("network", node_stopped=True)
+                    _log("node stopped; network kept")
+                elif (
+                    self.init_launcher is not None
+                    and "node_stopped" not in self.state
+                    and self.init_launcher.poll() is not None
+                ):
                     exit_code = self.init_launcher.returncode
                     message = f"the node's PID 1 exited with {exit_code}"
                     _log(message)
                     self.status("failed", message=message)
                     code = 1
                     break
-                signal.sigtimedwait([signal.SIGCHLD], 0.2)
+                time.sleep(0.05)
         except Exception as exc:
             _log(f"error: {exc}")
             self.status("failed", message=str(exc))

@@ -808,9 +808,9 @@ def start_cluster(
         )
         return cluster
     except BaseException:
+        _stop_processes(procs)
         if network is not None:
             network.stop()
-        _stop_processes(procs)
         raise
 
 
@@ -828,23 +828,28 @@ def apply_crds(cluster: Cluster, crd_dir: Path, *, timeout: float = 60.0) -> lis
 def stop_cluster(cluster: Cluster | Path, *, grace: float = 5.0) -> None:
     """Stop a cluster: a :class:`Cluster` from this process, or a state directory.
 
-    Stops the real node first (removing its network, cgroups and state), then
-    kills each process group (SIGTERM, then SIGKILL after ``grace`` seconds).
+    Kills each process group (SIGTERM, then SIGKILL after ``grace`` seconds)
+    and the real node's processes at the same time, then removes the node's
+    network, cgroups and state. (The API server waits for its watch clients to
+    go away, and shuts down through its own address on the node's link.)
     """
     if isinstance(cluster, Cluster):
-        if cluster.real_node is not None:
-            cluster.real_node.stop()
-        elif (cluster.workdir / "node").is_dir():
-            node.stop_node_dir(cluster.workdir / "node")
-        processes = cluster.processes or _processes_from_pidfiles(cluster.workdir, cluster.bin_dir)
+        workdir = cluster.workdir
+        processes = cluster.processes or _processes_from_pidfiles(workdir, cluster.bin_dir)
+        network = cluster.real_node.network if cluster.real_node is not None else None
     else:
         workdir = cluster.resolve()
-        if (workdir / "node").is_dir():
-            node.stop_node_dir(workdir / "node")
         state = _read_state(workdir)
-        bin_dir = Path(str(state["bin_dir"])) if state else None
-        processes = _processes_from_pidfiles(workdir, bin_dir)
+        processes = _processes_from_pidfiles(workdir, Path(str(state["bin_dir"])) if state else None)
+        loaded = node.load_node(workdir / "node")
+        network = loaded.network if loaded is not None else None
+    if network is not None:
+        network.stop_node(wait=False)
     _stop_processes(processes, grace=grace)
+    if network is not None:
+        network.stop()
+    if (workdir / "node").is_dir():  # its records, and what a node that died unasked left
+        node.stop_node_dir(workdir / "node")
 
 
 @contextlib.contextmanager

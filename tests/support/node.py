@@ -497,6 +497,22 @@ class NodeNetwork:
     def remove_host_address(self, address: str) -> None:
         _ip("addr", "del", f"{address}/{netplan.LINK_PREFIX}", "dev", self.veth, check=False)
 
+    def stop_node(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Kill the node's processes but keep the network (SIGUSR2 to the watchdog).
+
+        Lets the API server, which listens on the link, shut down cleanly: it waits for its
+        watch clients -- kubelet, kube-proxy, kube-router -- to go away.
+        """
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.watchdog_pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while wait and self.alive() and time.monotonic() < deadline:
+            if self.status().get("node_stopped"):
+                return
+            time.sleep(0.05)
+
     def stop(self, *, timeout: float = 60.0) -> None:
         """Stop the node (if any) and remove the network, cgroups and the node's state; idempotent."""
         if self.alive():

@@ -394,9 +394,15 @@ def test_teardown_leaves_nothing_behind(real: RealCluster) -> None:
     assert_nothing_left(real.before, real.workdir)
 
 
+def no_other_real_node() -> None:
+    if os.environ.get(REUSE_ENV):
+        pytest.skip(f"${REUSE_ENV} is set: a real node may be running, and only one can")
+
+
 def test_killed_test_process_leaves_nothing_behind(tmp_path: Path) -> None:
     """A test process killed with SIGKILL: the watchdog still removes the node and its network."""
     bin_dir = require_real_node()
+    no_other_real_node()
     workdir = tmp_path / "killed"
     before = node.snapshot_host(workdir)
     child = textwrap.dedent(
@@ -430,3 +436,32 @@ def test_killed_test_process_leaves_nothing_behind(tmp_path: Path) -> None:
         proc.wait()
     wait_until("the watchdog to clean up and exit", lambda: not Path(f"/proc/{watchdog}").exists())
     assert_nothing_left(before, workdir)
+
+
+def test_next_start_removes_what_a_killed_watchdog_left(tmp_path: Path) -> None:
+    """What only a SIGKILLed watchdog leaves -- apn-* netns, veth, cgroups -- goes at the next start."""
+    require_real_node()
+    no_other_real_node()
+    before = node.snapshot_host()
+    stale = f"{node.PREFIX}stale0"
+    netns_file = Path("/run/netns") / stale
+    created_netns_dir = not netns_file.parent.exists()
+    netns_file.parent.mkdir(exist_ok=True)
+    netns_file.touch()
+    subprocess.run(["unshare", f"--net={netns_file}", "true"], check=True)
+    subprocess.run(
+        ["ip", "link", "add", stale, "type", "veth", "peer", "name", "eth0", "netns", stale], check=True
+    )
+    unified = Path("/sys/fs/cgroup/cgroup.procs").exists()
+    cgroup = Path("/sys/fs/cgroup") / ("" if unified else "memory") / stale / "kubepods"
+    cgroup.mkdir(parents=True)
+    left = node.host_leftovers(before)
+    assert f"+ link {stale}" in left
+    assert f"+ netns {stale}" in left
+
+    removed = node.cleanup_leftovers()
+    assert f"netns {stale}" in removed
+    assert f"cgroup {cgroup.parent}" in removed
+    if created_netns_dir:
+        assert not netns_file.parent.exists()
+    assert_nothing_left(before, tmp_path)

@@ -181,14 +181,25 @@ class _Watchdog:
         path = Path(self.config["lock"])
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-            raise RuntimeError(
-                f"another real test node is running on this machine (lock {path} held by {holder or '?'}); "
-                "only one can own the 198.18.255.0/24 link at a time: stop it (make cluster-down) first"
-            ) from None
+        deadline = time.monotonic() + float(self.config.get("lock_timeout", 0))
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline or _stop_requested:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"another real test node is running on this machine (lock {path} held by {holder}); "
+                        "only one can own the 198.18.255.0/24 link at a time: stop it (make cluster-down) first"
+                    ) from None
+                if not waiting:
+                    waiting = True
+                    _log(f"waiting for the real-node lock {path}, held by {holder}")
+                    self.status("waiting", message=f"waiting for the real-node lock held by {holder}")
+                time.sleep(0.5)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} workdir {self.config['workdir']}\n".encode(), 0)
         return fd

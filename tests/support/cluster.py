@@ -569,7 +569,12 @@ def start_cluster(
         missing = node.missing_requirements(bin_dir)
         if missing:
             raise ClusterError(f"cannot start the real node: {node.requirements_hint(missing)}")
-    network = node.start_network(workdir / "node", detach=detach) if real_node else None
+    # Tests queue for the one real node a machine can run; a detached `up` says so at once.
+    network = (
+        node.start_network(workdir / "node", detach=detach, lock_timeout=0 if detach else 600)
+        if real_node
+        else None
+    )
     address = netplan.HOST_ADDRESS if real_node else netplan.LOOPBACK
     etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port(address)
     server = f"https://{address}:{api_port}"
@@ -980,7 +985,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_node = not missing
             if missing:
                 print(f"cluster: no real node: {node.requirements_hint(missing)}", file=sys.stderr)
-        cluster = start_cluster(workdir, args.crd_dir, detach=True, real_node=real_node)
+        try:
+            cluster = start_cluster(workdir, args.crd_dir, detach=True, real_node=real_node)
+        except (ClusterError, node.NodeError) as exc:
+            print(f"cluster: {exc}", file=sys.stderr)
+            return 1
         _print_exports(cluster)
         print(
             f"# stop with: python {Path(__file__).relative_to(REPO_ROOT)} down --dir {workdir}",

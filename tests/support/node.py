@@ -538,12 +538,15 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def start_network(workdir: Path, *, detach: bool = False, timeout: float = 30.0) -> NodeNetwork:
+def start_network(
+    workdir: Path, *, detach: bool = False, lock_timeout: float = 0.0, timeout: float = 30.0
+) -> NodeNetwork:
     """Start the watchdog and wait until the node's network namespace, veth and routes exist.
 
     ``workdir`` holds the node's configuration, logs and state (its ``containerd`` and ``kubelet``
     directories are removed at teardown); it must not be under /run, /var/lib or /var/log, which
     the node shadows. With ``detach=False`` the watchdog cleans up when the calling thread dies.
+    While another real node runs, waits up to ``lock_timeout`` seconds for it to stop, then fails.
     """
     workdir = workdir.resolve()
     for shadowed in _SHADOWED:
@@ -565,6 +568,7 @@ def start_network(workdir: Path, *, detach: bool = False, timeout: float = 30.0)
         "veth": name,
         "cgroup": name,
         "lock": str(lock_path()),
+        "lock_timeout": lock_timeout,
         "status": str(layout.watch_status),
         "host_address": f"{netplan.HOST_ADDRESS}/{netplan.LINK_PREFIX}",
         "node_address": f"{netplan.NODE_ADDRESS}/{netplan.LINK_PREFIX}",
@@ -587,7 +591,7 @@ def start_network(workdir: Path, *, detach: bool = False, timeout: float = 30.0)
             preexec_fn=None if detach else _die_with_parent(signal.SIGTERM),
         )
     network = NodeNetwork(workdir=workdir, id=node_id, watchdog_pid=popen.pid, popen=popen)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + lock_timeout + timeout
     while True:
         phase = network.status().get("phase")
         if phase == "network":
@@ -965,6 +969,7 @@ _NODE_PROGRAMS = frozenset(
     }
 )
 _OUR_ADDRESSES = re.compile(r"\b198\.1[89]\.")
+_OUR_NAME = re.compile(rf"\b{PREFIX}[0-9a-f]{{6}}\b")  # apn-<id>: netns, veth, cgroup
 _OUR_MOUNT = re.compile(
     r"^/(run/containerd|run/apn|var/lib/(cni|kubelet|containerd)|var/log/(pods|containers)|proc/sys)(/|$)"
 )
@@ -1000,7 +1005,7 @@ def snapshot_host(workdir: Path | None = None) -> HostSnapshot:
             if line.startswith("#"):
                 continue
             rule = re.sub(r"\[\d+:\d+\]", "", line).strip()
-            if "KUBE-" in rule or "cni0" in rule or PREFIX in rule or _OUR_ADDRESSES.search(rule):
+            if "KUBE-" in rule or "cni0" in rule or _OUR_NAME.search(rule) or _OUR_ADDRESSES.search(rule):
                 items.add(f"{tool}: {rule}")
     for line in _lines("ip", "-o", "link", "show"):
         name = line.split(":", 2)[1].strip().split("@", 1)[0] if ":" in line else ""
@@ -1010,7 +1015,7 @@ def snapshot_host(workdir: Path | None = None) -> HostSnapshot:
         if _OUR_ADDRESSES.search(line):
             items.add("address " + " ".join(line.split()[1:4]))
     for line in _lines("ip", "route", "show", "table", "all"):
-        if _OUR_ADDRESSES.search(line) or PREFIX in line:
+        if _OUR_ADDRESSES.search(line) or _OUR_NAME.search(line):
             items.add(f"route {line.strip()}")
     for line in _lines("ip", "netns", "list"):
         if line.startswith(PREFIX):
@@ -1021,7 +1026,7 @@ def snapshot_host(workdir: Path | None = None) -> HostSnapshot:
         fstype = fields[fields.index("-") + 1]
         if (
             _OUR_MOUNT.match(mountpoint)
-            or PREFIX in mountpoint
+            or _OUR_NAME.search(mountpoint)
             or (ours is not None and mountpoint.startswith(ours))
         ):
             items.add(f"mount {mountpoint} ({fstype})")
@@ -1034,7 +1039,7 @@ def snapshot_host(workdir: Path | None = None) -> HostSnapshot:
             if (
                 comm in _NODE_PROGRAMS
                 or "_node_supervisor" in cmd
-                or PREFIX in cmd
+                or _OUR_NAME.search(cmd)
                 or (ours is not None and ours in cmd)
             ):
                 items.add(f"process {entry.name} {cmd or comm}")

@@ -178,7 +178,10 @@ def _extract(archive: bytes, into: Path) -> None:
                 path = PurePosixPath(member.name)
                 if path.is_absolute() or ".." in path.parts:
                     raise SourceError(f"the archive holds an unsafe path: {member.name}")
-            tar.extractall(into, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, members=members, filter="data")
+            else:  # Python before 3.11.4 (Debian 12's 3.11.2): the members are checked above
+                tar.extractall(into, members=members)
     except tarfile.TarError as exc:
         raise SourceError(f"not a tar archive: {exc}") from None
 

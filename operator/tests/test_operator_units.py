@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agentplane_operator import manifests
 from agentplane_operator.builders import build_prompt_config_maps
 from agentplane_operator.conditions import Cond, kstatus, merge_conditions, status_patch
 from agentplane_operator.kube import holds
 from agentplane_operator.pods import pod_problem
+from agentplane_operator.settings import OperatorSettings
 from agentplane_platform.api.v1alpha1 import Prompt
 from agentplane_platform.config import prompt_version_hash
 
@@ -156,3 +159,17 @@ def test_kstatus_conditions_follow_the_failures() -> None:
         drop,
     )
     assert [c["type"] for c in merged] == ["Ready"]
+
+
+def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like client-go's in-cluster config: no cluster DNS needed to find the API server."""
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_REDIS_URL", "redis://r/0")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_DATABASE_URL", "sqlite:///x.db")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_QDRANT_URL", "http://q:6333")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert OperatorSettings().in_cluster_server() is None
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "198.19.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert OperatorSettings().in_cluster_server() == "https://198.19.0.1:443"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    assert OperatorSettings().in_cluster_server() == "https://[fd00::1]:443"

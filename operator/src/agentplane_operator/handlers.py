@@ -8,6 +8,7 @@ Tenants, Prompts and Tools, the Agents, and which Agents depend on which Tenant/
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -59,9 +60,17 @@ async def _reconcile_tenant_named(op: Operator, views: Views, name: str) -> None
         await reconcile.reconcile_tenant(op, body, views)
 
 
-def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    """In a pod, its service account; elsewhere, the kubeconfig."""
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+def _login(settings: kopf.OperatorSettings, ours: OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod, its service account; elsewhere, the kubeconfig.
+
+    In a pod the API server is addressed as the kubelet says (`KUBERNETES_SERVICE_HOST`/`_PORT`),
+    as client-go does: kopf's own login names `kubernetes.default.svc`, which needs cluster DNS.
+    """
+    info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        return kopf.login_with_kubeconfig(settings=settings)
+    server = ours.in_cluster_server()
+    return dataclasses.replace(info, server=server) if server else info
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -95,7 +104,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.batching.worker_limit = ours.worker_limit
         settings.batching.error_delays = (1, 2, 5, 10, 20, 40, 60)
         settings.networking.error_backoffs = (1, 2, 5, 10, 20)
-        info = _login(settings)
+        info = _login(settings, ours)
         if info is None:
             raise kopf.PermanentError("no service account and no kubeconfig to reach the API server")
         metrics = Metrics()
@@ -115,8 +124,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         logger.info(f"metrics and health on {ours.metrics_host}:{ours.metrics_port}")
 
     @on.login(registry=registry, id="login")
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-        return _login(settings)
+    def login(settings: kopf.OperatorSettings, **kw: Any) -> kopf.ConnectionInfo | None:
+        return _login(settings, kw["memo"]["settings"])
 
     @on.cleanup(registry=registry, id="stop")
     async def stop(**kw: Any) -> None:

@@ -93,6 +93,9 @@ class OperatorSettings(BaseSettings):
     taken over after at most this long."""
     standalone: bool = False
     """Run without peering (a single replica, no peering objects needed)."""
+    kubernetes_service_host: str | None = Field(default=None, validation_alias="KUBERNETES_SERVICE_HOST")
+    kubernetes_service_port: int = Field(default=443, validation_alias="KUBERNETES_SERVICE_PORT")
+    """Where the API server is from a pod (set by the kubelet)."""
     field_manager: str = "agentplane-operator"
     finalizer: str = "agentplane.io/finalizer"
     worker_limit: int | None = None
@@ -123,6 +126,17 @@ class OperatorSettings(BaseSettings):
         if bool(self.gateway_name) != bool(self.gateway_url):
             raise ValueError("set AGENTPLANE_OPERATOR_GATEWAY_NAME and _GATEWAY_URL together")
         return self
+
+    def in_cluster_server(self) -> str | None:
+        """The API server's URL from a pod, as client-go's in-cluster config builds it."""
+        host = self.kubernetes_service_host
+        if not host:
+            return None
+        return (
+            f"https://[{host}]:{self.kubernetes_service_port}"
+            if ":" in host
+            else f"https://{host}:{self.kubernetes_service_port}"
+        )
 
     def runtime_stores(self) -> RuntimeStores:
         """What agent pods get in the runtime Secret."""

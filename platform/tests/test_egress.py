@@ -18,9 +18,7 @@ def test_hosts_wildcards_and_cidrs() -> None:
     assert not allows_url(RULES, "https://api.example.com.evil.test/")
     assert not allows_url(RULES, "https://example.com/")
     assert allows_url(RULES, "https://a.corp.example/")
-    assert allows_url(
-        RULES, "https://a.b.corp.example:8443/"
-    )
+    assert allows_url(RULES, "https://a.b.corp.example:8443/")
     assert not allows_url(RULES, "https://corp.example/")  # `*.` means subdomains only
     assert not allows_url(RULES, "https://xcorp.example/")
     assert allows_url(RULES, "http://198.18.255.10:8080/lookup")

@@ -41,9 +41,16 @@ MIB = 1024 * 1024
 
 
 def pod_rss(node: RealNode, pod_uid: str) -> int:
-    """Resident bytes of the processes in one pod's cgroups (its containers, not the sandbox's pause)."""
-    total = 0
-    for pid in node.processes():
+    """Resident bytes of the processes in one pod's cgroups (its containers, not the sandbox's pause).
+
+    Containers have PID namespaces of their own, nested in the node's: every process of the machine
+    is looked at, by its cgroup (`.../kubepods/.../pod<uid>/...`)."""
+    assert node.alive()
+    total, found = 0, 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
         try:
             cgroups = Path(f"/proc/{pid}/cgroup").read_text()
             if f"pod{pod_uid}" not in cgroups and f"pod{pod_uid.replace('-', '_')}" not in cgroups:
@@ -53,8 +60,11 @@ def pod_rss(node: RealNode, pod_uid: str) -> int:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
+                    found += 1
         except OSError:
             continue
+    if not found:
+        raise RuntimeError(f"no process of pod {pod_uid} found on this machine")
     return total
 
 

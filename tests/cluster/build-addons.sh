@@ -16,6 +16,8 @@
 # Go module and build caches are those of build.sh (go/mod, go/build under the
 # same root), so Kubernetes' build warms ours and deleting the root removes all.
 #
+# Exit status 3: Go is missing (the tests skip, or fail under CI=true).
+#
 # Idempotent: each component has a stamp (hash of its pinned inputs) and a lock;
 # a warm run is a stamp check.
 set -euo pipefail
@@ -56,7 +58,7 @@ setup_go() {
   fi
   if ! command -v go >/dev/null 2>&1; then
     log "Go is required (>= the 'go' line of the modules in $src_root); not found in PATH or /usr/local/go/bin"
-    exit 1
+    exit 3
   fi
   export GOMODCACHE="$cache_root/go/mod"
   export GOCACHE="$cache_root/go/build"

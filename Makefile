@@ -73,6 +73,10 @@ images: install ## Build the runtime and operator images (cached tars; IMAGE_BAS
 	@tools/install-image-deps.sh
 	$(UV) run python tests/support/images.py build --base $(IMAGE_BASE) --extras "$(IMAGE_EXTRAS)"
 
+.PHONY: addons
+addons: ## Build (once, cached) the test add-ons: kstatus CLI, Traefik, upstream CRDs
+	@tests/cluster/build-addons.sh
+
 .PHONY: cluster
 cluster: install k8s-binaries ## Start a local control plane (plus a real node when root with its packages); prints the KUBECONFIG line
 	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds --real-node auto
@@ -82,7 +86,7 @@ cluster-down: $(UV) ## Stop the control plane (and real node) started by `make c
 	$(UV) run python tests/support/cluster.py down
 
 .PHONY: test
-test: install-dense system-deps k8s-binaries lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
+test: install-dense system-deps k8s-binaries addons lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
 	$(UV) run pytest
 
 .PHONY: all

@@ -39,6 +39,7 @@ from support.addons import (
 from support.cluster import Cluster
 from support.fake_llm import FakeLLM
 from support.images import ImageArchive, operator_image, runtime_image
+from support.operator_process import wait_for
 from support.services import Server, create_database, start_postgres, start_redis
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,18 +53,6 @@ TRAEFIK_IMAGE = "agentplane.local/traefik:v3"
 TRAEFIK_WEB_PORT = 8000
 TRAEFIK_PING_PORT = 8080
 T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 0.5) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` (and the last value)."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass

@@ -268,52 +268,28 @@ def egress_status(tenant: Tenant) -> list[EgressStatus]:
     ]
 
 
-def _secret(tenant: Tenant, name: str, data: dict[str, str]) -> Manifest:
+def _secret(meta: Manifest, data: dict[str, str]) -> Manifest:
     """An Opaque Secret; values base64-encoded as the server returns them (so an unchanged Secret
     holds and is not written again)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _tenant_meta(tenant, name),
+        "metadata": meta,
         "type": "Opaque",
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in sorted(data.items())},
     }
 
 
-def build_runtime_secret(tenant: Tenant, settings: BuildSettings) -> Manifest:
-    """The runtime's stores, as environment names (`envFrom`): exactly the keys the runtime reads."""
-    return _secret(tenant, RUNTIME_SECRET, settings.stores.secret_data())
-
-
-def stores_hash(settings: BuildSettings) -> str:
-    """Hash of the runtime Secret's content: in the pod template, so changed stores roll the pods."""
-    data = json.dumps(settings.stores.secret_data(), sort_keys=True)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-def build_llm_secret_source(tenant: Tenant, settings: BuildSettings, tools: list[Tool]) -> Manifest | None:
-    """Where the tenant's `LLM_SECRET` comes from: a SecretProviderClass syncing it from Key Vault
-    (which also mounts the Key Vault secrets of the namespace's tools), or a copy of the platform's."""
-    vault = settings.key_vault
-    if vault is None:
-        if settings.llm_secret_data is None:
-            return None
-        return _secret(tenant, LLM_SECRET, settings.llm_secret_data)
+def _secret_provider_class(meta: Manifest, vault: KeyVault, *, tool_secrets: list[str]) -> Manifest:
+    """A SecretProviderClass reading Key Vault as the runtime's identity: the provider keys under
+    their environment names (synced into `LLM_SECRET`), and the named tools' secrets as files."""
     objects = [{"objectName": secret, "objectType": "secret", "objectAlias": alias}
                for alias, secret in sorted(vault.provider_secrets.items())]  # fmt: skip
-    tool_secrets = sorted(
-        {
-            auth.secret_ref.key_vault.name
-            for tool in tools
-            if (auth := getattr(tool.spec, "auth", None)) is not None
-            and auth.secret_ref.key_vault is not None
-        }
-    )
     objects += [{"objectName": name, "objectType": "secret"} for name in tool_secrets]
     return {
         "apiVersion": "secrets-store.csi.x-k8s.io/v1",
         "kind": "SecretProviderClass",
-        "metadata": _tenant_meta(tenant, SECRET_PROVIDER_CLASS),
+        "metadata": meta,
         "spec": {
             "provider": "azure",
             "parameters": {
@@ -334,6 +310,38 @@ def build_llm_secret_source(tenant: Tenant, settings: BuildSettings, tools: list
             ],
         },
     }
+
+
+def build_runtime_secret(tenant: Tenant, settings: BuildSettings) -> Manifest:
+    """The runtime's stores, as environment names (`envFrom`): exactly the keys the runtime reads."""
+    return _secret(_tenant_meta(tenant, RUNTIME_SECRET), settings.stores.secret_data())
+
+
+def stores_hash(settings: BuildSettings) -> str:
+    """Hash of the runtime Secret's content: in the pod template, so changed stores roll the pods."""
+    data = json.dumps(settings.stores.secret_data(), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def build_llm_secret_source(tenant: Tenant, settings: BuildSettings, tools: list[Tool]) -> Manifest | None:
+    """Where the tenant's `LLM_SECRET` comes from: a SecretProviderClass syncing it from Key Vault
+    (which also mounts the Key Vault secrets of the namespace's tools), or a copy of the platform's."""
+    vault = settings.key_vault
+    if vault is None:
+        if settings.llm_secret_data is None:
+            return None
+        return _secret(_tenant_meta(tenant, LLM_SECRET), settings.llm_secret_data)
+    tool_secrets = sorted(
+        {
+            auth.secret_ref.key_vault.name
+            for tool in tools
+            if (auth := getattr(tool.spec, "auth", None)) is not None
+            and auth.secret_ref.key_vault is not None
+        }
+    )
+    return _secret_provider_class(
+        _tenant_meta(tenant, SECRET_PROVIDER_CLASS), vault, tool_secrets=tool_secrets
+    )
 
 
 def build_service_account(tenant: Tenant, settings: BuildSettings) -> Manifest:
@@ -427,6 +435,57 @@ def _secret_volumes(config: AgentConfig) -> tuple[list[Manifest], list[Manifest]
     return volumes, mounts
 
 
+RUNTIME_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Every container of the runtime image: non-root, read-only root, nothing more than it needs."""
+
+
+def _runtime_container(settings: BuildSettings, name: str, **fields: Any) -> Manifest:
+    """A container of the runtime image with its stores and provider keys from the namespace's
+    Secrets (both required: a missing one keeps the container from being created)."""
+    return {
+        "name": name,
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        **fields,
+        "envFrom": [
+            {"secretRef": {"name": RUNTIME_SECRET, "optional": False}},
+            {"secretRef": {"name": LLM_SECRET, "optional": False}},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(RUNTIME_SECURITY),
+    }
+
+
+def _key_vault_volume(provider_class: str) -> tuple[Manifest, Manifest]:
+    """The Secrets Store CSI volume of a SecretProviderClass, and its mount at KEYVAULT_DIR."""
+    volume = {
+        "name": "key-vault",
+        "csi": {
+            "driver": "secrets-store.csi.k8s.io",
+            "readOnly": True,
+            "volumeAttributes": {"secretProviderClass": provider_class},
+        },
+    }
+    return volume, {"name": "key-vault", "mountPath": KEYVAULT_DIR, "readOnly": True}
+
+
+def _place(pod: dict[str, Any], settings: BuildSettings) -> dict[str, Any]:
+    """Put a pod where agent pods run (the node selector and tolerations of the settings)."""
+    if settings.node_selector:
+        pod["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.tolerations]
+    return pod
+
+
 def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSettings) -> Manifest:
     """The runtime Deployment; its pod template carries the config hash, so a new config rolls it.
 
@@ -455,32 +514,19 @@ def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSet
         *secret_mounts,
     ]
     if settings.key_vault is not None:
-        volumes.append(
-            {
-                "name": "key-vault",
-                "csi": {
-                    "driver": "secrets-store.csi.k8s.io",
-                    "readOnly": True,
-                    "volumeAttributes": {"secretProviderClass": SECRET_PROVIDER_CLASS},
-                },
-            }
-        )
-        mounts.append({"name": "key-vault", "mountPath": KEYVAULT_DIR, "readOnly": True})
+        volume, mount = _key_vault_volume(SECRET_PROVIDER_CLASS)
+        volumes.append(volume)
+        mounts.append(mount)
         labels = {**labels, WORKLOAD_IDENTITY_USE: "true"}
-    container = {
-        "name": "runtime",
-        "image": settings.runtime_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "args": ["--config", CONFIG_PATH],
-        "ports": [
+    container = _runtime_container(
+        settings,
+        "runtime",
+        args=["--config", CONFIG_PATH],
+        ports=[
             {"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "envFrom": [
-            {"secretRef": {"name": RUNTIME_SECRET, "optional": False}},
-            {"secretRef": {"name": LLM_SECRET, "optional": False}},
-        ],
-        "env": [
+        env=[
             {"name": ENV_CONFIG, "value": CONFIG_PATH},
             {"name": ENV_METRICS_PORT, "value": str(METRICS_PORT)},
             {"name": ENV_OTEL_SERVICE_NAME, "value": f"agent-{config.agent}"},
@@ -489,34 +535,24 @@ def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSet
                 "value": f"agentplane.tenant={config.tenant},agentplane.agent={config.agent}",
             },
         ],
-        "resources": resources,
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_UID,
-            "runAsGroup": RUNTIME_UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "startupProbe": {
+        resources=resources,
+        volumeMounts=mounts,
+        startupProbe={
             "httpGet": {"path": STARTUP_PATH, **probe_http},
             "periodSeconds": 2,
             "failureThreshold": 60,
         },
-        "livenessProbe": {
+        livenessProbe={
             "httpGet": {"path": LIVE_PATH, **probe_http},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "readinessProbe": {
+        readinessProbe={
             "httpGet": {"path": READY_PATH, **probe_http},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
-    }
+    )
     pod: dict[str, Any] = {
         "serviceAccountName": SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,
@@ -524,10 +560,7 @@ def build_agent_deployment(agent: Agent, config: AgentConfig, settings: BuildSet
         "containers": [container],
         "volumes": volumes,
     }
-    if settings.node_selector:
-        pod["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod["tolerations"] = [dict(t) for t in settings.tolerations]
+    _place(pod, settings)
     annotations = {CONFIG_HASH_ANNOTATION: config.hash(), STORES_HASH_ANNOTATION: stores_hash(settings)}
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -737,16 +770,7 @@ def build_knowledge_sync(
     The Job runs in the platform namespace, not in the tenants': the artifact holds every tenant's
     files, and only the platform may read them all.
     """
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _platform_meta(settings, RUNTIME_SECRET),
-        "type": "Opaque",
-        "data": {
-            key: base64.b64encode(value.encode()).decode()
-            for key, value in sorted(settings.stores.secret_data().items())
-        },
-    }
+    secret = _secret(_platform_meta(settings, RUNTIME_SECRET), settings.stores.secret_data())
     account: Manifest = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -761,81 +785,32 @@ def build_knowledge_sync(
     if vault is not None:
         account["metadata"]["annotations"] = {WORKLOAD_IDENTITY_CLIENT_ID: vault.client_id}
         labels[WORKLOAD_IDENTITY_USE] = "true"
-        objects = "array:\n" + "".join(
-            f"  - |\n    objectName: {secret_name}\n    objectType: secret\n    objectAlias: {alias}\n"
-            for alias, secret_name in sorted(vault.provider_secrets.items())
-        )
         children.append(
-            {
-                "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-                "kind": "SecretProviderClass",
-                "metadata": _platform_meta(settings, KNOWLEDGE_SERVICE_ACCOUNT),
-                "spec": {
-                    "provider": "azure",
-                    "parameters": {
-                        "usePodIdentity": "false",
-                        "clientID": vault.client_id,
-                        "keyvaultName": vault.name,
-                        "tenantId": vault.tenant_id,
-                        "objects": objects,
-                    },
-                    "secretObjects": [
-                        {
-                            "secretName": LLM_SECRET,
-                            "type": "Opaque",
-                            "data": [{"objectName": a, "key": a} for a in sorted(vault.provider_secrets)],
-                        }
-                    ],
-                },
-            }
+            _secret_provider_class(
+                _platform_meta(settings, KNOWLEDGE_SERVICE_ACCOUNT), vault, tool_secrets=[]
+            )
         )
-        volumes.append(
-            {
-                "name": "key-vault",
-                "csi": {
-                    "driver": "secrets-store.csi.k8s.io",
-                    "readOnly": True,
-                    "volumeAttributes": {"secretProviderClass": KNOWLEDGE_SERVICE_ACCOUNT},
-                },
-            }
-        )
-        mounts.append({"name": "key-vault", "mountPath": KEYVAULT_DIR, "readOnly": True})
+        volume, mount = _key_vault_volume(KNOWLEDGE_SERVICE_ACCOUNT)
+        volumes.append(volume)
+        mounts.append(mount)
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": KNOWLEDGE_SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "fsGroup": RUNTIME_UID},
         "containers": [
-            {
-                "name": "knowledge-sync",
-                "image": settings.runtime_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "args": ["knowledge-sync", "--source", url, "--specs-dir", specs_dir],
-                "envFrom": [
-                    {"secretRef": {"name": RUNTIME_SECRET, "optional": False}},
-                    {"secretRef": {"name": LLM_SECRET, "optional": False}},
-                ],
-                "env": [{"name": ENV_OTEL_SERVICE_NAME, "value": "agentplane-knowledge-sync"}],
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-                "volumeMounts": mounts,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": RUNTIME_UID,
-                    "runAsGroup": RUNTIME_UID,
-                    "readOnlyRootFilesystem": True,
-                    "allowPrivilegeEscalation": False,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-            }
+            _runtime_container(
+                settings,
+                "knowledge-sync",
+                args=["knowledge-sync", "--source", url, "--specs-dir", specs_dir],
+                env=[{"name": ENV_OTEL_SERVICE_NAME, "value": "agentplane-knowledge-sync"}],
+                resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+                volumeMounts=mounts,
+            )
         ],
         "volumes": volumes,
     }
-    if settings.node_selector:
-        pod["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod["tolerations"] = [dict(t) for t in settings.tolerations]
+    _place(pod, settings)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",

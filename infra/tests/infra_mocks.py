@@ -84,13 +84,25 @@ def is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(_SIG_KEY) == _SECRET_SIG
 
 
-def secret_at(value: Any, *path: str) -> bool:
-    """Whether the value at `path` in mocked inputs is secret (itself, or an enclosing object)."""
+def secret_at(value: Any, *path: str | int) -> bool:
+    """Whether the value at `path` (keys and list indices) in mocked inputs is secret (itself, or an
+    enclosing object)."""
     for key in path:
         if is_secret(value):
             return True
         value = value[key]
     return is_secret(value)
+
+
+def without_secrets(value: Any) -> Any:
+    """A mocked input value with every secret replaced by a placeholder: what is not kept secret."""
+    if is_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: without_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_secrets(v) for v in value]
+    return value
 
 
 def reveal(value: Any) -> Any:

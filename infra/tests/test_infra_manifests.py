@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from infra_mocks import REPO, StackRun, reveal, run_stack
 
-from agentplane_infra.config import EgressRule
+from agentplane_infra.config import AlertingConfig, EgressRule, Severity
 from agentplane_infra.manifests import (
     CONNECTION_ENV,
     OPERATOR_SECRET,
@@ -28,6 +29,7 @@ from agentplane_infra.manifests import (
     tenant_namespaces,
     yaml_files,
 )
+from agentplane_infra.monitoring import alertmanager_config
 from agentplane_infra.providers import provider_secrets
 
 SETTINGS = OperatorSettings(
@@ -236,6 +238,108 @@ def test_dashboards_become_labelled_configmaps_and_rules_prometheus_rules(tmp_pa
         ("ready", "monitoring", {"release": "kps"}),
     ]
     assert rules[0]["spec"] == {"groups": [{"name": "g", "rules": []}]}
+
+
+# Alertmanager's configuration.
+
+PAGE_URL = "https://events.pager.example/hook/page-token"
+TICKET_URL = "https://tickets.example/hook?token=ticket-token"
+
+
+def test_alertmanager_config_routes_each_severity_to_its_receiver() -> None:
+    assert alertmanager_config({"page": PAGE_URL, "ticket": TICKET_URL}, AlertingConfig()) == {
+        "global": {"resolve_timeout": "5m"},
+        "route": {
+            "receiver": "null",
+            "group_by": ["alertname", "slo", "tenant", "agent"],
+            "group_wait": "30s",
+            "group_interval": "5m",
+            "repeat_interval": "12h",
+            "routes": [
+                {
+                    "receiver": "page",
+                    "matchers": ['severity="page"'],
+                    "group_wait": "30s",
+                    "group_interval": "5m",
+                    "repeat_interval": "1h",
+                },
+                {
+                    "receiver": "ticket",
+                    "matchers": ['severity="ticket"'],
+                    "group_wait": "5m",
+                    "group_interval": "30m",
+                    "repeat_interval": "12h",
+                },
+            ],
+        },
+        "inhibit_rules": [
+            {
+                "source_matchers": ['severity="page"', 'slo=~".+"'],
+                "target_matchers": ['severity="ticket"'],
+                "equal": ["service", "slo", "tenant", "agent"],
+            }
+        ],
+        "receivers": [
+            {"name": "null"},
+            {"name": "page", "webhook_configs": [{"url": PAGE_URL, "send_resolved": True}]},
+            {"name": "ticket", "webhook_configs": [{"url": TICKET_URL, "send_resolved": True}]},
+        ],
+    }
+
+
+def test_a_severity_without_a_receiver_goes_to_null() -> None:
+    config = alertmanager_config({"ticket": TICKET_URL}, AlertingConfig())
+    assert [r["receiver"] for r in config["route"]["routes"]] == ["null", "ticket"]
+    assert [r["name"] for r in config["receivers"]] == ["null", "ticket"]
+    assert config["inhibit_rules"] == []  # a page that goes nowhere must not silence its ticket
+    nothing = alertmanager_config({}, AlertingConfig())
+    assert [r["receiver"] for r in nothing["route"]["routes"]] == ["null", "null"]
+    assert nothing["receivers"] == [{"name": "null"}]
+
+
+def test_alerting_knobs_set_grouping_and_repeats() -> None:
+    alerting = AlertingConfig.model_validate(
+        {"groupBy": ["alertname", "tenant"], "pageRepeatInterval": "30m", "ticketRepeatInterval": "1d"}
+    )
+    config = alertmanager_config({"page": PAGE_URL}, alerting)
+    assert config["route"]["group_by"] == ["alertname", "tenant"]
+    assert [r["repeat_interval"] for r in config["route"]["routes"]] == ["30m", "1d"]
+
+
+def _amtool() -> str:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool is not installed (Debian: apt-get install prometheus-alertmanager)")
+    return amtool
+
+
+@pytest.mark.parametrize(
+    ("receivers", "expected"),
+    [
+        ({"page": PAGE_URL, "ticket": TICKET_URL}, {"page": "page", "ticket": "ticket"}),
+        ({"ticket": TICKET_URL}, {"page": "null", "ticket": "ticket"}),
+        ({}, {"page": "null", "ticket": "null"}),
+    ],
+)
+def test_alertmanager_accepts_the_config_and_routes_by_severity(
+    tmp_path: Path, receivers: dict[Severity, str], expected: dict[Severity, str]
+) -> None:
+    """Alertmanager's own `amtool` checks the config and answers where an alert goes."""
+    amtool = _amtool()
+    path = tmp_path / "alertmanager.yaml"
+    path.write_text(yaml.safe_dump(alertmanager_config(receivers, AlertingConfig())))
+    checked = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    def receiver(*labels: str) -> str:
+        test = [amtool, "config", "routes", "test", f"--config.file={path}", *labels]
+        routed = subprocess.run(test, capture_output=True, text=True, check=True)
+        return routed.stdout.strip()
+
+    for severity, name in expected.items():
+        assert receiver(f"severity={severity}", "slo=availability", "tenant=acme", "agent=support") == name
+    assert receiver("severity=critical", "alertname=KubePodCrashLooping") == "null"
+    assert receiver("alertname=Watchdog") == "null"
 
 
 def test_dns_label() -> None:

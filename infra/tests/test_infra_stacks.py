@@ -20,9 +20,10 @@ from infra_mocks import (
     reveal,
     run_stack,
     secret_at,
+    without_secrets,
 )
 
-from agentplane_infra.config import SECRET_KEYS
+from agentplane_infra.config import SECRET_KEYS, SEVERITIES
 from agentplane_infra.identity import ACR_PULL, KEY_VAULT_SECRETS_USER, NETWORK_CONTRIBUTOR
 from agentplane_infra.manifests import object_key
 
@@ -30,7 +31,11 @@ STACKS = ("dev", "prod")
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 LLM_KEYS = {"openai": "sk-test-openai", "anthropic": "sk-test-anthropic", "azure": "az-test-key"}
 LLM_ENDPOINTS = {"azure": "https://agentplane-test.openai.azure.com"}
-LLM_SECRET_CONFIG = {"agentplane:llmProviderKeys": LLM_KEYS}
+ALERT_RECEIVERS = {
+    "page": "https://events.pager.example/integration/page-token-123/alertmanager",
+    "ticket": "https://tickets.example/hooks/alertmanager?token=ticket-token-456",
+}
+LLM_SECRET_CONFIG = {"agentplane:llmProviderKeys": LLM_KEYS, "agentplane:alertReceivers": ALERT_RECEIVERS}
 LLM_CONFIG = {"agentplane:llmProviderEndpoints": LLM_ENDPOINTS}
 PROVIDER_SECRETS = {
     "OPENAI_API_KEY": "llm-openai-api-key",
@@ -67,8 +72,8 @@ def config(stack: str, key: str) -> Any:
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, StackRun]:
-    """One isolated run of the program per stack, with LLM keys set as Pulumi secrets (and Azure
-    OpenAI's endpoint as plain config)."""
+    """One isolated run of the program per stack, with LLM keys and alert receivers set as Pulumi
+    secrets (and Azure OpenAI's endpoint as plain config)."""
     return {stack: run_stack(stack, config=LLM_CONFIG, secret_config=LLM_SECRET_CONFIG) for stack in STACKS}
 
 
@@ -448,17 +453,39 @@ def test_no_secret_in_plain_stack_config(stack: str) -> None:
                 f"{path}: looks like a credential"
             )
 
+    def all_secure(value: Any) -> bool:
+        """Secret as a whole (`secure:`), or a map whose every value is (`--secret --path`)."""
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            return True
+        return isinstance(value, dict) and bool(value) and all(all_secure(v) for v in value.values())
+
     document = stack_file(stack)
     for key in SECRET_KEYS:
         value = document["config"].get(f"agentplane:{key}")
-        assert value is None or (isinstance(value, dict) and "secure" in str(value)), key
+        assert value is None or all_secure(value), f"Pulumi.{stack}.yaml: agentplane:{key} has a plain value"
     walk(document["config"], "config")
 
 
+PLAIN_SECRETS = {
+    "llmProviderKeys": ({"openai": "sk-plain"}, "<provider>' <API key>"),
+    "alertReceivers": ({"page": "https://hooks.example/plain-token"}, "<page|ticket>' <https webhook URL>"),
+}
+
+
+def test_every_secret_key_is_tried_in_plain() -> None:
+    assert set(PLAIN_SECRETS) == set(SECRET_KEYS)
+
+
 @pytest.mark.parametrize("stack", STACKS)
-def test_a_plain_text_secret_in_config_is_refused(stack: str) -> None:
-    with pytest.raises(Exception, match="must be a Pulumi secret"):
-        run_stack(stack, config={"agentplane:llmProviderKeys": {"openai": "sk-plain"}})
+@pytest.mark.parametrize("key", sorted(PLAIN_SECRETS))
+def test_a_plain_text_secret_in_config_is_refused(stack: str, key: str) -> None:
+    """Refused with the command that sets it right (and without quoting the value)."""
+    value, command = PLAIN_SECRETS[key]
+    with pytest.raises(Exception, match="must be a Pulumi secret") as refused:
+        run_stack(stack, config={f"agentplane:{key}": value})
+    message = str(refused.value)
+    assert f"pulumi config set --secret --path 'agentplane:{key}.{command}" in message
+    assert not any(v in message for v in value.values())
 
 
 def test_invalid_config_names_the_key_and_field() -> None:
@@ -483,6 +510,10 @@ def test_invalid_config_names_the_key_and_field() -> None:
         ("gateway", {"gatewayApiVersion": "1.5"}, r"gatewayApiVersion '1.5' is not a release"),
         ("llmProviderEndpoints", {"azure": "http://plain.example.com"}, r"\['azure'\] must be https:// URLs"),
         ("llmProviderEndpoints", {"Azure-OpenAI": "https://x.example.com"}, r"not litellm provider names"),
+        ("monitoring", {"alerting": {"pageRepeatInterval": "1 hour"}}, r"pageRepeatInterval '1 hour' is not"),
+        ("monitoring", {"alerting": {"ticketRepeatInterval": "0h"}}, r"not a positive duration"),
+        ("monitoring", {"alerting": {"groupBy": ["tenant", "slo-name"]}}, r"\['slo-name'\] are not label"),
+        ("monitoring", {"alerting": {"groupWait": "10s"}}, r"alerting\.groupWait: Extra inputs"),
     ],
 )
 def test_invalid_values_are_refused_with_the_key(key: str, change: dict[str, Any], message: str) -> None:
@@ -837,3 +868,116 @@ def test_prometheus_selects_every_monitor(run: StackRun) -> None:
         # Selectors left at their defaults: every monitor, in every namespace.
         assert f"{kind}Selector" not in spec
         assert f"{kind}NamespaceSelector" not in spec
+
+
+# Alertmanager: where alerts go.
+
+
+def _alertmanager(run: StackRun) -> dict[str, Any]:
+    config_: dict[str, Any] = run.mocks.one(RELEASE, "monitoring-release").plain["values"]["alertmanager"][
+        "config"
+    ]
+    return config_
+
+
+def _routes(config_: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Severity -> its route (each route matches exactly one severity)."""
+    routes: dict[str, dict[str, Any]] = {}
+    for route in config_["route"]["routes"]:
+        [matcher] = route["matchers"]
+        severity = re.fullmatch(r'severity="(\w+)"', matcher)
+        assert severity, matcher
+        routes[severity[1]] = route
+    return routes
+
+
+def _webhooks(config_: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {r["name"]: r.get("webhook_configs", []) for r in config_["receivers"]}
+
+
+def test_alertmanager_sends_pages_and_tickets_to_their_receivers(run: StackRun) -> None:
+    config_ = _alertmanager(run)
+    route = config_["route"]
+    assert route["receiver"] == "null"  # anything not a page or a ticket goes nowhere
+    assert route["group_by"] == ["alertname", "slo", "tenant", "agent"]
+    routes = _routes(config_)
+    assert set(routes) == set(SEVERITIES) == {"page", "ticket"}
+    assert routes["page"]["receiver"] == "page"
+    assert routes["ticket"]["receiver"] == "ticket"
+    assert routes["page"]["repeat_interval"] == "1h"
+    assert routes["ticket"]["repeat_interval"] == "12h"
+    assert routes["page"]["group_wait"] == "30s"
+    webhooks = _webhooks(config_)
+    assert webhooks == {
+        "null": [],
+        "page": [{"url": ALERT_RECEIVERS["page"], "send_resolved": True}],
+        "ticket": [{"url": ALERT_RECEIVERS["ticket"], "send_resolved": True}],
+    }
+    # A page inhibits the same SLO's ticket.
+    [inhibit] = config_["inhibit_rules"]
+    assert inhibit["source_matchers"][0] == 'severity="page"'
+    assert inhibit["target_matchers"] == ['severity="ticket"']
+
+
+def test_alert_receivers_stay_secret_in_the_helm_values(run: StackRun) -> None:
+    release = run.mocks.one(RELEASE, "monitoring-release")
+    receivers = reveal(release.inputs)["values"]["alertmanager"]["config"]["receivers"]
+    for index, receiver in enumerate(receivers):
+        for hook in range(len(receiver.get("webhook_configs", []))):
+            path = ("values", "alertmanager", "config", "receivers", index, "webhook_configs", hook, "url")
+            assert secret_at(release.inputs, *path), receiver["name"]
+    # Nowhere in plain: not in any resource's inputs, not in a stack output.
+    for resource in run.mocks.resources:
+        visible = json.dumps(without_secrets(resource.inputs))
+        for url in ALERT_RECEIVERS.values():
+            assert url not in visible, resource.name
+    assert not any(url in json.dumps(run.outputs) for url in ALERT_RECEIVERS.values())
+
+
+def test_without_receivers_every_alert_goes_nowhere(optional_run: StackRun) -> None:
+    """dev as committed, no receivers set: a valid config whose routes all end at `null`."""
+    config_ = _alertmanager(optional_run)
+    assert {severity: r["receiver"] for severity, r in _routes(config_).items()} == {
+        "page": "null",
+        "ticket": "null",
+    }
+    assert _webhooks(config_) == {"null": []}
+    assert config_["inhibit_rules"] == []  # a page that goes nowhere must not silence its ticket
+
+
+def test_prod_refuses_to_run_without_a_page_receiver() -> None:
+    assert config("prod", "monitoring")["alerting"]["requirePageReceiver"] is True
+    assert "alerting" not in config("dev", "monitoring")
+    with pytest.raises(Exception, match=r"agentplane:alertReceivers\.page is not set") as refused:
+        run_stack("prod", secret_config={"agentplane:alertReceivers": {"ticket": ALERT_RECEIVERS["ticket"]}})
+    assert (
+        "requirePageReceiver is true in Pulumi.prod.yaml: pages would go nowhere. Set it: "
+        "pulumi config set --secret --path 'agentplane:alertReceivers.page' <https webhook URL>"
+    ) in str(refused.value)
+
+
+def test_a_ticket_receiver_alone_leaves_pages_unrouted() -> None:
+    run = run_stack("dev", secret_config={"agentplane:alertReceivers": {"ticket": ALERT_RECEIVERS["ticket"]}})
+    config_ = _alertmanager(run)
+    assert {severity: r["receiver"] for severity, r in _routes(config_).items()} == {
+        "page": "null",
+        "ticket": "ticket",
+    }
+    assert set(_webhooks(config_)) == {"null", "ticket"}
+
+
+@pytest.mark.parametrize(
+    ("receivers", "message"),
+    [
+        ({"pager": "https://hooks.example/x"}, r"receivers \['pager'\] are not one of \['page', 'ticket'\]"),
+        ({"page": "http://hooks.example/x"}, r"\['page'\] must be https:// URLs"),
+        ({"ticket": "hooks.example/x"}, r"\['ticket'\] must be https:// URLs"),
+        ("https://hooks.example/x", r"must map page\|ticket names to https webhook URLs"),
+        ({"page": {"url": "https://hooks.example/x"}}, r"must map page\|ticket names"),
+    ],
+)
+def test_invalid_alert_receivers_are_refused_without_their_urls(receivers: Any, message: str) -> None:
+    """`pulumi config set --secret agentplane:alertReceivers <url>` (no `--path`) included."""
+    with pytest.raises(Exception, match=rf"agentplane:alertReceivers.*{message}") as refused:
+        run_stack("dev", secret_config={"agentplane:alertReceivers": receivers})
+    assert "hooks.example/x" not in str(refused.value)

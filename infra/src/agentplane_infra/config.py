@@ -21,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 NAMESPACE = "agentplane"
-SECRET_KEYS = ("llmProviderKeys",)
+SECRET_KEYS = ("llmProviderKeys", "alertReceivers")
 """Keys of the `agentplane:` namespace that must be Pulumi secrets."""
+
+Severity = Literal["page", "ticket"]
+SEVERITIES: tuple[Severity, ...] = ("page", "ticket")
+"""The `severity` label values of the platform's alerts, each routed to its own receiver."""
 
 
 class ConfigError(Exception):
@@ -227,10 +231,42 @@ class QdrantConfig(_Model):
     storage_class: str
 
 
+_DURATION = re.compile(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
+"""Prometheus' duration format, the one Alertmanager reads (`30s`, `1h`, `1h30m`)."""
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class AlertingConfig(_Model):
+    """How Alertmanager groups and repeats notifications (the receivers are `alertReceivers`)."""
+
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "slo", "tenant", "agent"], min_length=1)
+    """Labels that make one notification: alerts sharing them are sent together."""
+    page_repeat_interval: str = "1h"
+    """How often a still-firing page is sent again."""
+    ticket_repeat_interval: str = "12h"
+    """How often a still-firing ticket is sent again."""
+    require_page_receiver: bool = False
+    """Refuse the stack without `alertReceivers.page` (prod: pages must reach someone)."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        bad = [label for label in self.group_by if not _LABEL_NAME.fullmatch(label)]
+        if bad:
+            raise ValueError(f"groupBy {bad} are not label names ([a-zA-Z_][a-zA-Z0-9_]*)")
+        for name, value in (
+            ("pageRepeatInterval", self.page_repeat_interval),
+            ("ticketRepeatInterval", self.ticket_repeat_interval),
+        ):
+            if not _DURATION.fullmatch(value) or not re.search(r"[1-9]", value):
+                raise ValueError(f"{name} {value!r} is not a positive duration (e.g. 30m, 1h, 1h30m)")
+        return self
+
+
 class MonitoringConfig(_Model):
     chart: ChartConfig
     log_retention_days: int = Field(ge=30, le=730)
     """Retention of the Log Analytics workspace AKS monitoring writes to."""
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
 
 
 class GitOpsConfig(_Model):
@@ -268,6 +304,9 @@ class StackConfig:
     """Provider name -> API key, each a secret Output."""
     llm_provider_endpoints: dict[str, str] = field(default_factory=dict)
     """Provider name -> API base URL (not a secret; stored in Key Vault beside the key)."""
+    alert_receivers: dict[Severity, pulumi.Output[str]] = field(default_factory=dict)
+    """Severity -> webhook URL Alertmanager sends those alerts to, each a secret Output; a severity
+    without one goes nowhere."""
 
     @property
     def tags(self) -> dict[str, str]:
@@ -315,8 +354,11 @@ def _llm_provider_endpoints(cfg: pulumi.Config) -> dict[str, str]:
     return {str(name): url for name, url in sorted(endpoints.items())}
 
 
-def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
-    full_key = f"{NAMESPACE}:llmProviderKeys"
+def _secret_map(key: str, names: str, values: str) -> dict[str, str]:
+    """A secret-only map of the `agentplane:` namespace (`names` -> `values`, as the error messages
+    say them): empty when unset, refused when not a Pulumi secret or not a map of strings. The error
+    messages never quote a value."""
+    full_key = f"{NAMESPACE}:{key}"
     raw = pulumi.runtime.get_config(full_key)
     if raw is None:
         return {}
@@ -325,14 +367,38 @@ def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
     )
     if not secret:
         raise ConfigError(
-            f"{full_key} must be a Pulumi secret: "
-            f"pulumi config set --secret --path '{full_key}.<provider>' <api key>"
+            f"{full_key} must be a Pulumi secret: pulumi config set --secret --path '{full_key}.<{names}>' <{values}>"
         )
-    keys = json.loads(raw) if isinstance(raw, str) else raw
-    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-        raise ConfigError(f"{full_key} must map provider names to API keys")
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise ConfigError(
+            f"{full_key} must map {names} names to {values}s: "
+            f"pulumi config set --secret --path '{full_key}.<{names}>' <{values}>"
+        )
+    return {str(name): value for name, value in sorted(parsed.items())}
+
+
+def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
+    keys = _secret_map("llmProviderKeys", "provider", "API key")
     _provider_names("llmProviderKeys", keys)
-    return {str(name): pulumi.Output.secret(value) for name, value in sorted(keys.items())}
+    return {name: pulumi.Output.secret(value) for name, value in keys.items()}
+
+
+def _alert_receivers() -> dict[Severity, pulumi.Output[str]]:
+    key = "alertReceivers"
+    urls = _secret_map(key, "|".join(SEVERITIES), "https webhook URL")
+    unknown = sorted(set(urls) - set(SEVERITIES))
+    if unknown:
+        raise ConfigError(f"{NAMESPACE}:{key}: receivers {unknown} are not one of {list(SEVERITIES)}")
+    bad = [
+        name for name, url in urls.items() if urlsplit(url).scheme != "https" or not urlsplit(url).hostname
+    ]
+    if bad:
+        raise ConfigError(f"{NAMESPACE}:{key}: {bad} must be https:// URLs")
+    return {severity: pulumi.Output.secret(urls[severity]) for severity in SEVERITIES if severity in urls}
 
 
 def load_config() -> StackConfig:
@@ -347,6 +413,14 @@ def load_config() -> StackConfig:
             f"{NAMESPACE}:llmProviderKeys.azure needs {NAMESPACE}:llmProviderEndpoints.azure, the Azure "
             "OpenAI resource's endpoint (https://<resource>.openai.azure.com): the runtime reads both"
         )
+    monitoring = _parse(MonitoringConfig, "monitoring", _object(cfg, "monitoring"))
+    receivers = _alert_receivers()
+    if monitoring.alerting.require_page_receiver and "page" not in receivers:
+        raise ConfigError(
+            f"{NAMESPACE}:alertReceivers.page is not set, and {NAMESPACE}:monitoring.alerting."
+            f"requirePageReceiver is true in Pulumi.{pulumi.get_stack()}.yaml: pages would go nowhere. "
+            f"Set it: pulumi config set --secret --path '{NAMESPACE}:alertReceivers.page' <https webhook URL>"
+        )
     return StackConfig(
         stack=pulumi.get_stack(),
         location=location,
@@ -359,8 +433,9 @@ def load_config() -> StackConfig:
         images=_parse(ImagesConfig, "images", _object(cfg, "images")),
         gateway=_parse(GatewayConfig, "gateway", _object(cfg, "gateway")),
         qdrant=_parse(QdrantConfig, "qdrant", _object(cfg, "qdrant")),
-        monitoring=_parse(MonitoringConfig, "monitoring", _object(cfg, "monitoring")),
+        monitoring=monitoring,
         gitops=_parse(GitOpsConfig, "gitops", _object(cfg, "gitops")),
         llm_provider_keys=keys,
         llm_provider_endpoints=endpoints,
+        alert_receivers=receivers,
     )

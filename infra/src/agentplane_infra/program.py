@@ -233,6 +233,8 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
             "monitors": root / "operator" / "deploy" / "monitoring",
             "monitors_namespace": operator.namespace,
             "grafana_admin_password": grafana_admin_password.result,
+            "alerting": cfg.monitoring.alerting,
+            "alert_receivers": cfg.alert_receivers,
         },
         in_cluster(),
     )

@@ -240,6 +240,57 @@ def test_dashboards_become_labelled_configmaps_and_rules_prometheus_rules(tmp_pa
     assert rules[0]["spec"] == {"groups": [{"name": "g", "rules": []}]}
 
 
+RULES = {"groups": [{"name": "slo-availability", "rules": [{"record": "x:ratio", "expr": "vector(1)"}]}]}
+PROMTOOL_TEST = {
+    "rule_files": ["../rules/slo-availability.yaml"],
+    "evaluation_interval": "1m",
+    "tests": [{"interval": "1m", "input_series": [], "alert_rule_test": []}],
+}
+SLO = {"name": "availability", "service": "agent", "objective": 99.5, "sli": {"errors": "x", "total": "y"}}
+
+
+def test_the_generated_layout_of_dashboards_loads_rules_and_dashboards_only(tmp_path: Path) -> None:
+    """`dashboards/rules/*.yaml` become PrometheusRules and `dashboards/grafana/*.json` dashboards;
+    the SLO definitions of `slos/` and promtool's unit tests of `tests/` become nothing."""
+    for folder in ("rules", "slos", "tests", "grafana"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "rules" / "slo-availability.yaml").write_text(yaml.safe_dump(RULES))
+    (tmp_path / "slos" / "availability.yaml").write_text(yaml.safe_dump(SLO))
+    (tmp_path / "tests" / "slo-availability-test.yaml").write_text(yaml.safe_dump(PROMTOOL_TEST))
+    (tmp_path / "tests" / "other.yml").write_text(yaml.safe_dump({**PROMTOOL_TEST, "groups": None}))
+    (tmp_path / "grafana" / "slo-availability.json").write_text(json.dumps({"title": "t", "panels": []}))
+
+    rules = prometheus_rules(tmp_path, "monitoring", {"release": "kps"})
+    assert [(r["kind"], r["metadata"]["name"], r["spec"]) for r in rules] == [
+        ("PrometheusRule", "slo-availability", RULES)
+    ]
+    assert [object_key(d) for d in grafana_dashboards(tmp_path, "monitoring")] == [
+        "ConfigMap/monitoring/dashboard-slo-availability"
+    ]
+
+
+def test_a_promtool_test_file_is_never_a_rule(tmp_path: Path) -> None:
+    """Were a promtool test file (`rule_files:`, `tests:`) wrapped, Prometheus would get an empty or
+    invalid PrometheusRule; however it is named or wherever it is."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "looks-like-rules.yaml").write_text(yaml.safe_dump(PROMTOOL_TEST))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump_all([PROMTOOL_TEST, PROMTOOL_TEST]))
+    assert prometheus_rules(tmp_path, "monitoring", {}) == []
+
+
+def test_two_files_making_the_same_object_are_refused(tmp_path: Path) -> None:
+    for folder in ("rules", "more"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "slo.yaml").write_text(yaml.safe_dump(RULES))
+        (tmp_path / folder / "slo.json").write_text(json.dumps({"panels": []}))
+    with pytest.raises(
+        ManifestError, match=r"rules/slo\.yaml: makes PrometheusRule/monitoring/slo, as .*more/slo\.yaml"
+    ):
+        prometheus_rules(tmp_path, "monitoring", {})
+    with pytest.raises(ManifestError, match=r"makes ConfigMap/monitoring/dashboard-slo, as .*more/slo\.json"):
+        grafana_dashboards(tmp_path, "monitoring")
+
+
 # Alertmanager's configuration.
 
 PAGE_URL = "https://events.pager.example/hook/page-token"

@@ -15,6 +15,7 @@ from infra_mocks import (
     SUBSCRIPTION,
     TENANT,
     USER_KUBECONFIG,
+    Registered,
     StackRun,
     is_secret,
     reveal,
@@ -25,7 +26,7 @@ from infra_mocks import (
 
 from agentplane_infra.config import SECRET_KEYS, SEVERITIES
 from agentplane_infra.identity import ACR_PULL, KEY_VAULT_SECRETS_USER, NETWORK_CONTRIBUTOR
-from agentplane_infra.manifests import object_key
+from agentplane_infra.manifests import dns_label, object_key
 
 STACKS = ("dev", "prod")
 KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
@@ -981,3 +982,56 @@ def test_invalid_alert_receivers_are_refused_without_their_urls(receivers: Any, 
     with pytest.raises(Exception, match=rf"agentplane:alertReceivers.*{message}") as refused:
         run_stack("dev", secret_config={"agentplane:alertReceivers": receivers})
     assert "hooks.example/x" not in str(refused.value)
+
+
+# What `dashboards/` holds, loaded as generated.
+
+
+def _dashboard_files(folder: str, pattern: str) -> list[Path]:
+    return sorted((REPO / "dashboards" / folder).glob(pattern))
+
+
+def _applied(run: StackRun, kind: str) -> dict[str, Registered]:
+    """Name -> the objects of `kind` the monitoring component applied."""
+    return {
+        r.plain["metadata"]["name"]: r
+        for r in run.mocks.resources
+        if r.name.startswith(f"monitoring-{kind.lower()}-")
+    }
+
+
+def test_rules_applied_are_exactly_the_rule_files_in_dashboards_rules(run: StackRun) -> None:
+    """Every `dashboards/rules/*.yaml` as a PrometheusRule Prometheus selects, after the chart; no
+    SLO definition (`dashboards/slos/`) nor promtool test (`dashboards/tests/`) becomes one."""
+    files = {path.stem: yaml.safe_load(path.read_text()) for path in _dashboard_files("rules", "*.y*ml")}
+    applied = _applied(run, "PrometheusRule")
+    assert set(applied) == set(files)
+    release = run.mocks.one(RELEASE, "monitoring-release")
+    for name, resource in applied.items():
+        rule = resource.plain
+        assert rule["spec"] == {"groups": files[name]["groups"]}, name
+        assert rule["metadata"]["namespace"] == "monitoring"
+        assert rule["metadata"]["labels"]["release"] == release.plain["name"]
+        assert run.mocks.waits_for(resource, release), name
+
+
+def test_dashboards_applied_are_exactly_the_grafana_json_files(run: StackRun) -> None:
+    files = {f"dashboard-{dns_label(path.stem)}": path for path in _dashboard_files("grafana", "*.json")}
+    applied = {
+        name: cm.plain for name, cm in _applied(run, "ConfigMap").items() if name.startswith("dashboard-")
+    }
+    assert set(applied) == set(files)
+    for name, configmap in applied.items():
+        assert configmap["metadata"]["labels"] == {"grafana_dashboard": "1"}
+        assert configmap["data"] == {files[name].name: files[name].read_text()}
+
+
+def test_every_alert_in_the_rules_has_a_severity_alertmanager_routes(run: StackRun) -> None:
+    """An alert labelled anything but `page` or `ticket` would go to `null` without a word."""
+    routed = set(_routes(_alertmanager(run)))
+    for name, rule in _applied(run, "PrometheusRule").items():
+        for group in rule.plain["spec"]["groups"]:
+            for item in group["rules"]:
+                if "alert" in item:
+                    where = f"{name}: {group['name']}: {item['alert']}"
+                    assert item.get("labels", {}).get("severity") in routed, where

@@ -244,11 +244,22 @@ def dns_label(text: str) -> str:
     return label[:63].rstrip("-") or "unnamed"
 
 
+def _unique(objects: list[Manifest], sources: list[Path]) -> None:
+    """Refuse two files making objects of the same kind and name (one would replace the other)."""
+    seen: dict[str, Path] = {}
+    for obj, path in zip(objects, sources, strict=True):
+        key = object_key(obj)
+        if key in seen:
+            raise ManifestError(f"{path}: makes {key}, as {seen[key]} does: rename one of them")
+        seen[key] = path
+
+
 def grafana_dashboards(directory: Path, namespace: str) -> list[Manifest]:
     """One ConfigMap, labelled for Grafana's dashboard sidecar, per dashboard JSON under `directory`."""
     if not directory.is_dir():
         return []
     configmaps: list[Manifest] = []
+    sources: list[Path] = []
     for path in sorted(directory.rglob("*.json")):
         text = path.read_text(encoding="utf-8")
         try:
@@ -269,6 +280,8 @@ def grafana_dashboards(directory: Path, namespace: str) -> list[Manifest]:
                 "data": {path.name: text},
             }
         )
+        sources.append(path)
+    _unique(configmaps, sources)
     return configmaps
 
 
@@ -276,11 +289,13 @@ def prometheus_rules(directory: Path, namespace: str, labels: Mapping[str, str])
     """PrometheusRule objects for the rule files under `directory`.
 
     A YAML document that is already a PrometheusRule is applied in `namespace`; a plain Prometheus
-    rule file (`groups:`) is wrapped in one. Other YAML (SLO definitions, say) is not a rule.
+    rule file (`groups:`) is wrapped in one. Other YAML (SLO definitions, promtool's unit tests with
+    their `rule_files:` and `tests:`) is not a rule.
     """
     if not directory.is_dir():
         return []
     rules: list[Manifest] = []
+    sources: list[Path] = []
     for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml")):
         try:
             documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
@@ -308,6 +323,10 @@ def prometheus_rules(directory: Path, namespace: str, labels: Mapping[str, str])
                         "spec": {"groups": document["groups"]},
                     }
                 )
+            else:
+                continue
+            sources.append(path)
+    _unique(rules, sources)
     return rules
 
 

@@ -973,6 +973,7 @@ def test_a_ticket_receiver_alone_leaves_pages_unrouted() -> None:
         ({"pager": "https://hooks.example/x"}, r"receivers \['pager'\] are not one of \['page', 'ticket'\]"),
         ({"page": "http://hooks.example/x"}, r"\['page'\] must be https:// URLs"),
         ({"ticket": "hooks.example/x"}, r"\['ticket'\] must be https:// URLs"),
+        ({"ticket": "https://[hooks.example/x"}, r"\['ticket'\] must be https:// URLs"),
         ("https://hooks.example/x", r"must map page\|ticket names to https webhook URLs"),
         ({"page": {"url": "https://hooks.example/x"}}, r"must map page\|ticket names"),
     ],

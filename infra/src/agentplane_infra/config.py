@@ -387,15 +387,21 @@ def _llm_provider_keys() -> dict[str, pulumi.Output[str]]:
     return {name: pulumi.Output.secret(value) for name, value in keys.items()}
 
 
+def _is_https(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket; its message would not name the key
+        return False
+
+
 def _alert_receivers() -> dict[Severity, pulumi.Output[str]]:
     key = "alertReceivers"
     urls = _secret_map(key, "|".join(SEVERITIES), "https webhook URL")
     unknown = sorted(set(urls) - set(SEVERITIES))
     if unknown:
         raise ConfigError(f"{NAMESPACE}:{key}: receivers {unknown} are not one of {list(SEVERITIES)}")
-    bad = [
-        name for name, url in urls.items() if urlsplit(url).scheme != "https" or not urlsplit(url).hostname
-    ]
+    bad = [name for name, url in urls.items() if not _is_https(url)]
     if bad:
         raise ConfigError(f"{NAMESPACE}:{key}: {bad} must be https:// URLs")
     return {severity: pulumi.Output.secret(urls[severity]) for severity in SEVERITIES if severity in urls}

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 from qdrant_client import models
-from runtime_support import Served, free_port, make_config, serve, tenant_name
+from runtime_support import Served, free_port, make_config, parse_metrics, scrape, serve, tenant_name, total
 
 from agentplane_platform.knowledge import SPARSE_VECTOR
 from agentplane_runtime import Settings
@@ -180,7 +180,8 @@ def principal_of(served: Served, tenant: str) -> Principal:
 
 async def test_unreachable_qdrant_gives_a_degraded_answer(settings: Settings, fake_llm: FakeLLM) -> None:
     down = settings.model_copy(update={"qdrant_url": f"http://127.0.0.1:{free_port()}"})
-    async with serve(down, make_config(tenant_name(), knowledge=["docs"])) as served:
+    config = make_config(tenant_name(), knowledge=["docs"])
+    async with serve(down, config) as served:
         client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
         raw = await client.chat.completions.with_raw_response.create(
             model="helper", messages=[{"role": "user", "content": "what is the return policy?"}]
@@ -194,7 +195,13 @@ async def test_unreachable_qdrant_gives_a_degraded_answer(settings: Settings, fa
         async with httpx.AsyncClient() as http:
             ready = (await http.get(f"{served.url}/healthz/ready")).json()
             assert ready["checks"]["vector_store"] == "unreachable"
+        samples = parse_metrics(await scrape(served.url))
         await client.close()
+    ours = {"tenant": config.tenant, "agent": "helper"}
+    assert total(samples, "agentplane_retrievals_total", **ours, outcome="unavailable") == 1
+    assert total(samples, "agentplane_retrievals_total", **ours, outcome="ok") == 0
+    assert total(samples, "agentplane_retrieval_duration_seconds_count", **ours) == 1
+    assert total(samples, "agentplane_requests_total", **ours, status="ok", code="200") == 1
 
 
 async def test_chunking_keeps_sections_and_code_blocks() -> None:

@@ -10,8 +10,7 @@ import logging
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from runtime_support import make_config, serve, tenant_name
+from runtime_support import make_config, parse_metrics, serve, tenant_name
 
 from agentplane_runtime import Settings
 from agentplane_runtime.core.logging import JsonFormatter
@@ -96,9 +95,12 @@ async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> 
     tool = next(s for s in spans if s.name == "execute_tool calculator")
     assert tool.attributes is not None
     assert tool.attributes["gen_ai.tool.name"] == "calculator"
-    samples = parse(metrics)
+    samples = parse_metrics(metrics)
     ours = {"tenant": tenant, "agent": "helper", "model": "openai/gpt-4o-mini"}
-    assert samples[("agentplane_requests_total", frozenset({**ours, "status": "ok"}.items()))] == 1.0
+    assert (
+        samples[("agentplane_requests_total", frozenset({**ours, "status": "ok", "code": "200"}.items()))]
+        == 1.0
+    )
     assert samples[("agentplane_request_duration_seconds_count", frozenset(ours.items()))] == 1.0
     assert samples[("agentplane_tokens_total", frozenset({**ours, "direction": "output"}.items()))] == 2.0
     assert samples[("agentplane_cost_usd_total", frozenset(ours.items()))] > 0
@@ -127,11 +129,3 @@ async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> 
     assert logged
     assert any(entry.get("request_id") == request_id for entry in logged)
     assert "secret prompt text" not in stream.getvalue()
-
-
-def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }

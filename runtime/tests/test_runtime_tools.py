@@ -12,7 +12,7 @@ import openai
 import pytest
 import pytest_asyncio
 import uvicorn
-from runtime_support import free_port, make_config, serve, tenant_name
+from runtime_support import free_port, make_config, parse_metrics, scrape, serve, tenant_name, total
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -186,7 +186,25 @@ async def test_failing_and_hanging_tools_are_reported_to_the_model(
         spans = {s.name: s for s in served.spans.get_finished_spans()}
         assert spans["execute_tool broken"].attributes is not None
         assert spans["execute_tool broken"].attributes["error.type"] == "tool_error"
+        samples = parse_metrics(await scrape(served.url))
         await client.close()
+    ours = {"tenant": config.tenant, "agent": "helper"}
+    outcomes = {
+        tool: outcome
+        for (name, labels), value in samples.items()
+        if name == "agentplane_tool_calls_total" and value == 1
+        for tool, outcome in [(dict(labels)["tool"], dict(labels)["outcome"])]
+    }
+    assert outcomes == {"broken": "error", "sleepy": "timeout", "outside": "denied", "nonexistent": "unknown"}
+    durations = {tool: total(samples, "agentplane_tool_call_duration_seconds_sum", **ours, tool=tool)
+                 for tool in ("broken", "sleepy", "outside")}  # fmt: skip
+    assert durations["sleepy"] >= 1.0  # its timeout
+    assert all(
+        total(samples, "agentplane_tool_call_duration_seconds_count", **ours, tool=t) == 1 for t in durations
+    )
+    # the second the tools were waited on is not the platform's own time
+    duration = total(samples, "agentplane_request_duration_seconds_sum", **ours)
+    assert total(samples, "agentplane_overhead_seconds_sum", **ours) <= duration - 1.0
 
 
 async def test_tool_calls_are_bounded_by_max_tool_calls(settings: Settings, fake_llm: FakeLLM) -> None:

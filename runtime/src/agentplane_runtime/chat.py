@@ -28,12 +28,17 @@ from agentplane_runtime.api.schemas import ChatCompletionRequest, ChatMessage
 from agentplane_runtime.auth import Principal
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
-from agentplane_runtime.core.telemetry import Telemetry
+from agentplane_runtime.core.telemetry import (
+    GEN_AI_OPERATION,
+    GEN_AI_SERVER_PROVIDER,
+    Telemetry,
+    status_class,
+)
 from agentplane_runtime.documents import CHUNK_CHARS
-from agentplane_runtime.llm import Attempt, LLMClient, cost_of, finish_span
+from agentplane_runtime.llm import Attempt, Caller, LLMClient, cost_of, timed_stream
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
-from agentplane_runtime.tools import ToolError, ToolRunner
+from agentplane_runtime.tools import ToolDenied, ToolError, ToolRunner, ToolTimeout
 from agentplane_runtime.usage import UsageEvent, UsageRecorder, now_utc
 
 log = logging.getLogger("agentplane.runtime.chat")
@@ -65,6 +70,15 @@ class RequestState:
     retrieval: str = "none"
     sources: list[dict[str, Any]] = field(default_factory=list)
     max_tokens: int = 0
+    fallback: bool = False
+    """Whether `model`, the model that answered, is one of the agent's fallbacks."""
+    caller: Caller = field(init=False)
+    """The request as the LLM client sees it; adds up the time spent waiting on providers."""
+    tool_seconds: float = 0.0
+    """Wall time spent waiting on tool calls (calls made together count once)."""
+
+    def __post_init__(self) -> None:
+        self.caller = Caller(self.agent.config.tenant, self.agent.config.agent)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -73,6 +87,11 @@ class RequestState:
             "retrieval": {"status": self.retrieval, "sources": self.sources},
             "tool_calls": self.tool_calls,
         }
+
+    def answered(self, attempt: Attempt) -> None:
+        """An LLM call answered: the request's model is now the one that did."""
+        self.model = attempt.model
+        self.fallback = attempt.fallback
 
     def account(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.model = model
@@ -252,6 +271,7 @@ class ChatService:
         if config.knowledge:
             query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
             with self.tracer.start_as_current_span("retrieval") as span:
+                started = time.perf_counter()
                 try:
                     hits = await self.knowledge.search(
                         config.tenant, list(config.knowledge), state.principal, query
@@ -263,6 +283,10 @@ class ChatService:
                     span.set_status(Status(StatusCode.ERROR, "retrieval unavailable"))
                     log.warning("retrieval unavailable (%s); answering without context", exc)
                     self.metrics.retrieval.labels(config.tenant, config.agent, "unavailable").inc()
+                finally:
+                    self.metrics.retrieval_duration.labels(config.tenant, config.agent).observe(
+                        time.perf_counter() - started
+                    )
                 span.set_attribute("agentplane.retrieval.hits", len(hits))
         context = ""
         room = budget - used
@@ -330,12 +354,14 @@ class ChatService:
             offered = self._tools_now(state, tools)
             attempt = await self.llm.complete(
                 state.agent.models,
+                caller=state.caller,
                 messages=messages,
                 params=prepared["params"],
                 tools=offered,
                 stream=False,
                 deadline=state.deadline,
             )
+            state.answered(attempt)
             response = attempt.response
             usage = getattr(response, "usage", None)
             prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -351,8 +377,8 @@ class ChatService:
                 }
                 for c in (getattr(message, "tool_calls", None) or [])
             ]
-            finish_span(
-                attempt.span,
+            self.llm.finish(
+                attempt,
                 response_model=getattr(response, "model", None),
                 response_id=getattr(response, "id", None),
                 prompt_tokens=prompt_tokens,
@@ -406,7 +432,11 @@ class ChatService:
             state.tool_calls += 1
             tool = state.agent.tools_by_function.get(call["function"]["name"])
             jobs.append(self._call_tool(state, call, tool))
-        return list(await asyncio.gather(*jobs))
+        started = time.perf_counter()
+        try:
+            return list(await asyncio.gather(*jobs))
+        finally:
+            state.tool_seconds += time.perf_counter() - started
 
     async def _tool_result(
         self, call: dict[str, Any], result: str | None, error: str | None
@@ -443,24 +473,34 @@ class ChatService:
                     [{"source": h.source, "score": round(h.score, 4), "text": h.text} for h in hits[:8]]
                 )
 
+            started = time.perf_counter()
+            outcome, error = "ok", None
             try:
                 result = await self.tools.run(
                     config, tool, call["function"]["arguments"], timeout=timeout, retrieve=retrieve
                 )
             except (ToolError, RetrievalUnavailable) as exc:
-                message = str(exc) if isinstance(exc, ToolError) else "the knowledge base is unavailable"
+                error = str(exc) if isinstance(exc, ToolError) else "the knowledge base is unavailable"
+                outcome = (
+                    "timeout"
+                    if isinstance(exc, ToolTimeout)
+                    else "denied"
+                    if isinstance(exc, ToolDenied)
+                    else "error"
+                )
                 span.set_attribute("error.type", "tool_error")
-                span.set_status(Status(StatusCode.ERROR, message[:200]))
-                self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "error").inc()
-                return await self._tool_result(call, None, message)
+                span.set_status(Status(StatusCode.ERROR, error[:200]))
             except Exception as exc:
                 log.warning("tool %s crashed (%s)", tool.name, type(exc).__name__)
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "error").inc()
-                return await self._tool_result(call, None, "the tool failed")
-            self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, "ok").inc()
-            return await self._tool_result(call, result, None)
+                outcome, error = "error", "the tool failed"
+            finally:
+                self.metrics.tool_duration.labels(config.tenant, config.agent, tool.name).observe(
+                    time.perf_counter() - started
+                )
+            self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, outcome).inc()
+            return await self._tool_result(call, None if error else result, error)
 
     # -- streaming -------------------------------------------------------------------------
 
@@ -473,12 +513,14 @@ class ChatService:
         # the first call is made before the response starts, so its failure is a proper error status
         attempt = await self.llm.complete(
             state.agent.models,
+            caller=state.caller,
             messages=messages,
             params=prepared["params"],
             tools=offered,
             stream=True,
             deadline=state.deadline,
         )
+        state.answered(attempt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         headers = self._headers(state)
         headers["x-agentplane-model"] = attempt.model
@@ -526,12 +568,14 @@ class ChatService:
                 prompt_tokens = completion_tokens = 0
                 upstream_finish: str | None = None
                 response_id: str | None = None
-                async for chunk in current.response:
+                response_model: str | None = None
+                async for chunk in timed_stream(current.response, state.caller):
                     usage = getattr(chunk, "usage", None)
                     if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
                         prompt_tokens = int(usage.prompt_tokens or 0)
                         completion_tokens = int(usage.completion_tokens or 0)
                     response_id = response_id or getattr(chunk, "id", None)
+                    response_model = response_model or getattr(chunk, "model", None)
                     for choice in chunk.choices or []:
                         delta = choice.delta
                         text = getattr(delta, "content", None)
@@ -560,9 +604,9 @@ class ChatService:
                             504, "the agent's time limit was reached", type="timeout_error", code="timeout"
                         )
                 state.account(model, prompt_tokens, completion_tokens)
-                finish_span(
-                    current.span,
-                    response_model=model,
+                self.llm.finish(
+                    current,
+                    response_model=response_model or model,
                     response_id=response_id,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
@@ -577,12 +621,14 @@ class ChatService:
                     offered = self._tools_now(state, tools)
                     current = await self.llm.complete(
                         state.agent.models,
+                        caller=state.caller,
                         messages=messages,
                         params=params,
                         tools=offered,
                         stream=True,
                         deadline=state.deadline,
                     )
+                    state.answered(current)
                     continue
                 finish_reason = upstream_finish if upstream_finish and not calls else "stop"
             yield event(
@@ -628,12 +674,19 @@ class ChatService:
                 + b"\n\n"
             )
         finally:
-            if current is not None:
-                current.span.end()
+            if current is not None:  # the stream broke off
+                self.llm.abandon(current, state.error_type or "stream_interrupted")
             with anyio.CancelScope(shield=True):
                 await self._finish(state)
 
     # -- the end of every request -------------------------------------------------------------
+
+    def refused(self, agent: AgentContext, code: int) -> None:
+        """Count a chat request refused before `handle` (authentication, an invalid body)."""
+        config = agent.config
+        self.metrics.requests.labels(
+            config.tenant, config.agent, config.model.name, status_class(code), str(code)
+        ).inc()
 
     async def _finish(self, state: RequestState) -> None:
         config = state.agent.config
@@ -644,14 +697,30 @@ class ChatService:
                 await self.quota.settle(state.reservation, used, state.cost)
             except Exception as exc:
                 log.warning("quota settle failed (%s)", type(exc).__name__)
-        model = state.model or "none"
-        labels = (config.tenant, config.agent, model)
+        code = state.http_status
+        status = status_class(code)
+        labels = (config.tenant, config.agent, state.model or config.model.name)
         m = self.metrics
         m.active.labels(config.tenant, config.agent).dec()
-        m.requests.labels(*labels, state.status).inc()
+        m.requests.labels(*labels, status, str(code)).inc()
         m.latency.labels(*labels).observe(elapsed)
+        waited = state.caller.waited + state.tool_seconds
+        m.overhead.labels(config.tenant, config.agent).observe(max(0.0, elapsed - waited))
+        if state.fallback and state.model:
+            m.fallbacks.labels(*labels).inc()
+        server = (
+            config.tenant,
+            config.agent,
+            GEN_AI_OPERATION,
+            GEN_AI_SERVER_PROVIDER,
+            config.agent,
+            state.model or "",
+        )
+        m.gen_ai_server_duration.labels(*server, "" if status == "ok" else str(code)).observe(elapsed)
         if state.ttft is not None:
             m.ttft.labels(*labels).observe(state.ttft)
+            if status == "ok":
+                m.gen_ai_server_ttft.labels(*server).observe(state.ttft)
         if used:
             m.tokens.labels(*labels, "input").inc(state.prompt_tokens)
             m.tokens.labels(*labels, "output").inc(state.completion_tokens)

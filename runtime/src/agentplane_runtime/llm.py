@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from agentplane_runtime import offline
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
-from agentplane_runtime.core.telemetry import Metrics
+from agentplane_runtime.core.telemetry import GEN_AI_OPERATION, Metrics
 
 log = logging.getLogger("agentplane.runtime.llm")
 
@@ -141,16 +141,54 @@ _SYSTEMS = {
 }
 
 
+def system_of(model: str) -> str:
+    """`gen_ai.provider.name` of a litellm model name (`azure/...` is `azure.ai.openai`)."""
+    provider = provider_of(model)
+    return _SYSTEMS.get(provider, provider)
+
+
+@dataclass
+class Caller:
+    """Whom LLM calls are made for (their metrics' `tenant` and `agent`), and how long they waited
+    on providers: every attempt, failed or not, the back-off between retries, and a stream's chunks."""
+
+    tenant: str
+    agent: str
+    waited: float = 0.0
+
+
+async def timed_stream(stream: Any, caller: Caller) -> AsyncIterator[Any]:
+    """A provider's stream, with the time spent waiting for each chunk added to `caller.waited`."""
+    iterator = aiter(stream)
+    while True:
+        started = time.perf_counter()
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        finally:
+            caller.waited += time.perf_counter() - started
+        yield chunk
+
+
 @dataclass
 class Attempt:
     """A successful LLM call: the model that answered and its response (a stream when streaming).
-    `span` is the attempt's span, still open: the caller ends it with `finish_span`."""
+    `span` is the attempt's span, still open: the caller ends it with `LLMClient.finish` (or
+    `LLMClient.abandon` when a stream breaks off)."""
 
     model: str
     response: Any
     span: Span
     attempts: int
+    caller: Caller
+    fallback: bool = False
+    """Whether `model` is one of the agent's fallbacks (not its primary model)."""
+    stream: bool = False
+    response_seconds: float = 0.0
+    """How long the call took to answer (a stream: to its first bytes)."""
     started: float = field(default_factory=time.perf_counter)
+    """When the call was made."""
 
 
 class LLMClient:
@@ -205,18 +243,20 @@ class LLMClient:
         self,
         models: list[str],
         *,
+        caller: Caller,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
         tools: list[dict[str, Any]] | None,
         stream: bool,
         deadline: float,
     ) -> Attempt:
-        """The first model (in order) that answers; raises `ApiError` when none does."""
+        """The first model (in order) that answers; raises `ApiError` when none does. The time
+        spent waiting on providers is added to `caller.waited`."""
         last: BaseException | None = None
         open_circuits: list[CircuitBreaker] = []
         attempts = 0
         s = self.settings
-        for model in [self.target(m) for m in models]:
+        for index, model in enumerate(self.target(m) for m in models):
             breaker = self.breaker(model)
             for retry in range(s.llm_retries + 1):
                 if not breaker.allow():
@@ -234,7 +274,7 @@ class LLMClient:
                 span.set_attributes(
                     {
                         "gen_ai.operation.name": "chat",
-                        "gen_ai.system": _SYSTEMS.get(provider_of(model), provider_of(model)),
+                        "gen_ai.system": system_of(model),
                         "gen_ai.request.model": model,
                         "agentplane.attempt": attempts,
                     }
@@ -260,19 +300,24 @@ class LLMClient:
                 if stream:
                     kwargs["stream"] = True
                     kwargs["stream_options"] = {"include_usage": True}
+                started = time.perf_counter()
                 try:
                     response = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout + 1)
                 except asyncio.CancelledError:
+                    caller.waited += time.perf_counter() - started
                     breaker.release()
                     span.set_status(Status(StatusCode.ERROR, "cancelled"))
                     span.end()
                     raise
                 except Exception as exc:
+                    elapsed = time.perf_counter() - started
+                    caller.waited += elapsed
                     kind = error_kind(exc)
                     span.set_attribute("error.type", kind)
                     span.set_status(Status(StatusCode.ERROR, kind))
                     span.end()
                     self.metrics.llm_attempts.labels(model, kind).inc()
+                    self._operation(caller, model, "", kind).observe(elapsed)
                     last = exc
                     if isinstance(exc, _CLIENT_ERRORS) and not is_retryable(exc):
                         breaker.release()
@@ -291,12 +336,28 @@ class LLMClient:
                     if retry < s.llm_retries and breaker.state is CircuitState.CLOSED:
                         delay = s.llm_backoff_seconds * (2**retry) * random.uniform(0.5, 1.5)
                         if time.monotonic() + delay < deadline - 0.1:
-                            await asyncio.sleep(delay)
+                            slept = time.perf_counter()
+                            try:
+                                await asyncio.sleep(delay)
+                            finally:
+                                caller.waited += time.perf_counter() - slept
                     continue
+                elapsed = time.perf_counter() - started
+                caller.waited += elapsed
                 breaker.success()
                 self._state(model, breaker)
                 self.metrics.llm_attempts.labels(model, "ok").inc()
-                return Attempt(model=model, response=response, span=span, attempts=attempts)
+                return Attempt(
+                    model=model,
+                    response=response,
+                    span=span,
+                    attempts=attempts,
+                    caller=caller,
+                    fallback=index > 0,
+                    stream=stream,
+                    response_seconds=elapsed,
+                    started=started,
+                )
         if last is None and open_circuits:
             wait = min(b.retry_after() for b in open_circuits)
             raise ApiError(
@@ -311,6 +372,46 @@ class LLMClient:
         raise ApiError(
             502, "the model provider failed to answer", type="upstream_error", code="upstream_error"
         )
+
+    def _operation(self, caller: Caller, model: str, response_model: str, error_type: str) -> Any:
+        return self.metrics.gen_ai_operation.labels(
+            caller.tenant, caller.agent, GEN_AI_OPERATION, system_of(model), model, response_model, error_type
+        )
+
+    def finish(
+        self,
+        attempt: Attempt,
+        *,
+        response_model: str | None,
+        response_id: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish_reasons: list[str],
+    ) -> None:
+        """A call is done (a stream: its last chunk is read): its GenAI metrics, and its span ended."""
+        caller, model, answered = attempt.caller, attempt.model, response_model or ""
+        duration = time.perf_counter() - attempt.started if attempt.stream else attempt.response_seconds
+        self._operation(caller, model, answered, "").observe(duration)
+        if prompt_tokens or completion_tokens:  # a provider that reports no usage: no token metric
+            labels = (caller.tenant, caller.agent, GEN_AI_OPERATION, system_of(model), model, answered)
+            self.metrics.gen_ai_tokens.labels(*labels, "input").observe(prompt_tokens)
+            self.metrics.gen_ai_tokens.labels(*labels, "output").observe(completion_tokens)
+        finish_span(
+            attempt.span,
+            response_model=response_model,
+            response_id=response_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reasons=finish_reasons,
+        )
+
+    def abandon(self, attempt: Attempt, error_type: str) -> None:
+        """A stream that broke off before its end: its duration with the error, and its span ended."""
+        duration = time.perf_counter() - attempt.started
+        self._operation(attempt.caller, attempt.model, "", error_type).observe(duration)
+        attempt.span.set_attribute("error.type", error_type)
+        attempt.span.set_status(Status(StatusCode.ERROR, error_type))
+        attempt.span.end()
 
 
 def finish_span(

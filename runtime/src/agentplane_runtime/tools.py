@@ -45,6 +45,14 @@ class ToolError(Exception):
     """A tool call failed; the message is what the model is told."""
 
 
+class ToolTimeout(ToolError):
+    """The tool did not answer within its timeout (or the request's time left)."""
+
+
+class ToolDenied(ToolError):
+    """The tool's destination is not in the tenant's egress allowlist."""
+
+
 def tool_definitions(config: AgentConfig) -> list[dict[str, Any]]:
     """The agent's tools as OpenAI function tools."""
     definitions = []
@@ -204,14 +212,14 @@ class ToolRunner:
                 if isinstance(tool, ResolvedHttpTool):
                     return await self._http(config, tool, args)
                 return await self._mcp(config, tool, args)
-        except TimeoutError:
-            raise ToolError(f"the tool did not answer within {timeout:.0f} s") from None
+        except (TimeoutError, httpx.TimeoutException):
+            raise ToolTimeout(f"the tool did not answer within {timeout:.0f} s") from None
         except httpx.HTTPError as exc:
             raise ToolError(f"the tool could not be reached ({type(exc).__name__})") from None
 
     async def _http(self, config: AgentConfig, tool: ResolvedHttpTool, args: dict[str, Any]) -> str:
         if not egress.allows_url(config.egress, tool.url, check_port=False):
-            raise ToolError("the tool's host is not in the tenant's egress allowlist")
+            raise ToolDenied("the tool's host is not in the tenant's egress allowlist")
         headers = {**tool.headers, **_auth_header(tool.auth, tool.name, self.secrets)}
         request = self.http.build_request(
             tool.method,
@@ -239,7 +247,7 @@ class ToolRunner:
 
     async def _mcp(self, config: AgentConfig, tool: ResolvedMcpTool, args: dict[str, Any]) -> str:
         if not egress.allows_url(config.egress, tool.url, check_port=False):
-            raise ToolError("the MCP server's host is not in the tenant's egress allowlist")
+            raise ToolDenied("the MCP server's host is not in the tenant's egress allowlist")
         session = McpSession(self.http, tool.url, _auth_header(tool.auth, tool.name, self.secrets))
         try:
             await session.initialize()

@@ -300,10 +300,21 @@ class UsageRecorder:
                 batch = await buffer.take(self.batch_size, 0 if buffer is self.fallback else 1)
                 if not batch:
                     break
-                await self.store.write([e for _, e in batch])
-                await buffer.ack([i for i, _ in batch])
+                await self._move(buffer, batch)
                 written += len(batch)
         return written
+
+    async def _move(self, buffer: UsageBuffer, batch: list[tuple[str, UsageEvent]]) -> None:
+        """Write a batch to the store, then acknowledge it in its buffer; count it, and observe
+        each record's delay from its creation to the commit."""
+        events = [e for _, e in batch]
+        await self.store.write(events)
+        committed = now_utc()
+        await buffer.ack([i for i, _ in batch])
+        self.metrics.usage_written.inc(len(batch))
+        for event in events:
+            created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=UTC)
+            self.metrics.usage_delay.observe(max(0.0, (committed - created).total_seconds()))
 
     async def _run(self) -> None:
         delay = self.flush_seconds
@@ -313,10 +324,8 @@ class UsageRecorder:
                 for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
                     batch = await buffer.take(self.batch_size, block)
                     if batch:
-                        await self.store.write([e for _, e in batch])
-                        await buffer.ack([i for i, _ in batch])
+                        await self._move(buffer, batch)
                         moved += len(batch)
-                        self.metrics.usage_written.inc(len(batch))
                 if not self.db_healthy:
                     log.info("usage database reachable again")
                 self.db_healthy = True

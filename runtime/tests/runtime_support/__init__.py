@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentplane_platform.config import AgentConfig
 from agentplane_platform.keys import create_api_key
@@ -160,3 +162,29 @@ async def serve(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""A Prometheus exposition's samples: (name, labels) -> value."""
+
+
+def parse_metrics(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def scrape(url: str) -> str:
+    """The `/metrics` text of the runtime at `url`."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{url}/metrics")
+    assert response.status_code == 200, response.text
+    return response.text

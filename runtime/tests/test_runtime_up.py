@@ -36,6 +36,10 @@ def test_banner_lists_every_agent_offline_with_its_url_and_tenant_key(up: Up) ->
     assert "curl -s" in text
     assert "from openai import OpenAI" in text
     assert "knowledge: 8 ingested, 0 unchanged, 0 removed" in text
+    assert f"Prometheus metrics: {up.base}/metrics" in text
+    metrics = httpx.get(f"{up.base}/metrics")
+    assert metrics.status_code == 200
+    assert "# TYPE agentplane_requests_total counter" in metrics.text
 
 
 @pytest.mark.parametrize(("tenant", "agent"), AGENTS)

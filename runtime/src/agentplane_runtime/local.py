@@ -30,6 +30,7 @@ from agentplane_platform.config import (
     ResolveError,
     resolve_agent,
 )
+from agentplane_platform.contract import METRICS_PATH
 from agentplane_platform.db.models import ApiKey
 from agentplane_platform.keys import create_api_key, split_key
 from agentplane_platform.quotas import QuotaLimits
@@ -172,6 +173,13 @@ def agent_url(base: str, config: AgentConfig) -> str:
     return f"{base}/t/{config.tenant}/a/{config.agent}/v1"
 
 
+def metrics_url(settings: Settings, base: str) -> str:
+    """Where `/metrics` is: on a port of its own when `AGENTPLANE_METRICS_PORT` is set, else beside the API."""
+    if settings.metrics_port is not None:
+        return f"http://{settings.host}:{settings.metrics_port}{METRICS_PATH}"
+    return f"{base}{METRICS_PATH}"
+
+
 def banner(
     settings: Settings,
     agents: list[AgentConfig],
@@ -223,6 +231,7 @@ def banner(
             "  print(reply.choices[0].message.content)",
             "",
         ]
+    lines.append(f"Prometheus metrics: {metrics_url(settings, base)}")
     lines.append(f"Press Ctrl-C to stop (state is kept in {settings.state_dir}).")
     return "\n".join(lines)
 

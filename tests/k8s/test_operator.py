@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from support.operator_process import (
     start_operator,
     wait_for,
 )
+from support.service_fixtures import unavailable
 from support.services import Server, create_database
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres, pytest.mark.redis]
@@ -476,7 +479,7 @@ def test_drift_is_repaired(k8s: Cluster, operator: OperatorProcess) -> None:
     ready(k8s, "agent", "steady", ns)
 
 
-def test_metrics_and_health(operator: OperatorProcess) -> None:
+def test_metrics_and_health(k8s: Cluster, operator: OperatorProcess) -> None:
     samples = operator.metrics()
     names = {name for name, _ in samples}
     assert {
@@ -484,11 +487,37 @@ def test_metrics_and_health(operator: OperatorProcess) -> None:
         "agentplane_operator_reconcile_duration_seconds_bucket",
         "agentplane_operator_queue_depth",
         "agentplane_operator_api_writes_total",
+        "process_cpu_seconds_total",
     } <= names
     assert operator.reconciles(kind="Agent", result="ok") > 0
     assert operator.total("agentplane_operator_reconcile_duration_seconds_count", kind="Tenant") > 0
+    # time to Ready of each new Agent generation: lyra's helper, scaler, and scaler's second spec
+    assert operator.total("agentplane_operator_agent_ready_seconds_count", namespace="tenant-lyra") == 3
+    # each Tenant's limits from its spec, until the Tenant is deleted
+    lyra = frozenset({("tenant", "lyra")})
+    assert samples[("agentplane_tenant_monthly_budget_usd", lyra)] == 25
+    assert samples[("agentplane_tenant_tokens_per_minute", lyra)] == 5000
+    assert samples[("agentplane_tenant_requests_per_minute", lyra)] == 60
+    assert operator.total("agentplane_tenant_tokens_per_minute", tenant="vega") == 5000
+    delete_tenants(k8s, "vega")
+    wait_for(
+        "vega's gauges removed",
+        lambda: (
+            ("agentplane_tenant_tokens_per_minute", frozenset({("tenant", "vega")})) not in operator.metrics()
+        ),
+    )
     with urllib.request.urlopen(operator.metrics_url.replace("/metrics", "/healthz"), timeout=5) as response:
         assert json.loads(response.read()) == {"status": "ok"}
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
+        return
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def _secret_data(k8s: Cluster, name: str, namespace: str) -> dict[str, str]:

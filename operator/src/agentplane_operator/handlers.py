@@ -194,6 +194,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         op = _op(kw)
         async with op.reconciling("Tenant", name, "", "event"):
             logger.info(await reconcile.finalize_tenant(op, body))
+        op.metrics.forget_tenant(name)
 
     # --- Prompt and Tool: reconcile, then the Agents that use them -------------------------------
 
@@ -258,13 +259,14 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             await reconcile.reconcile_agent(op, body, Views.of(kw))
 
     @on.event(*agents, registry=registry, id="agent_event")
-    async def agent_event(event: kopf.RawEvent, namespace: str | None, **kw: Any) -> None:
+    async def agent_event(event: kopf.RawEvent, namespace: str | None, name: str, **kw: Any) -> None:
         op, views, ns = _op(kw), Views.of(kw), namespace or ""
         tenant = tenant_of(ns)
         if tenant and event["type"] in ("ADDED", "DELETED"):
             op.soon(("agents", tenant), 2.0, lambda: reconcile.refresh_tenant_agents(op, tenant, views))
         if event["type"] != "DELETED":
             return
+        op.ready_clock.forget(ns, name)
         # A freed slot under the tenant's maxAgents: admit the Agents that waited for one.
         waiting = [
             (ns, a["metadata"]["name"])

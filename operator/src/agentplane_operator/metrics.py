@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agentplane_platform.quotas import QuotaLimits
+
+READY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+"""Seconds from a new Agent generation to its Ready: from a config change to a cold image pull."""
 
 
 @dataclass
@@ -15,6 +33,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.reconciles = Counter(
             "agentplane_operator_reconcile", "Reconciles run, by kind, cause and result.",
             ["kind", "cause", "result"], registry=r,
@@ -35,9 +56,98 @@ class Metrics:
             "agentplane_operator_api_writes", "Write requests sent to the Kubernetes API by the reconcilers.",
             ["kind", "verb"], registry=r,
         )  # fmt: skip
+        self.agent_ready = Histogram(
+            "agentplane_operator_agent_ready_seconds",
+            "From this operator first seeing a new Agent generation to its writing Ready=True for it.",
+            ["namespace"], buckets=READY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tenant_budget = Gauge(
+            "agentplane_tenant_monthly_budget_usd", "A Tenant's monthly LLM budget in USD (0: none).",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.tenant_tokens_per_minute = Gauge(
+            "agentplane_tenant_tokens_per_minute", "A Tenant's LLM tokens per minute limit.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.tenant_requests_per_minute = Gauge(
+            "agentplane_tenant_requests_per_minute", "A Tenant's LLM requests per minute limit.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
 
     def count_write(self, kind: str, verb: str) -> None:
         self.writes.labels(kind, verb).inc()
+
+    def _tenant_gauges(self) -> tuple[Gauge, Gauge, Gauge]:
+        return self.tenant_budget, self.tenant_tokens_per_minute, self.tenant_requests_per_minute
+
+    def set_tenant_limits(self, limits: QuotaLimits) -> None:
+        """The Tenant's limits from its spec, so dashboards can show use against them."""
+        values = (limits.monthly_budget_usd, limits.tokens_per_minute, limits.requests_per_minute)
+        for gauge, value in zip(self._tenant_gauges(), values, strict=True):
+            gauge.labels(limits.tenant).set(value)
+
+    def forget_tenant(self, tenant: str) -> None:
+        for gauge in self._tenant_gauges():
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant)
+
+
+class ReadyClock:
+    """Times each new Agent generation, from when this process first sees it to when it writes
+    `Ready=True` with that `observedGeneration`, into `agentplane_operator_agent_ready_seconds`.
+
+    It lives in memory: a generation still pending when the process stops is never observed, and
+    neither is the generation an Agent already has when this process first sees it (it is new to
+    nobody), unless the Agent was created after the process started. A generation replaced by a
+    newer one before it got Ready, or that never gets Ready, is never observed either.
+    """
+
+    def __init__(
+        self,
+        histogram: Histogram,
+        *,
+        started: datetime | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.histogram = histogram
+        # creationTimestamps have whole seconds: an Agent created in the second this process
+        # started counts as created after it
+        self.started = (started or datetime.now(UTC)).replace(microsecond=0)
+        self.clock = clock
+        self._known: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def seen(self, namespace: str, name: str, generation: int, created: datetime | None) -> None:
+        """A reconcile of this Agent generation began."""
+        key = (namespace, name)
+        known = self._known.get(key)
+        if known is not None and generation <= known:
+            return
+        self._known[key] = generation
+        if known is None and (created is None or created < self.started):
+            return
+        self._pending[key] = (generation, self.clock())
+
+    def written(self, namespace: str, name: str, generation: int, *, was_ready: bool, is_ready: bool) -> None:
+        """This reconcile's status is written: `was_ready`/`is_ready` say whether the status said
+        `Ready=True` with `observedGeneration == generation` before and after the write."""
+        key = (namespace, name)
+        pending = self._pending.get(key)
+        if pending is None or pending[0] != generation:
+            return
+        if was_ready:  # someone else's write (or a body older than the status): not ours to time
+            del self._pending[key]
+        elif is_ready:
+            del self._pending[key]
+            self.histogram.labels(namespace).observe(self.clock() - pending[1])
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The Agent is gone."""
+        self._known.pop((namespace, name), None)
+        self._pending.pop((namespace, name), None)
+
+    def pending(self) -> int:
+        return len(self._pending)
 
 
 async def serve(metrics: Metrics, host: str, port: int) -> web.AppRunner:

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -74,10 +75,29 @@ def spec_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k in ("apiVersion", "kind", "metadata", "spec")}
 
 
+@dataclass(frozen=True)
+class StatusWrite:
+    """An object's status before a reconcile's write and as that write left it."""
+
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+    @staticmethod
+    def _ready(status: Mapping[str, Any], generation: int) -> bool:
+        return status.get("observedGeneration") == generation and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+
+    def ready(self, generation: int) -> tuple[bool, bool]:
+        """Whether the status said `Ready=True` for `generation` before the write, and after it."""
+        return self._ready(self.before, generation), self._ready(self.after, generation)
+
+
 async def _write_status(
     op: Operator, kind: str, body: Mapping[str, Any], wanted: list[Cond], extra: Mapping[str, Any]
-) -> None:
+) -> StatusWrite | None:
     """Write what changed in the status; an Event for every condition that changed status or reason.
+    None when the object is gone.
 
     The status is compared with the object as it is now, not with `body`: an event body or index
     entry may predate our own last write, and comparing with it could skip a needed write.
@@ -85,7 +105,7 @@ async def _write_status(
     namespace, name, generation = _meta(body)  # the generation whose spec this reconcile acted on
     live = await op.kube.get(kind, name, namespace or None)
     if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
-        return  # deleted (or replaced) meanwhile
+        return None  # deleted (or replaced) meanwhile
     current: Mapping[str, Any] = live.get("status") or {}
     failing = ready_reason(wanted)
     if failing is None:
@@ -96,8 +116,9 @@ async def _write_status(
     conditions = merge_conditions(current.get("conditions") or [], [ready, *wanted, *progress], drop)
     desired = {"observedGeneration": generation, "conditions": conditions, **extra}
     patch = status_patch(current, desired)
+    written = StatusWrite(current, {**current, **desired})
     if not patch:
-        return
+        return written
     await op.kube.patch_status(kind, name, namespace or None, patch)
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in current.get("conditions") or []}
     for cond in [ready, *wanted]:
@@ -111,6 +132,7 @@ async def _write_status(
                 _body(body), type="Normal" if cond.ok else "Warning", reason=cond.reason,
                 message=cond.message or f"{cond.type} is {cond.status}",
             )  # fmt: skip
+    return written
 
 
 # --- Tenant -----------------------------------------------------------------------------------
@@ -183,6 +205,8 @@ async def _platform_llm_secret(op: Operator) -> tuple[dict[str, str] | None, Con
 
 async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) -> None:
     tenant = Tenant.model_validate(spec_body(body))
+    limits = QuotaLimits.of(tenant)
+    op.metrics.set_tenant_limits(limits)
     llm_data, credentials = await _platform_llm_secret(op)
     tools = list(views.tools_in(tenant.namespace).values())
     children = build_tenant_children(tenant, op.settings.build(llm_secret_data=llm_data), tools)
@@ -231,7 +255,7 @@ async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) 
         retry = "Qdrant"
 
     try:
-        await _record_quota(op, QuotaLimits.of(tenant))
+        await _record_quota(op, limits)
         conditions.append(
             Cond("QuotaRecorded", True, "Recorded", "LLM limits written to Redis and the database")
         )
@@ -443,7 +467,9 @@ async def reconcile_agent(
     op: Operator, body: Mapping[str, Any], views: Views, *, deployment: Manifest | None = None
 ) -> None:
     """Apply the agent's children (unless `deployment`, from a watch event, shows nothing to do) and status."""
-    namespace, name, _ = _meta(body)
+    namespace, name, generation = _meta(body)
+    created = body["metadata"].get("creationTimestamp")
+    op.ready_clock.seen(namespace, name, generation, datetime.fromisoformat(created) if created else None)
     plan = plan_agent(op, body, views)
     extra: dict[str, Any] = {}
     conditions = list(plan.conditions)
@@ -469,7 +495,10 @@ async def reconcile_agent(
             "configHash": plan.config.hash(),
             "replicas": replicas,
         }
-    await _write_status(op, "Agent", body, conditions, extra)
+    written = await _write_status(op, "Agent", body, conditions, extra)
+    if written is not None:
+        was_ready, is_ready = written.ready(generation)
+        op.ready_clock.written(namespace, name, generation, was_ready=was_ready, is_ready=is_ready)
 
 
 # --- Git-kept knowledge -----------------------------------------------------------------------

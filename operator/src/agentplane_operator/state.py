@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_operator.builders import BuildSettings
 from agentplane_operator.kube import Kube, Manifest
-from agentplane_operator.metrics import Metrics
+from agentplane_operator.metrics import Metrics, ReadyClock
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.settings import OperatorSettings
 from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool
@@ -48,8 +48,13 @@ class Operator:
     )
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
+    ready_clock: ReadyClock = field(init=False)
+    """Times new Agent generations to their Ready (`agentplane_operator_agent_ready_seconds`)."""
     _pending: set[Hashable] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.ready_clock = ReadyClock(self.metrics.agent_ready)
 
     def soon(self, key: Hashable, delay: float, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work` after `delay` seconds, once for however many calls with `key` come meanwhile."""

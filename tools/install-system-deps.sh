@@ -2,7 +2,8 @@
 # Install the Debian packages the test harness starts: PostgreSQL and Redis servers, and what the
 # real test node (tests/support/node.py) runs on: containerd with runc, the CNI plugins
 # (/usr/lib/cni), iptables, ipset, conntrack, iproute2 and util-linux's nsenter/unshare; and
-# Prometheus (its promtool checks the metrics the runtime and the operator expose).
+# Prometheus (its promtool checks the metrics the runtime and the operator expose, and the generated
+# rules) and Alertmanager (amtool checks the routing infra configures).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ have conntrack || missing+=(conntrack)
 have ip || missing+=(iproute2)
 { have nsenter && have unshare; } || missing+=(util-linux)
 { have prometheus && have promtool; } || missing+=(prometheus)
+have amtool || missing+=(prometheus-alertmanager)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -39,6 +41,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages start system-wide services on the default ports; the harness runs its own.
-for svc in redis-server postgresql containerd prometheus; do
+for svc in redis-server postgresql containerd prometheus prometheus-alertmanager; do
   if command -v service >/dev/null 2>&1; then $SUDO service "$svc" stop >/dev/null 2>&1 || true; fi
 done

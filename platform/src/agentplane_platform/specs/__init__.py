@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ._check import SpecSet, check
-from ._load import Loaded, LoadResult, load_paths
+from ._load import Loaded, LoadResult, load_paths, load_yaml_models
 from ._problems import Position, Problem, dotted
 from ._yaml import Document
 
@@ -21,6 +21,7 @@ __all__ = [
     "Report",
     "SpecSet",
     "dotted",
+    "load_yaml_models",
     "validate_paths",
 ]
 

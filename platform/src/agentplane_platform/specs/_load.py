@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agentplane_platform.api.v1alpha1 import API_VERSION, GROUP, KINDS, Resource
 from agentplane_platform.schemas import crd, openapi_schema
@@ -17,6 +17,7 @@ from ._problems import Position, Problem, dotted
 from ._yaml import Document, Path_, decode, read_documents
 
 R = TypeVar("R", bound=Resource)
+M = TypeVar("M", bound=BaseModel)
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 SKIPPED_DIRS = frozenset({".git", ".agentplane", "node_modules", "__pycache__", ".venv"})
@@ -280,6 +281,36 @@ def load_document(document: Document, result: LoadResult, generated_crds: dict[s
         result.problems.extend(_schema_problems(kind, document, exc, name))
         return
     result.objects.append(Loaded(resource, document))
+
+
+def load_yaml_models(path: Path, model: type[M]) -> tuple[list[tuple[Document, M]], list[Problem]]:
+    """Every document of one YAML file typed as `model` (a pydantic model other than a spec kind:
+    SLO definitions, policy cases), with the same reader, limits and file:line:column problems as
+    spec files. An empty document is skipped."""
+    display = _display(path, str(Path.cwd()).rstrip("/") + "/")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [Problem(display, Position(1, 1), f"cannot read: {exc.strerror}")]
+    text, problem = decode(data, display)
+    if problem is not None or text is None:
+        return [], [problem or Problem(display, Position(1, 1), "unreadable")]
+    documents, problems = read_documents(text, display)
+    typed: list[tuple[Document, M]] = []
+    for document in documents:
+        if document.data is None:
+            continue
+        try:
+            typed.append((document, model.model_validate(document.data, strict=False)))
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                where = _data_path(document.data, error["loc"])
+                message = "unknown field" if error["type"] == "extra_forbidden" else _describe(error)
+                anchor = where if error["type"] != "missing" else where[:-1]
+                problems.append(
+                    Problem(display, document.position(anchor), message, path=dotted(where) or None)
+                )
+    return typed, problems
 
 
 def load_paths(paths: Sequence[Path]) -> LoadResult:

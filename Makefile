@@ -42,9 +42,10 @@ validate: install ## Validate every spec under specs/ (what CI runs on each push
 	$(UV) run agentplane validate specs/
 
 .PHONY: generate
-generate: install ## Regenerate CRDs, JSON Schemas and the operator's deploy manifests
+generate: install ## Regenerate CRDs, JSON Schemas, the operator's deploy manifests, SLO rules and dashboards
 	$(UV) run agentplane generate
 	$(UV) run agentplane-operator manifests
+	$(UV) run agentplane-dashboards generate
 
 .PHONY: format
 format: install ## Format the code
@@ -58,7 +59,7 @@ lint: install ## Lint the code (ruff)
 
 .PHONY: typecheck
 typecheck: install ## Type-check every member and the tests (mypy --strict)
-	$(UV) run mypy platform/src operator/src runtime/src infra/src $(TEST_DIRS) tests
+	$(UV) run mypy platform/src operator/src runtime/src infra/src dashboards/src $(TEST_DIRS) tests
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Build (once, cached) the Kubernetes control-plane binaries for the tests

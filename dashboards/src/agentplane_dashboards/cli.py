@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ def generate(dashboards: Path, check: bool) -> list[str]:
     return [str(p) for p in sorted([*changed, *stale])]
 
 
+def _fraction(text: str) -> float:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 1/60") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentplane-dashboards", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rules.add_argument("--dir", type=Path, default=ROOT / "dashboards", help="the dashboards folder")
     rules.add_argument("--out", type=Path, required=True)
-    rules.add_argument("--scale", type=float, default=1.0, help="multiply every window, interval and `for`")
+    rules.add_argument(
+        "--scale", type=_fraction, default=1.0, help="multiply every window, interval and `for` (0.5, 1/60)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "rules":

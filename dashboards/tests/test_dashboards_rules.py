@@ -16,7 +16,7 @@ from agentplane_dashboards.rules import rule_files
 from agentplane_dashboards.slo import ServiceSLO, SLOError, load_slos
 from agentplane_operator.metrics import READY_BUCKETS
 from agentplane_runtime.core import telemetry
-from support.service_fixtures import unavailable
+from support.prometheus import promtool
 
 DASHBOARDS = Path(__file__).resolve().parents[1]
 ROOT = DASHBOARDS.parent
@@ -25,14 +25,6 @@ ROOT = DASHBOARDS.parent
 @pytest.fixture(scope="module")
 def slos() -> list[ServiceSLO]:
     return load_slos(DASHBOARDS.joinpath("slos").glob("*.yaml"))
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
-    assert found is not None
-    return found
 
 
 def test_the_platform_ships_its_slos(slos: list[ServiceSLO]) -> None:

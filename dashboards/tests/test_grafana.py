@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from itertools import combinations
@@ -25,7 +24,7 @@ from agentplane_dashboards.grafana_kit import Board, Query, single
 from agentplane_dashboards.slo import ServiceSLO, load_slos
 from agentplane_operator import metrics as operator_metrics
 from agentplane_runtime.core import telemetry
-from support.service_fixtures import unavailable
+from support.prometheus import promtool
 
 DASHBOARDS = Path(__file__).resolve().parents[1]
 UIDS = {
@@ -301,14 +300,6 @@ def test_the_slo_dashboard_has_a_row_per_slo_with_objective_budget_burns_and_run
             assert f'slo="{s.name}", service="{s.service}"' in expr, expr
             assert ('tenant=~"$tenant"' in expr) == ("tenant" in slo.by), expr
             assert ('agent=~"$agent"' in expr) == ("agent" in slo.by), expr
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
-    assert found is not None
-    return found
 
 
 def test_promtool_parses_every_query(boards: dict[str, JSONBoard], tmp_path: Path) -> None:

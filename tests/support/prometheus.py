@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from support.services import ServiceUnavailable, free_port
+from support.service_fixtures import unavailable
+from support.services import ServiceUnavailable, free_port, terminate
 
 
 class PrometheusError(AssertionError):
@@ -88,13 +89,7 @@ class Prometheus:
         return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
 
 
 def binary(name: str = "prometheus") -> str:
@@ -103,6 +98,15 @@ def binary(name: str = "prometheus") -> str:
         raise ServiceUnavailable(
             f"{name} is not installed (Debian's prometheus package: tools/install-system-deps.sh)"
         )
+    return found
+
+
+def promtool() -> str:
+    """promtool's path; skips the test (fails it in CI) where Debian's prometheus is missing."""
+    found = shutil.which("promtool")
+    if found is None:
+        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
+    assert found is not None
     return found
 
 

@@ -180,9 +180,9 @@ def traffic(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Stack:
 
     def provider_trouble() -> None:
         while not stop.wait(1.0):
-            # billing-assistant's azure/gpt-4o fails every attempt of a request (the runtime's 3, each
-            # retried twice by litellm's Azure client): its fallback answers
-            stack.fake.script("gpt-4o", [error(500)] * 9)
+            # billing-assistant's azure/gpt-4o fails every attempt of a request (the runtime's 3): its
+            # fallback answers
+            stack.fake.script("gpt-4o", [error(500)] * 3)
             # oncall-helper's model asks for the calculator first
             stack.fake.script(
                 "gpt-4o-mini", [tool_calls(("calculator", {"expression": "2 * 21"})), reply("42")]
@@ -289,9 +289,7 @@ def test_a_failing_provider_fires_the_availability_page(traffic: Stack) -> None:
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
-            # every attempt of one request: the runtime tries 3 times, and litellm's Azure client retries
-            # each attempt twice more on its own
-            fake.script("gpt-4o-mini", [error(503)] * 9)
+            fake.script("gpt-4o-mini", [error(503)] * 3)  # the runtime's 3 attempts of one request
             statuses.append(client.post(url, json=body).status_code)
             firing = [a for a in page() if a["state"] == "firing"]
             if firing:

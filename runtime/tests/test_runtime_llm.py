@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import openai
 import pytest
+from pydantic import SecretStr
 from runtime_support import make_config, serve, tenant_name
 
 from agentplane_runtime import Settings
 from agentplane_runtime.llm import CircuitBreaker, CircuitState
+from agentplane_runtime.retrieval import LiteLLMEmbedder
 from support.fake_llm import FakeLLM, error, hang, reply
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
@@ -25,6 +27,32 @@ async def test_fallback_when_the_primary_returns_500(settings: Settings, fake_ll
         # the primary was tried twice (one retry for a retryable error), then the fallback answered
         assert len(fake_llm.chat_requests("primary-model")) == 2
         assert len(fake_llm.chat_requests("gpt-4o-mini")) == 1
+        await client.close()
+
+
+async def test_an_embedding_call_leaves_chat_attempts_without_hidden_retries(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    """litellm shares one Azure SDK client between embeddings and chat: each runtime attempt is one
+    provider call, whichever came first (an agent with knowledge embeds its question first)."""
+    azure = settings.model_copy(
+        update={
+            "azure_api_key": SecretStr("az-test"),
+            "azure_api_base": fake_llm.root_url,
+            "azure_api_version": "2024-10-21",
+        }
+    )
+    config = make_config(tenant_name(), model="azure/retry-probe")
+    async with serve(azure, config) as served:
+        credentials = {"api_key": "az-test", "api_base": fake_llm.root_url, "api_version": "2024-10-21"}
+        await LiteLLMEmbedder(lambda model: credentials).embed("azure/text-embedding-3-small", 1536, ["x"])
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        fake_llm.script("retry-probe", [error(503)])
+        completion = await client.chat.completions.create(model="helper", messages=MESSAGES)
+        assert completion.choices[0].message.content == "Fake answer to: hello"
+        calls = [r for r in fake_llm.requests if "/deployments/retry-probe/" in r.path]
+        # the runtime's 2 attempts (one retry here): a failure, then the answer; no SDK retry between
+        assert [r.headers.get("x-stainless-retry-count") for r in calls] == ["0", "0"]
         await client.close()
 
 

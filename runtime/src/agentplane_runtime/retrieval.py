@@ -109,6 +109,11 @@ class LiteLLMEmbedder:
             "model": model,
             "input": texts,
             "timeout": self.timeout,
+            # litellm caches one SDK client per provider endpoint and key, made by whichever call
+            # comes first: an embedding call with the SDK's default of 2 retries would give every
+            # later chat call to that endpoint 2 hidden retries inside each of the runtime's own
+            # attempts (3 x 3 provider calls for one failing request). Both say 0.
+            "max_retries": 0,
         }
         if "text-embedding-3" in model:
             kwargs["dimensions"] = dimensions

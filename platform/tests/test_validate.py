@@ -12,6 +12,7 @@ import pytest
 
 from agentplane_platform.cli import run
 from agentplane_platform.specs import validate_paths
+from agentplane_platform.tool_schema import arguments_validator, schema_problems
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "specs" / "broken"
@@ -144,3 +145,30 @@ def test_stale_crd_among_specs_is_reported(tmp_path: Path) -> None:
         "CustomResourceDefinition/tools.agentplane.io: generated CRD is stale or edited by hand "
         "(expected the output of `agentplane generate`)"
     ]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[0-9]+$", "format": "uuid"}}},
+        {  # references to $defs, to an anchor, inside a subschema with an $id of its own, to the metaschema
+            "type": "object",
+            "$defs": {"id": {"$anchor": "order", "type": "string"}},
+            "properties": {
+                "a": {"$ref": "#/$defs/id"},
+                "b": {"$ref": "#order"},
+                "c": {
+                    "$id": "https://example.com/c",
+                    "$defs": {"n": {"type": "integer"}},
+                    "$ref": "#/$defs/n",
+                },
+                "d": {"$ref": "https://json-schema.org/draft/2020-12/schema"},
+                "e": {"type": "object", "default": {"$ref": "#/not/a/reference"}, "enum": [{"$ref": "x"}]},
+            },
+            "required": ["a"],
+        },
+    ],
+)
+def test_usable_parameter_schemas_have_no_problems(schema: dict[str, object]) -> None:
+    assert schema_problems(schema) == []
+    arguments_validator(schema).validate({"a": "1"})

@@ -10,11 +10,12 @@ import pytest
 
 from agentplane_operator import manifests
 from agentplane_operator.builders import build_prompt_config_maps
-from agentplane_operator.conditions import Cond, kstatus, merge_conditions, status_patch
+from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
 from agentplane_operator.kube import holds
 from agentplane_operator.pods import pod_problem
+from agentplane_operator.reconcile import parameters_condition
 from agentplane_operator.settings import OperatorSettings
-from agentplane_platform.api.v1alpha1 import Prompt
+from agentplane_platform.api.v1alpha1 import Prompt, Tool
 from agentplane_platform.config import prompt_version_hash
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -173,3 +174,47 @@ def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.M
     assert OperatorSettings().in_cluster_server() == "https://198.19.0.1:443"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     assert OperatorSettings().in_cluster_server() == "https://[fd00::1]:443"
+
+
+def _tool(spec: dict[str, Any]) -> Tool:
+    return Tool.model_validate(
+        {"metadata": {"name": "orders", "namespace": "tenant-acme"}, "spec": {"description": "d", **spec}}
+    )
+
+
+def test_a_tool_with_a_broken_parameter_schema_is_not_ready() -> None:
+    broken = _tool(
+        {
+            "type": "http",
+            "url": "https://api.example.com/orders",
+            "parameters": {
+                "type": "object",
+                "properties": {"id": {"type": "strng"}, "ref": {"$ref": "#/$defs/missing"}},
+                "required": "yes",
+            },
+        }
+    )
+    cond = parameters_condition(broken)
+    assert (cond.type, cond.ok, cond.reason, cond.stalled) == (
+        "ParametersValid",
+        False,
+        "InvalidParameters",
+        True,
+    )
+    assert cond.message == (
+        "spec.parameters.properties.id.type: got 'strng' (expected a JSON Schema type: "
+        "array, boolean, integer, null, number, object or string); "
+        "spec.parameters.required: got 'yes' (expected an array)"
+    )  # the $ref is checked once the schema itself is valid
+    assert ready_reason([Cond("SecretResolved", True, "NoSecret"), cond]) == cond  # Ready=False, its reason
+    pattern = _tool({"type": "builtin", "builtin": "retrieval", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "pattern": "[a-"}}}})  # fmt: skip
+    assert parameters_condition(pattern).message == (
+        "spec.parameters.properties.q.pattern: got '[a-', not a valid regular expression: "
+        "unterminated character set at position 0"
+    )
+    ok = parameters_condition(_tool({"type": "builtin", "builtin": "calculator"}))
+    assert (ok.ok, ok.reason) == (True, "NoParameters")
+    fine = _tool({"type": "mcp", "url": "https://mcp.example.com/mcp", "tool": "lookup", "parameters": {
+        "type": "object", "$defs": {"id": {"type": "string"}}, "properties": {"id": {"$ref": "#/$defs/id"}}}})  # fmt: skip
+    assert (parameters_condition(fine).ok, parameters_condition(fine).reason) == (True, "SchemaValid")

@@ -53,6 +53,8 @@ from agentplane_platform.config import (
 from agentplane_platform.db import TenantQuota
 from agentplane_platform.knowledge import CollectionSpec, delete_collection, ensure_collection
 from agentplane_platform.quotas import QuotaLimits
+from agentplane_platform.specs import dotted
+from agentplane_platform.tool_schema import parameters_problems
 
 log = logging.getLogger("agentplane.operator")
 
@@ -343,6 +345,19 @@ async def reconcile_prompt(op: Operator, body: Mapping[str, Any]) -> None:
     )  # fmt: skip
 
 
+def parameters_condition(tool: Tool) -> Cond:
+    """`ParametersValid`: the Tool's `parameters` is a usable JSON Schema (the rule `validate` applies)."""
+    parameters = tool.spec.parameters
+    if parameters is None:
+        return Cond("ParametersValid", True, "NoParameters", "the tool declares no parameters")
+    problems = parameters_problems(parameters)
+    if not problems:
+        return Cond("ParametersValid", True, "SchemaValid", "parameters are a valid JSON Schema")
+    shown = [f"{dotted(('spec', 'parameters', *p.path))}: {p.message}" for p in problems[:3]]
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return Cond("ParametersValid", False, "InvalidParameters", "; ".join(shown) + more, stalled=True)
+
+
 async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
     tool = Tool.model_validate(spec_body(body))
     namespace = tool.metadata.namespace or ""
@@ -371,7 +386,7 @@ async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
             "SecretResolved", True, "KeyVaultReference",
             f"Key Vault secret {auth.secret_ref.key_vault.name!r} is mounted by the CSI driver when pods start",
         )  # fmt: skip
-    await _write_status(op, "Tool", body, [cond], {})
+    await _write_status(op, "Tool", body, [cond, parameters_condition(tool)], {})
 
 
 # --- Agent ------------------------------------------------------------------------------------

@@ -137,6 +137,16 @@ def schema_problems(schema: Any) -> list[SchemaProblem]:
     return sorted(problems, key=lambda p: [str(part) for part in p.path])
 
 
+def parameters_problems(parameters: Mapping[str, Any]) -> list[SchemaProblem]:
+    """Why a Tool's `parameters` cannot describe a function's arguments: a usable schema of an object."""
+    problems = schema_problems(parameters)
+    if parameters.get("type") != "object":
+        problems.insert(
+            0, SchemaProblem((), "got a non-object schema (expected a JSON Schema with type: object)")
+        )
+    return problems
+
+
 def arguments_validator(schema: Any) -> Any:
     """A compiled validator of arguments against `schema` (formats checked, references offline).
 
@@ -148,4 +158,10 @@ def arguments_validator(schema: Any) -> Any:
     )
 
 
-__all__ = ["SchemaPath", "SchemaProblem", "arguments_validator", "schema_problems"]
+__all__ = [
+    "SchemaPath",
+    "SchemaProblem",
+    "arguments_validator",
+    "parameters_problems",
+    "schema_problems",
+]

@@ -24,7 +24,7 @@ from agentplane_platform.api.v1alpha1 import (
 )
 from agentplane_platform.schemas import openapi_schema
 from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
-from agentplane_platform.tool_schema import schema_problems
+from agentplane_platform.tool_schema import parameters_problems
 
 from ._load import Loaded, LoadResult, RawObject
 from ._problems import Problem
@@ -240,11 +240,7 @@ def _check_tool(loaded: Loaded[Tool], specs: SpecSet) -> Iterator[Problem]:
                 )
     parameters = spec.parameters
     if parameters is not None:
-        if parameters.get("type") != "object":
-            yield loaded.at(
-                ("spec", "parameters"), "got a non-object schema (expected a JSON Schema with type: object)"
-            )
-        for problem in schema_problems(parameters):
+        for problem in parameters_problems(parameters):
             yield loaded.at(("spec", "parameters", *problem.path), problem.message)
         for path, prop, default in _walk_defaults(parameters, ("spec", "parameters")):
             if (

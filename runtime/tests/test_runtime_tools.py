@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from agentplane_runtime import Settings
+from agentplane_runtime.tool_arguments import (
+    InvalidArguments,
+    UnusableParameters,
+    checked_arguments,
+    compiled_configs,
+)
 from agentplane_runtime.tools import ToolError, calculate
 from support.fake_llm import FakeLLM, reply, tool_calls
 
@@ -238,3 +245,108 @@ async def test_calculator_is_safe() -> None:
     ):
         with pytest.raises(ToolError):
             calculate(hostile)
+
+
+ORDER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "order_id": {"type": "string", "pattern": "^[0-9]+$"},
+        "notify": {"type": "string", "format": "email"},
+    },
+    "required": ["order_id"],
+    "additionalProperties": False,
+}
+
+
+async def test_invalid_arguments_never_reach_the_tool_and_the_model_corrects_them(
+    settings: Settings, fake_llm: FakeLLM, tool_server: tuple[ToolServer, int]
+) -> None:
+    tools, port = tool_server
+    lookup = http_tool("order-lookup", f"http://127.0.0.1:{port}/ok", parameters=ORDER_PARAMETERS)
+    config = make_config(tenant_name(), tools=[lookup, CALCULATOR])
+    async with serve(settings, config) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        fake_llm.script(
+            "gpt-4o-mini",
+            [
+                tool_calls(
+                    ("order_lookup", {"order_id": "abc", "notify": "not-an-address", "rush": True}),
+                    ("calculator", {"expression": 5}),
+                ),
+                tool_calls(("order_lookup", {"order_id": "17"}), ("calculator", {"expression": "2 + 3"})),
+                reply("Order 17 shipped; 5."),
+            ],
+        )
+        completion = await client.chat.completions.create(
+            model="helper", messages=[{"role": "user", "content": "where is order abc?"}]
+        )
+        assert completion.choices[0].message.content == "Order 17 shipped; 5."
+        _, second, third = fake_llm.chat_requests("gpt-4o-mini")
+        refused = [json.loads(m["content"])["error"] for m in tool_messages(second.body)]
+        assert refused == [
+            "the arguments do not match the tool's parameters: "
+            "arguments.order_id: 'abc' does not match '^[0-9]+$'; "
+            "arguments.notify: 'not-an-address' is not a 'email'; "
+            "arguments: Additional properties are not allowed ('rush' was unexpected)",
+            "the arguments do not match the tool's parameters: arguments.expression: 5 is not of type 'string'",
+        ]
+        assert "tools" in second.body  # the model may try again: refused calls still count
+        results = tool_messages(third.body)[2:]
+        assert [json.loads(m["content"]) for m in results] == [
+            {"status": "shipped", "order": "17"},
+            {"result": 5},
+        ]
+        assert [call[1] for call in tools.calls] == [{"order_id": "17"}]  # only the valid call got through
+        spans = [s for s in served.spans.get_finished_spans() if s.name.startswith("execute_tool")]
+        errors = [(s.name, (s.attributes or {}).get("error.type")) for s in spans]
+        assert sorted(errors, key=str) == sorted(
+            [
+                ("execute_tool order_lookup", "invalid_arguments"),
+                ("execute_tool calculator", "invalid_arguments"),
+                ("execute_tool order_lookup", None),
+                ("execute_tool calculator", None),
+            ],
+            key=str,
+        )
+        samples = parse_metrics(await scrape(served.url))
+        await client.close()
+    ours = {"tenant": config.tenant, "agent": "helper"}
+    for tool in ("order-lookup", "calculator"):
+        calls = {o: total(samples, "agentplane_tool_calls_total", **ours, tool=tool, outcome=o)
+                 for o in ("ok", "invalid_arguments", "error")}  # fmt: skip
+        assert calls == {"ok": 1, "invalid_arguments": 1, "error": 0}
+        # the duration is the tool's: a refused call did not run it
+        assert total(samples, "agentplane_tool_call_duration_seconds_count", **ours, tool=tool) == 1
+
+
+async def test_arguments_are_checked_with_validators_compiled_once_per_config() -> None:
+    lookup = http_tool("order-lookup", "http://127.0.0.1:1/ok", parameters=ORDER_PARAMETERS)
+    broken = http_tool("broken", "http://127.0.0.1:1/ok", parameters={"type": "object", "required": "yes"})
+    config = make_config(tenant_name(), tools=[lookup, broken, CALCULATOR])
+    tool = config.tools[0]
+    gc.collect()  # configs of earlier tests that are gone
+    before = compiled_configs()
+    assert checked_arguments(config, tool, '{"order_id": "17"}') == {"order_id": "17"}
+    assert checked_arguments(config, tool, '{"order_id": "18"}') == {"order_id": "18"}
+    assert compiled_configs() == before + 1
+    with pytest.raises(InvalidArguments, match=r"not valid JSON"):
+        checked_arguments(config, tool, '{"order_id": ')
+    with pytest.raises(InvalidArguments, match=r"must be a JSON object, not list"):
+        checked_arguments(config, tool, "[]")
+    many = json.dumps({"order_id": 1, **{f"x{i}": i for i in range(9)}})
+    with pytest.raises(InvalidArguments) as raised:
+        checked_arguments(config, tool, many)
+    assert str(raised.value).startswith(
+        "the arguments do not match the tool's parameters: arguments.order_id: 1 is not of type 'string'; "
+    )
+    with pytest.raises(UnusableParameters, match=r"parameters.required: got 'yes' \(expected an array\)"):
+        checked_arguments(config, config.tools[1], "{}")
+    builtin = config.tools[2]
+    with pytest.raises(InvalidArguments, match=r"arguments: 'expression' is a required property"):
+        checked_arguments(config, builtin, "{}")
+    same = config.model_copy()  # an equal config is another version's object: compiled on its own
+    checked_arguments(same, same.tools[0], '{"order_id": "17"}')
+    assert compiled_configs() == before + 2
+    del config, same, tool, builtin, raised  # the traceback holds the config too
+    gc.collect()
+    assert compiled_configs() == before  # a config no longer served takes its validators with it

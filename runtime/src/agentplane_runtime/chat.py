@@ -38,6 +38,7 @@ from agentplane_runtime.documents import CHUNK_CHARS
 from agentplane_runtime.llm import Attempt, Caller, LLMClient, cost_of, timed_stream
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
+from agentplane_runtime.tool_arguments import InvalidArguments
 from agentplane_runtime.tools import ToolDenied, ToolError, ToolRunner, ToolTimeout
 from agentplane_runtime.usage import UsageEvent, UsageRecorder, now_utc
 
@@ -479,6 +480,10 @@ class ChatService:
                 result = await self.tools.run(
                     config, tool, call["function"]["arguments"], timeout=timeout, retrieve=retrieve
                 )
+            except InvalidArguments as exc:  # the model's mistake, which it can correct: nothing was called
+                outcome, error = "invalid_arguments", str(exc)
+                span.set_attribute("error.type", "invalid_arguments")
+                span.set_status(Status(StatusCode.ERROR, error[:200]))
             except (ToolError, RetrievalUnavailable) as exc:
                 error = str(exc) if isinstance(exc, ToolError) else "the knowledge base is unavailable"
                 outcome = (
@@ -496,9 +501,10 @@ class ChatService:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 outcome, error = "error", "the tool failed"
             finally:
-                self.metrics.tool_duration.labels(config.tenant, config.agent, tool.name).observe(
-                    time.perf_counter() - started
-                )
+                if outcome != "invalid_arguments":  # the tool's latency, not the check's
+                    self.metrics.tool_duration.labels(config.tenant, config.agent, tool.name).observe(
+                        time.perf_counter() - started
+                    )
             self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, outcome).inc()
             return await self._tool_result(call, None if error else result, error)
 

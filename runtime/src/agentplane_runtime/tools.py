@@ -26,19 +26,9 @@ from agentplane_platform.config import (
     ResolvedMcpTool,
     ResolvedTool,
 )
+from agentplane_runtime.tool_arguments import UnusableParameters, checked_arguments, parameters_of
 
 MAX_TOOL_RESULT_CHARS = 32_000
-
-CALCULATOR_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"expression": {"type": "string", "description": "Arithmetic, e.g. (2 + 3) * 4 / 7"}},
-    "required": ["expression"],
-}
-RETRIEVAL_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"query": {"type": "string", "description": "What to look up in the knowledge bases"}},
-    "required": ["query"],
-}
 
 
 class ToolError(Exception):
@@ -57,16 +47,13 @@ def tool_definitions(config: AgentConfig) -> list[dict[str, Any]]:
     """The agent's tools as OpenAI function tools."""
     definitions = []
     for tool in config.tools:
-        parameters = tool.parameters
-        if parameters is None and isinstance(tool, ResolvedBuiltinTool):
-            parameters = CALCULATOR_PARAMETERS if tool.builtin == "calculator" else RETRIEVAL_PARAMETERS
         definitions.append(
             {
                 "type": "function",
                 "function": {
                     "name": tool.function_name,
                     "description": tool.description,
-                    "parameters": parameters or {"type": "object", "properties": {}},
+                    "parameters": parameters_of(tool),
                 },
             }
         )
@@ -196,13 +183,12 @@ class ToolRunner:
     async def run(
         self, config: AgentConfig, tool: ResolvedTool, arguments: str, *, timeout: float, retrieve: Retrieve
     ) -> str:
-        """The tool's result as text for the model; raises `ToolError`."""
+        """The tool's result as text for the model; raises `ToolError`, or `InvalidArguments` before
+        any call when the arguments do not match the tool's parameters."""
         try:
-            args = json.loads(arguments or "{}")
-        except ValueError:
-            raise ToolError("the arguments are not valid JSON") from None
-        if not isinstance(args, dict):
-            raise ToolError("the arguments must be a JSON object")
+            args = checked_arguments(config, tool, arguments)
+        except UnusableParameters as exc:
+            raise ToolError(str(exc)) from None
         try:
             async with asyncio.timeout(timeout):
                 if isinstance(tool, ResolvedBuiltinTool):

@@ -173,7 +173,8 @@ class Metrics:
         )
         self.tool_calls = Counter(
             "agentplane_tool_calls",
-            "Tool calls by tool and outcome: ok, error, timeout, denied (egress) or unknown (no such tool)",
+            "Tool calls by tool and outcome: ok, error, timeout, denied (egress), unknown (no such tool) "
+            "or invalid_arguments (not matching the tool's parameters; the tool was not called)",
             ("tenant", "agent", "tool", "outcome"),
             registry=r,
         )

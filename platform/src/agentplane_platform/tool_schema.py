@@ -17,8 +17,8 @@ import jsonschema_specifications  # type: ignore[import-untyped]
 import referencing
 import referencing.exceptions
 import referencing.jsonschema
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 SchemaPath = tuple[str | int, ...]
 

@@ -15,7 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+from jsonschema.exceptions import best_match
 
 from agentplane_platform.config import AgentConfig, ResolvedBuiltinTool, ResolvedTool
 from agentplane_platform.specs import dotted

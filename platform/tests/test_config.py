@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from agentplane_platform.api.v1alpha1 import Agent, Tenant
-from agentplane_platform.config import AgentConfig, ResolveError, resolve_agent
+from agentplane_platform.api.v1alpha1 import Agent, McpTool, Tenant, ToolDiscovery, ToolStatus
+from agentplane_platform.config import AgentConfig, ResolvedMcpTool, ResolveError, resolve_agent
+from agentplane_platform.mcp import canonical_json, parameters_hash
 from agentplane_platform.specs import SpecSet, validate_paths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +107,49 @@ def test_tool_outside_allowed_tools(specs: SpecSet) -> None:
     with pytest.raises(ResolveError) as error:
         resolve_agent(agent, narrowed, prompts, tools)
     assert error.value.reason == "ToolNotAllowed"
+
+
+def test_an_mcp_tool_without_parameters_resolves_only_with_its_discovered_schema(specs: SpecSet) -> None:
+    agent = specs.agents[("tenant-acme", "support-bot")].resource
+    tenant = specs.tenants["acme"].resource
+    prompts = specs.prompts_in("tenant-acme")
+    declared = specs.tools_in("tenant-acme")["product-docs"]
+    spec = declared.spec
+    assert isinstance(spec, McpTool)
+    bare = declared.model_copy(update={"spec": spec.model_copy(update={"parameters": None})})
+    tools = {**specs.tools_in("tenant-acme"), "product-docs": bare}
+    with pytest.raises(ResolveError) as error:
+        resolve_agent(agent, tenant, prompts, tools)
+    assert error.value.reason == "ToolNotDiscovered"
+    assert "'product-docs'" in error.value.message
+    assert "search_manuals" in error.value.message
+
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    found = ToolDiscovery(
+        tool=spec.tool,
+        url=spec.url,
+        parameters=canonical_json(schema),
+        parameters_hash=parameters_hash(schema),
+        discovered_at=datetime(2026, 5, 1, tzinfo=UTC),
+    )
+    discovered = bare.model_copy(update={"status": ToolStatus(discovered=found)})
+    config = resolve_agent(agent, tenant, prompts, {**tools, "product-docs": discovered})
+    (mcp,) = [t for t in config.tools if isinstance(t, ResolvedMcpTool)]
+    assert mcp.parameters == schema
+    assert mcp.parameters_hash == parameters_hash(schema) == found.parameters_hash
+    assert mcp.parameters_hash.startswith("sha256:")
+    assert len(mcp.parameters_hash) == 71
+
+    # a schema listed by another server (or for another tool name) is not this Tool's
+    moved = discovered.model_copy(
+        update={"spec": bare.spec.model_copy(update={"url": "https://other.acme.example/mcp"})}
+    )
+    with pytest.raises(ResolveError) as error:
+        resolve_agent(agent, tenant, prompts, {**tools, "product-docs": moved})
+    assert error.value.reason == "ToolNotDiscovered"
+
+    # declared parameters win, and need no discovery
+    config = resolve_agent(agent, tenant, prompts, specs.tools_in("tenant-acme"))
+    (mcp,) = [t for t in config.tools if isinstance(t, ResolvedMcpTool)]
+    assert mcp.parameters == spec.parameters
+    assert mcp.parameters_hash is None

@@ -37,6 +37,7 @@ ResolveReason = Literal[
     "VariableMissing",
     "ToolNotFound",
     "ToolNotAllowed",
+    "ToolNotDiscovered",
     "ModelNotAllowed",
     "KnowledgeBaseNotFound",
 ]
@@ -94,10 +95,16 @@ class ResolvedHttpTool(_ResolvedToolBase):
 
 
 class ResolvedMcpTool(_ResolvedToolBase):
+    """An MCP server's tool; `parameters` is the declared schema, else the discovered one."""
+
     type: Literal["mcp"] = "mcp"
     url: str
     tool: str
     auth: ResolvedAuth | None
+    stateless: bool = False
+    """One session per call, never one per conversation."""
+    parameters_hash: str | None = None
+    """`sha256:` of the discovered schema (None: declared in the spec)."""
 
 
 class ResolvedBuiltinTool(_ResolvedToolBase):
@@ -196,6 +203,20 @@ def prompt_version_hash(version: PromptVersion) -> str:
     return content_hash(version.template, json.dumps([v.model_dump(mode="json") for v in version.variables]))
 
 
+def discovered_parameters(tool: Tool) -> tuple[dict[str, Any], str] | None:
+    """The schema (and its hash) discovered for an MCP Tool without declared parameters, when its
+    status holds one for the Tool's current server and tool name."""
+    spec = tool.spec
+    found = tool.status.discovered if tool.status is not None else None
+    if not isinstance(spec, McpTool) or found is None or (found.url, found.tool) != (spec.url, spec.tool):
+        return None
+    try:
+        parameters = json.loads(found.parameters)
+    except ValueError:
+        return None
+    return (parameters, found.parameters_hash) if isinstance(parameters, dict) else None
+
+
 def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
     spec = tool.spec
     common: dict[str, Any] = {
@@ -225,7 +246,25 @@ def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBu
             if spec.auth
             else None
         )
-        return ResolvedMcpTool(**common, url=spec.url, tool=spec.tool, auth=auth)
+        digest = None
+        if spec.parameters is None:
+            discovered = discovered_parameters(tool)
+            if discovered is None:
+                raise ResolveError(
+                    "ToolNotDiscovered",
+                    f"Tool {tool.name!r} declares no parameters and the input schema of MCP tool "
+                    f"{spec.tool!r} at {spec.url} is not discovered yet (see the Tool's status); "
+                    "declare spec.parameters to not depend on the server's listing",
+                )
+            common["parameters"], digest = discovered
+        return ResolvedMcpTool(
+            **common,
+            url=spec.url,
+            tool=spec.tool,
+            auth=auth,
+            stateless=spec.stateless,
+            parameters_hash=digest,
+        )
     assert isinstance(spec, BuiltinTool)
     return ResolvedBuiltinTool(**common, builtin=spec.builtin)
 

@@ -53,6 +53,7 @@ from .tool import (
     SecretRef,
     Tool,
     ToolAuth,
+    ToolDiscovery,
     ToolSpec,
     ToolStatus,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "TenantStatus",
     "Tool",
     "ToolAuth",
+    "ToolDiscovery",
     "ToolRef",
     "ToolSpec",
     "ToolStatus",

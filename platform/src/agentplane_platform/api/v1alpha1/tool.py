@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -124,9 +125,11 @@ class McpTool(_ToolBase):
     parameters: dict[str, Any] | None = Field(
         default=None, json_schema_extra=k8s_extra(preserve_unknown_fields=True)
     )
-    """JSON Schema of the arguments; taken from the MCP server's tool listing when unset."""
+    """JSON Schema of the arguments. When unset, the schema the MCP server lists for `tool` (`tools/list`, its `inputSchema`), discovered by the operator (see `status.discovered`) or by `agentplane up`; Agents using the tool wait until it is discovered."""
     auth: ToolAuth | None = None
     """Credential sent with each call."""
+    stateless: bool = False
+    """Open a new MCP session for every call and end it after the call. Otherwise the calls of one conversation (a chat request's `X-Conversation-Id`) share one session."""
 
 
 class BuiltinTool(_ToolBase):
@@ -145,8 +148,28 @@ class BuiltinTool(_ToolBase):
 ToolSpec = Annotated[HttpTool | McpTool | BuiltinTool, Field(discriminator="type")]
 
 
+class ToolDiscovery(ApiModel):
+    """The input schema an MCP server lists for the tool, as the operator last discovered it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tool: str = Field(max_length=128)
+    """The MCP tool listed (`spec.tool` when it was discovered)."""
+    url: str = Field(max_length=2048)
+    """The server listed (`spec.url` when it was discovered)."""
+    parameters: str = Field(max_length=65536)
+    """The tool's `inputSchema` as canonical JSON: what agents using the tool offer their model."""
+    parameters_hash: str = Field(max_length=71)
+    """`sha256:` of `parameters`; it changes when the server changes the tool's schema."""
+    discovered_at: datetime
+    """When this schema was first listed (a later listing of the same schema keeps the time)."""
+
+
 class ToolStatus(Status):
     """Observed state of a tool."""
+
+    discovered: ToolDiscovery | None = None
+    """An MCP tool without declared `parameters`: the schema discovered from its server."""
 
 
 class Tool(Resource):

@@ -26,6 +26,7 @@ from agentplane_platform.api.v1alpha1 import (
     SecretRef,
     Tenant,
     Tool,
+    ToolAuth,
 )
 from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
 
@@ -83,6 +84,14 @@ class ResolvedAuth(_Config):
     header: str
     scheme: str
     secret: SecretRef
+
+    @classmethod
+    def of(cls, auth: ToolAuth) -> ResolvedAuth:
+        return cls(header=auth.header, scheme=auth.scheme, secret=auth.secret_ref)
+
+    def headers(self, secret: str) -> dict[str, str]:
+        """The header that carries the credential `secret`."""
+        return {self.header: f"{self.scheme} {secret}".strip() if self.scheme else secret}
 
 
 class ResolvedHttpTool(_ResolvedToolBase):
@@ -227,11 +236,7 @@ def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBu
         "parameters": spec.parameters,
     }
     if isinstance(spec, HttpTool):
-        auth = (
-            ResolvedAuth(header=spec.auth.header, scheme=spec.auth.scheme, secret=spec.auth.secret_ref)
-            if spec.auth
-            else None
-        )
+        auth = ResolvedAuth.of(spec.auth) if spec.auth else None
         return ResolvedHttpTool(
             **common,
             url=spec.url,
@@ -241,11 +246,7 @@ def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBu
             max_response_bytes=spec.max_response_bytes,
         )
     if isinstance(spec, McpTool):
-        auth = (
-            ResolvedAuth(header=spec.auth.header, scheme=spec.auth.scheme, secret=spec.auth.secret_ref)
-            if spec.auth
-            else None
-        )
+        auth = ResolvedAuth.of(spec.auth) if spec.auth else None
         digest = None
         if spec.parameters is None:
             discovered = discovered_parameters(tool)

@@ -17,11 +17,14 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from agentplane_platform import egress
+from agentplane_platform.api.v1alpha1 import McpTool, Tool, ToolDiscovery
+from agentplane_platform.config import ResolvedAuth
 from agentplane_platform.specs import dotted
 from agentplane_platform.tool_schema import parameters_problems
 
@@ -267,6 +270,52 @@ async def discover_parameters(
     return input_schema(listed, tool)
 
 
+def needs_discovery(tool: Tool) -> McpTool | None:
+    """The spec of an MCP Tool that declares no parameters (its schema is discovered), else None."""
+    spec = tool.spec
+    return spec if isinstance(spec, McpTool) and spec.parameters is None else None
+
+
+async def discover_tool(
+    http: httpx.AsyncClient,
+    tool: Tool,
+    rules: Iterable[egress.Rule],
+    *,
+    credential: str | None,
+    previous: ToolDiscovery | None,
+    timeout: float,
+) -> ToolDiscovery:
+    """What an MCP Tool without parameters shows in `status.discovered` (and configs resolve from):
+    the schema its server lists now, with the time it was first listed — `previous` when the
+    server lists the same schema again. `credential`: the value of the Tool's `auth` secret.
+    Raises `McpError` (`McpDenied`) as `discover_parameters` does."""
+    spec = needs_discovery(tool)
+    if spec is None:
+        raise ValueError(f"Tool {tool.name!r} declares its parameters")
+    headers: dict[str, str] = {}
+    if spec.auth is not None:
+        if credential is None:
+            raise McpError("the tool's credential is not available to list the MCP server's tools")
+        headers = ResolvedAuth.of(spec.auth).headers(credential)
+    schema = await discover_parameters(
+        http, url=spec.url, tool=spec.tool, rules=rules, headers=headers, timeout=timeout
+    )
+    digest = parameters_hash(schema)
+    if previous is not None and (previous.url, previous.tool, previous.parameters_hash) == (
+        spec.url,
+        spec.tool,
+        digest,
+    ):
+        return previous
+    return ToolDiscovery(
+        tool=spec.tool,
+        url=spec.url,
+        parameters=canonical_json(schema),
+        parameters_hash=digest,
+        discovered_at=datetime.now(UTC).replace(microsecond=0),
+    )
+
+
 __all__ = [
     "MAX_SCHEMA_BYTES",
     "McpDenied",
@@ -275,7 +324,9 @@ __all__ = [
     "McpSessionExpired",
     "canonical_json",
     "discover_parameters",
+    "discover_tool",
     "input_schema",
     "list_tools",
+    "needs_discovery",
     "parameters_hash",
 ]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,10 +40,15 @@ from agentplane_runtime.llm import Attempt, Caller, LLMClient, cost_of, timed_st
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
 from agentplane_runtime.tool_arguments import InvalidArguments
-from agentplane_runtime.tools import ToolDenied, ToolError, ToolRunner, ToolTimeout
+from agentplane_runtime.tools import Conversation, ToolDenied, ToolError, ToolRunner, ToolTimeout
 from agentplane_runtime.usage import UsageEvent, UsageRecorder, now_utc
 
 log = logging.getLogger("agentplane.runtime.chat")
+
+CONVERSATION_HEADER = "X-Conversation-Id"
+"""Names the conversation a request belongs to (or `metadata.conversation_id` in the body): the MCP
+tools' calls of one conversation share a session. Without it, every MCP call has a session of its own."""
+_CONVERSATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 CONTEXT_HEADER = "\n\nContext from the knowledge base (cite the sources by their number when you use them):\n"
 
@@ -77,6 +83,8 @@ class RequestState:
     """The request as the LLM client sees it; adds up the time spent waiting on providers."""
     tool_seconds: float = 0.0
     """Wall time spent waiting on tool calls (calls made together count once)."""
+    conversation: Conversation | None = None
+    """The conversation the request names, if any, and its caller."""
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.agent.config.tenant, self.agent.config.agent)
@@ -114,6 +122,25 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     if message.tool_call_id:
         data["tool_call_id"] = message.tool_call_id
     return data
+
+
+def conversation_id(header: str | None, body: ChatCompletionRequest) -> str | None:
+    """The conversation the request names: `X-Conversation-Id`, else `metadata.conversation_id`."""
+    in_body = (body.metadata or {}).get("conversation_id")
+    if header is not None and in_body is not None and header != in_body:
+        raise ApiError(
+            400,
+            f"the {CONVERSATION_HEADER} header and metadata.conversation_id name different conversations",
+            param="metadata.conversation_id",
+        )
+    value = header if header is not None else in_body
+    if value is not None and not _CONVERSATION_ID.fullmatch(value):
+        raise ApiError(
+            400,
+            "a conversation id is 1 to 128 visible ASCII characters (no spaces)",
+            param="metadata.conversation_id" if header is None else CONVERSATION_HEADER,
+        )
+    return value
 
 
 def _size(messages: list[dict[str, Any]]) -> int:
@@ -160,8 +187,15 @@ class ChatService:
     # -- the request -----------------------------------------------------------------------
 
     async def handle(
-        self, agent: AgentContext, body: ChatCompletionRequest, principal: Principal, request_id: str
+        self,
+        agent: AgentContext,
+        body: ChatCompletionRequest,
+        principal: Principal,
+        request_id: str,
+        *,
+        conversation: str | None = None,
     ) -> Response:
+        """Serve one request; `conversation`: the `X-Conversation-Id` header, if sent."""
         state = RequestState(request_id, agent, principal, body.stream)
         config = agent.config
         state.deadline = time.monotonic() + config.limits.timeout_seconds
@@ -169,6 +203,9 @@ class ChatService:
         self.metrics.active.labels(*labels).inc()
         streaming = False
         try:
+            named = conversation_id(conversation, body)
+            if named is not None:
+                state.conversation = Conversation(named, caller=f"{principal.method}:{principal.subject}")
             prepared = await self._prepare(state, body)
             if body.stream:
                 response = await self._stream(state, body, prepared)
@@ -478,7 +515,12 @@ class ChatService:
             outcome, error = "ok", None
             try:
                 result = await self.tools.run(
-                    config, tool, call["function"]["arguments"], timeout=timeout, retrieve=retrieve
+                    config,
+                    tool,
+                    call["function"]["arguments"],
+                    timeout=timeout,
+                    retrieve=retrieve,
+                    conversation=state.conversation,
                 )
             except InvalidArguments as exc:  # the model's mistake, which it can correct: nothing was called
                 outcome, error = "invalid_arguments", str(exc)

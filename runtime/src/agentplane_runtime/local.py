@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from agentplane_platform.api.v1alpha1 import Tenant
+from agentplane_platform.api.v1alpha1 import McpTool, Tenant, Tool, ToolDiscovery, ToolStatus
 from agentplane_platform.config import (
     AgentConfig,
     ResolveError,
@@ -33,8 +34,9 @@ from agentplane_platform.config import (
 from agentplane_platform.contract import METRICS_PATH
 from agentplane_platform.db.models import ApiKey
 from agentplane_platform.keys import create_api_key, split_key
+from agentplane_platform.mcp import McpError, discover_tool, needs_discovery
 from agentplane_platform.quotas import QuotaLimits
-from agentplane_platform.specs import Report, validate_paths
+from agentplane_platform.specs import Report, SpecSet, validate_paths
 from agentplane_runtime.agents import AgentRegistry
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.embeddings import ModelEmbedder
@@ -43,6 +45,7 @@ from agentplane_runtime.llm import has_credentials
 from agentplane_runtime.quotas import StaticLimits
 from agentplane_runtime.services import Runtime
 from agentplane_runtime.terminal import KEYS_FILE
+from agentplane_runtime.tools import SecretReader, ToolError
 
 log = logging.getLogger("agentplane.up")
 
@@ -76,12 +79,69 @@ class LocalSpecs:
         return text + "".join(error + "\n" for error in self.errors.values())
 
 
-def load_specs(path: Path) -> LocalSpecs:
-    """Validate the tree and resolve every Agent; `errors` lists agents that do not resolve."""
+class LocalDiscovery:
+    """`up`'s MCP schema discovery: what the operator does when it reconciles an MCP Tool without
+    parameters (`agentplane_platform.mcp.discover_tool`: egress-checked, bounded, with a timeout),
+    done each time the specs are loaded. As in a cluster, a server that cannot be listed keeps the
+    schema last discovered for the same server and tool, if any; without one, the agents using the
+    tool are not served, and the error says why."""
+
+    def __init__(self, secrets: SecretReader, *, timeout: float) -> None:
+        self.secrets = secrets
+        self.timeout = timeout
+        self.found: dict[AgentKey, ToolDiscovery] = {}
+        """(namespace, tool) -> the schema last discovered."""
+
+    def run(self, specs: SpecSet) -> dict[AgentKey, str]:
+        """List the servers of the tree's MCP Tools without parameters (concurrently, in a loop of
+        its own); why each one that failed did, by (namespace, tool)."""
+        return asyncio.run(self._run(specs))
+
+    async def _run(self, specs: SpecSet) -> dict[AgentKey, str]:
+        wanted = [
+            (key, loaded.resource, tenant.resource)
+            for key, loaded in sorted(specs.tools.items())
+            if needs_discovery(loaded.resource) and (tenant := specs.tenant_of(key[0])) is not None
+        ]
+        failures: dict[AgentKey, str] = {}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout)) as http:
+
+            async def one(key: AgentKey, tool: Tool, tenant: Tenant) -> None:
+                auth = tool.spec.auth if isinstance(tool.spec, McpTool) else None
+                try:
+                    credential = self.secrets.read(tool.name, auth.secret_ref) if auth else None
+                    self.found[key] = await discover_tool(
+                        http,
+                        tool,
+                        tenant.spec.egress,
+                        credential=credential,
+                        previous=self.found.get(key),
+                        timeout=self.timeout,
+                    )
+                except (McpError, ToolError) as exc:
+                    failures[key] = str(exc)
+
+            await asyncio.gather(*(one(key, tool, tenant) for key, tool, tenant in wanted))
+        return failures
+
+    def tools_in(self, specs: SpecSet, namespace: str) -> dict[str, Tool]:
+        """The namespace's Tools, with the schemas discovered in their status."""
+        tools = specs.tools_in(namespace)
+        for name, tool in tools.items():
+            found = self.found.get((namespace, name))
+            if found is not None and needs_discovery(tool):
+                tools[name] = tool.model_copy(update={"status": ToolStatus(discovered=found)})
+        return tools
+
+
+def load_specs(path: Path, discovery: LocalDiscovery | None = None) -> LocalSpecs:
+    """Validate the tree, discover the schemas of MCP Tools without parameters (with `discovery`)
+    and resolve every Agent; `errors` lists agents that do not resolve."""
     report = validate_paths([path])
     result = LocalSpecs(report)
     if not report.ok:
         return result
+    failures = discovery.run(report.specs) if discovery is not None else {}
     result.tenants = {name: loaded.resource for name, loaded in report.specs.tenants.items()}
     for (namespace, name), loaded in sorted(report.specs.agents.items()):
         tenant = report.specs.tenant_of(namespace)
@@ -90,18 +150,28 @@ def load_specs(path: Path) -> LocalSpecs:
                 f"{loaded.document.file}: Agent {namespace}/{name}: no Tenant for {namespace}"
             )
             continue
+        tools = (
+            discovery.tools_in(report.specs, namespace)
+            if discovery is not None
+            else report.specs.tools_in(namespace)
+        )
         try:
             result.agents.append(
-                resolve_agent(
-                    loaded.resource,
-                    tenant.resource,
-                    report.specs.prompts_in(namespace),
-                    report.specs.tools_in(namespace),
-                )
+                resolve_agent(loaded.resource, tenant.resource, report.specs.prompts_in(namespace), tools)
             )
         except ResolveError as exc:
+            why = str(exc)
+            if exc.reason == "ToolNotDiscovered":
+                failed = [r.name for r in loaded.resource.spec.tools if (namespace, r.name) in failures]
+                if failed:
+                    spec = tools[failed[0]].spec
+                    why = (
+                        f"Tool {failed[0]!r} declares no parameters and its MCP server cannot be listed "
+                        f"({getattr(spec, 'url', '?')}): {failures[(namespace, failed[0])]}; "
+                        "declare spec.parameters or make the server reachable"
+                    )
             result.errors[(tenant.resource.name, name)] = (
-                f"{loaded.document.file}: Agent {namespace}/{name}: {exc}"
+                f"{loaded.document.file}: Agent {namespace}/{name}: {why}"
             )
     return result
 
@@ -119,6 +189,14 @@ def local_settings(*, state: Path, host: str, port: int) -> Settings:
         log_json=False,
         log_level="WARNING",
         otel_traces_exporter="none",
+    )
+
+
+def local_discovery(settings: Settings) -> LocalDiscovery:
+    """`up`'s MCP discovery, reading tool credentials where the runtime does."""
+    return LocalDiscovery(
+        SecretReader(settings.secrets_dir, settings.keyvault_dir),
+        timeout=settings.mcp_discovery_timeout_seconds,
     )
 
 
@@ -265,10 +343,17 @@ class LocalPlatform:
     limits, keys and knowledge. `apply` moves it to a newly loaded tree and reports each change."""
 
     def __init__(
-        self, settings: Settings, specs: Path, loaded: LocalSpecs, out: TextIO, base_url: str
+        self,
+        settings: Settings,
+        specs: Path,
+        loaded: LocalSpecs,
+        out: TextIO,
+        base_url: str,
+        discovery: LocalDiscovery | None = None,
     ) -> None:
         self.settings = settings
         self.specs = specs
+        self.discovery = discovery or local_discovery(settings)
         self.out = out
         self.base_url = base_url
         self.registry = AgentRegistry()
@@ -323,7 +408,7 @@ class LocalPlatform:
 
     async def reload(self, runtime: Runtime) -> None:
         """Load the spec tree again and apply it; an invalid tree changes nothing."""
-        loaded = await asyncio.to_thread(load_specs, self.specs)
+        loaded = await asyncio.to_thread(load_specs, self.specs, self.discovery)
         if not loaded.report.ok:
             problems = loaded.problems([self.specs])
             if problems != self._reported:  # an editor's several writes report once
@@ -405,12 +490,13 @@ def create_local_app(
     base_url: str,
     *,
     watch: bool = True,
+    discovery: LocalDiscovery | None = None,
 ) -> FastAPI:
     """The runtime app serving every agent of `loaded` under `/t/{tenant}/a/{agent}/v1`, with the
     tenants' keys and knowledge prepared at startup, and the spec tree watched when `watch`."""
     from agentplane_runtime.app import agent_router, create_app
 
-    platform = LocalPlatform(settings, specs_path, loaded, out, base_url)
+    platform = LocalPlatform(settings, specs_path, loaded, out, base_url, discovery)
     app = create_app(settings, agents=platform.registry, limits=platform.limits)
     app.include_router(agent_router(), prefix="/t/{tenant}/a/{agent}/v1")
     inner = app.router.lifespan_context
@@ -442,13 +528,14 @@ def up(
 ) -> int:
     """Validate, resolve and serve; returns the exit code (1 when the specs are invalid)."""
     out = out or sys.stdout
-    loaded = load_specs(specs)
+    settings = local_settings(state=state, host=host, port=port)
+    discovery = local_discovery(settings)
+    loaded = load_specs(specs, discovery)
     if not loaded.ok:
         out.write(loaded.problems([specs]))
         out.write("agentplane up: not starting, fix the problems above\n")
         return 1
     state.mkdir(parents=True, exist_ok=True)
-    settings = local_settings(state=state, host=host, port=port)
     # bind first: a busy port fails at once, before any state is touched or a banner is printed
     try:
         sock = socket.create_server((host, port))
@@ -461,7 +548,9 @@ def up(
     from agentplane_runtime.core.logging import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
-    app = create_local_app(settings, specs, loaded, out, f"http://{host}:{port}", watch=watch)
+    app = create_local_app(
+        settings, specs, loaded, out, f"http://{host}:{port}", watch=watch, discovery=discovery
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=5

@@ -29,6 +29,7 @@ from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.telemetry import Telemetry, create_telemetry
 from agentplane_runtime.embeddings import LocalEmbedder, ModelEmbedder
 from agentplane_runtime.llm import LLMClient, has_credentials
+from agentplane_runtime.mcp_sessions import McpSessions
 from agentplane_runtime.quotas import (
     LimitsSource,
     MemoryQuotaBackend,
@@ -197,13 +198,18 @@ async def build_runtime(
             oidc,
         )
         quota = QuotaGate(quota_backend, limits, store.spend_since)
+        sessions = McpSessions(
+            http, max_sessions=settings.mcp_max_sessions, idle_seconds=settings.mcp_session_idle_seconds
+        )
+        tools = ToolRunner(http, SecretReader(settings.secrets_dir, settings.keyvault_dir), sessions)
+        stack.push_async_callback(tools.aclose)  # before the HTTP client closes: it ends the sessions
         chat = ChatService(
             settings=settings,
             llm=llm,
             quota=quota,
             usage=usage,
             knowledge=knowledge,
-            tools=ToolRunner(http, SecretReader(settings.secrets_dir, settings.keyvault_dir)),
+            tools=tools,
             telemetry=telemetry,
         )
         runtime = Runtime(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
+import hashlib
 import json
 import math
 import operator
@@ -26,6 +26,8 @@ from agentplane_platform.config import (
     ResolvedMcpTool,
     ResolvedTool,
 )
+from agentplane_platform.mcp import McpError
+from agentplane_runtime.mcp_sessions import McpSessions, SessionKey
 from agentplane_runtime.tool_arguments import UnusableParameters, checked_arguments, parameters_of
 
 MAX_TOOL_RESULT_CHARS = 32_000
@@ -161,11 +163,9 @@ class SecretReader:
             raise ToolError("the tool's credential is not available") from None
 
 
-def _auth_header(auth: ResolvedAuth | None, tool: str, secrets: SecretReader) -> dict[str, str]:
-    if auth is None:
-        return {}
-    value = secrets.read(tool, auth.secret)
-    return {auth.header: f"{auth.scheme} {value}".strip() if auth.scheme else value}
+def auth_headers(auth: ResolvedAuth | None, tool: str, secrets: SecretReader) -> dict[str, str]:
+    """The header carrying the tool's credential (none without `auth`); raises `ToolError`."""
+    return auth.headers(secrets.read(tool, auth.secret)) if auth is not None else {}
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -173,15 +173,35 @@ def _auth_header(auth: ResolvedAuth | None, tool: str, secrets: SecretReader) ->
 Retrieve = Callable[[str], Awaitable[str]]
 
 
-class ToolRunner:
-    """Executes one agent's tool calls."""
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """The conversation a request belongs to, and who asks: MCP sessions are kept per both."""
 
-    def __init__(self, http: httpx.AsyncClient, secrets: SecretReader) -> None:
+    id: str
+    caller: str
+
+
+class ToolRunner:
+    """Executes the agents' tool calls; MCP sessions are kept per conversation in `sessions`."""
+
+    def __init__(self, http: httpx.AsyncClient, secrets: SecretReader, sessions: McpSessions) -> None:
         self.http = http
         self.secrets = secrets
+        self.sessions = sessions
+
+    async def aclose(self) -> None:
+        """End the kept MCP sessions."""
+        await self.sessions.aclose()
 
     async def run(
-        self, config: AgentConfig, tool: ResolvedTool, arguments: str, *, timeout: float, retrieve: Retrieve
+        self,
+        config: AgentConfig,
+        tool: ResolvedTool,
+        arguments: str,
+        *,
+        timeout: float,
+        retrieve: Retrieve,
+        conversation: Conversation | None = None,
     ) -> str:
         """The tool's result as text for the model; raises `ToolError`, or `InvalidArguments` before
         any call when the arguments do not match the tool's parameters."""
@@ -197,7 +217,7 @@ class ToolRunner:
                     return await retrieve(str(args.get("query", "")))
                 if isinstance(tool, ResolvedHttpTool):
                     return await self._http(config, tool, args)
-                return await self._mcp(config, tool, args)
+                return await self._mcp(config, tool, args, conversation)
         except (TimeoutError, httpx.TimeoutException):
             raise ToolTimeout(f"the tool did not answer within {timeout:.0f} s") from None
         except httpx.HTTPError as exc:
@@ -206,7 +226,7 @@ class ToolRunner:
     async def _http(self, config: AgentConfig, tool: ResolvedHttpTool, args: dict[str, Any]) -> str:
         if not egress.allows_url(config.egress, tool.url, check_port=False):
             raise ToolDenied("the tool's host is not in the tenant's egress allowlist")
-        headers = {**tool.headers, **_auth_header(tool.auth, tool.name, self.secrets)}
+        headers = {**tool.headers, **auth_headers(tool.auth, tool.name, self.secrets)}
         request = self.http.build_request(
             tool.method,
             tool.url,
@@ -231,15 +251,35 @@ class ToolRunner:
             raise ToolError(f"HTTP {response.status_code}: {text[:500]}")
         return text[:MAX_TOOL_RESULT_CHARS] + ("\n[response truncated]" if truncated else "")
 
-    async def _mcp(self, config: AgentConfig, tool: ResolvedMcpTool, args: dict[str, Any]) -> str:
+    async def _mcp(
+        self,
+        config: AgentConfig,
+        tool: ResolvedMcpTool,
+        args: dict[str, Any],
+        conversation: Conversation | None,
+    ) -> str:
         if not egress.allows_url(config.egress, tool.url, check_port=False):
             raise ToolDenied("the MCP server's host is not in the tenant's egress allowlist")
-        session = McpSession(self.http, tool.url, _auth_header(tool.auth, tool.name, self.secrets))
+        headers = auth_headers(tool.auth, tool.name, self.secrets)
+        key = None
+        if conversation is not None and not tool.stateless:
+            key = SessionKey(
+                tenant=config.tenant,
+                agent=config.agent,
+                caller=conversation.caller,
+                url=tool.url,
+                # a digest of the credential sent, never the value: another credential, another session
+                credential=hashlib.sha256(json.dumps(headers, sort_keys=True).encode()).hexdigest()
+                if headers
+                else "",
+                conversation=conversation.id,
+            )
         try:
-            await session.initialize()
-            result = await session.request("tools/call", {"name": tool.tool, "arguments": args})
-        finally:
-            await session.close()
+            result = await self.sessions.call(
+                key, tool.url, headers, "tools/call", {"name": tool.tool, "arguments": args}
+            )
+        except McpError as exc:
+            raise ToolError(str(exc)) from None
         parts = []
         for item in result.get("content") or []:
             if isinstance(item, dict) and item.get("type") == "text":
@@ -250,120 +290,3 @@ class ToolRunner:
         if result.get("isError"):
             raise ToolError(text[:2000] or "the MCP tool reported an error")
         return text[:MAX_TOOL_RESULT_CHARS]
-
-
-class McpSession:
-    """A minimal MCP client over streamable HTTP: initialize, then JSON-RPC requests; answers come
-    as JSON or as a server-sent event stream."""
-
-    PROTOCOL_VERSION = "2025-06-18"
-    CLOSE_TIMEOUT = 1.0
-
-    def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
-        self.http = http
-        self.url = url
-        self.headers = {
-            **headers,
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-        }
-        self.session_id: str | None = None
-        # the version the server chose in `initialize`; every later request names it, with or
-        # without a session (stateless servers issue none)
-        self.protocol_version: str | None = None
-        self._next_id = 0
-
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.headers)
-        if self.session_id:
-            headers["Mcp-Session-Id"] = self.session_id
-        if self.protocol_version:
-            headers["MCP-Protocol-Version"] = self.protocol_version
-        return headers
-
-    async def initialize(self) -> None:
-        result = await self.request(
-            "initialize",
-            {
-                "protocolVersion": self.PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "agentplane-runtime", "version": "0.1.0"},
-            },
-        )
-        negotiated = result.get("protocolVersion")
-        self.protocol_version = negotiated if isinstance(negotiated, str) else self.PROTOCOL_VERSION
-        await self.notify("notifications/initialized")
-
-    async def notify(self, method: str) -> None:
-        response = await self.http.post(
-            self.url, json={"jsonrpc": "2.0", "method": method}, headers=self._headers()
-        )
-        await response.aclose()
-
-    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self._next_id += 1
-        ident = self._next_id
-        payload = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
-        async with self.http.stream("POST", self.url, json=payload, headers=self._headers()) as response:
-            if not response.is_success:
-                raise ToolError(await _mcp_http_error(response))
-            session = response.headers.get("mcp-session-id")
-            if session:
-                self.session_id = session
-            ctype = response.headers.get("content-type", "")
-            message: dict[str, Any] | None = None
-            try:
-                if ctype.startswith("text/event-stream"):
-                    data_lines: list[str] = []
-                    async for line in response.aiter_lines():
-                        if line.startswith("data:"):
-                            data_lines.append(line[5:].strip())
-                        elif not line and data_lines:
-                            candidate = json.loads("\n".join(data_lines))
-                            data_lines = []
-                            if isinstance(candidate, dict) and candidate.get("id") == ident:
-                                message = candidate
-                                break
-                else:
-                    raw = await response.aread()
-                    candidate = json.loads(raw)
-                    message = candidate if isinstance(candidate, dict) else None
-            except ValueError:
-                raise ToolError(f"the MCP server's answer to {method} is not JSON-RPC") from None
-        if message is None:
-            raise ToolError("the MCP server sent no answer")
-        if "error" in message:
-            error = message["error"] or {}
-            raise ToolError(f"MCP error: {str(error.get('message', 'unknown'))[:500]}")
-        result = message.get("result")
-        return result if isinstance(result, dict) else {}
-
-    async def close(self) -> None:
-        """End the session, which stops the server's work on it; bounded, as this also runs after
-        the tool's timeout has passed."""
-        if self.session_id:
-            try:
-                response = await self.http.delete(
-                    self.url, headers=self._headers(), timeout=self.CLOSE_TIMEOUT
-                )
-                await response.aclose()
-            except httpx.HTTPError:
-                pass
-
-
-async def _mcp_http_error(response: httpx.Response) -> str:
-    """What the model is told when the MCP endpoint answers other than 2xx."""
-    status = f"MCP server answered HTTP {response.status_code}"
-    if response.is_redirect:
-        # not followed: the target could be outside the egress allowlist
-        location = response.headers.get("location", "?")
-        return f"{status}, a redirect to {location}; the tool's URL must name the endpoint itself"
-    body = b""
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) >= 2000:
-            break
-    text = body[:2000].decode("utf-8", errors="replace").strip()
-    with contextlib.suppress(ValueError, TypeError, KeyError):  # the MCP SDKs send a JSON-RPC error
-        text = str(json.loads(text)["error"]["message"])
-    return f"{status}: {text[:500]}" if text else status

@@ -81,6 +81,9 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    """OpenAI's key-value metadata; `conversation_id` names the request's conversation, as the
+    `X-Conversation-Id` header does (MCP sessions are kept per conversation)."""
 
 
 class ModelCard(BaseModel):

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     """Kubernetes secret refs: `<secrets_dir>/<tool-name>/<key>`."""
     keyvault_dir: Path = Path("/mnt/secrets-store")
     """Key Vault secret refs (Secrets Store CSI mount): `<keyvault_dir>/<secret-name>`."""
+    mcp_max_sessions: int = Field(default=1000, ge=1)
+    """MCP sessions kept for conversations (per process); beyond it the least recently used idle one is ended."""
+    mcp_session_idle_seconds: float = Field(default=300.0, gt=0)
+    """A conversation's MCP session unused this long is ended (HTTP DELETE to its server)."""
+    mcp_discovery_timeout_seconds: float = Field(default=10.0, gt=0)
+    """`agentplane up`: how long listing an MCP server's tools may take (schema discovery)."""
 
     # request limits
     max_body_bytes: int = 4 * 1024 * 1024

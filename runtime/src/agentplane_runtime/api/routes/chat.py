@@ -14,6 +14,7 @@ from starlette.responses import Response
 from agentplane_runtime.agents import AgentNotFound
 from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ModelCard, ModelList
+from agentplane_runtime.chat import CONVERSATION_HEADER
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.services import Runtime
 
@@ -70,7 +71,9 @@ async def chat_completions(
     request_id: RequestId,
 ) -> Response:
     setattr(request.state, _HANDLED, True)
-    return await runtime.chat.handle(agent, body, principal, request_id)
+    return await runtime.chat.handle(
+        agent, body, principal, request_id, conversation=request.headers.get(CONVERSATION_HEADER)
+    )
 
 
 router.add_api_route(

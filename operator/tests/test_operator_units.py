@@ -3,9 +3,11 @@ its own deploy manifests (generated, checked in, current)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agentplane_operator import manifests
@@ -13,10 +15,12 @@ from agentplane_operator.builders import build_prompt_config_maps
 from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
 from agentplane_operator.kube import holds
 from agentplane_operator.pods import pod_problem
-from agentplane_operator.reconcile import parameters_condition
+from agentplane_operator.reconcile import indexed_tool, parameters_condition, tool_discovery
 from agentplane_operator.settings import OperatorSettings
-from agentplane_platform.api.v1alpha1 import Prompt, Tool
+from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool, ToolDiscovery
 from agentplane_platform.config import prompt_version_hash
+from agentplane_platform.mcp import parameters_hash
+from support.mcp_server import orders_mcp
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -218,3 +222,92 @@ def test_a_tool_with_a_broken_parameter_schema_is_not_ready() -> None:
     fine = _tool({"type": "mcp", "url": "https://mcp.example.com/mcp", "tool": "lookup", "parameters": {
         "type": "object", "$defs": {"id": {"type": "string"}}, "properties": {"id": {"$ref": "#/$defs/id"}}}})  # fmt: skip
     assert (parameters_condition(fine).ok, parameters_condition(fine).reason) == (True, "SchemaValid")
+
+
+def _tenant(port: int) -> Tenant:
+    return Tenant.model_validate(
+        {
+            "metadata": {"name": "acme"},
+            "spec": {
+                "owners": [{"kind": "Group", "name": "acme-team"}],
+                "allowedModels": ["openai/gpt-4o-mini"],
+                "egress": [{"cidr": "127.0.0.1/32", "ports": [port]}],
+            },
+        }
+    )
+
+
+@pytest.mark.asyncio
+async def test_an_mcp_tool_without_parameters_shows_its_servers_schema_or_why_not() -> None:
+    no_secret = Cond("SecretResolved", True, "NoSecret")
+    async with httpx.AsyncClient() as http:
+        async with orders_mcp() as orders:
+            (listed,) = [t for t in await orders.server().list_tools() if t.name == "lookup_order"]
+            tenant = _tenant(orders.port)
+            tool = _tool({"type": "mcp", "url": orders.url, "tool": "lookup_order"})
+
+            async def discover(
+                tool: Tool, tenant: Tenant | None = tenant, previous: ToolDiscovery | None = None
+            ) -> tuple[Cond, ToolDiscovery | None]:
+                return await tool_discovery(
+                    http, tool, tenant, previous=previous, secret=no_secret, credential=None, timeout=5
+                )
+
+            cond, found = await discover(tool)
+            assert found is not None
+            assert (cond.type, cond.ok, cond.reason) == ("SchemaDiscovered", True, "Discovered")
+            assert json.loads(found.parameters) == listed.input_schema
+            assert found.parameters_hash == parameters_hash(listed.input_schema)
+            assert (
+                cond.message
+                == f"inputSchema of MCP tool 'lookup_order' listed by {orders.url} ({found.parameters_hash})"
+            )
+            # the status as written and read back through the index is what Agents resolve from
+            status = {"discovered": found.model_dump(mode="json", by_alias=True)}
+            body = {**tool.model_dump(mode="json", by_alias=True, exclude_none=True), "status": status}
+            indexed = indexed_tool(body)
+            assert indexed.status is not None
+            assert indexed.status.discovered == found
+            # listed again, unchanged: the same status (discoveredAt kept), so nothing is written
+            assert await discover(tool, previous=found) == (cond, found)
+
+            # a server that does not list the tool: retried (not stalled), Agents wait
+            cond, none = await discover(_tool({"type": "mcp", "url": orders.url, "tool": "no_such_tool"}))
+            assert none is None
+            assert (cond.ok, cond.reason, cond.stalled) == (False, "DiscoveryFailed", False)
+            assert (
+                "the MCP server lists no tool 'no_such_tool' (it lists: archived_order, count,"
+                in cond.message
+            )
+            assert cond.message.endswith("; Agents using the Tool wait for it (or declare spec.parameters)")
+            assert ready_reason([no_secret, cond]) == cond  # Ready=False, reason DiscoveryFailed
+            assert kstatus([cond])[0][0].type == "Reconciling"
+
+            # outside the Tenant's egress allowlist: not even asked, and stalled until the spec changes
+            asked = len(orders.seen)
+            cond, none = await discover(tool, tenant=_tenant(orders.port + 1))
+            assert (cond.ok, cond.reason, cond.stalled, none) == (False, "DiscoveryFailed", True, None)
+            assert f"{orders.url} is not in the tenant's egress allowlist" in cond.message
+            cond, none = await discover(tool, tenant=None)
+            assert (cond.ok, none) == (False, None)
+            assert "no Tenant owns namespace tenant-acme" in cond.message
+            assert len(orders.seen) == asked
+
+            # a credential only agent pods can read: stalled with the reason
+            vaulted = _tool({"type": "mcp", "url": orders.url, "tool": "lookup_order",
+                             "auth": {"secretRef": {"keyVault": {"name": "orders-token"}}}})  # fmt: skip
+            cond, none = await discover(vaulted)
+            assert (cond.ok, cond.stalled, none) == (False, True, None)
+            assert "does not read Key Vault secret 'orders-token'" in cond.message
+
+        # the server gone: the schema discovered before stays in use, and the condition says since when
+        cond, kept = await discover(tool, previous=found)
+        assert kept == found
+        assert (cond.ok, cond.reason, cond.stalled) == (False, "DiscoveryFailed", False)
+        assert "could not be reached" in cond.message
+        assert cond.message.endswith(
+            f"; Agents keep the schema discovered at {found.discovered_at:%Y-%m-%dT%H:%M:%SZ} ({found.parameters_hash})"
+        )
+        # a declared schema needs no discovery
+        declared = _tool({"type": "mcp", "url": orders.url, "tool": "x", "parameters": {"type": "object"}})
+        assert (await discover(declared))[0] == Cond("SchemaDiscovered", True, "NotNeeded", "")

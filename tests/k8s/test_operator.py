@@ -6,6 +6,7 @@ reconcile writes nothing" are observable); each test works in tenants of its own
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -24,8 +25,10 @@ from k8s.operator_specs import agent, builtin_tool, http_tool, prompt, tenant
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool
 from agentplane_platform.config import AgentConfig, resolve_agent
 from agentplane_platform.contract import LLM_SECRET, RUNTIME_SECRET, RUNTIME_SECRET_KEYS
+from agentplane_platform.mcp import parameters_hash
 from support.addons import kstatus
 from support.cluster import Cluster
+from support.mcp_server import orders_mcp_in_thread
 from support.operator_process import (
     OperatorProcess,
     apply,
@@ -68,7 +71,9 @@ def operator(
     running.stop()
 
 
-TENANTS = ("acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair", "kappa")
+TENANTS = (
+    "acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair", "kappa", "mira",
+)  # fmt: skip
 """Every tenant this module creates; each test works in its own."""
 
 
@@ -367,6 +372,52 @@ def test_failures_end_in_conditions_and_events(k8s: Cluster, operator: OperatorP
     assert ("Warning", "SecretNotFound") in [(t, r) for t, r, _ in events(k8s, ns, "lookup")]
     k8s.kubectl("create", "secret", "generic", "lookup-api", "-n", ns, "--from-literal=token=s3cret")
     ready(k8s, "tool", "lookup", ns, timeout=RESYNC * 5)
+    assert "Traceback" not in operator.log_text()
+
+
+def test_an_mcp_tools_schema_is_discovered_into_its_status_and_agents(
+    k8s: Cluster, operator: OperatorProcess
+) -> None:
+    ns = "tenant-mira"
+
+    def mcp_tool(name: str, url: str, tool: str) -> dict[str, Any]:
+        spec = {"type": "mcp", "description": "Orders", "url": url, "tool": tool,
+                "auth": {"header": "X-Api-Key", "scheme": "", "secretRef": {"kubernetes": {"name": "orders-mcp", "key": "token"}}}}  # fmt: skip
+        return {"apiVersion": "agentplane.io/v1alpha1", "kind": "Tool",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}  # fmt: skip
+
+    with orders_mcp_in_thread() as orders:
+        (listed,) = [t for t in asyncio.run(orders.server().list_tools()) if t.name == "lookup_order"]
+        apply(k8s, tenant("mira", egress=[{"cidr": "127.0.0.1/32", "ports": [orders.port]}]))
+        ready(k8s, "tenant", "mira")
+        k8s.kubectl("create", "secret", "generic", "orders-mcp", "-n", ns, "--from-literal=token=s3cret")
+        apply(k8s, prompt(ns, "assistant"), mcp_tool("orders", orders.url, "lookup_order"))
+        apply(k8s, agent(ns, "clerk", tools=[{"name": "orders"}]))
+        tool = ready(k8s, "tool", "orders", ns)
+        found = tool["status"]["discovered"]
+        assert json.loads(found["parameters"]) == listed.input_schema
+        assert found["parametersHash"] == parameters_hash(listed.input_schema)
+        assert (found["tool"], found["url"]) == ("lookup_order", orders.url)
+        assert condition(tool, "SchemaDiscovered")["reason"] == "Discovered"
+        assert {s.api_key for s in orders.seen if s.rpc_method == "tools/list"} == {"s3cret"}
+        ready(k8s, "agent", "clerk", ns)
+        (resolved,) = _resolved(k8s, ns, "clerk").tools
+        assert resolved.parameters == listed.input_schema
+
+        # a tool the server does not list: the Tool says why (and is retried), its Agent waits for it
+        apply(
+            k8s,
+            mcp_tool("renamed", orders.url, "no_such_tool"),
+            agent(ns, "waiter", tools=[{"name": "renamed"}]),
+        )
+        renamed = not_ready(k8s, "tool", "renamed", ns, "DiscoveryFailed")
+        assert "lists no tool 'no_such_tool'" in condition(renamed)["message"]
+        assert "discovered" not in renamed["status"]
+        waiter = not_ready(k8s, "agent", "waiter", ns, "ToolNotDiscovered")
+        assert condition(waiter, "Reconciling")["reason"] == "ToolNotDiscovered"  # not Stalled: it may come
+        # the server lists it once the Tool names it: discovered, and the waiting Agent resolves
+        apply(k8s, mcp_tool("renamed", orders.url, "lookup_order"))
+        ready(k8s, "agent", "waiter", ns, timeout=RESYNC * 10)
     assert "Traceback" not in operator.log_text()
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import queue
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,8 @@ class Seen:
     session: str | None
     protocol_version: str | None
     params: dict[str, Any]
+    api_key: str | None = None
+    """The `X-Api-Key` header, which tests use as the tool's credential."""
 
 
 @dataclass
@@ -108,6 +112,7 @@ class OrdersMcp:
                                 headers.get("mcp-session-id"),
                                 headers.get("mcp-protocol-version"),
                                 payload.get("params") or {},
+                                headers.get("x-api-key"),
                             )
                         )
                 return message
@@ -127,6 +132,7 @@ class OrdersMcp:
                         headers.get("mcp-session-id"),
                         headers.get("mcp-protocol-version"),
                         {},
+                        headers.get("x-api-key"),
                     )
                 )
             await app(scope, tapped_receive, tapped_send)
@@ -169,3 +175,31 @@ async def orders_mcp(*, stateless: bool = False) -> AsyncIterator[OrdersMcp]:
         orders.release.set()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.contextmanager
+def orders_mcp_in_thread() -> Iterator[OrdersMcp]:
+    """`orders_mcp` served from a thread of its own, for synchronous tests (the operator's)."""
+    started: queue.Queue[OrdersMcp | BaseException] = queue.Queue()
+    stop = threading.Event()
+
+    async def main() -> None:
+        try:
+            async with orders_mcp() as orders:
+                started.put(orders)
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+        except BaseException as exc:
+            started.put(exc)
+            raise
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="orders-mcp", daemon=True)
+    thread.start()
+    orders = started.get(timeout=30)
+    if isinstance(orders, BaseException):
+        raise RuntimeError("the MCP server did not start") from orders
+    try:
+        yield orders
+    finally:
+        stop.set()
+        thread.join(timeout=15)

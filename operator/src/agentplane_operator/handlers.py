@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from typing import Any
 
+import httpx
 import kopf
 from redis.asyncio import Redis
 
@@ -119,6 +120,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             db=db,
             metrics=metrics,
             build=ours.build(),
+            http=httpx.AsyncClient(
+                timeout=httpx.Timeout(ours.mcp_discovery_timeout_seconds), follow_redirects=False
+            ),
         )
         memo["http"] = await serve(metrics, ours.metrics_host, ours.metrics_port)
         logger.info(f"metrics and health on {ours.metrics_host}:{ours.metrics_port}")
@@ -147,7 +151,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.index(*tools, registry=registry, id="tool_index")
     def tool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Tool]:
-        return {(namespace or "", name): Tool.model_validate(spec_body(body))}
+        return {(namespace or "", name): reconcile.indexed_tool(body)}
 
     @kopf.index(*agents, registry=registry, id="agent_index")
     def agent_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
@@ -208,18 +212,26 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         namespace: str | None, name: str, body: kopf.Body, reason: str, resource: kopf.Resource, **kw: Any
     ) -> None:
         op, views, ns = _op(kw), Views.of(kw), namespace or ""
+        retry = False
         if resource.plural == "prompts":
             async with op.reconciling("Prompt", name, ns, "event"):
                 await reconcile.reconcile_prompt(op, body)
         else:
-            async with op.reconciling("Tool", name, ns, "event"):
-                await reconcile.reconcile_tool(op, body)
+            try:
+                async with op.reconciling("Tool", name, ns, "event"):
+                    await reconcile.reconcile_tool(op, body, views)
+            except kopf.TemporaryError:
+                # its MCP server cannot be listed now: the Agents still learn of the change (a Tool
+                # they can no longer resolve, say), and kopf retries the discovery
+                retry = True
         if reason != "resume":
             kind: DependencyKind = "prompt" if resource.plural == "prompts" else "tool"
             await _reconcile_dependents(op, views, kind, ns, name)
         if resource.plural == "tools" and op.settings.key_vault_name and (tenant := tenant_of(ns)):
             # the tenant's SecretProviderClass mounts the Key Vault secrets of its namespace's tools
             op.soon(("tenant", tenant), 1.0, lambda: _reconcile_tenant_named(op, views, tenant))
+        if retry:
+            raise kopf.TemporaryError("the Tool's MCP server could not be listed; retrying", delay=30)
 
     @on.event(*prompts, registry=registry, id="dependency_deleted")
     @on.event(*tools, registry=registry, id="dependency_deleted")
@@ -229,6 +241,19 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         if event["type"] == "DELETED":  # the Agents using it now fail to resolve: say so
             kind: DependencyKind = "prompt" if resource.plural == "prompts" else "tool"
             await _reconcile_dependents(_op(kw), Views.of(kw), kind, namespace or "", name)
+
+    @on.event(*tools, registry=registry, id="tool_discovered")
+    async def tool_discovered(event: kopf.RawEvent, namespace: str | None, name: str, **kw: Any) -> None:
+        # A schema newly discovered for an MCP Tool (the index holds it by now) changes the configs
+        # of the Agents using the Tool; the status write is the event that says so.
+        key = (namespace or "", name)
+        op = _op(kw)
+        if event["type"] == "DELETED":
+            op.discovered.pop(key, None)
+            return
+        status = event["object"].get("status") or {}
+        if op.discovery_changed(key, (status.get("discovered") or {}).get("parametersHash")):
+            await _reconcile_dependents(op, Views.of(kw), "tool", key[0], name)
 
     @kopf.timer(*prompts, interval=resync, initial_delay=resync, registry=registry, id="prompt_resync")
     async def prompt_resync(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
@@ -240,7 +265,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     async def tool_resync(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
         op = _op(kw)
         async with op.reconciling("Tool", name, namespace or "", "resync"):
-            await reconcile.reconcile_tool(op, body)
+            await reconcile.reconcile_tool(op, body, Views.of(kw))
 
     # --- Agent -------------------------------------------------------------------------------
 

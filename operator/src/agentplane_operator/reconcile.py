@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import kopf
+from pydantic import ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,7 +44,16 @@ from agentplane_operator.conditions import Cond, kstatus, merge_conditions, read
 from agentplane_operator.kube import Manifest, holds
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.state import Operator, Views
-from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, namespace_of, tenant_of
+from agentplane_platform.api.v1alpha1 import (
+    Agent,
+    Prompt,
+    Tenant,
+    Tool,
+    ToolDiscovery,
+    ToolStatus,
+    namespace_of,
+    tenant_of,
+)
 from agentplane_platform.config import (
     AgentConfig,
     ResolveError,
@@ -52,6 +64,7 @@ from agentplane_platform.config import (
 )
 from agentplane_platform.db import TenantQuota
 from agentplane_platform.knowledge import CollectionSpec, delete_collection, ensure_collection
+from agentplane_platform.mcp import McpDenied, McpError, discover_tool, needs_discovery
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_platform.specs import dotted
 from agentplane_platform.tool_schema import parameters_problems
@@ -358,10 +371,92 @@ def parameters_condition(tool: Tool) -> Cond:
     return Cond("ParametersValid", False, "InvalidParameters", "; ".join(shown) + more, stalled=True)
 
 
-async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
+def indexed_tool(body: Mapping[str, Any]) -> Tool:
+    """A Tool as the index keeps it: its spec, and the schema discovered for it (what resolving an
+    Agent reads from its status); a status that does not parse counts as nothing discovered."""
+    tool = Tool.model_validate(spec_body(body))
+    found = (body.get("status") or {}).get("discovered")
+    if found:
+        with contextlib.suppress(ValidationError):
+            discovered = ToolDiscovery.model_validate(found)
+            tool = tool.model_copy(update={"status": ToolStatus(discovered=discovered)})
+    return tool
+
+
+DISCOVERY = "SchemaDiscovered"
+
+
+async def tool_discovery(
+    http: httpx.AsyncClient,
+    tool: Tool,
+    tenant: Tenant | None,
+    *,
+    previous: ToolDiscovery | None,
+    secret: Cond,
+    credential: str | None,
+    timeout: float,
+) -> tuple[Cond, ToolDiscovery | None]:
+    """`SchemaDiscovered`, and what `status.discovered` should hold: for an MCP Tool without
+    parameters, the schema its server lists (`agentplane_platform.mcp.discover_tool`, only where the
+    Tenant's egress allowlist admits). When the server cannot be listed, the schema discovered
+    before for the same server and tool is kept, and the condition says so."""
+    spec = needs_discovery(tool)
+    if spec is None:
+        return Cond(DISCOVERY, True, "NotNeeded", ""), None
+    kept = (
+        previous if previous is not None and (previous.url, previous.tool) == (spec.url, spec.tool) else None
+    )
+
+    def failed(message: str, *, stalled: bool = False) -> tuple[Cond, ToolDiscovery | None]:
+        if kept is not None:
+            when = kept.discovered_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            message += f"; Agents keep the schema discovered at {when} ({kept.parameters_hash})"
+        else:
+            message += "; Agents using the Tool wait for it (or declare spec.parameters)"
+        return Cond(DISCOVERY, False, "DiscoveryFailed", message, stalled=stalled), kept
+
+    namespace = tool.metadata.namespace or ""
+    if tenant is None:
+        return failed(f"no Tenant owns namespace {namespace}, so no egress allowlist admits {spec.url}")
+    if spec.auth is not None and spec.auth.secret_ref.key_vault is not None:
+        return failed(
+            f"the operator does not read Key Vault secret {spec.auth.secret_ref.key_vault.name!r} "
+            "(only agent pods mount it) to authenticate to the MCP server",
+            stalled=True,
+        )
+    if secret.ok is False:
+        return failed(f"the credential to list the MCP server is missing: {secret.message}", stalled=True)
+    try:
+        found = await discover_tool(
+            http, tool, tenant.spec.egress, credential=credential, previous=kept, timeout=timeout
+        )
+    except McpDenied as exc:
+        return failed(f"{exc}: add it to Tenant {tenant.name!r}'s spec.egress", stalled=True)
+    except McpError as exc:
+        return failed(f"{spec.url}: {exc}")
+    return Cond(
+        DISCOVERY, True, "Discovered",
+        f"inputSchema of MCP tool {spec.tool!r} listed by {spec.url} ({found.parameters_hash})",
+    ), found  # fmt: skip
+
+
+def _secret_value(secret: Mapping[str, Any], key: str) -> str | None:
+    """A key of a Secret as the API server returns it (`data` is base64), as text."""
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    try:
+        return base64.b64decode((secret.get("data") or {}).get(key) or "").decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+async def reconcile_tool(op: Operator, body: Mapping[str, Any], views: Views) -> None:
+    """Check the Tool's secret reference and parameters, discover an MCP Tool's schema when it
+    declares none; raises `kopf.TemporaryError` when its server cannot be listed now."""
     tool = Tool.model_validate(spec_body(body))
     namespace = tool.metadata.namespace or ""
     auth = getattr(tool.spec, "auth", None)
+    credential: str | None = None
     cond = Cond("SecretResolved", True, "NoSecret", "the tool uses no credentials")
     if auth is not None and auth.secret_ref.kubernetes is not None:
         ref = auth.secret_ref.kubernetes
@@ -381,12 +476,29 @@ async def reconcile_tool(op: Operator, body: Mapping[str, Any]) -> None:
             )  # fmt: skip
         else:
             cond = Cond("SecretResolved", True, "SecretFound", f"Secret {ref.name!r} key {ref.key!r} exists")
+            credential = _secret_value(secret, ref.key) if needs_discovery(tool) else None
     elif auth is not None and auth.secret_ref.key_vault is not None:
         cond = Cond(
             "SecretResolved", True, "KeyVaultReference",
             f"Key Vault secret {auth.secret_ref.key_vault.name!r} is mounted by the CSI driver when pods start",
         )  # fmt: skip
-    await _write_status(op, "Tool", body, [cond, parameters_condition(tool)], {})
+    tenant_name = tenant_of(namespace)
+    last = indexed_tool(body).status
+    discovery, discovered = await tool_discovery(
+        op.http,
+        tool,
+        views.tenant(tenant_name) if tenant_name else None,
+        previous=last.discovered if last is not None else None,
+        secret=cond,
+        credential=credential,
+        timeout=op.settings.mcp_discovery_timeout_seconds,
+    )
+    found = discovered.model_dump(mode="json", by_alias=True) if discovered is not None else None
+    await _write_status(
+        op, "Tool", body, [cond, parameters_condition(tool), discovery], {"discovered": found}
+    )
+    if discovery.ok is False and not discovery.stalled:
+        raise kopf.TemporaryError(f"MCP discovery: {discovery.message}", delay=30)
 
 
 # --- Agent ------------------------------------------------------------------------------------
@@ -426,9 +538,11 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
     try:
         config = resolve_agent(agent, tenant, views.prompts_in(namespace), views.tools_in(namespace))
     except ResolveError as exc:
+        # a Tool's schema not discovered yet may come (its Tool says why); the rest needs an edit
+        stalled = exc.reason != "ToolNotDiscovered"
         return AgentPlan(
             [
-                Cond("ConfigResolved", False, exc.reason, exc.message, stalled=True),
+                Cond("ConfigResolved", False, exc.reason, exc.message, stalled=stalled),
                 Cond("Deployed", False, "ConfigNotResolved", "the last resolved config (if any) keeps running"),
             ],
             None, [],

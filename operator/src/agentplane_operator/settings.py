@@ -79,7 +79,10 @@ class OperatorSettings(BaseSettings):
     """Where `tenants/` is inside that repository."""
 
     resync_seconds: float = Field(default=300.0, gt=0)
-    """How often every object is reconciled again, repairing drift of its children."""
+    """How often every object is reconciled again, repairing drift of its children (and listing the
+    MCP servers of Tools without parameters again)."""
+    mcp_discovery_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long listing an MCP server's tools may take (schema discovery of MCP Tools without parameters)."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
     """Port of `/metrics` and `/healthz`."""

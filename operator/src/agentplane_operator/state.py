@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -43,9 +44,13 @@ class Operator:
     metrics: Metrics
     build: BuildSettings
     """The builders' settings for Agents (a Tenant's add the platform's LLM Secret, read per reconcile)."""
+    http: httpx.AsyncClient
+    """Lists MCP servers (schema discovery): no redirects followed, bounded by the discovery timeout."""
     locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
+    discovered: dict[Key, str | None] = field(default_factory=dict)
+    """(namespace, tool) -> the hash of the schema in the Tool's status, as last seen by the watch."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     ready_clock: ReadyClock = field(init=False)
@@ -87,6 +92,13 @@ class Operator:
             pods[pod] = problem
         return True
 
+    def discovery_changed(self, key: Key, digest: str | None) -> bool:
+        """Note the discovered schema's hash a Tool's status shows; whether it changed since the last
+        time it was seen (the first sight after a start is no change: resumed Agents read the index)."""
+        changed = key in self.discovered and self.discovered[key] != digest
+        self.discovered[key] = digest
+        return changed
+
     def pod_problems_of(self, namespace: str, agent: str) -> list[PodProblem]:
         return sorted(self.pod_problems.get((namespace, agent), {}).values(), key=lambda p: p.pod)
 
@@ -112,6 +124,7 @@ class Operator:
         for task in list(self._tasks):
             task.cancel()
         await self.kube.close()
+        await self.http.aclose()
         await self.vectors.close()
         await self.redis.aclose()
         await self.db.dispose()

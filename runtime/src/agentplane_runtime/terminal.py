@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,15 @@ def _error_of(response: httpx.Response) -> str:
 
 
 def stream_chat(
-    client: httpx.Client, url: str, key: str, agent: str, messages: list[dict[str, str]]
+    client: httpx.Client,
+    url: str,
+    key: str,
+    agent: str,
+    messages: list[dict[str, str]],
+    conversation: str | None = None,
 ) -> Iterator[str | Reply]:
-    """Yield the answer's text pieces as they arrive, then one `Reply` with the whole of it."""
+    """Yield the answer's text pieces as they arrive, then one `Reply` with the whole of it.
+    `conversation` is sent as `X-Conversation-Id` (the agent's MCP tools keep a session per one)."""
     body = {
         "model": agent,
         "messages": messages,
@@ -72,10 +79,11 @@ def stream_chat(
         "stream_options": {"include_usage": True},
     }
     reply = Reply()
+    headers = {"Authorization": f"Bearer {key}"}
+    if conversation is not None:
+        headers["X-Conversation-Id"] = conversation
     try:
-        with client.stream(
-            "POST", f"{url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-        ) as response:
+        with client.stream("POST", f"{url}/chat/completions", json=body, headers=headers) as response:
             if response.status_code != 200:
                 response.read()
                 raise ChatError(_error_of(response))
@@ -134,10 +142,11 @@ def ask(
     agent: str,
     messages: list[dict[str, str]],
     out: TextIO,
+    conversation: str | None = None,
 ) -> Reply:
     """Stream one answer to `out`, then its sources and usage."""
     reply = Reply()
-    for item in stream_chat(client, url, key, agent, messages):
+    for item in stream_chat(client, url, key, agent, messages, conversation):
         if isinstance(item, Reply):
             reply = item
         else:
@@ -183,6 +192,7 @@ def chat(
             return 0
         out.write(f"Chatting with {tenant}/{agent} at {url}. {HELP}\n")
         messages: list[dict[str, str]] = []
+        conversation = uuid.uuid4().hex
         while True:
             try:
                 line = read("\nyou> ").strip()
@@ -195,6 +205,7 @@ def chat(
                 return 0
             if line == "/reset":
                 messages.clear()
+                conversation = uuid.uuid4().hex
                 out.write("(new conversation)\n")
                 continue
             if line.startswith("/"):
@@ -203,7 +214,7 @@ def chat(
             messages.append({"role": "user", "content": line})
             out.write(f"{agent}> ")
             try:
-                reply = ask(client, url, api_key, agent, messages, out)
+                reply = ask(client, url, api_key, agent, messages, out, conversation)
             except ChatError as exc:
                 messages.pop()
                 err.write(f"\nerror: {exc}\n")

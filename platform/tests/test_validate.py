@@ -172,3 +172,33 @@ def test_stale_crd_among_specs_is_reported(tmp_path: Path) -> None:
 def test_usable_parameter_schemas_have_no_problems(schema: dict[str, object]) -> None:
     assert schema_problems(schema) == []
     arguments_validator(schema).validate({"a": "1"})
+
+
+def test_arguments_are_checked_against_every_common_format() -> None:
+    """Formats are assertions here (the metaschema's own and the model's arguments): date-time, uri
+    and hostname too, which jsonschema checks only with its format-nongpl extras installed."""
+    validator = arguments_validator(
+        {
+            "type": "object",
+            "properties": {
+                "when": {"type": "string", "format": "date-time"},
+                "site": {"type": "string", "format": "uri"},
+                "host": {"type": "string", "format": "hostname"},
+                "mail": {"type": "string", "format": "email"},
+            },
+        }
+    )
+    bad = {"when": "yesterday", "site": "not a uri", "host": "-bad-", "mail": "nobody"}
+    assert sorted(e.message for e in validator.iter_errors(bad)) == [
+        "'-bad-' is not a 'hostname'",
+        "'not a uri' is not a 'uri'",
+        "'nobody' is not a 'email'",
+        "'yesterday' is not a 'date-time'",
+    ]
+    good = {
+        "when": "2026-11-30T12:00:00Z",
+        "site": "https://x.example/a",
+        "host": "x.example",
+        "mail": "a@b.example",
+    }
+    assert list(validator.iter_errors(good)) == []

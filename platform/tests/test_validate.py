@@ -191,8 +191,8 @@ def test_arguments_are_checked_against_every_common_format() -> None:
     bad = {"when": "yesterday", "site": "not a uri", "host": "-bad-", "mail": "nobody"}
     assert sorted(e.message for e in validator.iter_errors(bad)) == [
         "'-bad-' is not a 'hostname'",
-        "'not a uri' is not a 'uri'",
         "'nobody' is not a 'email'",
+        "'not a uri' is not a 'uri'",
         "'yesterday' is not a 'date-time'",
     ]
     good = {

@@ -4,9 +4,7 @@ gauges, and an exposition (served by its own `/metrics`) that `promtool check me
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentplane_operator.metrics import Metrics, ReadyClock, serve
 from agentplane_operator.reconcile import StatusWrite
 from agentplane_platform.quotas import QuotaLimits
-from support.service_fixtures import unavailable
+from support.prometheus import check_metrics, promtool
 
 STARTED = datetime(2025, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)
 
@@ -148,10 +146,7 @@ def _free_port() -> int:
 
 @pytest.mark.asyncio
 async def test_promtool_accepts_the_operator_exposition() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
-        return
+    promtool()
     metrics = Metrics()
     metrics.reconciles.labels("Agent", "event", "ok").inc()
     metrics.duration.labels("Agent").observe(0.2)
@@ -176,7 +171,4 @@ async def test_promtool_accepts_the_operator_exposition() -> None:
         "agentplane_tenant_tokens_per_minute", "agentplane_tenant_requests_per_minute",
         "process_cpu_seconds", "process_resident_memory_bytes", "python_gc_objects_collected", "python_info",
     } <= families  # fmt: skip
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    check_metrics(text)

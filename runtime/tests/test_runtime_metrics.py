@@ -6,32 +6,21 @@ that `promtool check metrics` accepts."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
-from runtime_support import Samples, make_config, scrape, serve, tenant_name, total
+from runtime_support import CALCULATOR, Samples, make_config, scrape, serve, tenant_name, total
 from runtime_support import parse_metrics as parse
 
 from agentplane_runtime import Settings
 from support.fake_llm import FakeLLM, error, reply, sleep, tool_calls
-from support.service_fixtures import unavailable
+from support.prometheus import check_metrics, promtool
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
-CALCULATOR = {
-    "type": "builtin",
-    "name": "calculator",
-    "function_name": "calculator",
-    "description": "arithmetic",
-    "timeout_seconds": 5,
-    "parameters": None,
-    "builtin": "calculator",
-}
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
@@ -211,10 +200,7 @@ async def test_usage_write_delay_is_observed_for_every_written_record(settings: 
 
 
 async def test_promtool_accepts_the_exposition(settings: Settings, fake_llm: FakeLLM) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        unavailable("promtool", "not installed (Debian's prometheus package: tools/install-system-deps.sh)")
-        return
+    promtool()
     tenant = tenant_name()
     config = make_config(
         tenant, model="openai/flaky", fallbacks=["openai/gpt-4o-mini"], tools=[CALCULATOR], knowledge=["docs"]
@@ -241,7 +227,4 @@ async def test_promtool_accepts_the_exposition(settings: Settings, fake_llm: Fak
         "gen_ai_server_request_duration_seconds", "gen_ai_server_time_to_first_token_seconds",
         "process_cpu_seconds", "process_resident_memory_bytes", "python_gc_objects_collected", "python_info",
     } <= families  # fmt: skip
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    check_metrics(text)

@@ -10,23 +10,13 @@ import logging
 import httpx
 import openai
 import pytest
-from runtime_support import make_config, parse_metrics, serve, tenant_name
+from runtime_support import CALCULATOR, make_config, parse_metrics, serve, tenant_name
 
 from agentplane_runtime import Settings
 from agentplane_runtime.core.logging import JsonFormatter
 from support.fake_llm import FakeLLM, error, reply, tool_calls
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
-
-CALCULATOR = {
-    "type": "builtin",
-    "name": "calculator",
-    "function_name": "calculator",
-    "description": "arithmetic",
-    "timeout_seconds": 5,
-    "parameters": None,
-    "builtin": "calculator",
-}
 
 
 async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> None:

@@ -13,7 +13,16 @@ import openai
 import pytest
 import pytest_asyncio
 import uvicorn
-from runtime_support import free_port, make_config, parse_metrics, scrape, serve, tenant_name, total
+from runtime_support import (
+    CALCULATOR,
+    free_port,
+    make_config,
+    parse_metrics,
+    scrape,
+    serve,
+    tenant_name,
+    total,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -94,17 +103,6 @@ def http_tool(name: str, url: str, timeout: int = 5, **extra: Any) -> dict[str, 
         "max_response_bytes": 4096,
         **extra,
     }
-
-
-CALCULATOR = {
-    "type": "builtin",
-    "name": "calculator",
-    "function_name": "calculator",
-    "description": "arithmetic",
-    "timeout_seconds": 5,
-    "parameters": None,
-    "builtin": "calculator",
-}
 
 
 def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:

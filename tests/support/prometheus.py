@@ -110,6 +110,14 @@ def promtool() -> str:
     return found
 
 
+def check_metrics(text: str) -> None:
+    """`promtool check metrics` accepts an exposition: names, types, help and its lint rules."""
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def write_config(
     path: Path, targets: Mapping[str, Sequence[str]], rule_files: Sequence[Path], interval: str = "1s"
 ) -> None:

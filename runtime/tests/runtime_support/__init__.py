@@ -23,6 +23,16 @@ from agentplane_runtime import AgentRegistry, Runtime, Settings, create_app
 from agentplane_runtime.quotas import LimitsSource
 
 DIMS = 64
+CALCULATOR: dict[str, Any] = {
+    "type": "builtin",
+    "name": "calculator",
+    "function_name": "calculator",
+    "description": "arithmetic",
+    "timeout_seconds": 5,
+    "parameters": None,
+    "builtin": "calculator",
+}
+"""The builtin calculator as a resolved tool of `make_config(tools=[...])`."""
 
 
 def tenant_name() -> str:

@@ -90,6 +90,16 @@ def test_check_names_a_stale_file_and_generate_mends_it(tmp_path: Path) -> None:
     assert generate(tmp_path, check=True) == []
 
 
+def test_no_slo_file_is_refused_not_an_empty_rule_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(DASHBOARDS / "rules", tmp_path / "rules")
+    (tmp_path / "slos").mkdir()
+    assert main(["generate", "--dir", str(tmp_path)]) == 1
+    assert "no SLO files (*.yaml) here" in capsys.readouterr().err
+    assert len(list((tmp_path / "rules").glob("*.yaml"))) == 9
+
+
 def test_promtool_accepts_every_generated_rule_file() -> None:
     files = sorted(DASHBOARDS.joinpath("rules").glob("*.yaml"))
     assert len(files) == 9

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from agentplane_platform.specs import Position, Problem
+
 from .grafana import build_dashboards
 from .rules import rule_files
 from .slo import SLOError, load_slos
@@ -44,9 +46,21 @@ def render_dashboard(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
+def slo_files(dashboards: Path) -> list[Path]:
+    """The SLO files of `dashboards/slos/`; none is an error, never an empty rule set that would
+    remove every generated rule and alert."""
+    found = sorted(dashboards.joinpath("slos").glob("*.y*ml"))
+    if not found:
+        where = dashboards / "slos"
+        raise SLOError(
+            [Problem(str(where), Position(1, 1), "no SLO files (*.yaml) here: nothing to generate from")]
+        )
+    return found
+
+
 def outputs(dashboards: Path, scale: float = 1.0) -> dict[Path, str]:
     """Every generated file under `dashboards/` and its content."""
-    slos = load_slos(dashboards.joinpath("slos").glob("*.y*ml"))
+    slos = load_slos(slo_files(dashboards))
     files = {dashboards / "rules" / n: render_rules(d) for n, d in rule_files(slos, scale).items()}
     files |= {dashboards / "grafana" / n: render_dashboard(d) for n, d in build_dashboards(slos).items()}
     return files
@@ -102,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "rules":
-            slos = load_slos(args.dir.joinpath("slos").glob("*.y*ml"))
+            slos = load_slos(slo_files(args.dir))
             args.out.mkdir(parents=True, exist_ok=True)
             for name, document in rule_files(slos, args.scale).items():
                 args.out.joinpath(name).write_text(render_rules(document))

@@ -19,6 +19,7 @@ Library use::
 Command line::
 
     python tests/support/cluster.py up [--dir DIR] [--crd-dir DIR] [--real-node {no,auto,yes}]
+                                       [--policies DIR --policy-environment ENV]
     python tests/support/cluster.py down [--dir DIR]
     python tests/support/cluster.py build      # just build/locate the binaries
 
@@ -830,6 +831,89 @@ def apply_crds(cluster: Cluster, crd_dir: Path, *, timeout: float = 60.0) -> lis
     return names
 
 
+VAP = "validatingadmissionpolicy.admissionregistration.k8s.io"
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """What :func:`apply_policies` installs from a policies directory (``policies/``)."""
+
+    policies: list[Path]
+    """``<dir>/*.yaml``: ValidatingAdmissionPolicies and their bindings."""
+    params: list[Path]
+    """``<dir>/params/<environment>/*.yaml``: the parameter objects of one environment."""
+
+
+def policy_files(policies_dir: Path, environment: str) -> PolicyFiles:
+    """The files of a policies directory for one environment; :class:`ClusterError` for an unknown one."""
+    params_root = policies_dir / "params"
+    environments = sorted(p.name for p in params_root.iterdir() if p.is_dir()) if params_root.is_dir() else []
+    if environment not in environments:
+        raise ClusterError(
+            f"{params_root / environment}: no such policy environment "
+            f"(environments in {params_root}: {', '.join(environments) or 'none'})"
+        )
+
+    def yaml_files(directory: Path) -> list[Path]:
+        return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
+
+    return PolicyFiles(yaml_files(policies_dir), yaml_files(params_root / environment))
+
+
+def _file_args(paths: Sequence[Path]) -> list[str]:
+    return [arg for path in paths for arg in ("-f", str(path))]
+
+
+def apply_policies(
+    cluster: Cluster, policies_dir: Path, environment: str, *, timeout: float = 60.0
+) -> dict[str, list[str]]:
+    """Install a policies directory: one environment's parameters, then every policy and binding.
+
+    Parameters go first: a binding whose parameter is missing would deny (or skip) what it
+    matches meanwhile. Their CRDs (``TierLimits``) must be installed already. Waits until the API
+    server has type-checked every policy (``status.observedGeneration``) and returns, per policy,
+    the warnings of that check (``status.typeChecking.expressionWarnings``): none when every
+    expression type-checks against the kinds it matches. The API server starts enforcing shortly
+    after, asynchronously; only a request it denies shows that it does.
+    """
+    files = policy_files(policies_dir, environment)
+    if files.params:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", *_file_args(files.params))
+    if not files.policies:
+        return {}
+    out = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", *_file_args(files.policies), "-o", "name"
+    ).stdout
+    names = [n.split("/", 1)[1] for n in out.split() if n.startswith(f"{VAP}/")]
+    return policy_warnings(cluster, names, timeout=timeout)
+
+
+def policy_warnings(cluster: Cluster, names: Sequence[str], *, timeout: float = 60.0) -> dict[str, list[str]]:
+    """Wait until the API server has type-checked each named ValidatingAdmissionPolicy; its warnings."""
+    checked: dict[str, list[str]] = {}
+
+    def all_checked() -> bool:
+        for name in names:
+            policy = cluster.kubectl_json("get", VAP, name)
+            status = policy.get("status") or {}
+            if status.get("observedGeneration") != policy["metadata"]["generation"]:
+                return False
+            warnings = (status.get("typeChecking") or {}).get("expressionWarnings") or []
+            checked[name] = [f"{w['fieldRef']}: {w['warning']}" for w in warnings]
+        return True
+
+    _wait_for("policies type-checked", all_checked, timeout=timeout, processes=cluster.processes)
+    return checked
+
+
+def delete_policies(cluster: Cluster, policies_dir: Path, environment: str) -> None:
+    """Remove what :func:`apply_policies` installed (policies and bindings first, then parameters)."""
+    files = policy_files(policies_dir, environment)
+    for paths in (files.policies, files.params):
+        if paths:
+            cluster.kubectl("delete", "--ignore-not-found", "--wait=true", *_file_args(paths))
+
+
 def stop_cluster(cluster: Cluster | Path, *, grace: float = 5.0) -> None:
     """Stop a cluster: a :class:`Cluster` from this process, or a state directory.
 
@@ -963,6 +1047,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="no",
         help="also start a real node (auto: when root and its packages are installed)",
     )
+    up.add_argument(
+        "--policies",
+        type=Path,
+        default=None,
+        help="policies directory to install after the CRDs (its *.yaml and params/<environment>/)",
+    )
+    up.add_argument(
+        "--policy-environment", default=None, help="which params/<environment>/ of --policies to install"
+    )
     down = sub.add_parser("down", help="stop the cluster started by 'up'")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     sub.add_parser("build", help="build/locate the binaries and print the bin dir")
@@ -973,6 +1066,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     workdir: Path = args.dir.resolve()
     if args.command == "up":
+        if (args.policies is None) != (args.policy_environment is None):
+            parser.error("--policies and --policy-environment go together")
+        if args.policies is not None:
+            try:
+                policy_files(args.policies, args.policy_environment)
+            except ClusterError as exc:
+                print(f"cluster: {exc}", file=sys.stderr)
+                return 1
         existing = load_cluster(workdir)
         if existing is not None:
             print(f"cluster: already running in {workdir}", file=sys.stderr)
@@ -990,6 +1091,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ClusterError, node.NodeError) as exc:
             print(f"cluster: {exc}", file=sys.stderr)
             return 1
+        if args.policies is not None:
+            try:
+                warnings = apply_policies(cluster, args.policies, args.policy_environment)
+            except (ClusterError, KubectlError) as exc:
+                print(f"cluster: installing the policies failed, stopping: {exc}", file=sys.stderr)
+                stop_cluster(cluster)
+                return 1
+            print(
+                f"cluster: {len(warnings)} policies of {args.policies} installed with the "
+                f"{args.policy_environment} parameters",
+                file=sys.stderr,
+            )
+            for name, problems in warnings.items():
+                for problem in problems:
+                    print(f"cluster: policy {name}: type-check warning: {problem}", file=sys.stderr)
         _print_exports(cluster)
         print(
             f"# stop with: python {Path(__file__).relative_to(REPO_ROOT)} down --dir {workdir}",

@@ -58,6 +58,18 @@ class CollectionSpec:
             distance=_DISTANCES[knowledge_base.distance],
         )
 
+    def incompatibility(self, dimensions: int, distance: models.Distance) -> str | None:
+        """Why a collection of this name whose dense vectors have `dimensions`/`distance` cannot be
+        used for this spec (None: it can). Such a collection is never reshaped: the operator leaves it
+        unchanged with this message, and `agentplane plan` refuses the change before merge with it."""
+        if dimensions == self.dimensions and distance == self.distance:
+            return None
+        return (
+            f"collection {self.name!r} exists with {dimensions} dimensions/{distance.value}, "
+            f"the knowledge base declares {self.dimensions}/{self.distance.value}; left unchanged "
+            "(its points would be lost): restore the old values or use a new knowledge base name"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CollectionState:
@@ -97,12 +109,9 @@ def _incompatibility(spec: CollectionSpec, info: models.CollectionInfo) -> str |
     dense = vectors.get(DENSE_VECTOR) if isinstance(vectors, dict) else None
     if dense is None:
         return f"collection {spec.name!r} exists without the dense vector {DENSE_VECTOR!r}"
-    if dense.size != spec.dimensions or dense.distance != spec.distance:
-        return (
-            f"collection {spec.name!r} exists with {dense.size} dimensions/{dense.distance.value}, "
-            f"the knowledge base declares {spec.dimensions}/{spec.distance.value}; left unchanged "
-            "(its points would be lost): restore the old values or use a new knowledge base name"
-        )
+    reshaped = spec.incompatibility(dense.size, dense.distance)
+    if reshaped is not None:
+        return reshaped
     sparse = info.config.params.sparse_vectors or {}
     if SPARSE_VECTOR not in sparse:
         return f"collection {spec.name!r} exists without the sparse vector {SPARSE_VECTOR!r}"

@@ -48,7 +48,7 @@ def test_examples_are_clean() -> None:
     assert [p.format() for p in report.problems] == []
     assert len(report.specs.tenants) >= 2
     assert {t.resource.spec.tier for t in report.specs.tenants.values()} >= {"premium", "free"}
-    assert report.generated == 4
+    assert report.generated == 5  # the CRDs of Tenant, Agent, Tool, Prompt and TierLimits
     kinds = {type(loaded.resource.spec).__name__ for loaded in report.specs.tools.values()}
     assert kinds == {"HttpTool", "McpTool", "BuiltinTool"}
     pinned = {

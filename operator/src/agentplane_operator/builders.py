@@ -14,7 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentplane_platform.api.v1alpha1 import Agent, EgressStatus, Prompt, Tenant, Tool, tenant_of
+from agentplane_platform.api.v1alpha1 import (
+    Agent,
+    EgressStatus,
+    Prompt,
+    Tenant,
+    Tool,
+    tenant_namespace_labels,
+    tenant_of,
+)
 from agentplane_platform.config import AgentConfig, prompt_version_hash
 from agentplane_platform.contract import (
     CONFIG_DIR,
@@ -147,7 +155,7 @@ def build_namespace(tenant: Tenant) -> Manifest:
         "kind": "Namespace",
         "metadata": {
             "name": tenant.namespace,
-            "labels": _labels(tenant.name, **{f"{GROUP}/tier": tenant.spec.tier}),
+            "labels": tenant_namespace_labels(tenant),
         },
     }
 

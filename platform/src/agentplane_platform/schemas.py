@@ -142,18 +142,19 @@ def openapi_schema(kind: type[Resource]) -> JsonDict:
     source = kind.model_json_schema(by_alias=True, mode="validation")
     defs = source.get("$defs", {})
     spec = _structural(source["properties"]["spec"], defs, ".spec")
-    status = _structural(source["properties"]["status"], defs, ".status")
+    properties: JsonDict = {
+        "apiVersion": {"type": "string", "description": "Always `agentplane.io/v1alpha1`."},
+        "kind": {"type": "string", "description": f"Always `{kind.kind_name}`."},
+        "metadata": {"type": "object"},
+        "spec": spec,
+    }
+    if "status" in source["properties"]:  # TierLimits has none
+        properties["status"] = _structural(source["properties"]["status"], defs, ".status")
     return {
         "type": "object",
         "description": kind.__doc__ or "",
         "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "description": "Always `agentplane.io/v1alpha1`."},
-            "kind": {"type": "string", "description": f"Always `{kind.kind_name}`."},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
+        "properties": properties,
         "x-kubernetes-validations": [_name_rule(kind)],
     }
 
@@ -191,7 +192,7 @@ def crd(kind: type[Resource]) -> JsonDict:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": openapi_schema(kind)},
-                    "subresources": {"status": {}},
+                    **({"subresources": {"status": {}}} if "status" in kind.model_fields else {}),
                     "additionalPrinterColumns": columns,
                 }
             ],

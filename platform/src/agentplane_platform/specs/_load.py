@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agentplane_platform.api.v1alpha1 import API_VERSION, GROUP, KINDS, Resource
+from agentplane_platform.api.v1alpha1 import API_VERSION, GROUP, KINDS, SPEC_KINDS, Resource, TierLimits
 from agentplane_platform.schemas import crd, openapi_schema
 
 from ._problems import Position, Problem, dotted
@@ -251,7 +251,7 @@ def load_document(document: Document, result: LoadResult, generated_crds: dict[s
         return
     if kind_name is None:
         result.problems.append(
-            _document_problem(document, f"kind is missing (expected one of {', '.join(KINDS)})")
+            _document_problem(document, f"kind is missing (expected one of {', '.join(SPEC_KINDS)})")
         )
         return
     if api_version != API_VERSION:
@@ -263,11 +263,23 @@ def load_document(document: Document, result: LoadResult, generated_crds: dict[s
             )
         )
         return
-    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    if kind_name == TierLimits.kind_name:
+        result.problems.append(
+            _document_problem(
+                document,
+                "TierLimits does not belong in a spec tree: it parameterises the admission policies and lives "
+                "in policies/params/<environment>/ (checked by `agentplane policy test`)",
+                ("kind",),
+            )
+        )
+        return
+    kind = SPEC_KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         result.problems.append(
             _document_problem(
-                document, f"unknown kind {_short(kind_name)} (expected one of {', '.join(KINDS)})", ("kind",)
+                document,
+                f"unknown kind {_short(kind_name)} (expected one of {', '.join(SPEC_KINDS)})",
+                ("kind",),
             )
         )
         return

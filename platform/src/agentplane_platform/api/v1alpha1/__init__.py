@@ -1,4 +1,5 @@
-"""`agentplane.io/v1alpha1`: the Tenant, Agent, Tool and Prompt kinds, as pydantic models."""
+"""`agentplane.io/v1alpha1`: the Tenant, Agent, Tool and Prompt kinds, and the TierLimits that
+parameterise the admission policies, as pydantic models."""
 
 from ._base import (
     API_VERSION,
@@ -41,8 +42,10 @@ from .tenant import (
     TenantSpec,
     TenantStatus,
     namespace_of,
+    tenant_namespace_labels,
     tenant_of,
 )
+from .tierlimits import AgentCaps, TenantCaps, TierLimits, TierLimitsSpec, ToolCaps
 from .tool import (
     BUILTIN_TOOLS,
     BuiltinTool,
@@ -58,8 +61,13 @@ from .tool import (
     ToolStatus,
 )
 
-KINDS: dict[str, type[Resource]] = {kind.kind_name: kind for kind in (Tenant, Agent, Tool, Prompt)}
+KINDS: dict[str, type[Resource]] = {
+    kind.kind_name: kind for kind in (Tenant, Agent, Tool, Prompt, TierLimits)
+}
 """Every kind of the API version, by its `kind`."""
+
+SPEC_KINDS: dict[str, type[Resource]] = {name: kind for name, kind in KINDS.items() if kind is not TierLimits}
+"""The kinds tenants' spec trees hold and the operator reconciles (TierLimits lives in `policies/`)."""
 
 AnyResource = Tenant | Agent | Tool | Prompt
 
@@ -68,8 +76,10 @@ __all__ = [
     "BUILTIN_TOOLS",
     "GROUP",
     "KINDS",
+    "SPEC_KINDS",
     "VERSION",
     "Agent",
+    "AgentCaps",
     "AgentLimits",
     "AgentRuntime",
     "AgentSpec",
@@ -109,15 +119,20 @@ __all__ = [
     "SecretRef",
     "Status",
     "Tenant",
+    "TenantCaps",
     "TenantQuotas",
     "TenantSpec",
     "TenantStatus",
+    "TierLimits",
+    "TierLimitsSpec",
     "Tool",
     "ToolAuth",
+    "ToolCaps",
     "ToolDiscovery",
     "ToolRef",
     "ToolSpec",
     "ToolStatus",
     "namespace_of",
+    "tenant_namespace_labels",
     "tenant_of",
 ]

@@ -241,6 +241,17 @@ class Tenant(Resource):
         return namespace_of(self.metadata.name)
 
 
+TENANT_LABEL = "agentplane.io/tenant"
+TIER_LABEL = "agentplane.io/tier"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "agentplane-operator"}
+
+
+def tenant_namespace_labels(tenant: Tenant) -> dict[str, str]:
+    """The labels of a tenant's namespace: the operator writes them, and the admission policies'
+    bindings select the namespace's tier by them (`agentplane validate` matches bindings the same way)."""
+    return {**MANAGED_BY, TENANT_LABEL: tenant.metadata.name, TIER_LABEL: tenant.spec.tier}
+
+
 def namespace_of(tenant: str) -> str:
     """The namespace of a tenant's objects."""
     return f"tenant-{tenant}"

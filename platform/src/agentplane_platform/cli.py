@@ -1,4 +1,4 @@
-"""The `agentplane` command line: validate, generate, explain, keys, up, chat."""
+"""The `agentplane` command line: validate, plan, generate, explain, keys, up, chat."""
 
 from __future__ import annotations
 
@@ -62,6 +62,20 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(format_report(report, paths))
     return 0 if report.ok else 1
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    # imported here: the plan pulls in the knowledge module (qdrant-client), which no other command needs
+    from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_against_git
+
+    paths = [Path(p) for p in args.paths] or [Path("specs")]
+    try:
+        result = plan_against_cluster(paths) if args.cluster else plan_against_git(paths, base=args.base)
+    except (GitError, ClusterError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    out.write(RENDERERS[args.format](result))
+    return result.exit_code
 
 
 def cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
@@ -263,6 +277,30 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: specs/)")
     validate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     validate.set_defaults(run=cmd_validate)
+
+    plan = commands.add_parser(
+        "plan",
+        help="what merging the specs does (added, changed, removed; pods that roll; refusals), "
+        "compared with the base commit or the live cluster; exit 0 no change, 1 changes, 2 errors",
+    )
+    plan.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: specs/)")
+    plan.add_argument(
+        "--base",
+        metavar="REF",
+        help="commit to compare with (default: the merge base of HEAD and origin/HEAD, else main, else master)",
+    )
+    plan.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="output format (markdown: a PR comment)",
+    )
+    plan.add_argument(
+        "--cluster",
+        action="store_true",
+        help="compare with the live cluster of the current kubeconfig instead, with a server-side dry run",
+    )
+    plan.set_defaults(run=cmd_plan)
 
     gen = commands.add_parser("generate", help="write the CRDs and JSON Schemas derived from the spec API")
     gen.add_argument("--check", action="store_true", help="only report stale files; exit 1 when any")

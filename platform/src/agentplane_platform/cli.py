@@ -23,6 +23,7 @@ from .db import create_engine, migrate
 from .explain import ExplainError, explain
 from .generate import generate
 from .keys import KeyInfo, create_api_key, list_api_keys, revoke_api_key, split_key
+from .policies import PolicyError, PolicySet, load_cases, load_policies, run_case, summarize
 from .specs import Report, validate_paths
 
 
@@ -50,7 +51,23 @@ def format_report(report: Report, paths: Sequence[Path]) -> str:
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     paths = [Path(p) for p in args.paths] or [Path("specs")]
-    report = validate_paths(paths)
+    policies: PolicySet | None = None
+    if not args.no_policies:
+        directory = Path(args.policies)
+        try:
+            if not directory.is_dir():
+                raise PolicyError(
+                    f"{directory}: no policies directory (give it with --policies DIR, "
+                    "or skip the admission policies with --no-policies)"
+                )
+            policies = load_policies(directory, args.environment)
+        except PolicyError as exc:
+            if args.format == "json":
+                out.write(json.dumps({"ok": False, "error": str(exc), "problems": []}, indent=2) + "\n")
+            else:
+                sys.stderr.write(f"error: {exc}\n")
+            return 2
+    report = validate_paths(paths, policies=policies)
     if args.format == "json":
         payload = {
             "ok": report.ok,
@@ -76,6 +93,18 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     out.write(RENDERERS[args.format](result))
     return result.exit_code
+
+
+def cmd_policy_test(args: argparse.Namespace, out: TextIO) -> int:
+    directory = Path(args.directory)
+    try:
+        cases = load_cases(directory / "tests")
+    except PolicyError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    text, passed = summarize([run_case(directory, case) for case in cases])
+    out.write(text + "\n")
+    return 0 if passed and cases else 1
 
 
 def cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
@@ -276,7 +305,32 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check spec files: schema, names, references, secrets")
     validate.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: specs/)")
     validate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    validate.add_argument(
+        "--policies",
+        default="policies",
+        metavar="DIR",
+        help="admission policies to evaluate the specs against (default: policies)",
+    )
+    validate.add_argument(
+        "--environment",
+        default="prod",
+        metavar="ENV",
+        help="parameters of the policies: DIR/params/ENV (default: prod)",
+    )
+    validate.add_argument(
+        "--no-policies", action="store_true", help="skip the admission policies (they are checked by default)"
+    )
     validate.set_defaults(run=cmd_validate)
+
+    policy = commands.add_parser("policy", help="the admission policies of policies/")
+    policy_actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    policy_test = policy_actions.add_parser(
+        "test", help="run the policies' test cases (DIR/tests) offline: per policy, cases passed and failed"
+    )
+    policy_test.add_argument(
+        "directory", nargs="?", default="policies", metavar="DIR", help="default: policies"
+    )
+    policy_test.set_defaults(run=cmd_policy_test)
 
     plan = commands.add_parser(
         "plan",

@@ -29,6 +29,8 @@ from .agent import (
 )
 from .prompt import Prompt, PromptSpec, PromptStatus, PromptVariable, PromptVersion, PromptVersionStatus
 from .tenant import (
+    TENANT_LABEL,
+    TIER_LABEL,
     ComputeQuota,
     EgressRule,
     EgressStatus,
@@ -77,6 +79,8 @@ __all__ = [
     "GROUP",
     "KINDS",
     "SPEC_KINDS",
+    "TENANT_LABEL",
+    "TIER_LABEL",
     "VERSION",
     "Agent",
     "AgentCaps",

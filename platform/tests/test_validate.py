@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 
 from agentplane_platform.cli import run
+from agentplane_platform.policies import PolicySet, load_policies
 from agentplane_platform.specs import validate_paths
 from agentplane_platform.tool_schema import arguments_validator, schema_problems
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "specs" / "broken"
 EXPECTED = REPO / "tests" / "specs" / "broken.expected"
+POLICY_CASE = "-policy-"
+"""Cases named `NN-policy-*.yaml` are checked against the prod admission policies of `policies/`
+(the others without: the policies would add their own findings, e.g. ownership labels, to each)."""
+
+
+def _prod_policies() -> PolicySet:
+    return load_policies(REPO / "policies", "prod")
 
 
 def _expected_by_case() -> dict[str, list[str]]:
@@ -39,7 +47,8 @@ CASES = _expected_by_case()
 
 def _validate_lines(monkeypatch: pytest.MonkeyPatch, paths: list[Path]) -> list[str]:
     monkeypatch.chdir(BROKEN)
-    report = validate_paths([p.relative_to(BROKEN) for p in paths])
+    policies = _prod_policies() if any(POLICY_CASE in p.name for p in paths) else None
+    report = validate_paths([p.relative_to(BROKEN) for p in paths], policies=policies)
     return [problem.format() for problem in report.problems]
 
 
@@ -71,9 +80,13 @@ def test_broken_case_yields_exactly_its_errors(case: str, monkeypatch: pytest.Mo
 def test_whole_corpus_at_once_reports_every_case(monkeypatch: pytest.MonkeyPatch) -> None:
     """One bad file never hides the problems of the others."""
     monkeypatch.chdir(BROKEN)
+    expected = EXPECTED.read_text(encoding="utf-8").splitlines()
     report = validate_paths([Path(".")])
-    assert [p.format() for p in report.problems] == EXPECTED.read_text(encoding="utf-8").splitlines()
+    assert [p.format() for p in report.problems] == [line for line in expected if POLICY_CASE not in line]
     assert report.files == sum(1 for _ in BROKEN.rglob("*.yaml"))
+    policy_cases = sorted(p.relative_to(BROKEN) for p in BROKEN.rglob(f"*{POLICY_CASE}*.yaml"))
+    report = validate_paths(policy_cases, policies=_prod_policies())
+    assert [p.format() for p in report.problems] == [line for line in expected if POLICY_CASE in line]
 
 
 def test_huge_file_is_refused_and_the_rest_still_checked(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ policies in `policies/` call are implemented here with the same results and the 
   `isLessThan`, `isGreaterThan`, `sign`, `isInteger`, `asInteger` (Kubernetes' `ParseQuantity`;
   values are exact and rounded up to nano units, as the API server stores them);
 - URLs: `url(string)`, `isURL(string)`, and on a URL `getScheme`, `getHost`, `getHostname`,
-  `getPort`, `getEscapedPath` (Go's `url.ParseRequestURI`, which Kubernetes uses).
+  `getPort` (Go's `url.ParseRequestURI`, which Kubernetes uses).
 
 A new Kubernetes function a policy needs is added here, with a test against Kubernetes'
 documented results, before the policy uses it; an undeclared one is a compile error, so a policy
@@ -207,11 +207,6 @@ def _split_host_port(host: str) -> tuple[str, str]:
     return host, port
 
 
-def _escaped_path(path: str) -> str:
-    safe = string.ascii_letters + string.digits + "-_.~$&+,/:;=@!'()*"
-    return "".join(c if c in safe else "".join(f"%{b:02X}" for b in c.encode()) for c in path)
-
-
 # --- the engine -----------------------------------------------------------------------------------
 
 
@@ -270,11 +265,14 @@ def _kubernetes() -> tuple[descriptor_pool.DescriptorPool, list[cel.FunctionDecl
         x = value_of(a)
         return (x > 0) - (x < 0)
 
-    def as_integer(a: _Message) -> int:
+    def is_integer(a: _Message) -> bool:  # resource.Quantity.AsInt64: whole and within int64
         x = value_of(a)
-        if x.denominator != 1 or not -(2**63) <= x.numerator < 2**63:
+        return x.denominator == 1 and -(2**63) <= x.numerator < 2**63
+
+    def as_integer(a: _Message) -> int:
+        if not is_integer(a):
             raise ValueError("cannot convert value to integer")
-        return x.numerator
+        return value_of(a).numerator
 
     def url(text: str) -> object:
         try:
@@ -314,7 +312,7 @@ def _kubernetes() -> tuple[descriptor_pool.DescriptorPool, list[cel.FunctionDecl
         overload("isLessThan", bool_type, [q, q], lambda a, b: compare(a, b) < 0, member=True),
         overload("isGreaterThan", bool_type, [q, q], lambda a, b: compare(a, b) > 0, member=True),
         overload("sign", int_type, [q], sign, member=True),
-        overload("isInteger", bool_type, [q], lambda a: value_of(a).denominator == 1, member=True),
+        overload("isInteger", bool_type, [q], is_integer, member=True),
         overload("asInteger", int_type, [q], as_integer, member=True),
         overload("url", u, [string_type], url),
         overload("isURL", bool_type, [string_type], is_url),
@@ -322,7 +320,6 @@ def _kubernetes() -> tuple[descriptor_pool.DescriptorPool, list[cel.FunctionDecl
         overload("getHost", string_type, [u], lambda a: go_url(a).host, member=True),
         overload("getHostname", string_type, [u], lambda a: _split_host_port(go_url(a).host)[0], member=True),
         overload("getPort", string_type, [u], lambda a: _split_host_port(go_url(a).host)[1], member=True),
-        overload("getEscapedPath", string_type, [u], lambda a: _escaped_path(go_url(a).path), member=True),
     ]
     return pool, functions
 

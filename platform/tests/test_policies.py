@@ -1,0 +1,248 @@
+"""The admission policies of policies/, offline: their cases, `agentplane policy test`, loading
+errors, and `agentplane validate` checking a spec tree against them."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentplane_platform.cli import run
+from agentplane_platform.policies import Case, PolicyError, load_cases, load_policies, run_case
+
+REPO = Path(__file__).resolve().parents[2]
+POLICIES = REPO / "policies"
+CASES = load_cases(POLICIES / "tests")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.policy}: {c.name}" for c in CASES])
+def test_every_case_passes_offline(case: Case) -> None:
+    result = run_case(POLICIES, case)
+    assert result.passed, f"{case.file}:{case.line}: {result.describe()}"
+
+
+def test_every_policy_has_admit_and_deny_cases() -> None:
+    policies = load_policies(POLICIES, "prod")
+    for name in policies.policies:
+        verdicts = {c.expect for c in CASES if c.policy == name}
+        assert verdicts == {"admit", "deny"}, name
+
+
+def test_policy_test_prints_a_summary_per_policy() -> None:
+    out = io.StringIO()
+    assert run(["policy", "test", str(POLICIES)], out) == 0
+    lines = out.getvalue().splitlines()
+    assert "ok   agentplane-fallback-providers: 4 passed, 0 failed" in lines
+    assert lines[-1] == f"{len(CASES)}/{len(CASES)} cases passed, 7 policies"
+
+
+def _copy_policies(tmp_path: Path) -> Path:
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICIES, copy)
+    return copy
+
+
+def test_a_failing_case_fails_policy_test_and_shows_why(tmp_path: Path) -> None:
+    policies = _copy_policies(tmp_path)
+    cases = yaml.safe_load((policies / "tests" / "agentplane-fallback-providers.yaml").read_text())
+    cases["cases"][0]["expect"] = "deny"  # the case admits: expecting a denial must fail
+    cases["cases"][0]["message"] = "nope"
+    cases["cases"][2]["message"] = "a different message"  # denied, but not with this message
+    (policies / "tests" / "agentplane-fallback-providers.yaml").write_text(
+        yaml.safe_dump(cases, sort_keys=False)
+    )
+    out = io.StringIO()
+    assert run(["policy", "test", str(policies)], out) == 1
+    text = out.getvalue()
+    assert "FAIL agentplane-fallback-providers: 2 passed, 2 failed" in text
+    assert (
+        "agentplane-fallback-providers.yaml:3: fallback from another provider: expected deny 'nope', got admit"
+        in text
+    )
+    assert (
+        "expected deny 'a different message', got deny 'the model and every fallback use provider azure"
+        in text
+    )
+    assert text.splitlines()[-1] == f"{len(CASES) - 2}/{len(CASES)} cases passed, 7 policies"
+
+
+def test_a_deny_case_needs_its_message(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text(
+        "policy: p\ncases:\n  - name: n\n    object: {kind: Agent}\n    expect: deny\n"
+    )
+    with pytest.raises(PolicyError, match=r"x.yaml:3:5: case 'n': a deny case needs the message"):
+        load_cases(tmp_path)
+
+
+def test_broken_policy_files_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    policies = _copy_policies(tmp_path)
+    target = policies / "agentplane-fallback-providers.yaml"
+    text = target.read_text()
+    target.write_text(
+        text.replace("size(object.spec.model.fallbacks) == 0", "size(object.spec.model.fallbacks) == ")
+    )
+    with pytest.raises(
+        PolicyError, match=r"agentplane-fallback-providers.yaml:\d+:\d+: compile error .*Syntax error"
+    ):
+        load_policies(policies, "prod")
+    target.write_text(
+        text.replace("policyName: agentplane-fallback-providers", "policyName: agentplane-nothing")
+    )
+    with pytest.raises(
+        PolicyError, match=r"binding agentplane-fallback-providers names no policy 'agentplane-nothing'"
+    ):
+        load_policies(policies, "prod")
+    with pytest.raises(
+        PolicyError, match=r"unknown policy environment 'staging' \(environments: dev, prod\)"
+    ):
+        load_policies(POLICIES, "staging")
+    with pytest.raises(PolicyError, match="no such policies directory"):
+        load_policies(tmp_path / "nope", "prod")
+
+
+def _agent(limits: dict[str, object]) -> dict[str, object]:
+    return {
+        "apiVersion": "agentplane.io/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "a", "namespace": "tenant-x"},
+        "spec": {
+            "model": {"name": "openai/gpt-4o-mini"},
+            "prompt": {"name": "p", "version": 1},
+            "limits": limits,
+        },
+    }
+
+
+def test_crd_defaults_apply_before_the_policies_as_at_admission() -> None:
+    policies = load_policies(POLICIES, "prod")
+    free = {"agentplane.io/tier": "free"}
+    # limits is set but maxToolCalls is not: the CRD defaults it to 8, above free's 6
+    (violation,) = policies.evaluate(_agent({"timeoutSeconds": 30}), namespace_labels=free)
+    assert violation.policy == "agentplane-agent-limits"
+    assert violation.binding == "agentplane-agent-limits-free"
+    assert violation.field_path == ".spec.limits.maxToolCalls"
+    assert violation.reason == "Forbidden"
+    assert violation.admission_message().startswith(
+        "ValidatingAdmissionPolicy 'agentplane-agent-limits' with binding 'agentplane-agent-limits-free' "
+        "denied request: spec.limits.maxToolCalls is 8"
+    )
+    assert policies.evaluate(_agent({"maxToolCalls": 6}), namespace_labels=free) == []
+    # a namespace without a tier label matches none of the tiered bindings
+    assert policies.evaluate(_agent({"timeoutSeconds": 30}), namespace_labels={}) == []
+
+
+def test_a_tier_without_its_params_is_denied(tmp_path: Path) -> None:
+    policies = _copy_policies(tmp_path)
+    (policies / "params" / "prod" / "free.yaml").unlink()
+    violations = load_policies(policies, "prod").evaluate(
+        _agent({"maxToolCalls": 1}), namespace_labels={"agentplane.io/tier": "free"}
+    )
+    assert {v.policy for v in violations} == {"agentplane-approved-models", "agentplane-agent-limits"}
+    assert {v.message for v in violations} == {
+        "failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction"
+    }
+
+
+SPECS = {
+    "tenant.yaml": """\
+apiVersion: agentplane.io/v1alpha1
+kind: Tenant
+metadata:
+  name: t
+spec:
+  owners: [{name: ops@example.com}]
+  tier: free
+  allowedModels: [azure/*]
+  quotas:
+    llm: {tokensPerMinute: 20000, requestsPerMinute: 60, monthlyBudgetUsd: 50}
+    maxAgents: 3
+    compute: {cpu: "2", memory: 4Gi, pods: 8}
+""",
+    "agent.yaml": """\
+apiVersion: agentplane.io/v1alpha1
+kind: Prompt
+metadata: {name: p, namespace: tenant-t}
+spec: {version: 1, template: Be helpful.}
+---
+apiVersion: agentplane.io/v1alpha1
+kind: Agent
+metadata:
+  name: a
+  namespace: tenant-t
+spec:
+  model:
+    name: azure/gpt-4o
+    fallbacks: [azure/gpt-4o-mini]
+  prompt: {name: p, version: 1}
+  limits: {maxToolCalls: 2}
+""",
+}
+
+
+def _tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "specs"
+    tree.mkdir()
+    for name, text in SPECS.items():
+        (tree / name).write_text(text)
+    return tree
+
+
+def test_validate_reports_every_policy_violation_at_its_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = _tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    assert run(["validate", "specs", "--policies", str(POLICIES)], out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[:-1] == [
+        "specs/agent.yaml:13:5: Agent/a: spec.model.name: [agentplane-approved-models] model azure/gpt-4o is not "
+        "approved for the free tier: use one of openai/gpt-4o-mini, ollama/* (or ask the platform team to approve it)",
+        "specs/agent.yaml:14:5: Agent/a: spec.model.fallbacks: [agentplane-approved-models] fallback "
+        "azure/gpt-4o-mini is not approved for the free tier: use one of openai/gpt-4o-mini, ollama/* "
+        "(or ask the platform team to approve it)",
+        "specs/agent.yaml:14:5: Agent/a: spec.model.fallbacks: [agentplane-fallback-providers] the model and every "
+        "fallback use provider azure: add a fallback from another provider, so that an outage of azure does not "
+        "stop the agent",
+        "specs/tenant.yaml:3:1: Tenant/t: metadata.labels: [agentplane-ownership-labels] label agentplane.io/cost-center "
+        "is required: set metadata.labels['agentplane.io/cost-center'] to the cost center that pays for the tenant "
+        "(cc-<digits>)",
+        "specs/tenant.yaml:3:1: Tenant/t: metadata.labels: [agentplane-ownership-labels] label agentplane.io/team is "
+        "required: set metadata.labels['agentplane.io/team'] to the owning team's name (lowercase letters, digits "
+        "and '-')",
+    ]
+    out = io.StringIO()
+    assert run(["validate", "specs", "--policies", str(POLICIES), "--format", "json"], out) == 1
+    payload = json.loads(out.getvalue())
+    assert [(p["file"], p["line"], p["column"]) for p in payload["problems"]] == [
+        ("specs/agent.yaml", 13, 5),
+        ("specs/agent.yaml", 14, 5),
+        ("specs/agent.yaml", 14, 5),
+        ("specs/tenant.yaml", 3, 1),
+        ("specs/tenant.yaml", 3, 1),
+    ]
+    assert tree.is_dir()
+
+
+def test_validate_fails_closed_without_a_policies_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run(["validate", "specs"], io.StringIO()) == 2
+    assert capsys.readouterr().err == (
+        "error: policies: no policies directory (give it with --policies DIR, "
+        "or skip the admission policies with --no-policies)\n"
+    )
+    out = io.StringIO()
+    assert run(["validate", "specs", "--format", "json"], out) == 2
+    assert json.loads(out.getvalue())["ok"] is False
+    out = io.StringIO()
+    assert run(["validate", "specs", "--no-policies"], out) == 0
+    assert out.getvalue().endswith(": no problems\n")
+    assert run(["validate", "specs", "--policies", str(POLICIES), "--environment", "qa"], io.StringIO()) == 2
+    assert "unknown policy environment 'qa'" in capsys.readouterr().err

@@ -75,6 +75,16 @@ def test_crd_schema_is_structural(kind: Any) -> None:
     assert ({"Ready", "Age"} if "status" in kind.model_fields else {"Age"}) <= columns
 
 
+def test_every_name_a_kind_answers_to_is_its_own() -> None:
+    """The API server accepts no name two CRDs of a group share: the later one is never Established."""
+    owners: dict[str, list[str]] = {}
+    for kind in KINDS.values():
+        names = crd(kind)["spec"]["names"]
+        for name in {names["plural"], names["singular"], *names.get("shortNames", [])}:
+            owners.setdefault(name, []).append(kind.kind_name)
+    assert {name: kinds for name, kinds in owners.items() if len(kinds) > 1} == {}
+
+
 def test_descriptions_come_from_docstrings() -> None:
     schema = crd(Agent)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     model = schema["properties"]["spec"]["properties"]["model"]

@@ -81,7 +81,7 @@ class TierLimits(Resource):
     kind_name: ClassVar[str] = "TierLimits"
     plural: ClassVar[str] = "tierlimits"
     namespaced: ClassVar[bool] = False
-    short_names: ClassVar[tuple[str, ...]] = ("tl",)
+    short_names: ClassVar[tuple[str, ...]] = ("tlim",)
     printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (AGE_COLUMN,)
 
     kind: Literal["TierLimits"] = "TierLimits"

@@ -19,7 +19,8 @@ The JSON form (`--format json`), version 1:
     `Tool z`, `Tenant t`);
   - `quotas[]`: `{path, before, after}`; `collections[]`: collections created; `notes[]`;
   - `problems[]`: `{tenant, file, line, column, severity, kind, name, path, message}`;
-- `problems[]`: the new tree's validation problems (same keys, `tenant` null).
+- `problems[]`: the new tree's validation problems outside the tenants above (same keys, `tenant`
+  null); those of a tenant above are in its `problems[]`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Resource, Tenant, namespace_of, tenant_of
@@ -485,7 +486,8 @@ def compute_plan(
     problems: Sequence[Problem] = (),
     transitions: Transitions | None = crd_transitions,
 ) -> Plan:
-    """What merging `new` over `base` does, per tenant; `problems` are the new tree's validation problems."""
+    """What merging `new` over `base` does, per tenant; `problems` are the new tree's validation
+    problems (each in its tenant's section when that tenant has one, else the plan's own)."""
     names = set(base.specs.tenants) | set(new.specs.tenants) | set(base.knowledge) | set(new.knowledge)
     for tree in (base.specs, new.specs):
         for namespace, _ in (*tree.agents, *tree.tools, *tree.prompts):
@@ -494,8 +496,24 @@ def compute_plan(
     tenants = [_TenantPlanner(name, base, new, transitions).build() for name in sorted(names)]
     # a plan's error at the same place as validate's says more (why, what the operator does): keep it alone
     explained = {(p.file, p.position) for t in tenants for p in t.errors}
-    rest = [p for p in problems if p.severity != "error" or (p.file, p.position) not in explained]
-    return Plan(base_info, list(paths), [t for t in tenants if not t.empty], rest)
+    shown = [t for t in tenants if not t.empty]
+    by_name = {t.name: t for t in shown}
+    rest: list[Problem] = []
+    for problem in problems:
+        if problem.severity == "error" and (problem.file, problem.position) in explained:
+            continue
+        tenant = by_name.get(_tenant_dir(problem.file) or "")
+        (tenant.problems if tenant is not None else rest).append(problem)
+    return Plan(base_info, list(paths), shown, rest)
+
+
+def _tenant_dir(file: str) -> str | None:
+    """`acme` for a file under `.../tenants/acme/...`."""
+    parts = PurePath(file).parts
+    for index, part in enumerate(parts[:-2]):
+        if part == "tenants":
+            return parts[index + 1]
+    return None
 
 
 __all__ = ["Transitions", "compute_plan", "crd_transitions", "diff"]

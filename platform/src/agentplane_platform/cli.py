@@ -49,24 +49,48 @@ def format_report(report: Report, paths: Sequence[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _policy_set(args: argparse.Namespace) -> PolicySet | None:
+    """The admission policies `--policies DIR --environment ENV` name (None with `--no-policies`);
+    `PolicyError` when they cannot be read: the check fails closed."""
+    if args.no_policies:
+        return None
+    directory = Path(args.policies)
+    if not directory.is_dir():
+        raise PolicyError(
+            f"{directory}: no policies directory (give it with --policies DIR, "
+            "or skip the admission policies with --no-policies)"
+        )
+    return load_policies(directory, args.environment)
+
+
+def _add_policy_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--policies",
+        default="policies",
+        metavar="DIR",
+        help="admission policies to evaluate the specs against (default: policies)",
+    )
+    command.add_argument(
+        "--environment",
+        default="prod",
+        metavar="ENV",
+        help="parameters of the policies: DIR/params/ENV (default: prod)",
+    )
+    command.add_argument(
+        "--no-policies", action="store_true", help="skip the admission policies (they are checked by default)"
+    )
+
+
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     paths = [Path(p) for p in args.paths] or [Path("specs")]
-    policies: PolicySet | None = None
-    if not args.no_policies:
-        directory = Path(args.policies)
-        try:
-            if not directory.is_dir():
-                raise PolicyError(
-                    f"{directory}: no policies directory (give it with --policies DIR, "
-                    "or skip the admission policies with --no-policies)"
-                )
-            policies = load_policies(directory, args.environment)
-        except PolicyError as exc:
-            if args.format == "json":
-                out.write(json.dumps({"ok": False, "error": str(exc), "problems": []}, indent=2) + "\n")
-            else:
-                sys.stderr.write(f"error: {exc}\n")
-            return 2
+    try:
+        policies = _policy_set(args)
+    except PolicyError as exc:
+        if args.format == "json":
+            out.write(json.dumps({"ok": False, "error": str(exc), "problems": []}, indent=2) + "\n")
+        else:
+            sys.stderr.write(f"error: {exc}\n")
+        return 2
     report = validate_paths(paths, policies=policies)
     if args.format == "json":
         payload = {
@@ -87,8 +111,17 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
 
     paths = [Path(p) for p in args.paths] or [Path("specs")]
     try:
-        result = plan_against_cluster(paths) if args.cluster else plan_against_git(paths, base=args.base)
-    except (GitError, ClusterError) as exc:
+        policies = _policy_set(args)
+
+        def validate(paths: Sequence[Path]) -> Report:
+            return validate_paths(paths, policies=policies)
+
+        result = (
+            plan_against_cluster(paths, validate=validate)
+            if args.cluster
+            else plan_against_git(paths, base=args.base, validate=validate)
+        )
+    except (GitError, ClusterError, PolicyError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     out.write(RENDERERS[args.format](result))
@@ -305,21 +338,7 @@ def parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check spec files: schema, names, references, secrets")
     validate.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: specs/)")
     validate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    validate.add_argument(
-        "--policies",
-        default="policies",
-        metavar="DIR",
-        help="admission policies to evaluate the specs against (default: policies)",
-    )
-    validate.add_argument(
-        "--environment",
-        default="prod",
-        metavar="ENV",
-        help="parameters of the policies: DIR/params/ENV (default: prod)",
-    )
-    validate.add_argument(
-        "--no-policies", action="store_true", help="skip the admission policies (they are checked by default)"
-    )
+    _add_policy_options(validate)
     validate.set_defaults(run=cmd_validate)
 
     policy = commands.add_parser("policy", help="the admission policies of policies/")
@@ -354,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare with the live cluster of the current kubeconfig instead, with a server-side dry run",
     )
+    _add_policy_options(plan)
     plan.set_defaults(run=cmd_plan)
 
     gen = commands.add_parser("generate", help="write the CRDs and JSON Schemas derived from the spec API")

@@ -30,8 +30,9 @@ def _git(repo: Path, *args: str) -> str:
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A repository whose `main` holds the example tenants; the working directory is its root."""
     shutil.copytree(REPO / "specs" / "tenants", tmp_path / "specs" / "tenants")
+    shutil.copytree(REPO / "policies", tmp_path / "policies")
     _git(tmp_path, "init", "-q", "-b", "main")
-    _git(tmp_path, "add", "specs")
+    _git(tmp_path, "add", "specs", "policies")
     _git(tmp_path, "commit", "-q", "-m", "base")
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -165,6 +166,21 @@ def test_quota_raised_shows_before_and_after_and_rolls_nothing(repo: Path) -> No
     assert "pods roll" not in out
 
 
+def test_quota_raised_past_the_tier_ceiling_is_the_policy_error(repo: Path) -> None:
+    edit(repo / ACME / "tenant.yaml", "tokensPerMinute: 400000", "tokensPerMinute: 2000000")
+    code, out = plan()
+    assert code == 2, out
+    assert "quotas.llm.tokensPerMinute: 400000 -> 2000000" in out
+    assert (
+        "! error: specs/tenants/acme/tenant.yaml:29:7: Tenant/acme: spec.quotas.llm.tokensPerMinute: "
+        "[agentplane-tenant-quotas] spec.quotas.llm.tokensPerMinute is 2000000 (100000 when unset), "
+        "above the premium tier's ceiling of 1000000"
+    ) in out
+    assert out.rstrip().endswith("1 error, 0 warnings")
+    code, out = plan("--no-policies")
+    assert code == 1, out
+
+
 def test_tenant_removed(repo: Path) -> None:
     shutil.rmtree(repo / "specs" / "tenants" / "globex")
     code, out = plan()
@@ -275,6 +291,6 @@ def test_outside_a_repository_is_an_error(
     shutil.copytree(REPO / "specs" / "tenants", tmp_path / "specs" / "tenants")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    code, _ = plan()
+    code, _ = plan("--no-policies")
     assert code == 2
     assert "specs: not in a Git repository" in capsys.readouterr().err

@@ -410,6 +410,7 @@ def _checkout(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(REPO / "specs" / "crds", root / "specs" / "crds")
     shutil.copytree(REPO / "specs" / "tenants", root / "specs" / "tenants")
+    shutil.copytree(REPO / "policies", root / "policies")  # a stack names its policy environment
     return root
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -300,6 +301,8 @@ class StackConfig:
     qdrant: QdrantConfig
     monitoring: MonitoringConfig
     gitops: GitOpsConfig
+    policy_environment: str
+    """Which `policies/params/<environment>/` holds the stack's policy parameters (`TierLimits`)."""
     llm_provider_keys: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     """Provider name -> API key, each a secret Output."""
     llm_provider_endpoints: dict[str, str] = field(default_factory=dict)
@@ -407,8 +410,26 @@ def _alert_receivers() -> dict[Severity, pulumi.Output[str]]:
     return {severity: pulumi.Output.secret(urls[severity]) for severity in SEVERITIES if severity in urls}
 
 
-def load_config() -> StackConfig:
-    """Read and validate the current stack's configuration."""
+def _policy_environment(cfg: pulumi.Config, environments: Sequence[str]) -> str:
+    key = "policyEnvironment"
+    value = cfg.get(key)
+    known = ", ".join(environments) or "none"
+    if not value:
+        raise ConfigError(
+            f"{NAMESPACE}:{key} is not set in Pulumi.{pulumi.get_stack()}.yaml: set it to the folder of "
+            f"policies/params/ whose TierLimits the admission policies use in this stack (one of: {known})"
+        )
+    if value not in environments:
+        raise ConfigError(
+            f"{NAMESPACE}:{key} {value!r} in Pulumi.{pulumi.get_stack()}.yaml is not a folder of "
+            f"policies/params/ (one of: {known})"
+        )
+    return value
+
+
+def load_config(policy_environments: Sequence[str]) -> StackConfig:
+    """Read and validate the current stack's configuration; `policy_environments` are the folders
+    of `policies/params/` (`policyEnvironment` must name one)."""
     cfg = pulumi.Config(NAMESPACE)
     location = pulumi.Config("azure-native").get("location")
     if not location:
@@ -441,6 +462,7 @@ def load_config() -> StackConfig:
         qdrant=_parse(QdrantConfig, "qdrant", _object(cfg, "qdrant")),
         monitoring=monitoring,
         gitops=_parse(GitOpsConfig, "gitops", _object(cfg, "gitops")),
+        policy_environment=_policy_environment(cfg, policy_environments),
         llm_provider_keys=keys,
         llm_provider_endpoints=endpoints,
         alert_receivers=receivers,

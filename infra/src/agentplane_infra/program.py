@@ -36,6 +36,7 @@ from agentplane_infra.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from agentplane_infra.monitoring import Monitoring
 from agentplane_infra.network import Network
 from agentplane_infra.operator_deploy import Operator
+from agentplane_infra.policies import Policies, policy_environments
 from agentplane_infra.providers import provider_secrets, secret_name
 from agentplane_infra.qdrant import URL as QDRANT_URL
 from agentplane_infra.qdrant import Qdrant
@@ -51,7 +52,7 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
 
     Returns the stack outputs (also exported).
     """
-    cfg = load_config()
+    cfg = load_config(policy_environments(root / "policies"))
     client = authorization.get_client_config_output()
     tags = cfg.tags
 
@@ -129,6 +130,10 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
     )
 
     crds = Crds("crds", {"directory": root / "specs" / "crds"}, in_cluster())
+    # The API server enforces the policies at admission; their parameters (TierLimits) need its CRD.
+    policies = Policies(
+        "policies", {"directory": root / "policies", "environment": cfg.policy_environment}, in_cluster(crds)
+    )
     qdrant_api_key = random.RandomPassword("qdrant-api-key", length=40, special=False)
     grafana_admin_password = random.RandomPassword("grafana-admin-password", length=32, special=False)
 
@@ -244,9 +249,9 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
         in_cluster(operator.namespace, monitoring.release),
     )
     gateway = Gateway("gateway", {"gateway": cfg.gateway}, in_cluster(monitoring.release))
-    # Tenants and their agents arrive through Flux: after the operator, and after the Gateway API
-    # that the operator's HTTPRoutes need.
-    GitOps("gitops", {"gitops": cfg.gitops}, in_cluster(crds, operator, gateway))
+    # Tenants and their agents arrive through Flux: after the operator, after the policies that admit
+    # them, and after the Gateway API that the operator's HTTPRoutes need.
+    GitOps("gitops", {"gitops": cfg.gitops}, in_cluster(crds, policies, operator, gateway))
 
     outputs: dict[str, pulumi.Output[Any]] = {
         "resourceGroupName": rg,

@@ -183,7 +183,7 @@ def crd(kind: type[Resource]) -> JsonDict:
                 "plural": kind.plural,
                 "singular": kind.kind_name.lower(),
                 "shortNames": list(kind.short_names),
-                "categories": [CATEGORY],
+                **({"categories": [CATEGORY]} if kind.tenant_object else {}),
             },
             "scope": "Namespaced" if kind.namespaced else "Cluster",
             "versions": [

@@ -68,7 +68,7 @@ KINDS: dict[str, type[Resource]] = {
 }
 """Every kind of the API version, by its `kind`."""
 
-SPEC_KINDS: dict[str, type[Resource]] = {name: kind for name, kind in KINDS.items() if kind is not TierLimits}
+SPEC_KINDS: dict[str, type[Resource]] = {name: kind for name, kind in KINDS.items() if kind.tenant_object}
 """The kinds tenants' spec trees hold and the operator reconciles (TierLimits lives in `policies/`)."""
 
 AnyResource = Tenant | Agent | Tool | Prompt

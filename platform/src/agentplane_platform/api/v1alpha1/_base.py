@@ -144,6 +144,8 @@ class Resource(ApiModel):
     plural: ClassVar[str]
     namespaced: ClassVar[bool]
     short_names: ClassVar[tuple[str, ...]] = ()
+    tenant_object: ClassVar[bool] = True
+    """Whether tenants keep it in their spec trees: such kinds form `kubectl get agentplane`."""
     printer_columns: ClassVar[tuple[PrinterColumn, ...]] = ()
     name_rule: ClassVar[tuple[str, int, str]] = (DNS1123_LABEL, 63, DNS1123_WHAT)
     """Pattern, maximum length and description of valid object names."""

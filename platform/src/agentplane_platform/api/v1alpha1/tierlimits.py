@@ -82,6 +82,7 @@ class TierLimits(Resource):
     plural: ClassVar[str] = "tierlimits"
     namespaced: ClassVar[bool] = False
     short_names: ClassVar[tuple[str, ...]] = ("tlim",)
+    tenant_object: ClassVar[bool] = False
     printer_columns: ClassVar[tuple[PrinterColumn, ...]] = (AGE_COLUMN,)
 
     kind: Literal["TierLimits"] = "TierLimits"

@@ -104,6 +104,28 @@ def test_broken_policy_files_are_refused_with_file_and_line(tmp_path: Path) -> N
         load_policies(tmp_path / "nope", "prod")
 
 
+def test_what_the_api_server_refuses_in_a_validation_is_refused(tmp_path: Path) -> None:
+    """A ValidatingAdmissionPolicy validation has expression, message, messageExpression and reason
+    only: the API server refuses anything else (a `fieldPath` too), so the policy would not install."""
+    policies = _copy_policies(tmp_path)
+    target = policies / "agentplane-tool-endpoints.yaml"
+    text = target.read_text()
+    target.write_text(
+        text.replace("    reason: Invalid\n", "    reason: Invalid\n    fieldPath: .spec.url\n", 1)
+    )
+    with pytest.raises(
+        PolicyError,
+        match=r"agentplane-tool-endpoints.yaml:\d+:\d+: a ValidatingAdmissionPolicy validation has no "
+        r"fieldPath .* goes in the agentplane.io/field-paths annotation",
+    ):
+        load_policies(policies, "prod")
+    target.write_text(text.replace('[".spec.url", ".spec.timeoutSeconds"]', '[".spec.url"]'))
+    with pytest.raises(
+        PolicyError, match=r"agentplane-tool-endpoints.yaml:\d+:\d+: expected a JSON list of 2 field paths"
+    ):
+        load_policies(policies, "prod")
+
+
 def _agent(limits: dict[str, object]) -> dict[str, object]:
     return {
         "apiVersion": "agentplane.io/v1alpha1",

@@ -14,13 +14,15 @@ What is reproduced of the API server's admission, and how:
 - parameters: `paramRef.name` or `paramRef.selector` over the environment's TierLimits, with
   `parameterNotFoundAction`; a policy is evaluated once per selected parameter object;
 - the object as admission sees it: the CRD's structural defaults are applied first;
-- validations in order, `message`/`messageExpression`, `fieldPath`, `reason`; an expression
+- validations in order, `message`/`messageExpression`, `reason` (and, for `agentplane validate`'s
+  file:line, the field each is about from the `agentplane.io/field-paths` annotation); an expression
   that fails to evaluate denies under `failurePolicy: Fail` (the default) with the API server's
   wording. `variables` and the `authorizer` are not supported (a policy using them does not load).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
@@ -56,6 +58,9 @@ __all__ = [
 
 ADMISSION_API = "admissionregistration.k8s.io/v1"
 VARIABLES = ("object", "oldObject", "params", "request", "namespaceObject")
+VALIDATION_FIELDS = frozenset({"expression", "message", "messageExpression", "reason"})
+"""The fields of a ValidatingAdmissionPolicy validation (admissionregistration.k8s.io/v1)."""
+FIELD_PATHS_ANNOTATION = "agentplane.io/field-paths"
 """What a policy's expressions may refer to offline."""
 
 
@@ -324,8 +329,8 @@ _SEGMENT = re.compile(r"\.([A-Za-z_$][\w$-]*)|\[(\d+)\]|\['([^']*)'\]")
 
 
 def field_path(path: str) -> tuple[str | int, ...]:
-    """A validation's `fieldPath` (`.spec.model.fallbacks[0]`, `.metadata.labels['a/b']`) as a path
-    into the object's document."""
+    """A validation's field path (`.spec.model.fallbacks[0]`, `.metadata.labels['a/b']`, from the
+    `agentplane.io/field-paths` annotation) as a path into the object's document."""
     parts: list[str | int] = []
     position = 0
     while position < len(path):
@@ -369,6 +374,30 @@ def _compile(document: Document, path: tuple[str | int, ...], expression: object
         raise PolicyError(f"{_where(document, *path)}: {error}") from None
 
 
+def _field_paths(document: Document, count: int) -> list[str | None]:
+    """The field each validation is about, from the policy's `agentplane.io/field-paths` annotation:
+    a JSON list with one path (or null) per validation. (The API server has no place for it in a
+    validation; offline it puts a denial at its field's file:line.)"""
+    annotations = (document.data.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(FIELD_PATHS_ANNOTATION)
+    if raw is None:
+        return [None] * count
+    where = _where(document, "metadata", "annotations", FIELD_PATHS_ANNOTATION)
+    try:
+        paths = json.loads(raw)
+    except (TypeError, ValueError):
+        paths = None
+    if (
+        not isinstance(paths, list)
+        or len(paths) != count
+        or not all(p is None or isinstance(p, str) for p in paths)
+    ):
+        raise PolicyError(
+            f"{where}: expected a JSON list of {count} field paths (or null), one per validation"
+        )
+    return paths
+
+
 def _policy(document: Document) -> Policy:
     data: dict[str, Any] = document.data
     name = str((data.get("metadata") or {}).get("name", ""))
@@ -393,9 +422,19 @@ def _policy(document: Document) -> Policy:
         )
         for i, c in enumerate(spec.get("matchConditions") or [])
     )
+    raw_validations = spec.get("validations") or []
+    field_paths = _field_paths(document, len(raw_validations))
     validations = []
-    for i, v in enumerate(spec.get("validations") or []):
+    for i, v in enumerate(raw_validations):
         at = ("spec", "validations", i)
+        unknown = sorted(set(v) - VALIDATION_FIELDS)
+        if unknown:
+            # The API server refuses them (strict field validation): the policy would not install.
+            raise PolicyError(
+                f"{_where(document, *at, unknown[0])}: a ValidatingAdmissionPolicy validation has no "
+                f"{', '.join(unknown)} (only {', '.join(sorted(VALIDATION_FIELDS))}); the field a "
+                f"validation is about goes in the {FIELD_PATHS_ANNOTATION} annotation"
+            )
         message_expression = v.get("messageExpression")
         validations.append(
             Validation(
@@ -404,7 +443,7 @@ def _policy(document: Document) -> Policy:
                 _compile(document, (*at, "messageExpression"), message_expression)
                 if message_expression
                 else None,
-                v.get("fieldPath"),
+                field_paths[i],
                 str(v.get("reason") or "Invalid"),
             )
         )

@@ -23,6 +23,7 @@ from .db import create_engine, migrate
 from .explain import ExplainError, explain
 from .generate import generate
 from .keys import KeyInfo, create_api_key, list_api_keys, revoke_api_key, split_key
+from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_against_git
 from .policies import PolicyError, PolicySet, load_cases, load_policies, run_case, summarize
 from .specs import Report, validate_paths
 
@@ -106,9 +107,6 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    # imported here: the plan pulls in the knowledge module (qdrant-client), which no other command needs
-    from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_against_git
-
     paths = [Path(p) for p in args.paths] or [Path("specs")]
     try:
         policies = _policy_set(args)

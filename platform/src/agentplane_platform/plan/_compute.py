@@ -8,7 +8,6 @@ from typing import Any
 
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Resource, Tenant, namespace_of, tenant_of
 from agentplane_platform.config import AgentConfig, ResolveError, collection_name, resolve_agent
-from agentplane_platform.knowledge import CollectionSpec
 from agentplane_platform.schemas import openapi_schema
 from agentplane_platform.specs import Loaded, Problem, SpecSet
 from agentplane_platform.transition import check_transition
@@ -251,6 +250,9 @@ class _TenantPlanner:
             self.changed.add(("Tenant", self.name))
             plan.changes.append(Change("KnowledgeBase", kb.name, "changed", tuple(kb_fields)))
             where = ("spec", "knowledgeBases", index)
+            # imported here: qdrant-client takes seconds to import, and only a changed knowledge base needs it
+            from agentplane_platform.knowledge import CollectionSpec
+
             refusal = CollectionSpec.of(self.name, kb).incompatibility(
                 previous.dimensions, CollectionSpec.of(self.name, previous).distance
             )

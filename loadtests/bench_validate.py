@@ -1,7 +1,8 @@
 """Benchmark: `agentplane validate` over 10,000 spec files (200 tenants x 50 files).
 
 Run: uv run python loadtests/bench_validate.py [--tenants N] [--repeat R]
-Prints the wall-clock time of the CLI (a fresh process, as CI runs it), best of R runs.
+Prints the wall-clock time of the CLI (a fresh process, as CI runs it), best of R runs. The tree
+passes the prod admission policies of policies/, which validate evaluates on every object, as in CI.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import tempfile
 import time
 from pathlib import Path
 
+POLICIES = Path(__file__).resolve().parents[1] / "policies"
+
 TENANT = """apiVersion: agentplane.io/v1alpha1
 kind: Tenant
 metadata:
   name: {t}
+  labels: {{agentplane.io/team: {t}, agentplane.io/cost-center: cc-4711}}
 spec:
   owners: [{{kind: Group, name: {t}-owners}}]
-  tier: standard
-  allowedModels: [azure/gpt-4o, azure/gpt-4o-mini]
+  tier: premium
+  allowedModels: [azure/gpt-4o, azure/gpt-4o-mini, openai/gpt-4o-mini]
   quotas: {{maxAgents: 50}}
   knowledgeBases:
     - {{name: docs, embeddingModel: azure/text-embedding-3-small, dimensions: 1536}}
@@ -49,7 +53,7 @@ AGENT = """apiVersion: agentplane.io/v1alpha1
 kind: Agent
 metadata: {{name: agent-{i}, namespace: tenant-{t}}}
 spec:
-  model: {{name: azure/gpt-4o, fallbacks: [azure/gpt-4o-mini], parameters: {{temperature: 0.2}}}}
+  model: {{name: azure/gpt-4o, fallbacks: [azure/gpt-4o-mini, openai/gpt-4o-mini], parameters: {{temperature: 0.2}}}}
   prompt: {{name: prompt-{p}, version: {v}, variables: {{team: team-{i}}}}}
   tools: [{{name: tool-0}}, {{name: tool-{k}}}]
   knowledge: [{{name: docs, topK: 4}}]
@@ -89,7 +93,15 @@ def main() -> None:
         for _ in range(args.repeat):
             start = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, "-m", "agentplane_platform", "validate", str(root)],
+                [
+                    sys.executable,
+                    "-m",
+                    "agentplane_platform",
+                    "validate",
+                    str(root),
+                    "--policies",
+                    str(POLICIES),
+                ],
                 capture_output=True,
                 text=True,
             )

@@ -58,6 +58,7 @@ _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "
 _NANO = Fraction(1, 10**9)
 
 
+@lru_cache(maxsize=4096)  # specs repeat the same few quantities
 def parse_quantity(text: str) -> Fraction:
     """The exact value of a Kubernetes quantity (`500m`, `1Gi`, `1e3`), rounded away from zero to
     nano units as the API server does; `ValueError` for what `resource.ParseQuantity` refuses."""
@@ -243,12 +244,20 @@ def _kubernetes() -> tuple[descriptor_pool.DescriptorPool, list[cel.FunctionDecl
 
     # A quantity message holds its exact value as "numerator/denominator", so that `==` between
     # quantities is Kubernetes' (semantic: quantity("1Gi") == quantity("1024Mi")).
-    def quantity(text: str) -> object:
+    @lru_cache(maxsize=4096)
+    def exact(text: str) -> str:
         value = parse_quantity(text)
-        return quantity_message(value=f"{value.numerator}/{value.denominator}")
+        return f"{value.numerator}/{value.denominator}"
+
+    def quantity(text: str) -> object:
+        return quantity_message(value=exact(text))
+
+    @lru_cache(maxsize=4096)
+    def fraction(text: str) -> Fraction:
+        return Fraction(text)
 
     def value_of(message: _Message) -> Fraction:
-        return Fraction(message.value)
+        return fraction(message.value)
 
     def is_quantity(text: str) -> bool:
         try:

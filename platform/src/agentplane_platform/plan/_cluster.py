@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -103,8 +103,7 @@ def with_live_status(new: SpecTree, live: SpecTree) -> SpecTree:
             tools[key] = Loaded(
                 loaded.resource.model_copy(update={"status": found.resource.status}), loaded.document
             )
-    specs = SpecSet(new.specs.tenants, new.specs.agents, tools, new.specs.prompts)
-    return SpecTree(specs, new.knowledge, new.invalid)
+    return replace(new, specs=replace(new.specs, tools=tools))
 
 
 def server_dry_run(kubectl: Kubectl, new: SpecTree, live: SpecTree) -> list[Problem]:

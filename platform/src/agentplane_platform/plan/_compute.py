@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
 
@@ -105,7 +106,13 @@ def _objects(specs: SpecSet, namespace: str) -> Iterator[tuple[str, str, Loaded[
 
 def _reverted(new: SpecSet, base: SpecSet, kind: str, namespace: str, name: str) -> SpecSet:
     """`new` with one object as it is in `base` (or without it, when `base` has none)."""
-    reverted = SpecSet(dict(new.tenants), dict(new.agents), dict(new.tools), dict(new.prompts))
+    reverted = replace(
+        new,
+        tenants=dict(new.tenants),
+        agents=dict(new.agents),
+        tools=dict(new.tools),
+        prompts=dict(new.prompts),
+    )
     if kind == "Tenant":
         tables: tuple[dict[Any, Any], dict[Any, Any], Any] = (reverted.tenants, base.tenants, name)
     elif kind == "Tool":

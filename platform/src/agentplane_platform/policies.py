@@ -58,10 +58,11 @@ __all__ = [
 
 ADMISSION_API = "admissionregistration.k8s.io/v1"
 VARIABLES = ("object", "oldObject", "params", "request", "namespaceObject")
+"""What a policy's expressions may refer to offline."""
 VALIDATION_FIELDS = frozenset({"expression", "message", "messageExpression", "reason"})
 """The fields of a ValidatingAdmissionPolicy validation (admissionregistration.k8s.io/v1)."""
 FIELD_PATHS_ANNOTATION = "agentplane.io/field-paths"
-"""What a policy's expressions may refer to offline."""
+"""A policy's annotation: a JSON list with the field path (or null) of each of its validations."""
 
 
 class PolicyError(Exception):

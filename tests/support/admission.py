@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from agentplane_platform.api.v1alpha1 import TIER_LABEL
 from support.cluster import Cluster
 
 
@@ -122,7 +123,6 @@ def collection_path(obj: dict[str, Any]) -> str:
 # effect, that the others have too. The probes are such objects: policies of their own that judge
 # only ConfigMaps labelled for them (sent as dry runs), and say in their message what they saw.
 
-TIER_LABEL = "agentplane.io/tier"
 PROBE_LABEL = "agentplane.io/admission-probe"
 PROBE_NAMESPACE = "agentplane-admission-probe"
 PROBE_TIER = "probe"
@@ -185,6 +185,7 @@ class AdmissionProbes:
         self.param = param
         self.param_kind = {"apiVersion": param["apiVersion"], "kind": param["kind"]}
         self._sentinels = 0
+        self._installed = False
 
     def manifests(self) -> list[dict[str, Any]]:
         return [
@@ -237,6 +238,7 @@ class AdmissionProbes:
 
     def install(self) -> None:
         """Install the probes; return once they (and so everything installed before them) are enforced."""
+        self._installed = True
         self.cluster.kubectl(
             "apply",
             "-f",
@@ -301,6 +303,15 @@ class AdmissionProbes:
             "namespace",
         )
 
+    def wait_for_no_tier(self, namespace: str) -> None:
+        """Return once the API server judges requests in ``namespace`` without a tier label."""
+        self._wait(
+            f"namespace {namespace} to lose its {TIER_LABEL} label for admission",
+            lambda a: a.allowed,
+            namespace,
+            "namespace",
+        )
+
     def uninstall(self) -> None:
         """Delete the probes (after the policies under test); return once the API server enforces
         neither them nor anything deleted before them."""
@@ -309,5 +320,6 @@ class AdmissionProbes:
                 self.cluster.kubectl(
                     "delete", f"{kind.lower()}.admissionregistration.k8s.io", name, "--ignore-not-found"
                 )
-        self._wait("the probe policies to be gone", lambda a: a.allowed, PROBE_NAMESPACE, "namespace")
+        if self._installed:
+            self._wait("the probe policies to be gone", lambda a: a.allowed, PROBE_NAMESPACE, "namespace")
         self.cluster.kubectl("delete", "namespace", PROBE_NAMESPACE, "--ignore-not-found", "--wait=false")

@@ -7,10 +7,12 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 
+from agentplane_platform.api.v1alpha1 import AgentLimits, TenantQuotas
 from agentplane_platform.cli import run
 from agentplane_platform.policies import Case, PolicyError, load_cases, load_policies, run_case
 
@@ -268,3 +270,28 @@ def test_validate_fails_closed_without_a_policies_directory(
     assert out.getvalue().endswith(": no problems\n")
     assert run(["validate", "specs", "--policies", str(POLICIES), "--environment", "qa"], io.StringIO()) == 2
     assert "unknown policy environment 'qa'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tier", ["free", "standard", "premium"])
+def test_the_defaults_the_policies_assume_are_the_models_defaults(tier: str) -> None:
+    """A whole `limits` or `quotas` left out is not defaulted by the CRD; the policies use the
+    runtime's defaults for it (`orValue(...)`). They must be the models' defaults: leaving the
+    object out and writing the defaults in must get the same verdicts."""
+    policies = load_policies(POLICIES, "prod")
+    labels = {"agentplane.io/tier": tier}
+
+    def verdicts(obj: dict[str, object]) -> list[tuple[str, str]]:
+        return sorted((v.policy, v.message) for v in policies.evaluate(obj, namespace_labels=labels))
+
+    agent = _agent(AgentLimits().model_dump(by_alias=True))
+    spec = cast("dict[str, object]", agent["spec"])
+    without_limits = {**agent, "spec": {k: v for k, v in spec.items() if k != "limits"}}
+    assert verdicts(without_limits) == verdicts(agent)
+    tenant = yaml.safe_load(SPECS["tenant.yaml"])
+    tenant["spec"]["tier"] = tier
+    tenant["spec"]["quotas"] = TenantQuotas().model_dump(by_alias=True)
+    without_quotas = {**tenant, "spec": {k: v for k, v in tenant["spec"].items() if k != "quotas"}}
+    assert verdicts(without_quotas) == verdicts(tenant)
+    if tier == "free":  # the defaults are above the free ceilings: the comparison is not vacuous
+        assert any(p == "agentplane-tenant-quotas" for p, _ in verdicts(tenant))
+        assert any(p == "agentplane-agent-limits" for p, _ in verdicts(agent))

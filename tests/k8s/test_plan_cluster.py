@@ -25,6 +25,18 @@ TENANT = "planned"
 NAMESPACE = f"tenant-{TENANT}"
 
 
+BYSTANDER = {
+    "apiVersion": "agentplane.io/v1alpha1",
+    "kind": "Tenant",
+    "metadata": {
+        "name": "bystander",
+        "labels": {"agentplane.io/team": "b", "agentplane.io/cost-center": "cc-1"},
+    },
+    "spec": {"owners": [{"name": "b@example.test"}], "allowedModels": ["azure/gpt-4o-mini"]},
+}
+"""A live tenant the spec copy does not hold."""
+
+
 @pytest.fixture
 def applied(k8s: Cluster, tmp_path: Path) -> Iterator[Path]:
     """A copy of globex renamed `planned`, applied to the cluster; the copy's root."""
@@ -35,15 +47,17 @@ def applied(k8s: Cluster, tmp_path: Path) -> Iterator[Path]:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
     k8s.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
     k8s.kubectl("apply", "--server-side", "--field-manager=flux", "-R", "-f", str(tree))
+    k8s.kubectl("apply", "-f", "-", input=yaml.safe_dump(BYSTANDER))
     yield tmp_path
     k8s.kubectl("delete", "-R", "-f", str(tree), "--ignore-not-found", "--wait=false")
+    k8s.kubectl("delete", "tenant", "bystander", "--ignore-not-found", "--wait=false")
 
 
-def _plan(k8s: Cluster, root: Path) -> tuple[int, dict[str, Any]]:
+def _plan(k8s: Cluster, root: Path, path: str = f"specs/tenants/{TENANT}") -> tuple[int, dict[str, Any]]:
     env = {**k8s.env(), "PATH": f"{k8s.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(
         [sys.executable, "-m", "agentplane_platform", "plan", "--cluster", "--format", "json",
-         "--policies", str(REPO / "policies"), "--environment", "dev", "specs/tenants"],
+         "--policies", str(REPO / "policies"), "--environment", "dev", path],
         cwd=root, env=env, capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert done.stdout, done.stderr
@@ -59,7 +73,13 @@ def test_plan_against_the_live_cluster(k8s: Cluster, applied: Path) -> None:
     code, plan = _plan(k8s, applied)
     assert plan["base"]["ref"] == "cluster"
     assert plan["base"]["how"].startswith("the live cluster, kubeconfig context ")
-    assert not any(t["name"] == TENANT for t in plan["tenants"]), "an applied tree has no change of its own"
+    assert (code, plan["tenants"]) == (0, []), (
+        "an applied tenant has no change; other tenants are out of scope"
+    )
+    code, plan = _plan(k8s, applied, "specs/tenants")
+    assert not any(t["name"] == TENANT for t in plan["tenants"])
+    bystander = next(t for t in plan["tenants"] if t["name"] == "bystander")
+    assert bystander["action"] == "removed"  # the whole tree does not hold it: Flux would prune it
 
     tenant_file = tree / "tenant.yaml"
     tenant_file.write_text(tenant_file.read_text().replace("maxAgents: 3", "maxAgents: 4"))

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from agentplane_platform.api.v1alpha1 import tenant_of
 from agentplane_platform.specs import Problem, Report, validate_paths
 
 from ._cluster import ClusterError, Kubectl, live_tree, server_dry_run, with_live_status
@@ -99,11 +101,24 @@ def plan_against_cluster(
     kubectl: Kubectl | None = None,
 ) -> Plan:
     """The plan of the spec tree at `paths` over the live cluster's Tenants, Agents, Tools and
-    Prompts (every live one the tree does not hold is removed, as Flux prunes it), with the API
+    Prompts (every live one the tree does not hold is removed, as Flux prunes it; when each path is
+    one tenant's folder, only those tenants are compared), with the API
     server's refusals of a server-side dry run of each new object. The CRD's transition rules are
     the API server's to apply here; knowledge files are not compared (a cluster holds none)."""
     kubectl = kubectl or Kubectl()
     live, base_info = live_tree(kubectl)
+    scope = _tenants_in(paths)
+    if scope is not None:
+        specs = live.specs
+        live = SpecTree(
+            replace(
+                specs,
+                tenants={n: t for n, t in specs.tenants.items() if n in scope},
+                agents={k: v for k, v in specs.agents.items() if tenant_of(k[0]) in scope},
+                tools={k: v for k, v in specs.tools.items() if tenant_of(k[0]) in scope},
+                prompts={k: v for k, v in specs.prompts.items() if tenant_of(k[0]) in scope},
+            )
+        )
     new_tree, report = load_tree(paths, report=validate(paths))
     new_tree = with_live_status(new_tree, live)
     live.knowledge = new_tree.knowledge
@@ -120,6 +135,19 @@ def plan_against_cluster(
         tenant = _tenant_of(problem, new_tree)
         (by_name[tenant].problems if tenant in by_name else plan.problems).append(problem)
     return plan
+
+
+def _tenants_in(paths: Sequence[Path]) -> set[str] | None:
+    """The tenants the paths hold when each is inside one tenant's folder (`specs/tenants/acme`), so
+    that the other live tenants are not taken as removed; None when a path holds the whole tree."""
+    found: set[str] = set()
+    for path in paths:
+        parts = path.absolute().parts
+        index = max((i for i, part in enumerate(parts[:-1]) if part == "tenants"), default=None)
+        if index is None:
+            return None
+        found.add(parts[index + 1])
+    return found
 
 
 def _tenant_of(problem: Problem, tree: SpecTree) -> str | None:

@@ -79,8 +79,8 @@ addons: ## Build (once, cached) the test add-ons: kstatus CLI, Traefik, upstream
 	@tests/cluster/build-addons.sh
 
 .PHONY: cluster
-cluster: install k8s-binaries ## Start a local control plane (plus a real node when root with its packages); prints the KUBECONFIG line
-	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds --real-node auto
+cluster: install k8s-binaries ## Start a local control plane with the CRDs and the dev policies (plus a real node when root with its packages); prints the KUBECONFIG line
+	$(UV) run python tests/support/cluster.py up --crd-dir specs/crds --policies policies --policy-environment dev --real-node auto
 
 .PHONY: cluster-down
 cluster-down: $(UV) ## Stop the control plane (and real node) started by `make cluster`

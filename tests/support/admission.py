@@ -178,17 +178,17 @@ class AdmissionProbes:
     PARAMS_PROBE = "agentplane-test-probe-params"
 
     def __init__(
-        self, cluster: Cluster, api: ApiServer, param: dict[str, Any], *, timeout: float = 60.0
+        self, cluster: Cluster, api: ApiServer, param: dict[str, Any] | None = None, *, timeout: float = 60.0
     ) -> None:
-        """``param``: a parameter object of the policies under test, copied (renamed) as the sentinel."""
+        """``param``: a parameter object of the policies under test, copied (renamed) as the
+        sentinel of ``sync_params``; without one there is no parameter probe."""
         self.cluster, self.api, self.timeout = cluster, api, timeout
         self.param = param
-        self.param_kind = {"apiVersion": param["apiVersion"], "kind": param["kind"]}
         self._sentinels = 0
         self._installed = False
 
     def manifests(self) -> list[dict[str, Any]]:
-        return [
+        namespace_probe = [
             _probe_policy(
                 self.NAMESPACE_PROBE,
                 "namespace",
@@ -203,7 +203,13 @@ class AdmissionProbes:
                     }
                 },
             ),
-            _probe_policy(self.PARAMS_PROBE, "params", "'params ' + params.metadata.name", self.param_kind),
+        ]
+        if self.param is None:
+            return namespace_probe
+        param_kind = {"apiVersion": self.param["apiVersion"], "kind": self.param["kind"]}
+        return [
+            *namespace_probe,
+            _probe_policy(self.PARAMS_PROBE, "params", "'params ' + params.metadata.name", param_kind),
             _probe_binding(
                 self.PARAMS_PROBE,
                 {
@@ -270,6 +276,7 @@ class AdmissionProbes:
     def sync_params(self) -> None:
         """Return once every parameter written before is in effect: a sentinel parameter written
         after them is seen, then its deletion is."""
+        assert self.param is not None, "sync_params needs a parameter object to copy"
         self._sentinels += 1
         name = f"agentplane-test-sentinel-{self._sentinels}"
         sentinel = {

@@ -13,22 +13,67 @@ which pods that opt in actually run (``support.node``); ``real_node`` is that
 node. Only one real node runs on a machine at a time.
 
 Set ``AGENTPLANE_TEST_CLUSTER_DIR`` to the ``--dir`` of a cluster started with
-``python tests/support/cluster.py up`` to reuse it instead of starting one.
+``python tests/support/cluster.py up`` to reuse it instead of starting one. The admission policies
+such a cluster enforces (``make cluster`` installs the dev ones) are suspended while the session
+uses it, as the tests expect a cluster like the one they start, and put back afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from support import node
+from support.admission import AdmissionProbes, ApiServer
 from support.cluster import Cluster, ClusterError, apply_crds, ensure_binaries, load_cluster, running_cluster
 from support.service_fixtures import unavailable
 
 REUSE_ENV = "AGENTPLANE_TEST_CLUSTER_DIR"
+PLATFORM_POLICIES = "app.kubernetes.io/part-of=agentplane"
+"""The label of the platform's admission policies and bindings (`policies/*.yaml`)."""
+
+
+@contextlib.contextmanager
+def policies_suspended(cluster: Cluster) -> Iterator[None]:
+    """Remove the platform's ValidatingAdmissionPolicies and bindings from a cluster until the API
+    server no longer enforces them; apply them again on exit. (Their TierLimits stay.)"""
+    out = cluster.kubectl(
+        "get",
+        "validatingadmissionpolicies,validatingadmissionpolicybindings",
+        "-l",
+        PLATFORM_POLICIES,
+        "-o",
+        "json",
+    ).stdout
+    found: list[dict[str, Any]] = json.loads(out)["items"]
+    if not found:
+        yield
+        return
+    keep = ("name", "labels", "annotations")
+    saved = [
+        {
+            **{k: v for k, v in item.items() if k != "status"},
+            "metadata": {k: item["metadata"][k] for k in keep if k in item["metadata"]},
+        }
+        for item in found
+    ]
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": saved})
+    probes = AdmissionProbes(cluster, ApiServer(cluster))
+    probes.install()  # before the deletions: once it is not enforced, neither are they
+    try:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=listing)
+    finally:
+        probes.uninstall()
+    try:
+        yield
+    finally:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=listing)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +92,8 @@ def k8s(tmp_path_factory: pytest.TempPathFactory, k8s_crd_dir: Path | None) -> I
             pytest.fail(f"${REUSE_ENV}={reuse} but no running cluster found there")
         if k8s_crd_dir is not None:
             apply_crds(cluster, k8s_crd_dir)
-        yield cluster
+        with policies_suspended(cluster):
+            yield cluster
         return
     workdir = tmp_path_factory.mktemp("k8s")
     with running_cluster(workdir, k8s_crd_dir) as cluster:
@@ -82,7 +128,8 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory, k8s_crd_dir: Path | N
         if cluster is not None and cluster.real_node is not None:
             if k8s_crd_dir is not None:
                 apply_crds(cluster, k8s_crd_dir)
-            yield cluster
+            with policies_suspended(cluster):
+                yield cluster
             return
     bin_dir = require_real_node()
     with running_cluster(

@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 import yaml
 
-from agentplane_platform.api.v1alpha1 import AgentLimits, TenantQuotas
+from agentplane_platform.api.v1alpha1 import KINDS, AgentLimits, TenantQuotas
 from agentplane_platform.cli import run
 from agentplane_platform.policies import Case, PolicyError, load_cases, load_policies, run_case
 
@@ -25,6 +25,15 @@ CASES = load_cases(POLICIES / "tests")
 def test_every_case_passes_offline(case: Case) -> None:
     result = run_case(POLICIES, case)
     assert result.passed, f"{case.file}:{case.line}: {result.describe()}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.policy}: {c.name}" for c in CASES])
+def test_every_case_object_is_one_the_crd_admits(case: Case) -> None:
+    """The API server refuses an object its CRD's schema refuses before any policy runs: such a case
+    would say nothing about its policy at admission (tests/k8s/test_policies_admission.py)."""
+    for obj in (case.object, case.old_object):
+        if obj is not None:
+            KINDS[obj["kind"]].model_validate(obj)
 
 
 def test_every_policy_has_admit_and_deny_cases() -> None:

@@ -36,6 +36,17 @@ def test_every_case_object_is_one_the_crd_admits(case: Case) -> None:
             KINDS[obj["kind"]].model_validate(obj)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.policy}: {c.name}" for c in CASES])
+def test_no_other_policy_denies_a_cases_object(case: Case) -> None:
+    """At admission the API server answers with one denial, of whichever policy it evaluates first:
+    a case's object another policy denies too would not show what its own policy does."""
+    labels = {"agentplane.io/tier": case.tier} if case.tier is not None else {}
+    violations = load_policies(POLICIES, case.environment).evaluate(
+        case.object, old=case.old_object, namespace_labels=labels
+    )
+    assert sorted({v.policy for v in violations} - {case.policy}) == [], f"{case.file}:{case.line}"
+
+
 def test_every_policy_has_admit_and_deny_cases() -> None:
     policies = load_policies(POLICIES, "prod")
     for name in policies.policies:

@@ -12,7 +12,7 @@ import pytest
 
 from agentplane_platform.cli import run
 from agentplane_platform.policies import PolicySet, load_policies
-from agentplane_platform.specs import validate_paths
+from agentplane_platform.specs import Position, Problem, validate_paths
 from agentplane_platform.tool_schema import arguments_validator, schema_problems
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,6 +134,22 @@ def test_cli_exit_codes_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
         "path": "spec.tier",
         "message": "got 'gold' (expected 'free', 'standard' or 'premium')",
     }
+
+
+def test_github_format_annotates_the_line_and_escapes_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    out = io.StringIO()
+    assert run(["validate", "--no-policies", "--format", "github", str(BROKEN / "15-enum.yaml")], out) == 1
+    annotation, summary = out.getvalue().splitlines()
+    assert annotation == (
+        "::error file=tests/specs/broken/15-enum.yaml,line=9,col=3,title=Tenant/case15%3A spec.tier"
+        "::got 'gold' (expected 'free', 'standard' or 'premium')"
+    )
+    assert summary.endswith("1 error, 0 warnings")
+    problem = Problem("a,b.yaml", Position(1, 2), "50% off\nsecond line", severity="warning")
+    assert problem.github_annotation() == (
+        "::warning file=a%2Cb.yaml,line=1,col=2,title=agentplane validate::50%25 off%0Asecond line"
+    )
 
 
 def test_unused_prompt_variable_is_a_warning_not_an_error(tmp_path: Path) -> None:

@@ -101,6 +101,10 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
             "problems": [p.as_json() for p in report.problems],
         }
         out.write(json.dumps(payload, indent=2) + "\n")
+    elif args.format == "github":
+        for problem in report.problems:
+            out.write(problem.github_annotation() + "\n")
+        out.write(_summary(report, paths) + "\n")
     else:
         out.write(format_report(report, paths))
     return 0 if report.ok else 1
@@ -335,7 +339,12 @@ def parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check spec files: schema, names, references, secrets")
     validate.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: specs/)")
-    validate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    validate.add_argument(
+        "--format",
+        choices=("text", "json", "github"),
+        default="text",
+        help="output format (github: workflow commands that annotate the pull request's lines)",
+    )
     _add_policy_options(validate)
     validate.set_defaults(run=cmd_validate)
 

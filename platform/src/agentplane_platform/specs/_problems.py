@@ -59,8 +59,30 @@ class Problem:
             "message": self.message,
         }
 
+    def github_annotation(self) -> str:
+        """A GitHub Actions workflow command: the problem shown on its line of the pull request's diff."""
+        title = ": ".join(part for part in (self.object, self.path) if part) or "agentplane validate"
+        properties = ",".join(
+            f"{key}={_escape(value, property_=True)}"
+            for key, value in (
+                ("file", self.file),
+                ("line", str(self.position.line)),
+                ("col", str(self.position.column)),
+                ("title", title),
+            )
+        )
+        return f"::{self.severity} {properties}::{_escape(self.message)}"
+
     def sort_key(self) -> tuple[str, int, int, str]:
         return (self.file, self.position.line, self.position.column, self.message)
+
+
+def _escape(text: str, *, property_: bool = False) -> str:
+    """Escape text for a workflow command (its data, or with `property_` a property value)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if property_:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
 
 
 def dotted(path: tuple[str | int, ...]) -> str:

@@ -53,9 +53,12 @@ format: install ## Format the code
 	$(UV) run ruff check --fix .
 
 .PHONY: lint
-lint: install ## Lint the code (ruff)
+lint: install ## Lint the code (ruff) and the GitHub Actions workflows (actionlint, with shellcheck on their scripts)
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run make system-deps" >&2; exit 1; }
+	@dir="$$(tests/cluster/build-addons.sh actionlint)" && "$$dir/actionlint" -no-color -shellcheck shellcheck
+	@echo "actionlint: .github/workflows clean"
 
 .PHONY: typecheck
 typecheck: install ## Type-check every member and the tests (mypy --strict)

@@ -3,7 +3,8 @@
 # real test node (tests/support/node.py) runs on: containerd with runc, the CNI plugins
 # (/usr/lib/cni), iptables, ipset, conntrack, iproute2 and util-linux's nsenter/unshare; and
 # Prometheus (its promtool checks the metrics the runtime and the operator expose, and the generated
-# rules) and Alertmanager (amtool checks the routing infra configures).
+# rules) and Alertmanager (amtool checks the routing infra configures); shellcheck, which actionlint
+# runs on the workflows' scripts in `make lint`.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ have ip || missing+=(iproute2)
 { have nsenter && have unshare; } || missing+=(util-linux)
 { have prometheus && have promtool; } || missing+=(prometheus)
 have amtool || missing+=(prometheus-alertmanager)
+have shellcheck || missing+=(shellcheck)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

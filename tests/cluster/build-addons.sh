@@ -6,8 +6,10 @@
 #   traefik  Traefik v3 with its Kubernetes Gateway API provider
 #            (tests/cluster/addons/traefik; static, CGO off)
 #   crds     CRD manifests copied out of upstream module zips (CRD_PINS below)
+#   actionlint  the GitHub Actions workflow linter `make lint` runs on
+#            .github/workflows (tests/cluster/addons/actionlint)
 #
-# Usage: build-addons.sh [kstatus|traefik|crds|all]...   (default: all)
+# Usage: build-addons.sh [kstatus|traefik|crds|actionlint|all]...   (default: all)
 #        build-addons.sh tidy     # maintainers: regenerate the go.mod/go.sum files
 #
 # Output: ${AGENTPLANE_CACHE:-$HOME/.cache/agentplane}/addons/<component>/, one
@@ -44,6 +46,7 @@ LEGO_DROP="edgedns azion dnsimple alidns aliesa tencentcloud edgeone huaweicloud
 KSTATUS_REV=1
 TRAEFIK_REV=1
 CRDS_REV=1
+ACTIONLINT_REV=1
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src_root="$here/addons"
@@ -127,6 +130,22 @@ kstatus_stamp() {
 build_kstatus() {
   log "building kstatus (sigs.k8s.io/cli-utils $(require_version sigs.k8s.io/cli-utils "$src_root/kstatus/go.mod"))"
   (cd "$src_root/kstatus" && go build -mod=readonly -trimpath -ldflags="-s -w" -o "$1/kstatus" .)
+}
+
+# --- actionlint -------------------------------------------------------------
+
+actionlint_stamp() {
+  local d="$src_root/actionlint"
+  { echo "rev=$ACTIONLINT_REV"; cat "$d/go.mod" "$d/go.sum" "$d/tools.go"; } | sha256sum | cut -d' ' -f1
+}
+
+build_actionlint() {
+  local version
+  version="$(require_version github.com/rhysd/actionlint "$src_root/actionlint/go.mod")"
+  log "building actionlint $version"
+  (cd "$src_root/actionlint" && go build -mod=readonly -trimpath \
+    -ldflags="-s -w -X github.com/rhysd/actionlint.version=$version" \
+    -o "$1/actionlint" github.com/rhysd/actionlint/cmd/actionlint)
 }
 
 # --- traefik ----------------------------------------------------------------
@@ -223,6 +242,8 @@ tidy() {
   setup_go
   log "tidy kstatus"
   (cd "$src_root/kstatus" && go mod tidy)
+  log "tidy actionlint"
+  (cd "$src_root/actionlint" && go mod tidy)
   log "tidy traefik (in a scratch copy with ./lego laid out)"
   local work
   work="$(mktemp -d)"
@@ -246,14 +267,16 @@ for c in "${components[@]}"; do
     kstatus) cached kstatus "$(kstatus_stamp)" build_kstatus ;;
     traefik) cached traefik "$(traefik_stamp)" build_traefik ;;
     crds) cached crds "$(crds_stamp)" build_crds ;;
+    actionlint) cached actionlint "$(actionlint_stamp)" build_actionlint ;;
     all)
       cached kstatus "$(kstatus_stamp)" build_kstatus
       cached crds "$(crds_stamp)" build_crds
+      cached actionlint "$(actionlint_stamp)" build_actionlint
       cached traefik "$(traefik_stamp)" build_traefik
       ;;
     tidy) tidy ;;
     *)
-      log "unknown component '$c' (kstatus, traefik, crds, all, tidy)"
+      log "unknown component '$c' (kstatus, traefik, crds, actionlint, all, tidy)"
       exit 2
       ;;
   esac

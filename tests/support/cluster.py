@@ -57,6 +57,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agentplane_platform.policies import policy_environments
+
 try:
     from support import netplan, node
 except ModuleNotFoundError:  # run as a script: python tests/support/cluster.py
@@ -847,7 +849,7 @@ class PolicyFiles:
 def policy_files(policies_dir: Path, environment: str) -> PolicyFiles:
     """The files of a policies directory for one environment; :class:`ClusterError` for an unknown one."""
     params_root = policies_dir / "params"
-    environments = sorted(p.name for p in params_root.iterdir() if p.is_dir()) if params_root.is_dir() else []
+    environments = policy_environments(policies_dir)
     if environment not in environments:
         raise ClusterError(
             f"{params_root / environment}: no such policy environment "

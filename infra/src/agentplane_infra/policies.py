@@ -15,15 +15,10 @@ import pulumi
 
 from agentplane_infra.kube import apply_manifest, resource_name
 from agentplane_infra.manifests import Manifest, ManifestError, load_manifests, yaml_files
+from agentplane_platform.policies import policy_environments
 
 ADMISSION = "admissionregistration.k8s.io/v1"
 POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-
-
-def policy_environments(directory: Path) -> list[str]:
-    """The environments of a policies directory: the folders of `params/`, sorted."""
-    params = directory / "params"
-    return sorted(p.name for p in params.iterdir() if p.is_dir()) if params.is_dir() else []
 
 
 class PoliciesArgs(TypedDict):

@@ -36,13 +36,14 @@ from agentplane_infra.monitoring import NAMESPACE as MONITORING_NAMESPACE
 from agentplane_infra.monitoring import Monitoring
 from agentplane_infra.network import Network
 from agentplane_infra.operator_deploy import Operator
-from agentplane_infra.policies import Policies, policy_environments
+from agentplane_infra.policies import Policies
 from agentplane_infra.providers import provider_secrets, secret_name
 from agentplane_infra.qdrant import URL as QDRANT_URL
 from agentplane_infra.qdrant import Qdrant
 from agentplane_infra.registry import Registry, image_ref
 from agentplane_infra.vault import Vault
 from agentplane_platform.contract import KNOWLEDGE_SERVICE_ACCOUNT
+from agentplane_platform.policies import policy_environments
 
 PREFIX = "agentplane"
 

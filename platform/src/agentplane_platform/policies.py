@@ -494,6 +494,12 @@ def _yaml_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
 
 
+def policy_environments(directory: Path) -> list[str]:
+    """The environments of a policies directory: the folders of its `params/`, sorted."""
+    params = directory / "params"
+    return sorted(p.name for p in params.iterdir() if p.is_dir()) if params.is_dir() else []
+
+
 def load_policies(directory: Path, environment: str) -> PolicySet:
     """Every policy and binding of `directory` and the parameters of `params/<environment>/`;
     `PolicyError` (with file:line:column) for a missing directory or environment, an unreadable
@@ -501,7 +507,7 @@ def load_policies(directory: Path, environment: str) -> PolicySet:
     if not directory.is_dir():
         raise PolicyError(f"{directory}: no such policies directory")
     params_root = directory / "params"
-    environments = sorted(p.name for p in params_root.iterdir() if p.is_dir()) if params_root.is_dir() else []
+    environments = policy_environments(directory)
     if environment not in environments:
         raise PolicyError(
             f"{params_root / environment}: unknown policy environment {environment!r} "

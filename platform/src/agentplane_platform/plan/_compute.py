@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from pathlib import PurePath
 from typing import Any
 
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Resource, Tenant, namespace_of, tenant_of
 from agentplane_platform.config import AgentConfig, ResolveError, collection_name, resolve_agent
 from agentplane_platform.schemas import openapi_schema
-from agentplane_platform.specs import Loaded, Problem, SpecSet
+from agentplane_platform.specs import Loaded, Problem, SpecSet, tenant_dir
 from agentplane_platform.transition import check_transition
 
 from ._model import Action, Base, Change, FieldChange, Plan, Roll, TenantPlan
@@ -511,18 +510,9 @@ def compute_plan(
     for problem in problems:
         if problem.severity == "error" and (problem.file, problem.position) in explained:
             continue
-        tenant = by_name.get(_tenant_dir(problem.file) or "")
+        tenant = by_name.get(tenant_dir(problem.file) or "")
         (tenant.problems if tenant is not None else rest).append(problem)
     return Plan(base_info, list(paths), shown, rest)
-
-
-def _tenant_dir(file: str) -> str | None:
-    """`acme` for a file under `.../tenants/acme/...`."""
-    parts = PurePath(file).parts
-    for index, part in enumerate(parts[:-2]):
-        if part == "tenants":
-            return parts[index + 1]
-    return None
 
 
 __all__ = ["Transitions", "compute_plan", "crd_transitions", "diff"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentplane_platform.api.v1alpha1 import tenant_namespace_labels
 
-from ._check import SpecSet, check
+from ._check import SpecSet, check, tenant_dir
 from ._load import Loaded, LoadResult, load_paths, load_yaml_models
 from ._problems import Position, Problem, dotted
 from ._yaml import Document
@@ -28,6 +28,7 @@ __all__ = [
     "dotted",
     "load_yaml_models",
     "policy_problems",
+    "tenant_dir",
     "validate_paths",
 ]
 

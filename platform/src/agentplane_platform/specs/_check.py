@@ -77,7 +77,7 @@ CREDENTIAL_VALUE = re.compile(
 SECRET_HINT = "credentials must not be written in specs (expected spec.auth.secretRef naming a Secret or Key Vault secret)"
 
 
-def _tenant_dir(file: str) -> str | None:
+def tenant_dir(file: str) -> str | None:
     """`acme` for a file under `.../tenants/acme/...`."""
     parts = PurePath(file).parts
     for index, part in enumerate(parts[:-2]):
@@ -97,7 +97,7 @@ def _check_names(result: LoadResult) -> Iterator[Problem]:
                 f"got {name!r} (expected {what}, at most {max_length} characters)",
             )
         namespace = resource.metadata.namespace
-        folder = _tenant_dir(loaded.file)
+        folder = tenant_dir(loaded.file)
         if not resource.namespaced:
             if namespace is not None:
                 yield loaded.at(

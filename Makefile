@@ -53,9 +53,10 @@ format: install ## Format the code
 	$(UV) run ruff check --fix .
 
 .PHONY: lint
-lint: install ## Lint the code (ruff) and the GitHub Actions workflows (actionlint, with shellcheck on their scripts)
+lint: install ## Lint the code (ruff), the layering contract (import-linter) and the workflows (actionlint, shellcheck)
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	$(UV) run lint-imports --no-cache
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run make system-deps" >&2; exit 1; }
 	@dir="$$(tests/cluster/build-addons.sh actionlint)" && "$$dir/actionlint" -no-color -shellcheck shellcheck
 	@echo "actionlint: .github/workflows clean"
@@ -92,6 +93,14 @@ cluster-down: $(UV) ## Stop the control plane (and real node) started by `make c
 .PHONY: test
 test: install-dense system-deps k8s-binaries addons lint typecheck ## Lint, type-check, then run every test against real PostgreSQL, Redis and Kubernetes
 	$(UV) run pytest
+
+# The inner loop: no Kubernetes binaries, add-ons or images, no dense extra. PostgreSQL and Redis are
+# still real (make system-deps installs them once); tests that need a missing server skip and say why.
+FAST = not k8s and not images and not dense
+.PHONY: test-fast
+test-fast: install ## The quick loop: lint, type-check and every test but those needing Kubernetes, images or the dense extra
+	$(MAKE) --no-print-directory lint typecheck
+	$(UV) run pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 .PHONY: all
 all: test ## Everything CI runs

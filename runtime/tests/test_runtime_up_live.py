@@ -245,6 +245,7 @@ def _query(up: Up) -> list[str]:
     return [hit["source"] for hit in response.json()["data"]]
 
 
+@pytest.mark.dense
 def test_the_local_dense_model_finds_what_keywords_cannot(tmp_path: Path) -> None:
     specs = copy_specs(tmp_path)
     words = set(sparse_vector(SEMANTIC).indices)

@@ -57,9 +57,7 @@ lint: install ## Lint the code (ruff), the layering contract (import-linter) and
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run lint-imports --no-cache
-	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: run make system-deps" >&2; exit 1; }
-	@dir="$$(tests/cluster/build-addons.sh actionlint)" && "$$dir/actionlint" -no-color -shellcheck shellcheck
-	@echo "actionlint: .github/workflows clean"
+	@tools/lint-workflows.sh
 
 .PHONY: typecheck
 typecheck: install ## Type-check every member and the tests (mypy --strict)

@@ -1,53 +1,31 @@
-"""The `agentplane` command line: validate, plan, generate, explain, keys, up, chat."""
+"""The `agentplane` command line: validate, policy, plan, generate, explain, keys; and the commands other
+installed packages register (`agentplane_platform.commands`: the runtime's up and chat)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
-import os
 import re
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO, TypedDict
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
 from .api.v1alpha1._base import DNS1123_LABEL
+from .commands import Command, installed_commands
 from .db import create_engine, migrate
 from .explain import ExplainError, explain
 from .generate import generate
 from .keys import KeyInfo, create_api_key, list_api_keys, revoke_api_key, split_key
 from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_against_git
 from .policies import PolicyError, PolicySet, load_cases, load_policies, run_case, summarize
+from .report_text import format_report, report_summary
 from .specs import Report, validate_paths
-
-
-def _summary(report: Report, paths: Sequence[Path]) -> str:
-    counts = Counter(loaded.resource.kind_name for loaded in report.specs_objects())
-    parts = [f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(counts.items())]
-    if report.generated:
-        parts.append(f"{report.generated} generated CRD{'s' if report.generated != 1 else ''}")
-    where = " ".join(str(p) for p in paths)
-    checked = (
-        f"{where}: {report.files} files, {report.documents} documents ({', '.join(parts) or 'no objects'})"
-    )
-    errors, warnings = len(report.errors), len(report.warnings)
-    if not errors and not warnings:
-        return f"{checked}: no problems"
-    return f"{checked}: {errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
-
-
-def format_report(report: Report, paths: Sequence[Path]) -> str:
-    """`agentplane validate`'s text output: one line per problem, then the summary."""
-    lines = [problem.format() for problem in report.problems]
-    lines.append(_summary(report, paths))
-    return "\n".join(lines) + "\n"
 
 
 def _policy_set(args: argparse.Namespace) -> PolicySet | None:
@@ -104,7 +82,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     elif args.format == "github":
         for problem in report.problems:
             out.write(problem.github_annotation() + "\n")
-        out.write(_summary(report, paths) + "\n")
+        out.write(report_summary(report, paths) + "\n")
     else:
         out.write(format_report(report, paths))
     return 0 if report.ok else 1
@@ -201,7 +179,20 @@ def parse_expiry(text: str, now: datetime) -> datetime:
     return moment
 
 
-def _key_row(key: KeyInfo, now: datetime) -> dict[str, Any]:
+class KeyRow(TypedDict):
+    """A key as `agentplane keys list --format json` prints it."""
+
+    id: str
+    name: str
+    agents: list[str] | None
+    roles: list[str]
+    state: str
+    created: str | None
+    expires: str | None
+    revoked: str | None
+
+
+def _key_row(key: KeyInfo, now: datetime) -> KeyRow:
     return {
         "id": key.id,
         "name": key.name,
@@ -287,51 +278,60 @@ def cmd_keys(args: argparse.Namespace, out: TextIO) -> int:
         return 1
 
 
-def _runtime(module: str) -> Any:
-    """A module of the agent runtime, which depends on this package (never the other way round), so
-    it is imported lazily; None, with the reason printed, when it is not installed."""
-    # litellm (imported with the runtime) fetches its cost map from the network unless told not to
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    try:
-        return importlib.import_module(f"agentplane_runtime.{module}")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("agentplane_runtime"):
-            raise
+PLUGIN_COMMANDS = {"up": "agentplane-runtime", "chat": "agentplane-runtime"}
+"""The commands `agentplane` expects other packages to register (`agentplane_platform.commands`), with
+the distribution that provides each: named here only to say what to install when one is missing."""
+
+
+def _missing_plugin(distribution: str) -> Callable[[argparse.Namespace, TextIO], int]:
+    def run(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(
-            "error: this command needs the agent runtime (agentplane-runtime); "
+            f"error: this command needs the agent runtime ({distribution}); "
             "install it with `uv sync --all-packages` (or `make install`)\n"
         )
-        return None
-
-
-def cmd_up(args: argparse.Namespace, out: TextIO) -> int:
-    local = _runtime("local")
-    if local is None:
         return 1
-    up: Callable[..., int] = local.up
-    return up(
-        Path(args.path), host=args.host, port=args.port, state=Path(args.state), out=out, watch=args.watch
-    )
+
+    return run
 
 
-def cmd_chat(args: argparse.Namespace, out: TextIO) -> int:
-    terminal = _runtime("terminal")
-    if terminal is None:
-        return 1
-    chat: Callable[..., int] = terminal.chat
-    return chat(
-        args.target,
-        args.question,
-        base_url=args.url,
-        state=Path(args.state),
-        key=args.key,
-        out=out,
-        err=sys.stderr,
-    )
+def _add_plugin_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    plugins: Sequence[Command],
+    taken: set[str],
+) -> None:
+    """A subcommand per plugin command (the expected ones first); for an expected command that no
+    installed package provides, one that accepts anything and says what to install."""
+    order = list(PLUGIN_COMMANDS)
+    for command in sorted(
+        plugins, key=lambda c: (order.index(c.name) if c.name in order else len(order), c.name)
+    ):
+        if command.name in taken:
+            sys.stderr.write(f"warning: ignoring the plugin command {command.name!r}: the name is taken\n")
+            continue
+        taken.add(command.name)
+        sub = commands.add_parser(command.name, help=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    for name, distribution in PLUGIN_COMMANDS.items():
+        if name not in taken:
+            # no option is declared and none looks like one (prefix "\0"): whatever follows the
+            # name, the command runs and says what to install, rather than argparse's usage error
+            sub = commands.add_parser(
+                name, help=f"(not installed: needs {distribution})", add_help=False, prefix_chars="\0"
+            )
+            sub.add_argument("arguments", nargs=argparse.REMAINDER)
+            sub.set_defaults(run=_missing_plugin(distribution))
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser of the `agentplane` command."""
+def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the `agentplane` command: its own commands and those of `plugins`
+    (default: the installed ones, a warning on stderr for each that cannot be loaded)."""
+    if plugins is None:
+        plugins, unavailable = installed_commands()
+        for broken in unavailable:
+            sys.stderr.write(
+                f"warning: the agentplane command {broken.entry_point} cannot be loaded: {broken.reason}\n"
+            )
     top = argparse.ArgumentParser(
         prog="agentplane", description="Run AI agents for many tenants, from specs in Git."
     )
@@ -429,47 +429,15 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("key", metavar="KEY_ID")
     keys.set_defaults(run=cmd_keys)
 
-    up = commands.add_parser(
-        "up", help="serve every agent of the specs locally (SQLite, Qdrant local mode, offline model)"
-    )
-    up.add_argument("path", nargs="?", default="specs", metavar="PATH", help="spec tree (default: specs/)")
-    up.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
-    up.add_argument(
-        "--state", default=".agentplane", help="state directory: SQLite, Qdrant, keys (default .agentplane/)"
-    )
-    up.add_argument(
-        "--no-watch",
-        dest="watch",
-        action="store_false",
-        help="serve the specs as they are at start; do not apply later changes",
-    )
-    up.set_defaults(run=cmd_up)
-
-    chat = commands.add_parser(
-        "chat",
-        help="talk to an agent of `agentplane up` from the terminal: streams the answer, sources, usage",
-    )
-    chat.add_argument("target", metavar="TENANT/AGENT", help="for example acme/support-bot")
-    chat.add_argument(
-        "question", nargs="?", help="ask this one question and exit (default: an interactive conversation)"
-    )
-    chat.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="where `agentplane up` listens (default %(default)s)"
-    )
-    chat.add_argument(
-        "--state",
-        default=".agentplane",
-        help="state directory of `up`, for the tenant's key (default .agentplane/)",
-    )
-    chat.add_argument("--key", help="API key to use (default: AGENTPLANE_API_KEY, else the one `up` saved)")
-    chat.set_defaults(run=cmd_chat)
+    _add_plugin_commands(commands, plugins, set(commands.choices))
     return top
 
 
-def run(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args = parser().parse_args(argv)
+def run(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, plugins: Sequence[Command] | None = None
+) -> int:
+    """Run the command line; returns the exit code. `plugins`: as for `parser`."""
+    args = parser(plugins).parse_args(argv)
     code: int = args.run(args, out or sys.stdout)
     return code
 

@@ -37,6 +37,13 @@ system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis; co
 up: install ## Serve every agent of specs/ locally (agentplane up: SQLite, Qdrant local mode, offline model); Ctrl-C stops
 	$(UV) run agentplane up specs/ $(UP_ARGS)
 
+# AGENT and Q reach the recipe through the environment (make exports command-line variables), so a
+# question holding quotes, `$` or backticks is passed to agentplane as written.
+.PHONY: chat
+chat: install ## Talk to an agent of `make up`: make chat AGENT=acme/support-bot [Q="How do I return an item?"] (no Q: a conversation; CHAT_ARGS="--url ...")
+	@test -n "$$AGENT" || { echo 'usage: make chat AGENT=TENANT/AGENT [Q="a question"] (without Q: a conversation)' >&2; exit 2; }
+	$(UV) run agentplane chat "$$AGENT" $${Q:+"$$Q"} $(CHAT_ARGS)
+
 .PHONY: validate
 validate: install ## Validate every spec under specs/ (what CI runs on each push)
 	$(UV) run agentplane validate specs/

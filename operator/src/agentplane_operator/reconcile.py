@@ -44,6 +44,7 @@ from agentplane_operator.conditions import Cond, kstatus, merge_conditions, read
 from agentplane_operator.kube import Manifest, holds
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.state import Operator, Views
+from agentplane_platform import max_agents
 from agentplane_platform.api.v1alpha1 import (
     Agent,
     Prompt,
@@ -523,15 +524,13 @@ def plan_agent(op: Operator, body: Mapping[str, Any], views: Views) -> AgentPlan
             "ConfigResolved", False, "TenantNotFound", f"no Tenant owns namespace {namespace}", stalled=True
         )
         return AgentPlan([why, Cond("Deployed", False, "TenantNotFound", why.message)], None, [])
-    admitted = [a["metadata"]["name"] for a in views.agents_in(namespace)][: tenant.spec.quotas.max_agents]
-    if name not in admitted:
-        message = (
-            f"Tenant {tenant.name!r} allows {tenant.spec.quotas.max_agents} agent(s); this one is beyond it"
-        )
+    admission = views.admission(tenant)
+    if name not in admission.admitted:  # also one not indexed yet: admitted only once counted
+        refused = admission.refused.get(name, max_agents.refusal(tenant))
         return AgentPlan(
             [
-                Cond("ConfigResolved", False, "QuotaExceeded", message, stalled=True),
-                Cond("Deployed", False, "QuotaExceeded", message),
+                Cond("ConfigResolved", False, max_agents.REASON, refused, stalled=True),
+                Cond("Deployed", False, max_agents.REASON, refused),
             ],
             None, [],
         )  # fmt: skip

@@ -20,6 +20,7 @@ from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, ReadyClock
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.settings import OperatorSettings
+from agentplane_platform import max_agents
 from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool
 from agentplane_platform.knowledge import VectorStore
 
@@ -130,6 +131,11 @@ class Operator:
         await self.db.dispose()
 
 
+def _candidate(agent: Manifest) -> max_agents.Candidate:
+    metadata = agent["metadata"]
+    return max_agents.Candidate.of(metadata["name"], metadata.get("creationTimestamp"))
+
+
 def _first(values: Iterable[V] | None) -> V | None:
     return next(iter(values), None) if values is not None else None
 
@@ -170,15 +176,18 @@ class Views:
         return {name: t for (ns, name), found in self.tools.items() if ns == namespace for t in found}
 
     def agents_in(self, namespace: str) -> list[Manifest]:
-        """The namespace's Agents, oldest first: the order in which the tenant's `maxAgents` admits them."""
+        """The namespace's Agents in the order the tenant's `maxAgents` admits them (oldest first,
+        then by name: `agentplane_platform.max_agents`)."""
         found = [
             a
             for key in set(self.agents_by_namespace.get(namespace, ()))
             if (a := self.agent(key)) is not None
         ]
-        return sorted(
-            found, key=lambda a: (a["metadata"].get("creationTimestamp", ""), a["metadata"]["name"])
-        )
+        return sorted(found, key=lambda a: max_agents.order_key(_candidate(a)))
+
+    def admission(self, tenant: Tenant) -> max_agents.Admission:
+        """Which of the tenant's Agents its `maxAgents` admits, and why the others are refused."""
+        return max_agents.admit(tenant, (_candidate(a) for a in self.agents_in(tenant.namespace)))
 
     def dependents_of(
         self, kind: Literal["tenant", "prompt", "tool"], namespace: str, name: str

@@ -17,7 +17,7 @@ import logging
 import socket
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +25,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from agentplane_platform.api.v1alpha1 import McpTool, Tenant, Tool, ToolDiscovery, ToolStatus
+from agentplane_platform.api.v1alpha1 import McpTool, Tenant, Tool, ToolDiscovery, ToolStatus, tenant_of
 from agentplane_platform.config import (
     AgentConfig,
     ResolveError,
@@ -61,11 +61,15 @@ class LocalSpecs:
     agents: list[AgentConfig] = field(default_factory=list)
     tenants: dict[str, Tenant] = field(default_factory=dict)
     errors: dict[AgentKey, str] = field(default_factory=dict)
-    """Agents that do not resolve (missing prompt version, tool, ...), by (tenant, agent)."""
+    """Agents that are not served, by (tenant, agent): those that do not resolve (missing prompt
+    version, tool, ...) and those beyond their Tenant's maxAgents."""
+    refused: set[AgentKey] = field(default_factory=set)
+    """Of `errors`, the Agents beyond their Tenant's maxAgents: as in a cluster, the others are
+    served (`agentplane_platform.max_agents`), so these do not keep `up` from starting."""
 
     @property
     def ok(self) -> bool:
-        return self.report.ok and not self.errors
+        return self.report.ok and not self.errors.keys() - self.refused
 
     @property
     def limits(self) -> dict[str, QuotaLimits]:
@@ -136,14 +140,25 @@ class LocalDiscovery:
 
 def load_specs(path: Path, discovery: LocalDiscovery | None = None) -> LocalSpecs:
     """Validate the tree, discover the schemas of MCP Tools without parameters (with `discovery`)
-    and resolve every Agent; `errors` lists agents that do not resolve."""
+    and resolve every Agent; `errors` lists agents that do not resolve, and those beyond their
+    Tenant's maxAgents (which `refused` names; the tree's other agents are served)."""
     report = validate_paths([path])
+    beyond = report.specs.beyond_max_agents()
+    # an Agent beyond maxAgents is refused alone, as the operator refuses it, not the whole tree
+    said = set(beyond.values())
+    report = replace(report, problems=[p for p in report.problems if p not in said])
     result = LocalSpecs(report)
+    for (namespace, name), problem in sorted(beyond.items()):
+        key = (tenant_of(namespace) or namespace, name)
+        result.errors[key] = f"{problem.file}: Agent {namespace}/{name}: {problem.message}"
+        result.refused.add(key)
     if not report.ok:
         return result
     failures = discovery.run(report.specs) if discovery is not None else {}
     result.tenants = {name: loaded.resource for name, loaded in report.specs.tenants.items()}
     for (namespace, name), loaded in sorted(report.specs.agents.items()):
+        if (namespace, name) in beyond:
+            continue
         tenant = report.specs.tenant_of(namespace)
         if tenant is None:
             result.errors[(namespace, name)] = (
@@ -535,6 +550,8 @@ def up(
         out.write(loaded.problems([specs]))
         out.write("agentplane up: not starting, fix the problems above\n")
         return 1
+    for key in sorted(loaded.refused):
+        out.write(f"specs: ! {key[0]}/{key[1]} not served: {loaded.errors[key]}\n")
     state.mkdir(parents=True, exist_ok=True)
     # bind first: a busy port fails at once, before any state is touched or a banner is printed
     try:

@@ -10,7 +10,7 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentplane_platform import egress
+from agentplane_platform import egress, max_agents
 from agentplane_platform.api.v1alpha1 import (
     Agent,
     HttpTool,
@@ -52,12 +52,30 @@ class SpecSet:
         """The Tools of a namespace, by name."""
         return {name: t.resource for (ns, name), t in self.tools.items() if ns == namespace}
 
-    def agent_counts(self) -> dict[str, int]:
-        """Number of Agents per namespace."""
-        counts: dict[str, int] = defaultdict(int)
-        for namespace, _ in self.agents:
-            counts[namespace] += 1
-        return counts
+    def beyond_max_agents(self) -> dict[tuple[str, str], Problem]:
+        """The Agents their Tenant's `quotas.maxAgents` refuses (`agentplane_platform.max_agents`,
+        the operator's rule), by (namespace, name): the problem at each, whose message is the reason
+        the operator writes in the Agent's condition."""
+        by_namespace: dict[str, list[Loaded[Agent]]] = defaultdict(list)
+        for (namespace, _), loaded in self.agents.items():
+            by_namespace[namespace].append(loaded)
+        found: dict[tuple[str, str], Problem] = {}
+        for namespace, agents in sorted(by_namespace.items()):
+            tenant = self.tenant_of(namespace)
+            if tenant is None:
+                continue
+            admission = max_agents.admit(
+                tenant.resource,
+                (
+                    max_agents.Candidate.of(a.resource.metadata.name, a.resource.metadata.creation_timestamp)
+                    for a in agents
+                ),
+            )
+            for loaded in agents:
+                why = admission.refused.get(loaded.resource.metadata.name)
+                if why is not None:
+                    found[(namespace, loaded.resource.metadata.name)] = loaded.at(("metadata", "name"), why)
+        return found
 
     def __len__(self) -> int:
         return len(self.tenants) + len(self.agents) + len(self.tools) + len(self.prompts)
@@ -358,19 +376,6 @@ def _prompt_data(loaded: Loaded[Agent]) -> dict[str, Any]:
     return prompt if isinstance(prompt, dict) else {}
 
 
-def _check_agent_counts(specs: SpecSet) -> Iterator[Problem]:
-    counts = specs.agent_counts()
-    for name, tenant in specs.tenants.items():
-        count = counts.get(namespace_of(name), 0)
-        limit = tenant.resource.spec.quotas.max_agents
-        if count > limit:
-            yield tenant.at(
-                ("spec", "quotas", "maxAgents"),
-                f"Tenant has {count} Agents, more than quotas.maxAgents allows "
-                f"(expected at most {limit}; raise the quota or remove agents)",
-            )
-
-
 def index(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
     """The valid objects by name, and the duplicates found while indexing them."""
     specs = SpecSet()
@@ -412,7 +417,7 @@ def check(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
                         f"no Tenant {name!r} for namespace {namespace} (expected a Tenant spec)",
                     )
                 )
-    problems.extend(_check_agent_counts(specs))
+    problems.extend(specs.beyond_max_agents().values())
     return specs, problems
 
 

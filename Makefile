@@ -37,12 +37,14 @@ system-deps: ## Install the Debian packages the tests run (PostgreSQL, Redis; co
 up: install ## Serve every agent of specs/ locally (agentplane up: SQLite, Qdrant local mode, offline model); Ctrl-C stops
 	$(UV) run agentplane up specs/ $(UP_ARGS)
 
-# AGENT and Q reach the recipe through the environment (make exports command-line variables), so a
+# AGENT and Q reach the recipe through the environment, Q unexpanded by make ($(value Q)), so a
 # question holding quotes, `$` or backticks is passed to agentplane as written.
 .PHONY: chat
+chat: export CHAT_AGENT = $(value AGENT)
+chat: export CHAT_QUESTION = $(value Q)
 chat: install ## Talk to an agent of `make up`: make chat AGENT=acme/support-bot [Q="How do I return an item?"] (no Q: a conversation; CHAT_ARGS="--url ...")
-	@test -n "$$AGENT" || { echo 'usage: make chat AGENT=TENANT/AGENT [Q="a question"] (without Q: a conversation)' >&2; exit 2; }
-	$(UV) run agentplane chat "$$AGENT" $${Q:+"$$Q"} $(CHAT_ARGS)
+	@test -n "$$CHAT_AGENT" || { echo 'usage: make chat AGENT=TENANT/AGENT [Q="a question"] (without Q: a conversation)' >&2; exit 2; }
+	$(UV) run agentplane chat "$$CHAT_AGENT" $${CHAT_QUESTION:+"$$CHAT_QUESTION"} $(CHAT_ARGS)
 
 .PHONY: validate
 validate: install ## Validate every spec under specs/ (what CI runs on each push)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from agentplane_platform.api.v1alpha1 import KnowledgeBase
 from agentplane_platform.config import collection_name
@@ -149,6 +150,17 @@ async def ensure_collection(store: VectorStore, spec: CollectionSpec) -> Collect
                 await client.create_payload_index(spec.name, field, field_schema=schema, wait=True)
     verb = "created" if created else "exists"
     return CollectionState(spec.name, ready=True, created=created, message=f"collection {spec.name!r} {verb}")
+
+
+def qdrant_unreachable(exc: BaseException) -> bool:
+    """Whether a failed Qdrant call means Qdrant did not answer (down, unreachable, overloaded, timed
+    out): worth retrying soon. False when it answered with a refusal (a 4xx: a bad collection config,
+    a missing collection) or the client itself failed: retrying soon would fail the same way."""
+    if isinstance(exc, ResponseHandlingException):  # the client wraps what the transport raised
+        return qdrant_unreachable(exc.source)
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, httpx.TransportError | OSError | TimeoutError)
 
 
 async def delete_collection(store: VectorStore, name: str) -> bool:

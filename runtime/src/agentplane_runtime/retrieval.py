@@ -8,23 +8,25 @@ A chunk is visible to a caller when its `visibility` is `org`, or the caller is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+import httpx
 import litellm
 from qdrant_client import models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
 
 from agentplane_platform.config import ResolvedKnowledge
-from agentplane_platform.knowledge import DENSE_VECTOR, SPARSE_VECTOR, VectorStore
+from agentplane_platform.knowledge import DENSE_VECTOR, SPARSE_VECTOR, VectorStore, qdrant_unreachable
 from agentplane_runtime.auth import Principal
 from agentplane_runtime.documents import Chunk
 
@@ -130,7 +132,18 @@ class LiteLLMEmbedder:
 
 
 class RetrievalUnavailable(Exception):
-    """Qdrant did not answer (after one retry)."""
+    """Qdrant did not answer (a search: after one retry)."""
+
+
+@contextlib.contextmanager
+def _answered() -> Iterator[None]:
+    """Qdrant not answering raised as `RetrievalUnavailable`; a refusal or a bug as it is."""
+    try:
+        yield
+    except (ApiException, httpx.HTTPError, OSError, TimeoutError) as exc:
+        if qdrant_unreachable(exc):
+            raise RetrievalUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,7 @@ class DocumentInfo:
         )
 
 
+_PROVIDER_ERRORS = (*litellm.exceptions.LITELLM_EXCEPTION_TYPES, httpx.HTTPError, OSError, TimeoutError)
 _QDRANT_ERRORS = (UnexpectedResponse, ResponseHandlingException, OSError, ConnectionError, TimeoutError)
 
 
@@ -200,10 +214,15 @@ class KnowledgeService:
     async def _dense_or_none(self, kb: ResolvedKnowledge, texts: list[str]) -> list[list[float]] | None:
         try:
             return await self.embedder.embed(kb.embedding_model, kb.dimensions, texts)
-        except Exception as exc:  # provider down: keyword retrieval still works
+        except Exception as exc:  # whatever the embedder's failure, keyword retrieval still works
+            # a provider's failure is expected; anything else is a bug or a misfit model, logged with
+            # its traceback
+            expected = isinstance(exc, _PROVIDER_ERRORS)
             log.warning(
-                "embedding with %s failed (%s); keyword vectors only", kb.embedding_model, type(exc).__name__
-            )
+                "embedding for knowledge base %s with %s failed (%s: %s); keyword vectors only",
+                kb.collection, kb.embedding_model, type(exc).__name__, exc,
+                exc_info=None if expected else exc,
+            )  # fmt: skip
             return None
 
     async def add_document(
@@ -220,7 +239,7 @@ class KnowledgeService:
         extra: Mapping[str, Any] | None = None,
     ) -> DocumentInfo:
         """Store a document's chunks (replacing an earlier version of `doc_id`); `extra` payload
-        fields go on every chunk."""
+        fields go on every chunk. Raises `RetrievalUnavailable` when Qdrant does not answer."""
         doc_id = doc_id or uuid.uuid4().hex
         created_at = datetime.now(UTC).isoformat()
         dense = await self._dense_or_none(kb, [c.text for c in chunks]) if chunks else None
@@ -249,12 +268,13 @@ class KnowledgeService:
                     },
                 )
             )
-        # replace a previous version of the same document
-        await self.store.client.delete(
-            kb.collection, points_selector=self._doc_filter(tenant, doc_id), wait=True
-        )
-        for start in range(0, len(points), 128):
-            await self.store.client.upsert(kb.collection, points[start : start + 128], wait=True)
+        with _answered():
+            # replace a previous version of the same document
+            await self.store.client.delete(
+                kb.collection, points_selector=self._doc_filter(tenant, doc_id), wait=True
+            )
+            for start in range(0, len(points), 128):
+                await self.store.client.upsert(kb.collection, points[start : start + 128], wait=True)
         return DocumentInfo(doc_id, source, owner, visibility, shared_with, created_at, len(chunks))
 
     @staticmethod
@@ -273,13 +293,14 @@ class KnowledgeService:
         documents = []
         offset: Any = None
         while True:
-            records, offset = await self.store.client.scroll(
-                kb.collection,
-                scroll_filter=access_filter(tenant, principal, [first]),
-                limit=256,
-                offset=offset,
-                with_payload=True,
-            )
+            with _answered():
+                records, offset = await self.store.client.scroll(
+                    kb.collection,
+                    scroll_filter=access_filter(tenant, principal, [first]),
+                    limit=256,
+                    offset=offset,
+                    with_payload=True,
+                )
             documents += [DocumentInfo.of(record.payload or {}) for record in records]
             if offset is None:
                 break
@@ -289,24 +310,26 @@ class KnowledgeService:
     async def get_document(
         self, tenant: str, kb: ResolvedKnowledge, principal: Principal, doc_id: str
     ) -> DocumentInfo | None:
-        records, _ = await self.store.client.scroll(
-            kb.collection,
-            scroll_filter=access_filter(
-                tenant,
-                principal,
-                [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))],
-            ),
-            limit=1,
-            with_payload=True,
-        )
+        with _answered():
+            records, _ = await self.store.client.scroll(
+                kb.collection,
+                scroll_filter=access_filter(
+                    tenant,
+                    principal,
+                    [models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))],
+                ),
+                limit=1,
+                with_payload=True,
+            )
         if not records:
             return None
         return DocumentInfo.of({**(records[0].payload or {}), "doc_id": doc_id})
 
     async def delete_document(self, tenant: str, kb: ResolvedKnowledge, doc_id: str) -> None:
-        await self.store.client.delete(
-            kb.collection, points_selector=self._doc_filter(tenant, doc_id), wait=True
-        )
+        with _answered():
+            await self.store.client.delete(
+                kb.collection, points_selector=self._doc_filter(tenant, doc_id), wait=True
+            )
 
     async def search(
         self,

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
+from qdrant_client.http.exceptions import ApiException
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.api.v1alpha1 import KnowledgeBase
@@ -53,6 +56,10 @@ from agentplane_runtime.usage import (
 log = logging.getLogger("agentplane.runtime")
 
 
+class StoreDown(Exception):
+    """A store answered its readiness check with something other than yes."""
+
+
 @dataclass
 class Runtime:
     """Everything a request needs, shared by every agent served by this process."""
@@ -73,26 +80,61 @@ class Runtime:
     llm: LLMClient
     chat: ChatService
 
+    _problems: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    """Store -> the type of error its last readiness check failed with (none while it answers)."""
+
     async def check_database(self) -> bool:
-        try:
+        async def probe() -> None:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:
-            return False
-        return True
+
+        return await self._check("database", probe, (SQLAlchemyError, OSError, TimeoutError))
 
     async def check_quota_store(self) -> bool:
-        try:
-            return await self.quota_backend.ping()
-        except Exception:
-            return False
+        async def probe() -> None:
+            if not await self.quota_backend.ping():
+                raise StoreDown("PING was not answered")
+
+        return await self._check("quota_store", probe, (RedisError, OSError, TimeoutError, StoreDown))
 
     async def check_vector_store(self) -> bool:
-        try:
+        async def probe() -> None:
             await self.vectors.client.get_collections()
-        except Exception:
+
+        # any answer but a list of collections (a refused API key, a 5xx) means it cannot serve
+        return await self._check(
+            "vector_store", probe, (ApiException, httpx.HTTPError, OSError, TimeoutError)
+        )
+
+    async def _check(
+        self, store: str, probe: Callable[[], Awaitable[None]], down: tuple[type[Exception], ...]
+    ) -> bool:
+        """Whether `store` answers. A failure is logged when it starts or changes (the probe runs every
+        few seconds), and the recovery once; `down` are the errors of a store that does not answer, any
+        other is a bug of ours and is logged with its traceback."""
+        try:
+            await probe()
+        except down as exc:
+            self._note(store, exc, unexpected=False)
             return False
+        except Exception as exc:  # the readiness probe must answer (not ready), whatever the check does
+            self._note(store, exc, unexpected=True)
+            return False
+        if self._problems.pop(store, None) is not None:
+            log.info("readiness: %s answers again", store)
         return True
+
+    def _note(self, store: str, exc: Exception, *, unexpected: bool) -> None:
+        kind = type(exc).__name__
+        if self._problems.get(store) == kind:
+            return
+        self._problems[store] = kind
+        if unexpected:
+            log.error(
+                "readiness: the check of %s failed unexpectedly (%s: %s)", store, kind, exc, exc_info=exc
+            )
+        else:
+            log.warning("readiness: %s unreachable (%s: %s)", store, kind, exc)
 
     async def ensure_collections(self) -> None:
         """Create the knowledge collections of every served agent that are missing."""

@@ -81,11 +81,15 @@ async def upload_document(
     if not chunks:
         raise ApiError(400, "the document has no text", param="file")
     shared = [s.strip() for item in shared_with or [] for s in item.split(",") if s.strip()]
-    if doc_id is not None:
-        existing = await runtime.knowledge.get_document(tenant, base, principal, doc_id)
-        if existing is not None and existing.owner != principal.subject and not principal.is_admin(tenant):
-            raise ApiError(403, "the document belongs to someone else", type="permission_error")
     try:
+        if doc_id is not None:
+            existing = await runtime.knowledge.get_document(tenant, base, principal, doc_id)
+            if (
+                existing is not None
+                and existing.owner != principal.subject
+                and not principal.is_admin(tenant)
+            ):
+                raise ApiError(403, "the document belongs to someone else", type="permission_error")
         info = await runtime.knowledge.add_document(
             tenant,
             base,
@@ -106,7 +110,10 @@ async def list_documents(
     kb: str, agent: CurrentAgent, principal: CurrentPrincipal, runtime: RuntimeDep
 ) -> DocumentList:
     base = _kb(agent, kb)
-    docs = await runtime.knowledge.list_documents(agent.config.tenant, base, principal)
+    try:
+        docs = await runtime.knowledge.list_documents(agent.config.tenant, base, principal)
+    except RetrievalUnavailable:
+        raise _unavailable() from None
     return DocumentList(data=[_public(d) for d in docs])
 
 
@@ -116,12 +123,17 @@ async def delete_document(
 ) -> Response:
     base = _kb(agent, kb)
     tenant = agent.config.tenant
-    doc = await runtime.knowledge.get_document(tenant, base, principal, doc_id)
-    if doc is None:
-        raise ApiError(404, "no such document", type="not_found_error", code="document_not_found")
-    if doc.owner != principal.subject and not principal.is_admin(tenant):
-        raise ApiError(403, "only the owner or an admin may delete this document", type="permission_error")
-    await runtime.knowledge.delete_document(tenant, base, doc_id)
+    try:
+        doc = await runtime.knowledge.get_document(tenant, base, principal, doc_id)
+        if doc is None:
+            raise ApiError(404, "no such document", type="not_found_error", code="document_not_found")
+        if doc.owner != principal.subject and not principal.is_admin(tenant):
+            raise ApiError(
+                403, "only the owner or an admin may delete this document", type="permission_error"
+            )
+        await runtime.knowledge.delete_document(tenant, base, doc_id)
+    except RetrievalUnavailable:
+        raise _unavailable() from None
     return Response(status_code=204)
 
 

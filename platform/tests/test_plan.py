@@ -150,7 +150,7 @@ def test_tool_removed_while_in_use_names_the_agents(repo: Path) -> None:
     for agent, line, index in (("support-bot", 21, 0), ("billing-assistant", 19, 1)):
         assert (
             f"error: specs/tenants/acme/agents/{agent}.yaml:{line}:7: Agent/{agent}: spec.tools[{index}].name: "
-            f"Agent {agent} cannot be resolved: ToolNotFound: Tool 'order-lookup' not found "
+            f"Agent {agent} cannot be resolved: ToolNotFound: Tool 'order-lookup' not found in namespace tenant-acme "
             "(Tool order-lookup is removed by this change)"
         ) in out, out
     assert "the new tree (agentplane validate)" not in out  # the same two errors, said once

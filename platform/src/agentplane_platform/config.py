@@ -2,14 +2,17 @@
 
 `resolve_agent` turns an Agent and what it references (its Tenant, the pinned Prompt version,
 its Tools) into an `AgentConfig` — pure, no I/O — or raises `ResolveError` with the reason the
-operator puts in the Agent's `ConfigResolved` condition.
+operator puts in the Agent's `ConfigResolved` condition. What it refuses is decided once, by
+`agent_problems`: `agentplane validate` reports every one of them at its field's file and line,
+`resolve_agent` (the operator, `agentplane up`, `plan`) stops at the first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +39,7 @@ ResolveReason = Literal[
     "PromptNotFound",
     "PromptVersionNotFound",
     "VariableMissing",
+    "VariableNotDeclared",
     "ToolNotFound",
     "ToolNotAllowed",
     "ToolNotDiscovered",
@@ -44,13 +48,31 @@ ResolveReason = Literal[
 ]
 
 
-class ResolveError(Exception):
-    """Why an Agent's config cannot be resolved; `reason` is a condition reason."""
+FieldPath = tuple[str | int, ...]
+"""A field of an Agent: `("spec", "tools", 0, "name")`."""
 
-    def __init__(self, reason: ResolveReason, message: str) -> None:
+
+class ResolveError(Exception):
+    """Why an Agent's config cannot be resolved; `reason` is a condition reason, `path` the Agent's
+    field it is about."""
+
+    def __init__(self, reason: ResolveReason, message: str, path: FieldPath = ("spec",)) -> None:
         super().__init__(message)
         self.reason: ResolveReason = reason
         self.message = message
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """One reason an Agent does not resolve."""
+
+    reason: ResolveReason
+    path: FieldPath
+    """The Agent's field it is about."""
+    message: str
+    subject: str
+    """The name the field holds: the model, Prompt, variable, Tool or knowledge base."""
 
 
 class _Config(BaseModel):
@@ -226,7 +248,7 @@ def discovered_parameters(tool: Tool) -> tuple[dict[str, Any], str] | None:
     return (parameters, found.parameters_hash) if isinstance(parameters, dict) else None
 
 
-def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
+def _resolve_tool(tool: Tool, path: FieldPath) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBuiltinTool:
     spec = tool.spec
     common: dict[str, Any] = {
         "name": tool.metadata.name,
@@ -256,6 +278,7 @@ def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBu
                     f"Tool {tool.name!r} declares no parameters and the input schema of MCP tool "
                     f"{spec.tool!r} at {spec.url} is not discovered yet (see the Tool's status); "
                     "declare spec.parameters to not depend on the server's listing",
+                    path,
                 )
             common["parameters"], digest = discovered
         return ResolvedMcpTool(
@@ -270,62 +293,131 @@ def _resolve_tool(tool: Tool) -> ResolvedHttpTool | ResolvedMcpTool | ResolvedBu
     return ResolvedBuiltinTool(**common, builtin=spec.builtin)
 
 
+def undeclared_variables(template: str, declared: Iterable[str]) -> list[str]:
+    """The variables a template uses that it neither declares nor gets built in, sorted."""
+    used, _ = variables_used(template)
+    return sorted(used - set(declared) - BUILTIN_VARIABLES)
+
+
+def agent_problems(
+    agent: Agent, tenant: Tenant, prompts: Mapping[str, Prompt], tools: Mapping[str, Tool]
+) -> Iterator[Unresolved]:
+    """Every reason the Agent does not resolve against its Tenant and the Prompts and Tools of its
+    namespace (by name), in the order `resolve_agent` meets them: a model outside allowedModels, the
+    Prompt or its pinned version missing, a variable the version does not declare or a required one
+    without a value, a Tool missing or outside allowedTools, a knowledge base the Tenant lacks."""
+    spec = agent.spec
+    namespace = agent.metadata.namespace or tenant.namespace
+    allowed_models = ", ".join(tenant.spec.allowed_models)
+    models: list[tuple[FieldPath, str]] = [(("spec", "model", "name"), spec.model.name)]
+    models += [(("spec", "model", "fallbacks", i), m) for i, m in enumerate(spec.model.fallbacks)]
+    for path, model in models:
+        if not tenant.allows_model(model):
+            yield Unresolved(
+                "ModelNotAllowed",
+                path,
+                f"model {model!r} is not allowed by Tenant {tenant.name!r} "
+                f"(expected one of allowedModels: {allowed_models})",
+                model,
+            )
+    ref = spec.prompt
+    prompt = prompts.get(ref.name)
+    if prompt is None:
+        yield Unresolved(
+            "PromptNotFound",
+            ("spec", "prompt", "name"),
+            f"Prompt {ref.name!r} not found in namespace {namespace}",
+            ref.name,
+        )
+    elif (version := prompt.spec.versions().get(ref.version)) is None:
+        available = ", ".join(str(v) for v in sorted(prompt.spec.versions()))
+        yield Unresolved(
+            "PromptVersionNotFound",
+            ("spec", "prompt", "version"),
+            f"Prompt {ref.name!r} has no version {ref.version} (expected one of {available})",
+            ref.name,
+        )
+    else:
+        declared = {v.name: v for v in version.variables}
+        for name in ref.variables:
+            if name not in declared:
+                yield Unresolved(
+                    "VariableNotDeclared",
+                    ("spec", "prompt", "variables", name),
+                    f"Prompt {ref.name!r} v{version.version} declares no variable {name!r} "
+                    f"(declared: {', '.join(declared) or 'none'})",
+                    name,
+                )
+        for name, variable in declared.items():
+            if variable.required and variable.default is None and name not in ref.variables:
+                yield Unresolved(
+                    "VariableMissing",
+                    ("spec", "prompt", "variables"),
+                    f"required variable {name!r} of Prompt {ref.name!r} v{version.version} has no value "
+                    f"(expected spec.prompt.variables.{name})",
+                    name,
+                )
+    for index, tool_ref in enumerate(spec.tools):
+        path = ("spec", "tools", index, "name")
+        if tool_ref.name not in tools:
+            yield Unresolved(
+                "ToolNotFound",
+                path,
+                f"Tool {tool_ref.name!r} not found in namespace {namespace}",
+                tool_ref.name,
+            )
+        if not tenant.allows_tool(tool_ref.name):
+            yield Unresolved(
+                "ToolNotAllowed",
+                path,
+                f"tool {tool_ref.name!r} is not allowed by Tenant {tenant.name!r} "
+                f"(expected one of allowedTools: {', '.join(tenant.spec.allowed_tools) or 'none'})",
+                tool_ref.name,
+            )
+    bases = {kb.name for kb in tenant.spec.knowledge_bases}
+    for index, kref in enumerate(spec.knowledge):
+        if kref.name not in bases:
+            yield Unresolved(
+                "KnowledgeBaseNotFound",
+                ("spec", "knowledge", index, "name"),
+                f"Tenant {tenant.name!r} has no knowledge base {kref.name!r} "
+                f"(expected one of: {', '.join(sorted(bases)) or 'none'})",
+                kref.name,
+            )
+
+
 def resolve_agent(
     agent: Agent, tenant: Tenant, prompts: Mapping[str, Prompt], tools: Mapping[str, Tool]
 ) -> AgentConfig:
-    """The agent's resolved config, from the objects of its namespace (by name) and its Tenant."""
+    """The agent's resolved config, from the objects of its namespace (by name) and its Tenant;
+    raises `ResolveError` with the first of `agent_problems`, or when the pinned template uses an
+    undeclared variable or an MCP Tool's schema is not discovered yet."""
+    for problem in agent_problems(agent, tenant, prompts, tools):
+        raise ResolveError(problem.reason, problem.message, problem.path)
     spec = agent.spec
     tenant_spec = tenant.spec
-    for model in (spec.model.name, *spec.model.fallbacks):
-        if not tenant.allows_model(model):
-            raise ResolveError(
-                "ModelNotAllowed", f"model {model!r} is not in Tenant {tenant.name!r}'s allowedModels"
-            )
-    prompt = prompts.get(spec.prompt.name)
-    if prompt is None:
-        raise ResolveError("PromptNotFound", f"Prompt {spec.prompt.name!r} not found")
-    version = prompt.spec.versions().get(spec.prompt.version)
-    if version is None:
-        available = ", ".join(str(v) for v in sorted(prompt.spec.versions()))
-        raise ResolveError(
-            "PromptVersionNotFound",
-            f"Prompt {spec.prompt.name!r} has no version {spec.prompt.version} (available: {available})",
-        )
-    values: dict[str, str] = {}
-    for variable in version.variables:
-        value = spec.prompt.variables.get(variable.name, variable.default)
-        if value is None:
-            if variable.required:
-                raise ResolveError(
-                    "VariableMissing",
-                    f"required variable {variable.name!r} of Prompt {prompt.name!r} has no value",
-                )
-            value = ""
-        values[variable.name] = value
-    used, _ = variables_used(version.template)
-    undeclared = sorted(used - set(values) - BUILTIN_VARIABLES)
+    prompt = prompts[spec.prompt.name]
+    version = prompt.spec.versions()[spec.prompt.version]
+    values = {
+        variable.name: spec.prompt.variables.get(variable.name, variable.default) or ""
+        for variable in version.variables
+    }
+    undeclared = undeclared_variables(version.template, values)
     if undeclared:
         raise ResolveError(
-            "VariableMissing", f"the template uses {{{{ {undeclared[0]} }}}} which no variable declares"
+            "VariableMissing",
+            f"the template of Prompt {prompt.name!r} v{version.version} uses {{{{ {undeclared[0]} }}}} "
+            "which no variable declares",
+            ("spec", "prompt", "version"),
         )
-    resolved_tools = []
-    for ref in spec.tools:
-        tool = tools.get(ref.name)
-        if tool is None:
-            raise ResolveError("ToolNotFound", f"Tool {ref.name!r} not found")
-        if not tenant.allows_tool(ref.name):
-            raise ResolveError(
-                "ToolNotAllowed", f"tool {ref.name!r} is not in Tenant {tenant.name!r}'s allowedTools"
-            )
-        resolved_tools.append(_resolve_tool(tool))
+    resolved_tools = [
+        _resolve_tool(tools[ref.name], ("spec", "tools", index, "name"))
+        for index, ref in enumerate(spec.tools)
+    ]
     bases = {kb.name: kb for kb in tenant_spec.knowledge_bases}
     knowledge = []
     for kref in spec.knowledge:
-        base = bases.get(kref.name)
-        if base is None:
-            raise ResolveError(
-                "KnowledgeBaseNotFound", f"Tenant {tenant.name!r} has no knowledge base {kref.name!r}"
-            )
+        base = bases[kref.name]
         knowledge.append(
             ResolvedKnowledge(
                 name=base.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -22,8 +22,9 @@ from agentplane_platform.api.v1alpha1 import (
     namespace_of,
     tenant_of,
 )
+from agentplane_platform.config import agent_problems, undeclared_variables
 from agentplane_platform.schemas import openapi_schema
-from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
+from agentplane_platform.templates import variables_used
 from agentplane_platform.tool_schema import parameters_problems
 
 from ._load import Loaded, LoadResult, RawObject
@@ -210,7 +211,7 @@ def _check_prompt(loaded: Loaded[Prompt]) -> Iterator[Problem]:
             yield loaded.at(
                 (*base, "template"), f"malformed placeholder {placeholder!r} (expected {{{{ name }}}})"
             )
-        for name in sorted(used - set(declared) - BUILTIN_VARIABLES):
+        for name in undeclared_variables(template, declared):
             yield loaded.at(
                 (*base, "template"),
                 f"template uses {{{{ {name} }}}} but variables does not declare it "
@@ -288,10 +289,14 @@ def _check_tool(loaded: Loaded[Tool], specs: SpecSet) -> Iterator[Problem]:
 
 
 def _check_agent(
-    loaded: Loaded[Agent], specs: SpecSet, present: set[tuple[str, str | None, str]]
+    loaded: Loaded[Agent],
+    specs: SpecSet,
+    present: set[tuple[str, str | None, str]],
+    in_namespace: Callable[[str], tuple[dict[str, Prompt], dict[str, Tool]]],
 ) -> Iterator[Problem]:
+    """What keeps the Agent from resolving (`agentplane_platform.config.agent_problems`, the rule
+    `resolve_agent` applies), each at its field."""
     agent = loaded.resource
-    spec = agent.spec
     namespace = agent.metadata.namespace or ""
     tenant = specs.tenant_of(namespace)
     if tenant is None:
@@ -301,73 +306,15 @@ def _check_agent(
                 f"no Tenant {tenant_of(namespace)!r} for namespace {namespace} (expected a Tenant spec)",
             )
         return
-    tenant_spec = tenant.resource.spec
-    allowed = tenant_spec.allowed_models
-    if not tenant.resource.allows_model(spec.model.name):
-        yield loaded.at(
-            ("spec", "model", "name"),
-            f"model {spec.model.name!r} is not allowed by Tenant {tenant.resource.name!r} "
-            f"(expected one of allowedModels: {', '.join(allowed)})",
-        )
-    for index, fallback in enumerate(spec.model.fallbacks):
-        if not tenant.resource.allows_model(fallback):
-            yield loaded.at(
-                ("spec", "model", "fallbacks", index),
-                f"model {fallback!r} is not allowed by Tenant {tenant.resource.name!r} "
-                f"(expected one of allowedModels: {', '.join(allowed)})",
-            )
-    prompt = specs.prompts.get((namespace, spec.prompt.name))
-    if prompt is None:
-        if ("Prompt", namespace, spec.prompt.name) not in present:
-            yield loaded.at(
-                ("spec", "prompt", "name"), f"Prompt {spec.prompt.name!r} not found in namespace {namespace}"
-            )
-    else:
-        versions = prompt.resource.spec.versions()
-        version = versions.get(spec.prompt.version)
-        if version is None:
-            yield loaded.at(
-                ("spec", "prompt", "version"),
-                f"Prompt {spec.prompt.name!r} has no version {spec.prompt.version} "
-                f"(expected one of {', '.join(str(v) for v in sorted(versions))})",
-            )
-        else:
-            declared = {v.name: v for v in version.variables}
-            for name in spec.prompt.variables:
-                if name not in declared:
-                    yield loaded.at(
-                        ("spec", "prompt", "variables", name),
-                        f"Prompt {spec.prompt.name!r} v{version.version} declares no variable {name!r} "
-                        f"(declared: {', '.join(declared) or 'none'})",
-                    )
-            for name, variable in declared.items():
-                if variable.required and variable.default is None and name not in spec.prompt.variables:
-                    yield loaded.at(
-                        ("spec", "prompt", "variables")
-                        if "variables" in _prompt_data(loaded)
-                        else ("spec", "prompt"),
-                        f"required variable {name!r} of Prompt {spec.prompt.name!r} v{version.version} has no value "
-                        f"(expected spec.prompt.variables.{name})",
-                    )
-    for index, ref in enumerate(spec.tools):
-        if (namespace, ref.name) not in specs.tools and ("Tool", namespace, ref.name) not in present:
-            yield loaded.at(
-                ("spec", "tools", index, "name"), f"Tool {ref.name!r} not found in namespace {namespace}"
-            )
-        if not tenant.resource.allows_tool(ref.name):
-            yield loaded.at(
-                ("spec", "tools", index, "name"),
-                f"tool {ref.name!r} is not allowed by Tenant {tenant.resource.name!r} "
-                f"(expected one of allowedTools: {', '.join(tenant_spec.allowed_tools) or 'none'})",
-            )
-    bases = {kb.name for kb in tenant_spec.knowledge_bases}
-    for index, kref in enumerate(spec.knowledge):
-        if kref.name not in bases:
-            yield loaded.at(
-                ("spec", "knowledge", index, "name"),
-                f"Tenant {tenant.resource.name!r} has no knowledge base {kref.name!r} "
-                f"(expected one of: {', '.join(sorted(bases)) or 'none'})",
-            )
+    prompts, tools = in_namespace(namespace)
+    for problem in agent_problems(agent, tenant.resource, prompts, tools):
+        missing = {"PromptNotFound": "Prompt", "ToolNotFound": "Tool"}.get(problem.reason)
+        if missing is not None and (missing, namespace, problem.subject) in present:
+            continue  # it is there but invalid: its own problems say why
+        path = problem.path
+        if problem.reason == "VariableMissing" and "variables" not in _prompt_data(loaded):
+            path = ("spec", "prompt")
+        yield loaded.at(path, problem.message)
 
 
 def _prompt_data(loaded: Loaded[Agent]) -> dict[str, Any]:
@@ -398,6 +345,13 @@ def check(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
     specs, problems = index(result)
     present = {(raw.kind, raw.namespace if raw.kind != "Tenant" else None, raw.name) for raw in result.raw}
     problems.extend(_check_names(result))
+    namespaces: dict[str, tuple[dict[str, Prompt], dict[str, Tool]]] = {}
+
+    def in_namespace(namespace: str) -> tuple[dict[str, Prompt], dict[str, Tool]]:
+        if namespace not in namespaces:
+            namespaces[namespace] = (specs.prompts_in(namespace), specs.tools_in(namespace))
+        return namespaces[namespace]
+
     for loaded in result.objects:
         problems.extend(_check_lists(loaded))
         resource = loaded.resource
@@ -406,7 +360,7 @@ def check(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
         elif isinstance(resource, Tool):
             problems.extend(_check_tool(loaded, specs))
         elif isinstance(resource, Agent):
-            problems.extend(_check_agent(loaded, specs, present))
+            problems.extend(_check_agent(loaded, specs, present, in_namespace))
         if resource.namespaced and isinstance(resource, Tool | Prompt):
             namespace = resource.metadata.namespace or ""
             name = tenant_of(namespace)

@@ -21,9 +21,13 @@ from typing import Any
 import httpx
 import kopf
 from pydantic import ValidationError
+from qdrant_client.http.exceptions import UnexpectedResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from agentplane_operator.builders import (
     AGENT_LABEL,
@@ -64,7 +68,13 @@ from agentplane_platform.config import (
     resolve_agent,
 )
 from agentplane_platform.db import TenantQuota
-from agentplane_platform.knowledge import CollectionSpec, delete_collection, ensure_collection
+from agentplane_platform.knowledge import (
+    CollectionSpec,
+    VectorStore,
+    delete_collection,
+    ensure_collection,
+    qdrant_unreachable,
+)
 from agentplane_platform.mcp import McpDenied, McpError, discover_tool, needs_discovery
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_platform.specs import dotted
@@ -219,6 +229,102 @@ async def _platform_llm_secret(op: Operator) -> tuple[dict[str, str] | None, Con
     )
 
 
+_STORE_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    InterfaceError,
+    OSError,
+    TimeoutError,
+)
+"""What Redis and the database raise when they do not answer (worth retrying soon)."""
+
+
+@dataclass(frozen=True)
+class KnowledgeStep:
+    """What the Tenant's knowledge step found: its condition, the status' `knowledgeBases`, the
+    messages of the collections it created, and whether to retry soon (Qdrant did not answer)."""
+
+    condition: Cond
+    knowledge: list[dict[str, Any]]
+    created: list[str]
+    retry: bool
+
+
+def _qdrant_reason(exc: Exception) -> str:
+    """A failed Qdrant call in one line: a refusal's status and Qdrant's own error, else type and text."""
+    if not isinstance(exc, UnexpectedResponse):
+        return f"{type(exc).__name__}: {exc}"
+    said = exc.content.decode(errors="replace")
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        said = str(json.loads(said)["status"]["error"])
+    return f"Qdrant answered {exc.status_code} {exc.reason_phrase}: {said[:500]}"
+
+
+async def knowledge_step(
+    vectors: VectorStore, tenant: Tenant, previous: list[dict[str, Any]]
+) -> KnowledgeStep:
+    """Ensure the Tenant's collections. Qdrant not answering is `QdrantUnavailable`, retried soon;
+    a refusal (`QdrantRefused`, a 4xx) or any other failure (`CollectionFailed`) is logged with the
+    tenant and collection and stalls the condition with its real reason: retrying soon would fail the
+    same way, so the next try is the resync's (or a change of the Tenant). `previous` (the status'
+    `knowledgeBases`) is kept when the step fails."""
+    knowledge: list[dict[str, Any]] = []
+    created: list[str] = []
+    collection = "(listing the collections)"
+    try:
+        for base in tenant.spec.knowledge_bases:
+            spec = CollectionSpec.of(tenant.name, base)
+            collection = spec.name
+            state = await ensure_collection(vectors, spec)
+            knowledge.append(
+                {"name": base.name, "collection": state.name, "ready": state.ready, "message": state.message}
+            )
+            if state.created:
+                created.append(state.message)
+        declared = {collection_name(tenant.name, b.name) for b in tenant.spec.knowledge_bases}
+        prefix = collection_name(tenant.name, "")
+        collection = "(listing the collections)"
+        for existing in sorted(c.name for c in (await vectors.client.get_collections()).collections):
+            if existing.startswith(prefix) and existing not in declared:
+                knowledge.append({
+                    "name": existing.removeprefix(prefix), "collection": existing, "ready": False,
+                    "message": "no longer declared; the collection and its documents are kept (delete it by hand)",
+                })  # fmt: skip
+    except Exception as exc:  # every failure ends in the condition; only an outage is retried soon
+        reason = _qdrant_reason(exc)
+        if qdrant_unreachable(exc):
+            log.warning(
+                "tenant %s: Qdrant did not answer at %s (%s); retrying", tenant.name, collection, reason
+            )
+            return KnowledgeStep(
+                Cond("KnowledgeReady", False, "QdrantUnavailable", reason), previous, created, True
+            )
+        refused = isinstance(exc, UnexpectedResponse)
+        log.error(
+            "tenant %s: collection %s failed (%s)", tenant.name, collection, reason,
+            exc_info=None if refused else exc,
+        )  # fmt: skip
+        cond = Cond(
+            "KnowledgeReady", False, "QdrantRefused" if refused else "CollectionFailed",
+            f"collection {collection}: {reason}", stalled=True,
+        )  # fmt: skip
+        return KnowledgeStep(cond, previous, created, False)
+    bad = [k for k in knowledge if not k["ready"] and k["collection"] in declared]
+    cond = (
+        Cond(
+            "KnowledgeReady",
+            False,
+            "CollectionIncompatible",
+            "; ".join(k["message"] for k in bad),
+            stalled=True,
+        )
+        if bad
+        else Cond("KnowledgeReady", True, "CollectionsReady", f"{len(declared)} collection(s) ready")
+    )
+    return KnowledgeStep(cond, knowledge, created, False)
+
+
 async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) -> None:
     tenant = Tenant.model_validate(spec_body(body))
     limits = QuotaLimits.of(tenant)
@@ -235,51 +341,29 @@ async def reconcile_tenant(op: Operator, body: Mapping[str, Any], views: Views) 
         credentials,
     ]
 
-    retry: str | None = None
-    knowledge: list[dict[str, Any]] = []
-    try:
-        for base in tenant.spec.knowledge_bases:
-            state = await ensure_collection(op.vectors, CollectionSpec.of(tenant.name, base))
-            knowledge.append(
-                {"name": base.name, "collection": state.name, "ready": state.ready, "message": state.message}
-            )
-            if state.created:
-                kopf.event(_body(body), type="Normal", reason="CollectionCreated", message=state.message)
-        declared = {collection_name(tenant.name, b.name) for b in tenant.spec.knowledge_bases}
-        prefix = collection_name(tenant.name, "")
-        for existing in sorted(c.name for c in (await op.vectors.client.get_collections()).collections):
-            if existing.startswith(prefix) and existing not in declared:
-                knowledge.append({
-                    "name": existing.removeprefix(prefix), "collection": existing, "ready": False,
-                    "message": "no longer declared; the collection and its documents are kept (delete it by hand)",
-                })  # fmt: skip
-        bad = [k for k in knowledge if not k["ready"] and k["collection"] in declared]
-        conditions.append(
-            Cond(
-                "KnowledgeReady",
-                False,
-                "CollectionIncompatible",
-                "; ".join(k["message"] for k in bad),
-                stalled=True,
-            )
-            if bad
-            else Cond("KnowledgeReady", True, "CollectionsReady", f"{len(declared)} collection(s) ready")
-        )
-    except Exception as exc:  # Qdrant down or refusing: report, retry later.
-        conditions.append(Cond("KnowledgeReady", False, "QdrantUnavailable", f"{type(exc).__name__}: {exc}"))
-        knowledge = list((body.get("status") or {}).get("knowledgeBases") or [])
-        retry = "Qdrant"
+    previous = list((body.get("status") or {}).get("knowledgeBases") or [])
+    step = await knowledge_step(op.vectors, tenant, previous)
+    for message in step.created:
+        kopf.event(_body(body), type="Normal", reason="CollectionCreated", message=message)
+    conditions.append(step.condition)
+    knowledge = step.knowledge
+    retry = "Qdrant" if step.retry else None
 
     try:
         await _record_quota(op, limits)
         conditions.append(
             Cond("QuotaRecorded", True, "Recorded", "LLM limits written to Redis and the database")
         )
-    except Exception as exc:
+    except _STORE_DOWN as exc:
         conditions.append(
             Cond("QuotaRecorded", False, "QuotaStoreUnavailable", f"{type(exc).__name__}: {exc}")
         )
         retry = retry or "the quota store"
+    except Exception as exc:  # not an outage: a bug; said in the condition, tried again at the resync
+        log.error("tenant %s: recording the quota limits failed", tenant.name, exc_info=exc)
+        conditions.append(
+            Cond("QuotaRecorded", False, "QuotaRecordFailed", f"{type(exc).__name__}: {exc}", stalled=True)
+        )
 
     agents = len(views.agents_in(tenant.namespace))
     egress = [e.model_dump(mode="json", by_alias=True) for e in egress_status(tenant)]
@@ -325,11 +409,15 @@ async def finalize_tenant(op: Operator, body: Mapping[str, Any]) -> str:
             if await delete_collection(op.vectors, name)
         ]
         await _forget_quota(op, tenant.name)
-    except Exception as exc:
-        kopf.event(
-            _body(body), type="Warning", reason="DeletionFailed", message=f"{type(exc).__name__}: {exc}"
-        )
-        raise kopf.TemporaryError(f"could not delete tenant data: {exc}", delay=15) from exc
+    except Exception as exc:  # the finalizer must end some day: retried, soon only after an outage
+        down = qdrant_unreachable(exc) or isinstance(exc, _STORE_DOWN)
+        reason = _qdrant_reason(exc)
+        if not down:
+            log.error("tenant %s: deleting its data failed (%s)", tenant.name, reason, exc_info=exc)
+        kopf.event(_body(body), type="Warning", reason="DeletionFailed", message=reason)
+        raise kopf.TemporaryError(
+            f"could not delete tenant data: {reason}", delay=15 if down else 300
+        ) from exc
     message = f"deletionPolicy Delete: deleted collections {', '.join(deleted) or '(none)'} and quota records"
     kopf.event(_body(body), type="Normal", reason="DataDeleted", message=message)
     return message

@@ -7,7 +7,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
 from urllib.parse import urlsplit
 
 from agentplane_platform import egress, max_agents
@@ -23,7 +22,7 @@ from agentplane_platform.api.v1alpha1 import (
     tenant_of,
 )
 from agentplane_platform.config import agent_problems, undeclared_variables
-from agentplane_platform.schemas import openapi_schema
+from agentplane_platform.schemas import JsonDict, openapi_schema
 from agentplane_platform.templates import variables_used
 from agentplane_platform.tool_schema import parameters_problems
 
@@ -162,11 +161,11 @@ def _check_duplicates(raw: list[RawObject]) -> Iterator[Problem]:
         )
 
 
-def _check_lists(loaded: Loaded[Any]) -> Iterator[Problem]:
+def _check_lists(loaded: Loaded[Resource]) -> Iterator[Problem]:
     """Uniqueness of list-map keys and set items, as the API server enforces them."""
-    kind: type[Resource] = type(loaded.resource)
-    schema = openapi_schema(kind)
-    pending: list[tuple[dict[str, Any], Any, Path_]] = [(schema, loaded.document.data, ())]
+    schema = openapi_schema(type(loaded.resource))
+    data: object = loaded.document.data
+    pending: list[tuple[JsonDict, object, Path_]] = [(schema, data, ())]
     while pending:
         node, data, path = pending.pop()
         if isinstance(data, dict):
@@ -177,10 +176,11 @@ def _check_lists(loaded: Loaded[Any]) -> Iterator[Problem]:
         elif isinstance(data, list):
             list_type = node.get("x-kubernetes-list-type")
             keys = node.get("x-kubernetes-list-map-keys", [])
-            seen: dict[Any, int] = {}
+            seen: dict[object, int] = {}
             for index, item in enumerate(data):
+                ident: object
                 if list_type == "map" and isinstance(item, dict):
-                    ident: Any = tuple(str(item.get(k)) for k in keys)
+                    ident = tuple(str(item.get(k)) for k in keys)
                     label = ", ".join(f"{k}={item.get(k)!r}" for k in keys)
                 elif list_type == "set":
                     ident, label = repr(item), repr(item)
@@ -226,9 +226,9 @@ def _check_prompt(loaded: Loaded[Prompt]) -> Iterator[Problem]:
                 )
 
 
-def _walk_defaults(node: Any, path: Path_) -> Iterator[tuple[Path_, str, Any]]:
+def _walk_defaults(node: object, path: Path_) -> Iterator[tuple[Path_, str, object]]:
     """`(path, property name, default)` for every default in a JSON Schema."""
-    pending: list[tuple[Any, Path_, str]] = [(node, path, "")]
+    pending: list[tuple[object, Path_, str]] = [(node, path, "")]
     while pending:
         current, where, prop = pending.pop()
         if isinstance(current, dict):
@@ -245,7 +245,7 @@ def _walk_defaults(node: Any, path: Path_) -> Iterator[tuple[Path_, str, Any]]:
                 pending.append((value, (*where, index), prop))
 
 
-def _looks_secret(value: Any) -> bool:
+def _looks_secret(value: object) -> bool:
     return isinstance(value, str) and CREDENTIAL_VALUE.search(value.strip()) is not None
 
 
@@ -317,9 +317,10 @@ def _check_agent(
         yield loaded.at(path, problem.message)
 
 
-def _prompt_data(loaded: Loaded[Agent]) -> dict[str, Any]:
-    data = loaded.document.data
-    prompt = data.get("spec", {}).get("prompt", {}) if isinstance(data, dict) else {}
+def _prompt_data(loaded: Loaded[Agent]) -> dict[str, object]:
+    data: object = loaded.document.data
+    spec = data.get("spec") if isinstance(data, dict) else None
+    prompt = spec.get("prompt") if isinstance(spec, dict) else None
     return prompt if isinstance(prompt, dict) else {}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO, TypedDict
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from .api.v1alpha1._base import DNS1123_LABEL
@@ -26,6 +27,19 @@ from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_
 from .policies import PolicyError, PolicySet, load_cases, load_policies, run_case, summarize
 from .report_text import format_report, report_summary
 from .specs import Report, validate_paths
+from .usage_report import (
+    FORMATS,
+    GROUP_BY,
+    UsageReport,
+    UsageRow,
+    UsageSelect,
+    format_usage,
+    parse_group_by,
+    usage_query,
+    usage_rows,
+    usage_window,
+    utc,
+)
 
 
 def _policy_set(args: argparse.Namespace) -> PolicySet | None:
@@ -278,6 +292,61 @@ def cmd_keys(args: argparse.Namespace, out: TextIO) -> int:
         return 1
 
 
+def parse_moment(option: str, text: str) -> datetime:
+    """An ISO date (its midnight, UTC) or date-time (UTC when it names no zone) given to `option`."""
+    try:
+        return utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise ValueError(
+            f"{option} {text!r}: give an ISO date (2026-11-01) or date-time (2026-11-01T12:00:00Z)"
+        ) from None
+
+
+async def _usage_rows(database_url: str, query: UsageSelect) -> list[UsageRow]:
+    engine = create_engine(database_url, pool_pre_ping=True)
+    try:
+        async with engine.connect() as connection:
+            return usage_rows((await connection.execute(query)).mappings())
+    finally:
+        await engine.dispose()
+
+
+def cmd_usage(args: argparse.Namespace, out: TextIO) -> int:
+    if not re.match(DNS1123_LABEL, args.tenant):
+        sys.stderr.write(f"error: --tenant {args.tenant!r} is not a tenant name\n")
+        return 2
+    try:
+        group_by = parse_group_by(name.strip() for name in args.by.split(",") if name.strip())
+        since = parse_moment("--from", args.since) if args.since else None
+        until = parse_moment("--to", args.until) if args.until else None
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    if since is not None and until is not None and since >= until:
+        sys.stderr.write(f"error: --from {args.since} is not before --to {args.until} (--to is exclusive)\n")
+        return 2
+    database_url = args.database_url or KeysSettings().database_url
+    if not database_url:
+        sys.stderr.write(
+            "error: no database: set AGENTPLANE_DATABASE_URL or --database-url to the platform database\n"
+        )
+        return 2
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():  # SQLite would create an empty one
+            sys.stderr.write(f"error: no database at {url.database}\n")
+            return 2
+    since, until = usage_window(since, until, datetime.now(UTC))
+    try:
+        rows = asyncio.run(_usage_rows(database_url, usage_query(args.tenant, since, until, group_by)))
+    except (SQLAlchemyError, OSError) as exc:
+        sys.stderr.write(f"error: the database cannot be used: {type(exc).__name__}: {exc}\n")
+        return 1
+    report = UsageReport(tenant=args.tenant, since=since, until=until, group_by=group_by, rows=rows)
+    out.write(format_usage(report, args.format))
+    return 0
+
+
 PLUGIN_COMMANDS = {"up": "agentplane-runtime", "chat": "agentplane-runtime"}
 """The commands `agentplane` expects other packages to register (`agentplane_platform.commands`), with
 the distribution that provides each: named here only to say what to install when one is missing."""
@@ -428,6 +497,30 @@ def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
     )
     revoke.add_argument("key", metavar="KEY_ID")
     keys.set_defaults(run=cmd_keys)
+
+    usage = commands.add_parser(
+        "usage", help="a tenant's requests, tokens, cost and errors, from the platform database"
+    )
+    usage.add_argument("--tenant", required=True, help="the tenant to report on")
+    usage.add_argument(
+        "--from",
+        dest="since",
+        metavar="DATE",
+        help="ISO date or date-time, inclusive (default: this month's start, UTC)",
+    )
+    usage.add_argument("--to", dest="until", metavar="DATE", help="ISO date or date-time, exclusive")
+    usage.add_argument(
+        "--by",
+        default="",
+        metavar="GROUPS",
+        help=f"group by any of {','.join(GROUP_BY)}, comma-separated (default: the total only)",
+    )
+    usage.add_argument("--format", choices=FORMATS, default="table")
+    usage.add_argument(
+        "--database-url",
+        help="the platform database (default: AGENTPLANE_DATABASE_URL), postgresql://… or sqlite:///…",
+    )
+    usage.set_defaults(run=cmd_usage)
 
     _add_plugin_commands(commands, plugins, set(commands.choices))
     return top

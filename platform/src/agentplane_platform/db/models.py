@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, Index, Numeric, String, func
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Numeric, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -83,3 +83,50 @@ class UsageRecord(Base):
     tool_calls: Mapped[int]
     llm_calls: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRecord(Base):
+    """One audited action (`agentplane_platform.audit`): appended, never updated; chained per tenant,
+    each record carrying the SHA-256 of the one before it."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_records_tenant_recorded_at", "tenant", "recorded_at"),)
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """Position in the tenant's chain, from 1 without gaps (until older records are pruned)."""
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """When it happened (UTC)."""
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """When it was appended (UTC): later than `at` when the writer buffered it."""
+    actor_subject: Mapped[str | None] = mapped_column(String(256))
+    actor_key_id: Mapped[str | None] = mapped_column(String(32))
+    actor_auth: Mapped[str | None] = mapped_column(String(32))
+    """How the actor authenticated (`api-key`, `oidc`, …); null when it did not."""
+    source: Mapped[str | None] = mapped_column(String(64))
+    """The client's address."""
+    action: Mapped[str] = mapped_column(String(32))
+    """An `agentplane_platform.audit.AuditAction`."""
+    agent: Mapped[str | None] = mapped_column(String(63))
+    target: Mapped[str | None] = mapped_column(String(512))
+    """What was acted on, `kind:id` (`key:…`, `document:…`, `tool:…`)."""
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))
+    """An `agentplane_platform.audit.AuditOutcome`."""
+    details: Mapped[dict[str, object]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """Where each tenant's audit chain ends (and, once older records are pruned, where it starts)."""
+
+    __tablename__ = "audit_heads"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    start_after_seq: Mapped[int] = mapped_column(BigInteger)
+    """The chain's first record is `start_after_seq + 1`, chained to `start_after_hash` (0 and the
+    genesis value until records are pruned)."""
+    start_after_hash: Mapped[str] = mapped_column(String(64))

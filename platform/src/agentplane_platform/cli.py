@@ -11,12 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO, TypedDict
+from typing import TextIO, TypedDict, TypeVar
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import audit
 from .api.v1alpha1._base import DNS1123_LABEL
 from .commands import Command, installed_commands
 from .db import create_engine, migrate
@@ -347,6 +349,80 @@ def cmd_usage(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+T = TypeVar("T")
+
+
+def _audit_database(args: argparse.Namespace) -> str:
+    """The database `agentplane audit` reads, as `keys` finds it; ValueError when there is none."""
+    database_url: str | None = args.database_url or KeysSettings().database_url
+    if not database_url:
+        raise ValueError(
+            "no database: set AGENTPLANE_DATABASE_URL or --database-url to the platform database"
+        )
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():  # SQLite would create an empty one
+            raise ValueError(f"no database at {url.database}")
+    return database_url
+
+
+async def _on_audit_trail(database_url: str, work: Callable[[Connection], T], *, snapshot: bool) -> T:
+    """`work` on one connection (one REPEATABLE READ snapshot on PostgreSQL when `snapshot`), committed."""
+    engine = create_engine(database_url, pool_pre_ping=True)
+    try:
+        async with engine.connect() as connection:
+            if snapshot and connection.dialect.name == "postgresql":
+                await connection.execution_options(isolation_level="REPEATABLE READ")
+            result = await connection.run_sync(work)
+            await connection.commit()
+            return result
+    finally:
+        await engine.dispose()
+
+
+def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
+    """verify: exit 0 intact, 1 tampered (a line per problem: tenant, seq, kind), 2 errors. export: JSON
+    lines. prune: how many records went."""
+    try:
+        if args.tenant is not None and not re.match(DNS1123_LABEL, args.tenant):
+            raise ValueError(f"--tenant {args.tenant!r} is not a tenant name")
+        database_url = _audit_database(args)
+        if args.action == "verify":
+            reports = asyncio.run(
+                _on_audit_trail(database_url, lambda c: audit.verify(c, args.tenant), snapshot=True)
+            )
+            for report in reports:
+                for problem in report.problems:
+                    out.write(problem.line() + "\n")
+                state = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+                sys.stderr.write(f"{report.tenant}: {report.records} records, {state}\n")
+            return 0 if all(report.ok for report in reports) else 1
+        if args.action == "export":
+            since = parse_moment("--from", args.since) if args.since else None
+            until = parse_moment("--to", args.until) if args.until else None
+
+            def write(connection: Connection) -> None:
+                for line in audit.export(connection, args.tenant, since, until):
+                    out.write(line + "\n")
+
+            asyncio.run(_on_audit_trail(database_url, write, snapshot=True))
+            return 0
+        match = _DURATION.match(args.older_than)
+        if not match:
+            raise ValueError(f"--older-than {args.older_than!r}: give a duration (90d, 12h, 30m)")
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+        cutoff = datetime.now(UTC) - timedelta(**{unit: int(match[1])})
+        removed = asyncio.run(_on_audit_trail(database_url, lambda c: audit.prune(c, cutoff), snapshot=False))
+        out.write(f"pruned {removed} audit records written before {cutoff.isoformat()}\n")
+        return 0
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except (SQLAlchemyError, OSError) as exc:
+        sys.stderr.write(f"error: the database cannot be used: {type(exc).__name__}: {exc}\n")
+        return 2
+
+
 PLUGIN_COMMANDS = {"up": "agentplane-runtime", "chat": "agentplane-runtime"}
 """The commands `agentplane` expects other packages to register (`agentplane_platform.commands`), with
 the distribution that provides each: named here only to say what to install when one is missing."""
@@ -521,6 +597,36 @@ def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
         help="the platform database (default: AGENTPLANE_DATABASE_URL), postgresql://… or sqlite:///…",
     )
     usage.set_defaults(run=cmd_usage)
+
+    audit_command = commands.add_parser(
+        "audit", help="the tamper-evident audit trail: verify its chains, export it, prune old records"
+    )
+    audit_actions = audit_command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_db = argparse.ArgumentParser(add_help=False)
+    audit_db.add_argument(
+        "--database-url",
+        help="the platform database (default: AGENTPLANE_DATABASE_URL), postgresql://… or sqlite:///…",
+    )
+    audit_verify = audit_actions.add_parser(
+        "verify",
+        parents=[audit_db],
+        help="check each tenant's chain; exit 0 intact, 1 tampered (a line per problem: tenant seq kind)",
+    )
+    audit_verify.add_argument("--tenant", help="only this tenant (default: all)")
+    audit_export = audit_actions.add_parser(
+        "export", parents=[audit_db], help="a tenant's records as JSON lines, with their hashes (for a SIEM)"
+    )
+    audit_export.add_argument("--tenant", required=True)
+    audit_export.add_argument(
+        "--from", dest="since", metavar="DATE", help="written at or after this ISO date or date-time"
+    )
+    audit_export.add_argument("--to", dest="until", metavar="DATE", help="written before this (exclusive)")
+    audit_prune = audit_actions.add_parser(
+        "prune", parents=[audit_db], help="delete records older than the retention; the chains still verify"
+    )
+    audit_prune.add_argument("--older-than", required=True, metavar="AGE", help="90d, 12h or 30m")
+    audit_prune.set_defaults(tenant=None)
+    audit_command.set_defaults(run=cmd_audit)
 
     _add_plugin_commands(commands, plugins, set(commands.choices))
     return top

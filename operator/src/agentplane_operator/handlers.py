@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import kopf
+from aiohttp import web
 from redis.asyncio import Redis
 
 from agentplane_operator import reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
-from agentplane_operator.kube import Kube
+from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
 from agentplane_operator.reconcile import spec_body
@@ -31,10 +32,32 @@ from agentplane_platform.knowledge import VectorStore
 GROUP, VERSION = "agentplane.io", "v1alpha1"
 
 
-def _op(kwargs: dict[str, Any]) -> Operator:
-    """The operator's clients, from kopf's memo among a handler's keyword arguments."""
-    operator: Operator = kwargs["memo"]["operator"]
-    return operator
+@dataclasses.dataclass
+class Started:
+    """What the startup handler keeps in kopf's memo for every other handler: the operator's clients,
+    the views of kopf's indexes (live: kopf creates each index once, before the startup handlers),
+    and the metrics server."""
+
+    op: Operator
+    views: Views
+    metrics_server: web.AppRunner | None = None
+
+
+_MEMO_KEY = "agentplane"
+
+
+def started(memo: kopf.Memo) -> Started:
+    """What the startup handler left in kopf's memo."""
+    found = memo.get(_MEMO_KEY)
+    if not isinstance(found, Started):
+        raise RuntimeError("the operator's startup handler has not run")
+    return found
+
+
+def clients(memo: kopf.Memo) -> tuple[Operator, Views]:
+    """The operator's clients and the views of kopf's indexes, from kopf's memo."""
+    state = started(memo)
+    return state.op, state.views
 
 
 async def _reconcile_dependents(
@@ -45,12 +68,14 @@ async def _reconcile_dependents(
     await asyncio.gather(*(_reconcile_agent_key(op, views, key, "dependency") for key in keys))
 
 
-async def _reconcile_agent_key(op: Operator, views: Views, key: Key, cause: Cause, **kw: Any) -> None:
+async def _reconcile_agent_key(
+    op: Operator, views: Views, key: Key, cause: Cause, *, deployment: Manifest | None = None
+) -> None:
     body = views.agent(key)
     if body is None:
         return
     async with op.reconciling("Agent", key[1], key[0], cause):
-        await reconcile.reconcile_agent(op, body, views, **kw)
+        await reconcile.reconcile_agent(op, body, views, deployment=deployment)
 
 
 async def _reconcile_tenant_named(op: Operator, views: Views, name: str) -> None:
@@ -74,20 +99,30 @@ def _login(settings: kopf.OperatorSettings, ours: OperatorSettings) -> kopf.Conn
     return dataclasses.replace(info, server=server) if server else info
 
 
-def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
     """Every handler of the operator, on a registry of its own."""
     registry = kopf.OperatorRegistry()
     on = kopf.on
-    resync = settings.resync_seconds
+    resync = ours.resync_seconds
     tenants = (GROUP, VERSION, "tenants")
     prompts = (GROUP, VERSION, "prompts")
     tools = (GROUP, VERSION, "tools")
     agents = (GROUP, VERSION, "agents")
 
-    @on.startup(registry=registry, id="start")
-    async def start(settings: kopf.OperatorSettings, logger: kopf.Logger, **kw: Any) -> None:
-        memo = kw["memo"]
-        ours: OperatorSettings = memo["settings"]
+    # kopf passes its indexes as keyword arguments that its ActivityFn protocol does not list
+    @on.startup(registry=registry, id="start")  # type: ignore[arg-type]
+    async def start(
+        settings: kopf.OperatorSettings,
+        logger: kopf.Logger,
+        memo: kopf.Memo,
+        tenant_index: kopf.Index[str, Tenant],
+        prompt_index: kopf.Index[Key, Prompt],
+        tool_index: kopf.Index[Key, Tool],
+        agent_index: kopf.Index[Key, Manifest],
+        dependent_index: kopf.Index[tuple[str, str, str], Key],
+        namespace_agent_index: kopf.Index[str, Key],
+        **_: Any,
+    ) -> None:
         settings.persistence.finalizer = ours.finalizer
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -112,7 +147,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         db = create_engine(ours.database_url.get_secret_value(), pool_pre_ping=True)
         await migrate(db)
         key = ours.qdrant_api_key.get_secret_value() if ours.qdrant_api_key else None
-        memo["operator"] = Operator(
+        op = Operator(
             settings=ours,
             kube=Kube.connect(info, field_manager=ours.field_manager, on_write=metrics.count_write),
             vectors=VectorStore.connect(url=ours.qdrant_url, path=ours.qdrant_path, api_key=key),
@@ -124,20 +159,30 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
                 timeout=httpx.Timeout(ours.mcp_discovery_timeout_seconds), follow_redirects=False
             ),
         )
-        memo["http"] = await serve(metrics, ours.metrics_host, ours.metrics_port)
+        views = Views(
+            tenants=tenant_index,
+            prompts=prompt_index,
+            tools=tool_index,
+            agents=agent_index,
+            dependents=dependent_index,
+            agents_by_namespace=namespace_agent_index,
+        )
+        memo[_MEMO_KEY] = state = Started(op, views)  # before serving: cleanup closes what there is
+        state.metrics_server = await serve(metrics, ours.metrics_host, ours.metrics_port)
         logger.info(f"metrics and health on {ours.metrics_host}:{ours.metrics_port}")
 
     @on.login(registry=registry, id="login")
-    def login(settings: kopf.OperatorSettings, **kw: Any) -> kopf.ConnectionInfo | None:
-        return _login(settings, kw["memo"]["settings"])
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        return _login(settings, ours)
 
     @on.cleanup(registry=registry, id="stop")
-    async def stop(**kw: Any) -> None:
-        memo = kw["memo"]
-        if "http" in memo:
-            await memo["http"].cleanup()
-        if "operator" in memo:
-            await _op(kw).close()
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        if _MEMO_KEY not in memo:  # the startup handler failed before it made the clients
+            return
+        state = started(memo)
+        if state.metrics_server is not None:
+            await state.metrics_server.cleanup()
+        await state.op.close()
 
     # --- indexes: what reconciles read instead of asking the API server ---------------------------
 
@@ -180,22 +225,24 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @on.resume(*tenants, registry=registry, id="tenant_changed")
     @on.create(*tenants, registry=registry, id="tenant_changed")
     @on.update(*tenants, registry=registry, id="tenant_changed")
-    async def tenant_changed(name: str, body: kopf.Body, reason: str, **kw: Any) -> None:
-        op, views = _op(kw), Views.of(kw)
+    async def tenant_changed(name: str, body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any) -> None:
+        op, views = clients(memo)
         async with op.reconciling("Tenant", name, "", "event"):
             await reconcile.reconcile_tenant(op, body, views)
         if reason != "resume":  # on resume every Agent resumes too
             await _reconcile_dependents(op, views, "tenant", "", name)
 
     @kopf.timer(*tenants, interval=resync, initial_delay=resync, registry=registry, id="tenant_resync")
-    async def tenant_resync(name: str, body: kopf.Body, **kw: Any) -> None:
-        op = _op(kw)
+    async def tenant_resync(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        op, views = clients(memo)
         async with op.reconciling("Tenant", name, "", "resync"):
-            await reconcile.reconcile_tenant(op, body, Views.of(kw))
+            await reconcile.reconcile_tenant(op, body, views)
 
     @on.delete(*tenants, registry=registry, id="tenant_deleted")
-    async def tenant_deleted(name: str, body: kopf.Body, logger: kopf.Logger, **kw: Any) -> None:
-        op = _op(kw)
+    async def tenant_deleted(
+        name: str, body: kopf.Body, logger: kopf.Logger, memo: kopf.Memo, **_: Any
+    ) -> None:
+        op = started(memo).op
         async with op.reconciling("Tenant", name, "", "event"):
             logger.info(await reconcile.finalize_tenant(op, body))
         op.metrics.forget_tenant(name)
@@ -209,9 +256,15 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @on.create(*tools, registry=registry, id="dependency_changed")
     @on.update(*tools, registry=registry, id="dependency_changed")
     async def dependency_changed(
-        namespace: str | None, name: str, body: kopf.Body, reason: str, resource: kopf.Resource, **kw: Any
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        reason: str,
+        resource: kopf.Resource,
+        memo: kopf.Memo,
+        **_: Any,
     ) -> None:
-        op, views, ns = _op(kw), Views.of(kw), namespace or ""
+        (op, views), ns = clients(memo), namespace or ""
         retry = False
         if resource.plural == "prompts":
             async with op.reconciling("Prompt", name, ns, "event"):
@@ -236,56 +289,73 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @on.event(*prompts, registry=registry, id="dependency_deleted")
     @on.event(*tools, registry=registry, id="dependency_deleted")
     async def dependency_deleted(
-        event: kopf.RawEvent, namespace: str | None, name: str, resource: kopf.Resource, **kw: Any
+        event: kopf.RawEvent,
+        namespace: str | None,
+        name: str,
+        resource: kopf.Resource,
+        memo: kopf.Memo,
+        **_: Any,
     ) -> None:
         if event["type"] == "DELETED":  # the Agents using it now fail to resolve: say so
             kind: DependencyKind = "prompt" if resource.plural == "prompts" else "tool"
-            await _reconcile_dependents(_op(kw), Views.of(kw), kind, namespace or "", name)
+            await _reconcile_dependents(*clients(memo), kind, namespace or "", name)
 
     @on.event(*tools, registry=registry, id="tool_discovered")
-    async def tool_discovered(event: kopf.RawEvent, namespace: str | None, name: str, **kw: Any) -> None:
+    async def tool_discovered(
+        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
         # A schema newly discovered for an MCP Tool (the index holds it by now) changes the configs
         # of the Agents using the Tool; the status write is the event that says so.
         key = (namespace or "", name)
-        op = _op(kw)
+        op, views = clients(memo)
         if event["type"] == "DELETED":
             op.discovered.pop(key, None)
             return
         status = event["object"].get("status") or {}
         if op.discovery_changed(key, (status.get("discovered") or {}).get("parametersHash")):
-            await _reconcile_dependents(op, Views.of(kw), "tool", key[0], name)
+            await _reconcile_dependents(op, views, "tool", key[0], name)
 
     @kopf.timer(*prompts, interval=resync, initial_delay=resync, registry=registry, id="prompt_resync")
-    async def prompt_resync(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
-        op = _op(kw)
+    async def prompt_resync(
+        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        op = started(memo).op
         async with op.reconciling("Prompt", name, namespace or "", "resync"):
             await reconcile.reconcile_prompt(op, body)
 
     @kopf.timer(*tools, interval=resync, initial_delay=resync, registry=registry, id="tool_resync")
-    async def tool_resync(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
-        op = _op(kw)
+    async def tool_resync(
+        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        op, views = clients(memo)
         async with op.reconciling("Tool", name, namespace or "", "resync"):
-            await reconcile.reconcile_tool(op, body, Views.of(kw))
+            await reconcile.reconcile_tool(op, body, views)
 
     # --- Agent -------------------------------------------------------------------------------
 
     @on.resume(*agents, registry=registry, id="agent_changed")
     @on.create(*agents, registry=registry, id="agent_changed")
     @on.update(*agents, registry=registry, id="agent_changed")
-    async def agent_changed(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
-        op = _op(kw)
+    async def agent_changed(
+        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        op, views = clients(memo)
         async with op.reconciling("Agent", name, namespace or "", "event"):
-            await reconcile.reconcile_agent(op, body, Views.of(kw))
+            await reconcile.reconcile_agent(op, body, views)
 
     @kopf.timer(*agents, interval=resync, initial_delay=resync, registry=registry, id="agent_resync")
-    async def agent_resync(namespace: str | None, name: str, body: kopf.Body, **kw: Any) -> None:
-        op = _op(kw)
+    async def agent_resync(
+        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        op, views = clients(memo)
         async with op.reconciling("Agent", name, namespace or "", "resync"):
-            await reconcile.reconcile_agent(op, body, Views.of(kw))
+            await reconcile.reconcile_agent(op, body, views)
 
     @on.event(*agents, registry=registry, id="agent_event")
-    async def agent_event(event: kopf.RawEvent, namespace: str | None, name: str, **kw: Any) -> None:
-        op, views, ns = _op(kw), Views.of(kw), namespace or ""
+    async def agent_event(
+        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        (op, views), ns = clients(memo), namespace or ""
         tenant = tenant_of(ns)
         if tenant and event["type"] in ("ADDED", "DELETED"):
             op.soon(("agents", tenant), 2.0, lambda: reconcile.refresh_tenant_agents(op, tenant, views))
@@ -309,15 +379,14 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         id="pod_changed",
     )
     async def pod_changed(
-        event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, **kw: Any
+        event: kopf.RawEvent, namespace: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
         # Why pods do not run (a missing Secret, a crashing runtime) goes into the Agent's status.
         if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
             return
-        op, key = _op(kw), (namespace or "", labels[AGENT_LABEL])
+        (op, views), key = clients(memo), (namespace or "", labels[AGENT_LABEL])
         problem = None if event["type"] == "DELETED" else pod_problem(event["object"], CONFIG_HASH_ANNOTATION)
         if op.record_pod(key, name, problem):
-            views = Views.of(kw)
             op.soon(("pods", *key), 1.0, lambda: _reconcile_agent_key(op, views, key, "child"))
 
     @on.event(
@@ -329,30 +398,32 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         id="deployment_changed",
     )
     async def deployment_changed(
-        event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, **kw: Any
+        event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
         # Readiness follows the Deployment; a deleted or edited one is put back at once.
         if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
             return
         deployment = dict(event["object"]) if event["type"] != "DELETED" else None
         key = (namespace or "", labels[AGENT_LABEL])
-        await _reconcile_agent_key(_op(kw), Views.of(kw), key, "child", deployment=deployment)
+        await _reconcile_agent_key(*clients(memo), key, "child", deployment=deployment)
 
     # --- Git-kept knowledge: each GitOps revision syncs the tenants' knowledge ----------------------
 
-    if settings.gitops_source:
-        source_namespace, source_name = settings.gitops_source.split("/")
+    if ours.gitops_source:
+        source_namespace, source_name = ours.gitops_source.split("/")
 
         @on.event(
             "source.toolkit.fluxcd.io", "v1", "gitrepositories", field="metadata.name", value=source_name,
             registry=registry, id="gitops_source",
         )  # fmt: skip
-        async def gitops_source(event: kopf.RawEvent, namespace: str | None, **kw: Any) -> None:
+        async def gitops_source(
+            event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo, **_: Any
+        ) -> None:
             if namespace != source_namespace or event["type"] not in ("ADDED", "MODIFIED"):
                 return
-            op = _op(kw)
+            op, views = clients(memo)
             async with op.reconciling("GitRepository", source_name, source_namespace, "event"):
-                await reconcile.sync_knowledge(op, event["object"], Views.of(kw))
+                await reconcile.sync_knowledge(op, event["object"], views)
 
         @on.event(
             "batch",
@@ -362,11 +433,13 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             registry=registry,
             id="knowledge_job",
         )
-        async def knowledge_job(event: kopf.RawEvent, name: str, namespace: str | None, **kw: Any) -> None:
+        async def knowledge_job(
+            event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+        ) -> None:
             if event["type"] not in ("ADDED", "MODIFIED"):
                 return
-            op = _op(kw)
+            op, views = clients(memo)
             async with op.reconciling("Job", name, namespace or "", "child"):
-                await reconcile.knowledge_sync_finished(op, event["object"], Views.of(kw))
+                await reconcile.knowledge_sync_finished(op, event["object"], views)
 
     return registry

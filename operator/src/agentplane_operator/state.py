@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import httpx
 from redis.asyncio import Redis
@@ -142,7 +142,8 @@ def _first(values: Iterable[V] | None) -> V | None:
 
 @dataclass(frozen=True)
 class Views:
-    """Read access to kopf's indexes: the cluster's Tenants, Prompts, Tools and Agents as last seen."""
+    """Read access to kopf's indexes: the cluster's Tenants, Prompts, Tools and Agents as last seen
+    (made once by the startup handler: kopf's indexes are live mappings)."""
 
     tenants: Mapping[str, Iterable[Tenant]]
     prompts: Mapping[Key, Iterable[Prompt]]
@@ -150,18 +151,6 @@ class Views:
     agents: Mapping[Key, Iterable[Manifest]]
     dependents: Mapping[tuple[str, str, str], Iterable[Key]]
     agents_by_namespace: Mapping[str, Iterable[Key]]
-
-    @classmethod
-    def of(cls, indexes: Mapping[str, Any]) -> Views:
-        """From the keyword arguments kopf passes to every handler."""
-        return cls(
-            tenants=indexes["tenant_index"],
-            prompts=indexes["prompt_index"],
-            tools=indexes["tool_index"],
-            agents=indexes["agent_index"],
-            dependents=indexes["dependent_index"],
-            agents_by_namespace=indexes["namespace_agent_index"],
-        )
 
     def tenant(self, name: str) -> Tenant | None:
         return _first(self.tenants.get(name))

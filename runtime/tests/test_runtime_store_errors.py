@@ -10,6 +10,7 @@ import pytest
 from runtime_support import free_port, make_config, serve, tenant_name
 
 from agentplane_runtime import Settings
+from support.fake_llm import FakeLLM
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -85,3 +86,25 @@ async def test_an_upload_while_qdrant_is_unreachable_is_a_503_with_a_request_id(
     for other in (listed, deleted):  # the other document routes alike
         assert other.status_code == 503, other.text
         assert other.json()["error"]["request_id"] == other.headers["x-request-id"]
+
+
+async def test_a_chat_while_redis_is_unreachable_is_admitted_and_the_reason_logged(
+    settings: Settings, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    config = make_config(tenant_name())
+    async with serve(down, config) as served:
+        key = await served.key()
+        caplog.set_level(logging.WARNING, logger="agentplane.runtime")
+        async with httpx.AsyncClient(base_url=served.base_url) as http:
+            response = await http.post(
+                "/chat/completions",
+                json={"model": "helper", "messages": [{"role": "user", "content": "hello"}]},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+    assert response.status_code == 200, response.text  # fails open
+    logged = [r.getMessage() for r in caplog.records if "request admitted" in r.getMessage()]
+    assert logged, [r.getMessage() for r in caplog.records]
+    assert f"{config.tenant}/helper" in logged[0]
+    assert f"127.0.0.1:{port}" in logged[0]  # the reason, not only its type

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
 from agentplane_platform.config import ResolvedTool
@@ -293,18 +294,14 @@ class ChatService:
             except QuotaExceeded as exc:
                 span.set_attribute("agentplane.quota.rejected", exc.limit)
                 raise
-            except (OSError, ConnectionError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 # fail open: a quota store outage must not take every agent down
-                log.warning("quota store unreachable (%s); request admitted", type(exc).__name__)
+                log.warning(
+                    "quota store error for %s/%s (%s: %s); request admitted",
+                    config.tenant, config.agent, type(exc).__name__, exc,
+                )  # fmt: skip
                 self.metrics.errors.labels(config.tenant, config.agent, "quota_unavailable").inc()
                 state.reservation = None
-            except Exception as exc:
-                if type(exc).__module__.startswith("redis"):
-                    log.warning("quota store error (%s); request admitted", type(exc).__name__)
-                    self.metrics.errors.labels(config.tenant, config.agent, "quota_unavailable").inc()
-                    state.reservation = None
-                else:
-                    raise
         hits: list[Hit] = []
         if config.knowledge:
             query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
@@ -537,8 +534,11 @@ class ChatService:
                 )
                 span.set_attribute("error.type", "tool_error")
                 span.set_status(Status(StatusCode.ERROR, error[:200]))
-            except Exception as exc:
-                log.warning("tool %s crashed (%s)", tool.name, type(exc).__name__)
+            except Exception as exc:  # a tool's bug fails the call, not the conversation
+                log.warning(
+                    "tool %s of %s/%s crashed (%s: %s)", tool.name, config.tenant, config.agent,
+                    type(exc).__name__, exc, exc_info=exc,
+                )  # fmt: skip
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 outcome, error = "error", "the tool failed"
@@ -743,8 +743,16 @@ class ChatService:
         if state.reservation is not None:
             try:
                 await self.quota.settle(state.reservation, used, state.cost)
-            except Exception as exc:
-                log.warning("quota settle failed (%s)", type(exc).__name__)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "quota settle for %s/%s failed (%s: %s)",
+                    config.tenant,
+                    config.agent,
+                    type(exc).__name__,
+                    exc,
+                )
+            except Exception as exc:  # the answer is given: a bug here must not turn it into an error
+                log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
         code = state.http_status
         status = status_class(code)
         labels = (config.tenant, config.agent, state.model or config.model.name)

@@ -440,6 +440,9 @@ def cost_of(model: str, prompt_tokens: int, completion_tokens: int) -> float:
         prompt_cost, completion_cost = litellm.cost_per_token(
             model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
-    except Exception:  # litellm raises plain exceptions for unknown models
+    except (litellm.exceptions.ModelNotMappedError, litellm.exceptions.BadRequestError):
+        return 0.0  # a model (or provider) litellm's cost map does not know
+    except Exception as exc:  # an answer is never failed over its price
+        log.warning("no cost for %s (%s: %s)", model, type(exc).__name__, exc, exc_info=exc)
         return 0.0
     return float(prompt_cost) + float(completion_cost)

@@ -54,13 +54,16 @@ FieldPath = tuple[str | int, ...]
 
 class ResolveError(Exception):
     """Why an Agent's config cannot be resolved; `reason` is a condition reason, `path` the Agent's
-    field it is about."""
+    field it is about, `subject` the name that field holds (the model, Prompt, Tool…), when one."""
 
-    def __init__(self, reason: ResolveReason, message: str, path: FieldPath = ("spec",)) -> None:
+    def __init__(
+        self, reason: ResolveReason, message: str, path: FieldPath = ("spec",), subject: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason: ResolveReason = reason
         self.message = message
         self.path = path
+        self.subject = subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +396,7 @@ def resolve_agent(
     raises `ResolveError` with the first of `agent_problems`, or when the pinned template uses an
     undeclared variable or an MCP Tool's schema is not discovered yet."""
     for problem in agent_problems(agent, tenant, prompts, tools):
-        raise ResolveError(problem.reason, problem.message, problem.path)
+        raise ResolveError(problem.reason, problem.message, problem.path, problem.subject)
     spec = agent.spec
     tenant_spec = tenant.spec
     prompt = prompts[spec.prompt.name]

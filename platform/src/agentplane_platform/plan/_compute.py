@@ -437,24 +437,12 @@ class _TenantPlanner:
 
     def _unresolved(self, loaded: Loaded[Agent], exc: ResolveError) -> None:
         agent = loaded.resource
-        path: tuple[str | int, ...] = ("spec",)
+        path = exc.path
         removed = ""
-        if exc.reason in ("ToolNotFound", "ToolNotAllowed"):
-            for index, ref in enumerate(agent.spec.tools):
-                if f"{ref.name!r}" in exc.message:
-                    path = ("spec", "tools", index, "name")
-                    if ("Tool", ref.name) in self.changed:
-                        removed = f" (Tool {ref.name} is removed by this change)"
-        elif exc.reason in ("PromptNotFound", "PromptVersionNotFound", "VariableMissing"):
-            path = ("spec", "prompt")
-        elif exc.reason == "ModelNotAllowed":
-            path = ("spec", "model")
-        elif exc.reason == "KnowledgeBaseNotFound":
-            path = ("spec", "knowledge")
+        if exc.reason in ("ToolNotFound", "ToolNotAllowed") and ("Tool", exc.subject) in self.changed:
+            removed = f" (Tool {exc.subject} is removed by this change)"
         missing = {"PromptNotFound": "Prompt", "ToolNotFound": "Tool"}.get(exc.reason)
-        if missing is not None and any(
-            kind == missing and f"{name!r}" in exc.message for kind, name in self.new.invalid
-        ):
+        if missing is not None and (missing, exc.subject or "") in self.new.invalid:
             return  # the object it needs does not validate: that error says why
         if exc.reason == "ToolNotDiscovered":
             self.plan.problems.append(

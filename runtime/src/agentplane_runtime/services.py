@@ -56,7 +56,7 @@ from agentplane_runtime.usage import (
 log = logging.getLogger("agentplane.runtime")
 
 
-class StoreDown(Exception):
+class _NoAnswer(Exception):
     """A store answered its readiness check with something other than yes."""
 
 
@@ -93,9 +93,9 @@ class Runtime:
     async def check_quota_store(self) -> bool:
         async def probe() -> None:
             if not await self.quota_backend.ping():
-                raise StoreDown("PING was not answered")
+                raise _NoAnswer("PING was not answered")
 
-        return await self._check("quota_store", probe, (RedisError, OSError, TimeoutError, StoreDown))
+        return await self._check("quota_store", probe, (RedisError, OSError, TimeoutError, _NoAnswer))
 
     async def check_vector_store(self) -> bool:
         async def probe() -> None:

@@ -582,9 +582,11 @@ def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
         "--from",
         dest="since",
         metavar="DATE",
-        help="ISO date or date-time, inclusive (default: this month's start, UTC)",
+        help="ISO date or date-time (UTC unless it names a zone), inclusive; without --from and --to: this month so far",
     )
-    usage.add_argument("--to", dest="until", metavar="DATE", help="ISO date or date-time, exclusive")
+    usage.add_argument(
+        "--to", dest="until", metavar="DATE", help="ISO date or date-time, exclusive (default: no end)"
+    )
     usage.add_argument(
         "--by",
         default="",

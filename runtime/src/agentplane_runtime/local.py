@@ -36,6 +36,7 @@ from agentplane_platform.db.models import ApiKey
 from agentplane_platform.keys import create_api_key, split_key
 from agentplane_platform.mcp import McpError, discover_tool, needs_discovery
 from agentplane_platform.quotas import QuotaLimits
+from agentplane_platform.report_text import format_report
 from agentplane_platform.specs import Report, SpecSet, validate_paths
 from agentplane_runtime.agents import AgentRegistry
 from agentplane_runtime.core.config import Settings
@@ -77,8 +78,6 @@ class LocalSpecs:
 
     def problems(self, paths: list[Path]) -> str:
         """The problems as `agentplane validate` prints them, then the agents that do not resolve."""
-        from agentplane_platform.cli import format_report
-
         text = format_report(self.report, paths) if not self.report.ok else ""
         return text + "".join(error + "\n" for error in self.errors.values())
 

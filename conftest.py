@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest_plugins = ["support.service_fixtures", "support.cluster_fixture"]
+pytest_plugins = ["support.service_fixtures", "support.cluster_fixture", "support.example_specs"]
 
 REPO = Path(__file__).resolve().parent
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agentplane_operator.builders import (
     CONFIG_HASH_ANNOTATION,
@@ -22,12 +19,11 @@ from agentplane_operator.builders import (
     egress_status,
     knowledge_sync_job_name,
 )
-from agentplane_platform.api.v1alpha1 import Agent
-from agentplane_platform.config import AgentConfig, resolve_agent
+from agentplane_platform.config import AgentConfig
 from agentplane_platform.contract import LLM_SECRET, RUNTIME_SECRET, RUNTIME_SECRET_KEYS, RuntimeStores
-from agentplane_platform.specs import SpecSet, validate_paths
+from agentplane_platform.specs import SpecSet
+from support.example_specs import example_agent_and_config
 
-REPO = Path(__file__).resolve().parents[2]
 STORES = RuntimeStores(
     database_url="postgresql+asyncpg://agentplane:pw@db.internal:5432/agentplane",
     redis_url="rediss://:pw@cache.internal:6380/0",
@@ -54,22 +50,6 @@ VAULT = KeyVault(
 
 def _decoded(secret: dict[str, Any]) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-
-
-@pytest.fixture(scope="module")
-def specs() -> SpecSet:
-    report = validate_paths([REPO / "specs" / "tenants"])
-    assert report.ok
-    return report.specs
-
-
-def _config(specs: SpecSet, namespace: str, name: str) -> tuple[Agent, AgentConfig]:
-    agent = specs.agents[(namespace, name)].resource
-    tenant = specs.tenant_of(namespace)
-    assert tenant is not None
-    prompts = specs.prompts_in(namespace)
-    tools = specs.tools_in(namespace)
-    return agent, resolve_agent(agent, tenant.resource, prompts, tools)
 
 
 def test_tenant_children(specs: SpecSet) -> None:
@@ -192,7 +172,7 @@ def test_network_policies_admit_exactly_what_agents_need(specs: SpecSet) -> None
 
 
 def test_autoscaled_agent_gets_hpa_and_pdb_but_no_replicas(specs: SpecSet) -> None:
-    agent, config = _config(specs, "tenant-acme", "support-bot")
+    agent, config = example_agent_and_config(specs, "tenant-acme", "support-bot")
     children = build_agent_children(agent, config, SETTINGS)
     assert [c["kind"] for c in children] == [
         "ConfigMap",
@@ -210,13 +190,13 @@ def test_autoscaled_agent_gets_hpa_and_pdb_but_no_replicas(specs: SpecSet) -> No
 
 
 def test_single_replica_agent_has_neither_hpa_nor_pdb(specs: SpecSet) -> None:
-    agent, config = _config(specs, "tenant-acme", "legacy-support-bot")
+    agent, config = example_agent_and_config(specs, "tenant-acme", "legacy-support-bot")
     kinds = [c["kind"] for c in build_agent_children(agent, config, SETTINGS)]
     assert kinds == ["ConfigMap", "Deployment", "Service"]
 
 
 def test_deployment_is_hardened_and_rolls_with_the_config(specs: SpecSet) -> None:
-    agent, config = _config(specs, "tenant-acme", "support-bot")
+    agent, config = example_agent_and_config(specs, "tenant-acme", "support-bot")
     deployment = build_agent_deployment(agent, config, SETTINGS)
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
@@ -243,13 +223,13 @@ def test_deployment_is_hardened_and_rolls_with_the_config(specs: SpecSet) -> Non
     assert STORES_HASH_ANNOTATION in pod["metadata"]["annotations"]
     assert "nodeSelector" not in pod["spec"]
 
-    _, legacy = _config(specs, "tenant-acme", "legacy-support-bot")
+    _, legacy = example_agent_and_config(specs, "tenant-acme", "legacy-support-bot")
     other = build_agent_deployment(agent, legacy, SETTINGS)
     assert other["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != config.hash()
 
 
 def test_key_vault_gateway_and_placement_reach_the_pods(specs: SpecSet) -> None:
-    agent, config = _config(specs, "tenant-acme", "support-bot")
+    agent, config = example_agent_and_config(specs, "tenant-acme", "support-bot")
     children = build_agent_children(agent, config, WIRED.model_copy(update={"key_vault": VAULT}))
     deployment = next(c for c in children if c["kind"] == "Deployment")
     pod = deployment["spec"]["template"]
@@ -267,7 +247,7 @@ def test_key_vault_gateway_and_placement_reach_the_pods(specs: SpecSet) -> None:
 
 
 def test_changed_stores_roll_the_pods(specs: SpecSet) -> None:
-    agent, config = _config(specs, "tenant-acme", "support-bot")
+    agent, config = example_agent_and_config(specs, "tenant-acme", "support-bot")
     before = build_agent_deployment(agent, config, SETTINGS)
     moved = SETTINGS.model_copy(update={"stores": RuntimeStores(
         database_url="postgresql://elsewhere/agentplane", redis_url=STORES.redis_url, qdrant_url=STORES.qdrant_url)})  # fmt: skip

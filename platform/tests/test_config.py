@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from agentplane_platform.api.v1alpha1 import Agent, McpTool, Tenant, ToolDiscovery, ToolStatus
 from agentplane_platform.config import AgentConfig, ResolvedMcpTool, ResolveError, resolve_agent
 from agentplane_platform.mcp import canonical_json, parameters_hash
-from agentplane_platform.specs import SpecSet, validate_paths
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def specs() -> SpecSet:
-    report = validate_paths([REPO / "specs" / "tenants"])
-    assert report.ok
-    return report.specs
-
-
-def _resolve(specs: SpecSet, namespace: str, name: str, **changes: object) -> AgentConfig:
-    agent = specs.agents[(namespace, name)].resource
-    if changes:
-        agent = agent.model_copy(update={"spec": agent.spec.model_copy(update=changes)})
-    tenant = specs.tenant_of(namespace)
-    assert tenant is not None
-    prompts = specs.prompts_in(namespace)
-    tools = specs.tools_in(namespace)
-    return resolve_agent(agent, tenant.resource, prompts, tools)
+from agentplane_platform.specs import SpecSet
+from support.example_specs import example_config
 
 
 def test_every_example_agent_resolves(specs: SpecSet) -> None:
     for namespace, name in specs.agents:
-        config = _resolve(specs, namespace, name)
+        config = example_config(specs, namespace, name)
         assert config.agent == name
         assert AgentConfig.model_validate_json(config.canonical_json()) == config
 
 
 def test_support_bot_config(specs: SpecSet) -> None:
-    config = _resolve(specs, "tenant-acme", "support-bot")
+    config = example_config(specs, "tenant-acme", "support-bot")
     assert config.tenant == "acme"
     assert config.model.fallbacks == ["openai/gpt-4o-mini"]
     assert config.prompt.version == 2
@@ -60,14 +40,14 @@ def test_support_bot_config(specs: SpecSet) -> None:
 
 
 def test_hash_is_stable_and_follows_the_pinned_version(specs: SpecSet) -> None:
-    v2 = _resolve(specs, "tenant-acme", "support-bot")
-    assert v2.hash() == _resolve(specs, "tenant-acme", "support-bot").hash()
-    legacy = _resolve(specs, "tenant-acme", "legacy-support-bot")
+    v2 = example_config(specs, "tenant-acme", "support-bot")
+    assert v2.hash() == example_config(specs, "tenant-acme", "support-bot").hash()
+    legacy = example_config(specs, "tenant-acme", "legacy-support-bot")
     assert legacy.prompt.version == 1
     assert legacy.prompt.hash != v2.prompt.hash
     agent: Agent = specs.agents[("tenant-acme", "support-bot")].resource
     bumped = agent.spec.prompt.model_copy(update={"version": 1})
-    assert _resolve(specs, "tenant-acme", "support-bot", prompt=bumped).hash() != v2.hash()
+    assert example_config(specs, "tenant-acme", "support-bot", prompt=bumped).hash() != v2.hash()
 
 
 @pytest.mark.parametrize(

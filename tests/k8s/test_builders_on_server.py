@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentplane_operator.builders import BuildSettings, build_agent_children, build_tenant_children
-from agentplane_platform.config import resolve_agent
 from agentplane_platform.contract import RuntimeStores
-from agentplane_platform.specs import SpecSet, validate_paths
+from agentplane_platform.specs import SpecSet
 from support.cluster import Cluster
+from support.example_specs import example_agent_and_config
 
-REPO = Path(__file__).resolve().parents[2]
 FIELD_MANAGER = "agentplane-operator"
 SETTINGS = BuildSettings(
     stores=RuntimeStores(
@@ -25,13 +23,6 @@ SETTINGS = BuildSettings(
     ),
     llm_secret_data={"OPENAI_API_KEY": "sk-test"},
 )
-
-
-@pytest.fixture(scope="module")
-def specs() -> SpecSet:
-    report = validate_paths([REPO / "specs" / "tenants"])
-    assert report.ok
-    return report.specs
 
 
 def _apply(k8s: Cluster, manifests: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
@@ -74,10 +65,7 @@ def globex(k8s: Cluster, specs: SpecSet) -> Iterator[list[dict[str, Any]]]:
         update={"metadata": original.metadata.model_copy(update={"name": "builders"})}
     )
     manifests = build_tenant_children(tenant, SETTINGS)
-    agent = specs.agents[("tenant-globex", "oncall-helper")].resource
-    prompts = specs.prompts_in("tenant-globex")
-    tools = specs.tools_in("tenant-globex")
-    config = resolve_agent(agent, tenant, prompts, tools)
+    agent, config = example_agent_and_config(specs, "tenant-globex", "oncall-helper", tenant=tenant)
     manifests += build_agent_children(agent, config, SETTINGS)
     yield manifests
     k8s.kubectl("delete", "namespace", tenant.namespace, "--ignore-not-found", "--wait=false")

@@ -156,7 +156,10 @@ TAMPERING: dict[str, tuple[Callable[[Connection], None], list[tuple[str, int, st
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERING))
-def test_verify_finds_tampering_at_its_seq(database: str, tampering: str) -> None:
+def test_verify_finds_tampering_at_its_seq(
+    database: str, tampering: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "_PAGE", 3)  # the chain is read a page at a time: across pages here
     append(database, events("acme", 4))
     append(database, events("acme", 6, 4) + events("globex", 3))
     assert verify_cli(database) == (0, [])
@@ -230,13 +233,14 @@ def test_records_outside_the_chain_and_a_missing_head_show(database: str) -> Non
         row = c.execute(
             select(AuditRecord.__table__).where(AuditRecord.tenant == "acme", AuditRecord.seq == 3)
         )
-        c.execute(insert(AuditRecord).values(dict(row.mappings().one()) | {"seq": 4}))
+        copy = dict(row.mappings().one())
+        c.execute(insert(AuditRecord).values([copy | {"seq": 4}, copy | {"seq": 0}]))
         c.execute(delete(AuditHead).where(AuditHead.tenant == "globex"))
 
     on(database, tamper)
     code, problems = verify_cli(database)
     assert code == 1
-    assert problems == [("acme", 4, "inserted"), ("globex", 2, "head-missing")]
+    assert problems == [("acme", 0, "inserted"), ("acme", 4, "inserted"), ("globex", 2, "head-missing")]
 
 
 @pytest.mark.postgres

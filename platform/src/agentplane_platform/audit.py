@@ -298,13 +298,12 @@ def _pages(
     connection: Connection,
     tenant: str,
     *,
-    after: int = 0,
     upto: int | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Iterator[RowMapping]:
-    """The tenant's records in seq order, read a page at a time (seq > `after`, seq <= `upto`,
-    `since` <= recorded_at < `until`)."""
+    """The tenant's records in seq order, read a page at a time (seq <= `upto`, `since` <= recorded_at
+    < `until`)."""
     conditions = [AuditRecord.tenant == tenant]
     if upto is not None:
         conditions.append(AuditRecord.seq <= upto)
@@ -312,18 +311,11 @@ def _pages(
         conditions.append(AuditRecord.recorded_at >= since.astimezone(UTC))
     if until is not None:
         conditions.append(AuditRecord.recorded_at < until.astimezone(UTC))
-    table = AuditRecord.__table__
+    query = select(AuditRecord.__table__).order_by(AuditRecord.seq).limit(_PAGE)
+    after: int | None = None  # keyset paging: no lower bound at first, so that any seq is seen
     while True:
-        page = (
-            connection.execute(
-                select(table)
-                .where(*conditions, AuditRecord.seq > after)
-                .order_by(AuditRecord.seq)
-                .limit(_PAGE)
-            )
-            .mappings()
-            .all()
-        )
+        page_conditions = conditions if after is None else [*conditions, AuditRecord.seq > after]
+        page = connection.execute(query.where(*page_conditions)).mappings().all()
         yield from page
         if len(page) < _PAGE:
             return

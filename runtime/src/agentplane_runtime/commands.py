@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+DEFAULT_URL = "http://127.0.0.1:8080"
+"""Where `agentplane chat` finds `agentplane up` unless told (`up`'s default host and port)."""
+DEFAULT_STATE = ".agentplane"
+"""The state directory of `agentplane up` (keys, SQLite, Qdrant), and where `chat` reads the keys."""
+
 
 class UpCommand:
     """`agentplane up [PATH]`: serve every agent of a spec tree from one process."""
@@ -28,7 +33,7 @@ class UpCommand:
         parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
         parser.add_argument(
             "--state",
-            default=".agentplane",
+            default=DEFAULT_STATE,
             help="state directory: SQLite, Qdrant, keys (default .agentplane/)",
         )
         parser.add_argument(
@@ -68,12 +73,12 @@ class ChatCommand:
         )
         parser.add_argument(
             "--url",
-            default="http://127.0.0.1:8080",
+            default=DEFAULT_URL,
             help="where `agentplane up` listens (default %(default)s)",
         )
         parser.add_argument(
             "--state",
-            default=".agentplane",
+            default=DEFAULT_STATE,
             help="state directory of `up`, for the tenant's key (default .agentplane/)",
         )
         parser.add_argument(

@@ -45,7 +45,7 @@ from agentplane_runtime.knowledge_sync import SyncResult, sync_knowledge
 from agentplane_runtime.llm import has_credentials
 from agentplane_runtime.quotas import StaticLimits
 from agentplane_runtime.services import Runtime
-from agentplane_runtime.terminal import KEYS_FILE
+from agentplane_runtime.terminal import KEYS_FILE, chat_command_line
 from agentplane_runtime.tools import SecretReader, ToolError
 
 log = logging.getLogger("agentplane.up")
@@ -311,7 +311,13 @@ def banner(
         key = keys[first.tenant]
         lines += [
             "Try it:",
-            f"  uv run agentplane chat {first.tenant}/{first.agent} 'How do I return an item?'",
+            "  "
+            + chat_command_line(
+                f"{first.tenant}/{first.agent}",
+                "How do I return an item?",
+                base_url=base,
+                state=settings.state_dir,
+            ),
             "",
             f"  curl -s {url}/chat/completions -H 'Authorization: Bearer {key}' \\",
             "    -H 'Content-Type: application/json' \\",

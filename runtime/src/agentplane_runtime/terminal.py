@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import sys
+import sysconfig
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,10 +19,51 @@ from typing import Any, TextIO
 
 import httpx
 
+from agentplane_runtime.commands import DEFAULT_STATE, DEFAULT_URL
+
 KEYS_FILE = "api-keys.json"
 """Where `agentplane up` keeps each tenant's local API key, in its state directory."""
 
 HELP = "/reset starts a new conversation, /exit (or Ctrl-D) leaves."
+
+
+def chat_command_line(target: str, question: str | None, *, base_url: str, state: Path) -> str:
+    """How to run `agentplane chat TARGET QUESTION` against `base_url` from the current directory, as
+    a command that works here (the banner of `agentplane up` shows it):
+
+    - `uv run agentplane chat ...` when uv is on PATH and this environment is the `.venv` of the
+      project the current directory is in (where uv run finds it);
+    - else, in that project's root when its Makefile has a `chat` target, `make chat AGENT=... Q=...`
+      (`make up` installs uv privately, off PATH: the Makefile finds it);
+    - else the absolute path of this environment's `agentplane`.
+
+    `--url` and `--state` are added when they are not chat's defaults."""
+    options: list[str] = []
+    if base_url.rstrip("/") != DEFAULT_URL:
+        options += ["--url", base_url]
+    if state != Path(DEFAULT_STATE):
+        options += ["--state", str(state)]
+    cwd = Path.cwd().resolve()
+    environment = Path(sys.prefix).resolve()
+    project = environment.parent if environment.name == ".venv" else None
+    in_project = (
+        project is not None and (project / "pyproject.toml").is_file() and cwd.is_relative_to(project)
+    )
+    if in_project and shutil.which("uv") is not None:
+        return shlex.join(
+            ["uv", "run", "agentplane", "chat", target, *([question] if question else []), *options]
+        )
+    makefile = cwd / "Makefile"
+    if in_project and cwd == project and makefile.is_file() and "\nchat:" in makefile.read_text():
+        words = ["make", "chat", f"AGENT={shlex.quote(target)}"]
+        if question:
+            words.append(f"Q={shlex.quote(question)}")
+        if options:
+            words.append(f"CHAT_ARGS={shlex.quote(shlex.join(options))}")
+        return " ".join(words)
+    script = Path(sysconfig.get_path("scripts")) / "agentplane"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "agentplane_platform"]
+    return shlex.join([*command, "chat", target, *([question] if question else []), *options])
 
 
 class ChatError(Exception):

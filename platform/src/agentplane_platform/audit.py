@@ -514,8 +514,9 @@ def prune(connection: Connection, older_than: datetime) -> int:
             last = head.last_seq if first_kept is None else first_kept - 1
             if last <= head.start_after_seq:
                 continue
-            # the anchor is the stored hash of the last record removed, so that a record rewritten
-            # after it still shows; when that record is gone already, what the next one follows
+            # the new start is the stored hash of the last record removed (had that record been
+            # rewritten with a new hash, the next one's link still shows it); when it is gone
+            # already, the head's last hash or what the next record follows
             anchor = connection.execute(
                 select(AuditRecord.hash).where(AuditRecord.tenant == tenant, AuditRecord.seq == last)
             ).scalar_one_or_none()

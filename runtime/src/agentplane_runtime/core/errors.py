@@ -36,28 +36,39 @@ class ApiError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def body(self) -> dict[str, object]:
-        return error_body(self.message, self.type, self.code, self.param)
+    def body(self, request_id: str | None = None) -> dict[str, object]:
+        return error_body(self.message, self.type, self.code, self.param, request_id=request_id)
 
 
 def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
+    message: str,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+    *,
+    request_id: str | None = None,
 ) -> dict[str, object]:
+    """`request_id`: the request's, when known better than from inside the request context."""
     return {
         "error": {
             "message": message,
             "type": type_,
             "code": code,
             "param": param,
-            "request_id": request_id_var.get(),
+            "request_id": request_id or request_id_var.get(),
         }
     }
 
 
-def error_response(error: ApiError) -> Response:
+def error_response(error: ApiError, request_id: str | None = None) -> Response:
     headers = dict(error.headers)
+    if request_id is not None:
+        headers.setdefault("X-Request-Id", request_id)
     return Response(
-        orjson.dumps(error.body()), status_code=error.status, media_type="application/json", headers=headers
+        orjson.dumps(error.body(request_id)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
@@ -113,8 +124,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
-        return error_response(ApiError(500, "internal error", type="api_error"))
+        # Starlette answers an unhandled error from its outermost middleware, outside the request
+        # context (so the context variable is already reset, and the response bypasses the
+        # middleware that adds the id header): take the id the context middleware left in the scope.
+        state = request.scope.get("state") or {}
+        request_id = state.get("request_id") if isinstance(state, dict) else None
+        log.error("unhandled error (request %s)", request_id, exc_info=exc)
+        return error_response(ApiError(500, "internal error", type="api_error"), request_id=request_id)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)

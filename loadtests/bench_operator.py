@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from k8s.operator_specs import agent, builtin_tool, prompt, tenant  # noqa: E402
 
 from support.cluster import Cluster, running_cluster  # noqa: E402
-from support.operator_process import install_operator_rbac, start_operator, wait_for  # noqa: E402
+from support.operator_process import install_operator_rbac, start_operator  # noqa: E402
 from support.services import start_postgres, start_redis  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
 AGENT_KINDS = (
     "ConfigMap",

@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.cluster import running_cluster  # noqa: E402
 from support.node import RealNode  # noqa: E402
-from support.operator_process import wait_for  # noqa: E402
 from support.platform_deploy import Platform, deployed_platform  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
 MIB = 1024 * 1024
 

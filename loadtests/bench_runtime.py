@@ -28,7 +28,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.services import free_port, start_postgres, start_redis  # noqa: E402
+from support.ports import free_port  # noqa: E402
+from support.services import start_postgres, start_redis  # noqa: E402
 
 PROXY_KEY = "sk-" + "b3nch" * 12  # the proxy refuses to start without a master key
 

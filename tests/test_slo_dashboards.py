@@ -41,11 +41,11 @@ from support.operator_process import (
     get,
     install_operator_rbac,
     start_operator,
-    wait_for,
 )
 from support.prometheus import Prometheus, running_prometheus
 from support.service_fixtures import unavailable
 from support.services import Server, ServiceUnavailable, create_database
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres, pytest.mark.redis]
 

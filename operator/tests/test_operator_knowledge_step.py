@@ -7,7 +7,6 @@ REST client; the healthy case runs against local mode."""
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from qdrant_client import AsyncQdrantClient
 from agentplane_operator.reconcile import knowledge_step
 from agentplane_platform.api.v1alpha1 import Tenant
 from agentplane_platform.knowledge import VectorStore
+from support.ports import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,13 +41,6 @@ def _answering(status: int, body: bytes) -> VectorStore:
     return VectorStore(client, local=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_collections_ready_in_local_mode() -> None:
     store = VectorStore.connect()
     step = await knowledge_step(store, ACME, [])
@@ -58,7 +51,7 @@ async def test_collections_ready_in_local_mode() -> None:
 
 async def test_a_qdrant_that_does_not_answer_is_unavailable_and_retried_soon() -> None:
     store = VectorStore(
-        AsyncQdrantClient(url=f"http://127.0.0.1:{_free_port()}", timeout=2, check_compatibility=False),
+        AsyncQdrantClient(url=f"http://127.0.0.1:{free_port()}", timeout=2, check_compatibility=False),
         local=False,
     )
     step = await knowledge_step(store, ACME, PREVIOUS)

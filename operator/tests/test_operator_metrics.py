@@ -4,7 +4,6 @@ gauges, and an exposition (served by its own `/metrics`) that `promtool check me
 from __future__ import annotations
 
 import asyncio
-import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentplane_operator.metrics import Metrics, ReadyClock, serve
 from agentplane_operator.reconcile import StatusWrite
 from agentplane_platform.quotas import QuotaLimits
+from support.ports import free_port
 from support.prometheus import check_metrics, promtool
 
 STARTED = datetime(2025, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)
@@ -137,13 +137,6 @@ def _get(url: str) -> str:
         return text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.asyncio
 async def test_promtool_accepts_the_operator_exposition() -> None:
     promtool()
@@ -157,7 +150,7 @@ async def test_promtool_accepts_the_operator_exposition() -> None:
     metrics.set_tenant_limits(
         QuotaLimits("acme", tokens_per_minute=5000, requests_per_minute=60, monthly_budget_usd=25)
     )
-    port = _free_port()
+    port = free_port()
     runner = await serve(metrics, "127.0.0.1", port)
     try:
         text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")

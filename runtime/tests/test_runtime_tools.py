@@ -37,6 +37,7 @@ from agentplane_runtime.tool_arguments import (
 )
 from agentplane_runtime.tools import ToolError, calculate
 from support.fake_llm import FakeLLM, reply, tool_calls
+from support.waiting import wait_until_serving
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -80,8 +81,7 @@ async def tool_server() -> AsyncIterator[tuple[ToolServer, int]]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(tools.app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await wait_until_serving("the tool server", server, task)
     yield tools, port
     server.should_exit = True
     server.force_exit = True

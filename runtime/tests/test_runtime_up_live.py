@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ from agentplane_runtime.retrieval import sparse_vector
 from support.agentplane_up import KEYWORDS_ONLY, Up, agentplane, copy_specs, start, up_env
 
 QUESTION = [{"role": "user", "content": "How do I get a refund for a yearly plan?"}]
-
-
-def wait_for(what: str, check: Callable[[], bool], up: Up, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}; agentplane up printed:\n{up.output()}")
 
 
 def prompt_of(client: openai.OpenAI) -> dict[str, Any]:
@@ -65,7 +55,7 @@ def test_a_prompt_bump_takes_effect_without_a_restart(live: Up) -> None:
     )
     agent = acme / "agents" / "billing-assistant.yaml"
     agent.write_text(re.sub(r"(\n    name: billing\n    version: )1\n", r"\g<1>2\n", agent.read_text()))
-    wait_for("the billing prompt v2", lambda: prompt_of(client)["version"] == 2, live)
+    live.wait("the billing prompt v2", lambda: prompt_of(client)["version"] == 2)
     assert "specs: ~ acme/billing-assistant: prompt billing v1 -> billing v2" in live.output()
     # the operator would keep v1 available too: pinning it back works at once
     agent.write_text(
@@ -73,7 +63,7 @@ def test_a_prompt_bump_takes_effect_without_a_restart(live: Up) -> None:
             "\n    name: billing\n    version: 2\n", "\n    name: billing\n    version: 1\n"
         )
     )
-    wait_for("the billing prompt back at v1", lambda: prompt_of(client)["version"] == 1, live)
+    live.wait("the billing prompt back at v1", lambda: prompt_of(client)["version"] == 1)
 
 
 def test_a_new_agent_appears_and_a_removed_one_disappears(live: Up) -> None:
@@ -92,8 +82,8 @@ def test_a_new_agent_appears_and_a_removed_one_disappears(live: Up) -> None:
             return False
         return True
 
-    wait_for("acme/night-shift to be served", lambda: served(new), live)
-    wait_for("acme/legacy-support-bot to be gone", lambda: not served(gone), live)
+    live.wait("acme/night-shift to be served", lambda: served(new))
+    live.wait("acme/legacy-support-bot to be gone", lambda: not served(gone))
     reply = new.chat.completions.create(model="night-shift", messages=QUESTION)  # type: ignore[arg-type]
     assert (reply.choices[0].message.content or "").startswith("[offline model]")
     with pytest.raises(openai.NotFoundError) as error:
@@ -113,7 +103,7 @@ def test_an_invalid_edit_is_reported_with_its_line_and_changes_nothing(live: Up)
     lines = good.splitlines()
     line = next(n for n, text in enumerate(lines, 1) if text.startswith("    name: azure/gpt-4o-mini"))
     agent.write_text(good.replace("    name: azure/gpt-4o-mini", "    name: azure/gpt-5-unknown", 1))
-    wait_for("the problem to be reported", lambda: "specs: not applied" in live.output(), live)
+    live.wait("the problem to be reported", lambda: "specs: not applied" in live.output())
     output = live.output()
     assert re.search(rf"support-bot\.yaml:{line}:\d+: .*gpt-5-unknown", output), output
     reply = live.client("acme", "support-bot").chat.completions.create(model="x", messages=QUESTION)  # type: ignore[arg-type]
@@ -121,7 +111,7 @@ def test_an_invalid_edit_is_reported_with_its_line_and_changes_nothing(live: Up)
 
     # a reference to a prompt version that does not exist
     agent.write_text(good.replace("    name: support\n    version: 2", "    name: support\n    version: 9"))
-    wait_for("the missing prompt version to be reported", lambda: "has no version 9" in live.output(), live)
+    live.wait("the missing prompt version to be reported", lambda: "has no version 9" in live.output())
     assert re.search(r"support-bot\.yaml:17:5: .*Prompt 'support' has no version 9", live.output())
     assert prompt_of(live.client("acme", "support-bot")) == {"name": "support", "version": 2}
     agent.write_text(good)
@@ -141,7 +131,7 @@ def test_a_new_knowledge_file_is_ingested_live(live: Up) -> None:
         )
         return {hit["source"] for hit in response.json()["data"]}
 
-    wait_for("the new runbook to be searchable", lambda: "knowledge/runbooks/kafka-lag.md" in sources(), live)
+    live.wait("the new runbook to be searchable", lambda: "knowledge/runbooks/kafka-lag.md" in sources())
     assert "knowledge: 1 ingested, 8 unchanged, 0 removed" in live.output()
 
 
@@ -159,9 +149,9 @@ def test_a_new_tenant_gets_its_key_and_agents(live: Up) -> None:
     agent = (tenants / "globex" / "agents" / "oncall-helper.yaml").read_text().replace("globex", "initech")
     agent = re.sub(r"\n  tools:\n(    - name: .*\n)+", "\n", agent)
     (initech / "agents" / "oncall-helper.yaml").write_text(agent)
-    wait_for("the initech key", lambda: live.keys().get("initech") is not None, live)
+    live.wait("the initech key", lambda: live.keys().get("initech") is not None)
     client = live.client("initech", "oncall-helper")
-    wait_for("initech/oncall-helper", lambda: client.models.list().data[0].id == "oncall-helper", live)
+    live.wait("initech/oncall-helper", lambda: client.models.list().data[0].id == "oncall-helper")
     assert f"specs: + tenant initech, API key {live.keys()['initech']}" in live.output()
 
 

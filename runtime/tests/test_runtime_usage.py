@@ -16,12 +16,14 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from runtime_support import Served, make_config, serve, tenant_name
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.db import UsageRecord
 from agentplane_runtime import Settings
 from support.fake_llm import FakeLLM, error, reply
 from support.service_fixtures import unavailable
-from support.services import Server, ServiceUnavailable, _wait_port, start_postgres
+from support.services import Server, ServiceUnavailable, start_postgres, wait_port
+from support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -33,15 +35,16 @@ async def rows(served: Served, tenant: str) -> list[UsageRecord]:
 
 
 async def wait_for_rows(served: Served, tenant: str, count: int, timeout: float = 20.0) -> list[UsageRecord]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    """The tenant's usage rows once there are `count` of them (the database may be restarting)."""
+
+    async def enough() -> list[UsageRecord] | None:
         try:
             found = await rows(served, tenant)
-        except Exception:
-            found = []
-        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
-            return found
-        await asyncio.sleep(0.1)
+        except (DBAPIError, OSError):  # the database is not back yet
+            return None
+        return found if len(found) >= count else None
+
+    return await wait_for_async(f"{count} usage rows of {tenant}", enough, timeout, interval=0.1)
 
 
 async def test_every_request_writes_one_usage_row(settings: Settings, fake_llm: FakeLLM) -> None:
@@ -117,7 +120,7 @@ def restart(server: Server, log: Path) -> None:
         server.process = subprocess.Popen(
             server.process.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    _wait_port(server.port, server.process, log)
+    wait_port(server.port, server.process, log)
 
 
 async def test_no_usage_record_is_lost_across_a_postgres_restart(

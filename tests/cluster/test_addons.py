@@ -34,8 +34,8 @@ from support.addons import (
     service_account_kubeconfig,
 )
 from support.cluster import Cluster, ClusterError, KubectlError
-from support.operator_process import wait_for
 from support.service_fixtures import unavailable
+from support.waiting import wait_for
 
 TIMEOUT = 90.0
 ROUTE_LABEL = {"agentplane.io/gateway": "shared"}

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from support.cluster import FAKE_NODE_NAMES, Cluster
+from support.waiting import wait_for
 
 TIMEOUT = 90.0
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+wait_until = functools.partial(wait_for, timeout=TIMEOUT)
 
 
 def names(k8s: Cluster, *args: str) -> list[str]:

@@ -8,6 +8,7 @@ test process that is killed outright while it holds a real node.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -15,11 +16,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from support import netplan, node, oci
 from support.cluster import REPO_ROOT, Cluster, stop_cluster
 from support.cluster_fixture import REUSE_ENV, require_real_node
 from support.node import HostSnapshot, RealNode
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -37,13 +38,7 @@ TIMEOUT = 60.0
 WEB_PORT = 8080
 KUBECTL_IMAGE = "agentplane.local/kubectl:v1.36.3"
 
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+wait_until = functools.partial(wait_for, timeout=TIMEOUT)
 
 
 @dataclass

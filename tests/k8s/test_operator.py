@@ -37,10 +37,10 @@ from support.operator_process import (
     install_llm_secret,
     install_operator_rbac,
     start_operator,
-    wait_for,
 )
 from support.prometheus import check_metrics
 from support.services import Server, create_database
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres, pytest.mark.redis]
 

@@ -26,9 +26,9 @@ from support.operator_process import (
     get,
     install_operator_rbac,
     start_operator,
-    wait_for,
 )
 from support.services import Server, create_database
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.postgres, pytest.mark.redis]
 

@@ -29,9 +29,7 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from support.cluster import Cluster, apply_crds
+from support.ports import free_port
+from support.waiting import WaitTimeout, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build-addons.sh"
@@ -348,13 +348,6 @@ class Traefik:
                 self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL the child when the thread that started it dies."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -373,7 +366,7 @@ def start_traefik(
     ports, its log in ``workdir/traefik.log``; return once ``/ping`` answers."""
     binary = binary or traefik_binary()
     workdir.mkdir(parents=True, exist_ok=True)
-    web_port, ping_port = _free_port(), _free_port()
+    web_port, ping_port = free_port(), free_port()
     args = traefik_args(
         web_address=f"127.0.0.1:{web_port}", ping_address=f"127.0.0.1:{ping_port}", status_ip="127.0.0.1"
     )
@@ -392,20 +385,22 @@ def start_traefik(
             preexec_fn=_die_with_parent,
         )
     traefik = Traefik(process=process, web_port=web_port, ping_port=ping_port, log=log, args=args)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def pinged() -> bool:
         if process.poll() is not None:
             raise AddonError(f"traefik exited with {process.returncode}:\n{traefik.log_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{ping_port}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return traefik
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            traefik.stop()
-            raise AddonError(f"traefik /ping not OK within {timeout:.0f}s:\n{traefik.log_text()[-3000:]}")
-        time.sleep(0.2)
+            return False
+
+    try:
+        wait_for("traefik /ping", pinged, timeout)
+    except WaitTimeout as exc:
+        traefik.stop()
+        raise AddonError(f"{exc}:\n{traefik.log_text()[-3000:]}") from None
+    return traefik
 
 
 @contextlib.contextmanager

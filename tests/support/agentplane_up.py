@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,8 @@ import httpx
 import openai
 import pytest
 
-from support.services import free_port
+from support.ports import free_port
+from support.waiting import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 KEYWORDS_ONLY = {"AGENTPLANE_LOCAL_EMBEDDINGS": "false"}
@@ -61,6 +62,12 @@ class Up:
         self.clients.append(client)
         return client
 
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+        """`wait_for`, with what `agentplane up` printed in the failure."""
+        wait_for(
+            what, check, timeout, interval=0.1, context=lambda: f"agentplane up printed:\n{self.output()}"
+        )
+
     def stop(self) -> int:
         for client in self.clients:
             client.close()
@@ -94,18 +101,21 @@ def start(specs: Path, state: Path, log: Path, **env: str) -> Up:
             text=True,
         )
     up = Up(process, port, state, specs, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if process.poll() is not None:
             pytest.fail(f"agentplane up exited with {process.returncode}:\n{up.output()}")
         try:
-            if httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200:
-                return up
+            return httpx.get(f"{up.base}/healthz/ready", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"agentplane up did not become ready:\n{up.output()}")
+            return False
+
+    try:
+        up.wait("agentplane up to become ready", ready, timeout=120)
+    except WaitTimeout:
+        process.kill()
+        raise
+    return up
 
 
 def copy_specs(tmp: Path) -> Path:

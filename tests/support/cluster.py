@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -64,6 +63,8 @@ try:
 except ModuleNotFoundError:  # run as a script: python tests/support/cluster.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from support import netplan, node
+from support.ports import free_port
+from support.waiting import WaitTimeout, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
@@ -393,13 +394,6 @@ def _write_kubeconfig(path: Path, *, server: str, ca: Path, client: _CertPair, u
 # Processes
 
 
-def _free_port(address: str = netplan.LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _die_with_parent_hook() -> Callable[[], None]:
     """A preexec_fn that makes the child get SIGKILL when the spawning thread dies.
 
@@ -446,7 +440,7 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _wait_for(
+def _wait_while_running(
     what: str,
     predicate: Callable[[], bool],
     *,
@@ -454,21 +448,21 @@ def _wait_for(
     processes: Sequence[ManagedProcess],
     interval: float = 0.2,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    """`wait_for`, failing early with a `ClusterError` and its log when one of `processes` exits."""
+
+    def probe() -> bool:
         for proc in processes:
             if proc.exited():
                 raise ClusterError(
                     f"{proc.name} exited while waiting for {what}; log {proc.log}:\n" + _log_tail(proc.log)
                 )
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            logs = sorted({str(p.log.parent) for p in processes})
-            raise ClusterError(
-                f"timed out after {timeout:.0f}s waiting for {what} (logs in {', '.join(logs)})"
-            )
-        time.sleep(interval)
+        return predicate()
+
+    try:
+        wait_for(what, probe, timeout, interval)
+    except WaitTimeout as exc:
+        logs = sorted({str(p.log.parent) for p in processes})
+        raise ClusterError(f"{exc} (logs in {', '.join(logs)})") from None
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -579,7 +573,7 @@ def start_cluster(
         else None
     )
     address = netplan.HOST_ADDRESS if real_node else netplan.LOOPBACK
-    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port(address)
+    etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port(address)
     server = f"https://{address}:{api_port}"
 
     pki = _Pki(workdir / "pki")
@@ -650,7 +644,7 @@ def start_cluster(
                 "--log-level=warn",
             ],
         )
-        _wait_for(
+        _wait_while_running(
             "etcd /health",
             lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"),
             timeout=timeout,
@@ -696,7 +690,7 @@ def start_cluster(
         )
         ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
         ctx.load_cert_chain(str(clients["admin"].cert), str(clients["admin"].key))
-        _wait_for(
+        _wait_while_running(
             "kube-apiserver /readyz",
             lambda: _http_ok(f"{server}/readyz", ctx),
             timeout=timeout,
@@ -710,7 +704,7 @@ def start_cluster(
                 f"--authentication-kubeconfig={kubeconfigs['kube-controller-manager']}",
                 f"--authorization-kubeconfig={kubeconfigs['kube-controller-manager']}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={_free_port()}",
+                f"--secure-port={free_port()}",
                 "--controllers=*",
                 f"--root-ca-file={pki.ca.cert}",
                 f"--service-account-private-key-file={pki.sa_key}",
@@ -732,7 +726,7 @@ def start_cluster(
                 f"--authentication-kubeconfig={kubeconfigs['kube-scheduler']}",
                 f"--authorization-kubeconfig={kubeconfigs['kube-scheduler']}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={_free_port()}",
+                f"--secure-port={free_port()}",
                 "--leader-elect=false",
                 "--profiling=false",
                 "--v=1",
@@ -766,14 +760,14 @@ def start_cluster(
             ready = {line.split("=")[0] for line in out.splitlines() if line.endswith("=True")}
             return ready >= set(FAKE_NODE_NAMES)
 
-        _wait_for("fake nodes Ready", nodes_ready, timeout=timeout, processes=procs, interval=0.5)
+        _wait_while_running("fake nodes Ready", nodes_ready, timeout=timeout, processes=procs, interval=0.5)
 
         def default_service_account() -> bool:
             r = cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
             return r.returncode == 0
 
         # Pods are rejected until the serviceaccount controller created "default".
-        _wait_for(
+        _wait_while_running(
             "default ServiceAccount",
             default_service_account,
             timeout=timeout,
@@ -904,7 +898,7 @@ def policy_warnings(cluster: Cluster, names: Sequence[str], *, timeout: float = 
             checked[name] = [f"{w['fieldRef']}: {w['warning']}" for w in warnings]
         return True
 
-    _wait_for("policies type-checked", all_checked, timeout=timeout, processes=cluster.processes)
+    _wait_while_running("policies type-checked", all_checked, timeout=timeout, processes=cluster.processes)
     return checked
 
 

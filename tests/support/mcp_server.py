@@ -18,7 +18,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from support.services import free_port
+from support.ports import free_port
+from support.waiting import wait_until_serving
 
 
 @dataclass
@@ -165,11 +166,7 @@ async def orders_mcp(*, stateless: bool = False) -> AsyncIterator[OrdersMcp]:
     )
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the MCP server stopped during startup")
-            await asyncio.sleep(0.01)
+        await wait_until_serving("the MCP server", server, task)
         yield orders
     finally:
         orders.release.set()

@@ -39,8 +39,8 @@ from support.addons import (
 from support.cluster import Cluster
 from support.fake_llm import FakeLLM
 from support.images import ImageArchive, operator_image, runtime_image
-from support.operator_process import wait_for
 from support.services import Server, create_database, start_postgres, start_redis
+from support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM_NAMESPACE = operator_manifests.NAMESPACE
@@ -190,10 +190,7 @@ class Platform:
 
     def wait(self, what: str, probe: Callable[[], T | None], timeout: float = 120.0) -> T:
         """`wait_for`, with the platform's state in the failure."""
-        try:
-            return wait_for(what, probe, timeout=timeout)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
+        return wait_for(what, probe, timeout=timeout, context=self.diagnose)
 
 
 # -- building blocks -------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from typing import Any
 
 import httpx
 
+from support.ports import free_port
 from support.service_fixtures import unavailable
-from support.services import ServiceUnavailable, free_port, terminate
+from support.services import ServiceUnavailable, terminate
 
 
 class PrometheusError(AssertionError):

@@ -8,10 +8,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from support.ports import free_port
+from support.waiting import WaitTimeout, wait_for
 
 
 class ServiceUnavailable(RuntimeError):
@@ -29,31 +31,29 @@ def terminate(process: subprocess.Popen[Any]) -> None:
             process.wait(timeout=10)
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]
 
 
-def _wait_port(
+def wait_port(
     port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0, host: str = "127.0.0.1"
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until `process` listens on `host:port`; `ServiceUnavailable` (with its log) if it exits
+    first or does not listen within `timeout` seconds."""
+
+    def listening() -> bool:
         if process.poll() is not None:
-            raise ServiceUnavailable(
-                f"exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
-            )
+            raise ServiceUnavailable(f"exited with {process.returncode}: {_log_tail(log)}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise ServiceUnavailable(
-        f"did not listen on {port} within {timeout:.0f}s: {log.read_text(errors='replace')[-2000:]}"
-    )
+            return False
+
+    try:
+        wait_for(f"a listener on {host}:{port}", listening, timeout, interval=0.1)
+    except WaitTimeout as exc:
+        raise ServiceUnavailable(f"{exc}: {_log_tail(log)}") from None
 
 
 @dataclass
@@ -171,9 +171,11 @@ def start_postgres(directory: Path, *, host: str = "127.0.0.1", clients: str | N
         remove=bool(prefix),
     )
     try:
-        _wait_port(port, process, log, host=host)
-        deadline = time.monotonic() + 30
-        while True:
+        wait_port(port, process, log, host=host)
+        refusal = ""
+
+        def create_database() -> bool:
+            nonlocal refusal
             created = subprocess.run(
                 [
                     str(bindir / "psql"),
@@ -192,12 +194,15 @@ def start_postgres(directory: Path, *, host: str = "127.0.0.1", clients: str | N
                 ],
                 capture_output=True,
                 text=True,
+                timeout=30,
             )
-            if created.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"cannot create the database: {created.stderr}")
-            time.sleep(0.2)
+            refusal = created.stderr
+            return created.returncode == 0
+
+        try:
+            wait_for("the agentplane database to be created", create_database, 30.0)
+        except WaitTimeout:
+            raise ServiceUnavailable(f"cannot create the database: {refusal}") from None
     except BaseException:
         server.stop()
         raise
@@ -237,7 +242,7 @@ def start_redis(directory: Path, *, host: str = "127.0.0.1") -> Server:
         )
     server = Server("redis", f"redis://{host}:{port}/0", port, process, directory)
     try:
-        _wait_port(port, process, log, host=host)
+        wait_port(port, process, log, host=host)
     except BaseException:
         server.stop()
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +20,22 @@ from agentplane_platform.config import AgentConfig
 from agentplane_platform.keys import create_api_key
 from agentplane_runtime import AgentRegistry, Runtime, Settings, create_app
 from agentplane_runtime.quotas import LimitsSource
+from support.ports import free_port
+from support.waiting import wait_until_serving
+
+__all__ = [
+    "CALCULATOR",
+    "DIMS",
+    "Samples",
+    "Served",
+    "free_port",
+    "make_config",
+    "parse_metrics",
+    "scrape",
+    "serve",
+    "tenant_name",
+    "total",
+]
 
 DIMS = 64
 CALCULATOR: dict[str, Any] = {
@@ -109,13 +124,6 @@ def _egress_rule(destination: str) -> dict[str, Any]:
     return {"cidr": f"{destination}/32", "ports": [443]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Served:
     """A runtime app served over real HTTP on loopback."""
@@ -157,15 +165,7 @@ async def serve(
     )
     task = asyncio.create_task(server.serve())
     try:
-        for _ in range(600):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.02)
-        if task.done():
-            task.result()
-            raise RuntimeError("the runtime server stopped during startup")
-        if not server.started:
-            raise RuntimeError("the runtime server did not start")
+        await wait_until_serving("the runtime server", server, task, timeout=12)
         runtime: Runtime = app.state.runtime
         runtime.telemetry.provider.add_span_processor(SimpleSpanProcessor(spans))
         yield Served(runtime, port, spans)

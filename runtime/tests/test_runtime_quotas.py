@@ -4,7 +4,6 @@ concurrent streaming requests unable to overshoot a tokens-per-minute limit."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -19,6 +18,7 @@ from runtime_support import Served, make_config, serve, tenant_name
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
 from agentplane_runtime.quotas import (
+    WINDOW_SECONDS,
     CounterSpec,
     KeyLimits,
     MemoryQuotaBackend,
@@ -126,9 +126,15 @@ async def test_gate_reserves_settles_and_refuses_with_headers(backend: QuotaBack
     assert key_limit.value.limit == "key_requests_per_minute"
 
 
-async def _wait_for_a_fresh_window() -> None:
-    if time.time() % 60 > 45:
-        await asyncio.sleep(61 - time.time() % 60)
+MINUTE = 1_767_225_600.0
+"""The first second of a minute (2026-01-01T00:00:00Z): where the tests put the quota gate's clock."""
+
+
+def _clock_at_the_start_of_a_minute(served: Served) -> int:
+    """Stop the quota gate's clock one second into `MINUTE`, so the whole test counts in one window
+    however long it takes (no waiting for a fresh minute); the window's number."""
+    served.runtime.chat.quota.clock = lambda: MINUTE + 1
+    return int(MINUTE // WINDOW_SECONDS)
 
 
 async def _counter(served: Served, name: str) -> int:
@@ -156,15 +162,14 @@ async def test_fifty_concurrent_streams_never_overshoot_tokens_per_minute(
         chosen, static = local_settings, StaticLimits({tenant: limits})
     chosen = chosen.model_copy(update={"api_key_cache_seconds": 60.0})
     fake_llm.chunk_delay_ms = 40  # streams overlap: each holds its reservation for about half a second
-    await _wait_for_a_fresh_window()
     async with serve(chosen, make_config(tenant), limits=static) as served:
+        window = _clock_at_the_start_of_a_minute(served)
         client = openai.AsyncOpenAI(
             api_key=await served.key(),
             base_url=served.base_url,
             max_retries=0,
             http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=100)),
         )
-        window = int(time.time() // 60)
         counter = f"agentplane:quota:{tenant}:tpm:{window}"
         observed: list[int] = []
         done = asyncio.Event()

@@ -25,17 +25,16 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal, TypeAlias
+from typing import Literal
 
 from sqlalchemy import Connection, Row, RowMapping, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from agentplane_platform.db.models import AuditHead, AuditRecord
+from agentplane_platform.jsontypes import JsonValue as JsonValue  # re-exported: the details of an event
 
 GENESIS = "0" * 64
 """What a tenant's first record is chained to."""
-
-JsonValue: TypeAlias = str | int | float | bool | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 
 class AuditAction(StrEnum):

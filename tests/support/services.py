@@ -174,33 +174,33 @@ def start_postgres(directory: Path, *, host: str = "127.0.0.1", clients: str | N
         wait_port(port, process, log, host=host)
         refusal = ""
 
-        def create_database() -> bool:
+        def database_created() -> bool:
             nonlocal refusal
-            created = subprocess.run(
-                [
-                    str(bindir / "psql"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-c",
-                    "CREATE DATABASE agentplane",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            psql = [
+                str(bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "CREATE DATABASE agentplane",
+            ]
+            try:
+                created = subprocess.run(psql, capture_output=True, text=True, timeout=10)
+            except subprocess.TimeoutExpired:
+                refusal = "psql did not answer within 10 s"
+                return False
             refusal = created.stderr
             return created.returncode == 0
 
         try:
-            wait_for("the agentplane database to be created", create_database, 30.0)
+            wait_for("the agentplane database to be created", database_created, 30.0)
         except WaitTimeout:
             raise ServiceUnavailable(f"cannot create the database: {refusal}") from None
     except BaseException:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agentplane_runtime.retrieval import Embedder
+from agentplane_runtime.retrieval import Embedder, EmbeddingMeter
 
 log = logging.getLogger("agentplane.runtime.embeddings")
 
@@ -64,7 +64,10 @@ class LocalEmbedder:
         spec = local_model(model)
         return self.enabled and spec is not None and _installed(spec.package)
 
-    async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
+    async def embed(
+        self, model: str, dimensions: int, texts: list[str], meter: EmbeddingMeter | None = None
+    ) -> list[list[float]] | None:
+        """`meter` is not told: a local model is no provider call, and costs nothing."""
         spec = local_model(model)
         if spec is None:
             self._warn_once(model, "%s is not a local model this runtime knows; keyword vectors only")
@@ -138,9 +141,16 @@ class ModelEmbedder:
             return "dense" if self.local.available(model) else "keyword"
         return "dense" if self.provider_live(model) else "keyword"
 
-    async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
+    def metered(self, model: str) -> bool:
+        """Whether embedding with `model` is a provider call (metered, priced, counted against the
+        quota): not a local model, nor a provider model without credentials (keyword only)."""
+        return not model.startswith("local/") and self.provider_live(model)
+
+    async def embed(
+        self, model: str, dimensions: int, texts: list[str], meter: EmbeddingMeter | None = None
+    ) -> list[list[float]] | None:
         if model.startswith("local/"):
             return await self.local.embed(model, dimensions, texts)
         if not self.provider_live(model):
             return None
-        return await self.provider.embed(model, dimensions, texts)
+        return await self.provider.embed(model, dimensions, texts, meter)

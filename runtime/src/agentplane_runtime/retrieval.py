@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from qdrant_client.http.exceptions import ApiException, ResponseHandlingExceptio
 from agentplane_platform.config import ResolvedKnowledge
 from agentplane_platform.knowledge import DENSE_VECTOR, SPARSE_VECTOR, VectorStore, qdrant_unreachable
 from agentplane_runtime.auth import Principal
+from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.documents import Chunk
 
 log = logging.getLogger("agentplane.runtime.retrieval")
@@ -92,10 +94,29 @@ def sparse_vector(text: str) -> models.SparseVector:
     return models.SparseVector(indices=indices, values=[weights[i] for i in indices])
 
 
-class Embedder(Protocol):
-    """Dense embeddings for a knowledge base's model; None when there is none (sparse only)."""
+class EmbeddingMeter(Protocol):
+    """Meters the provider calls of one embedding (a query, a document's chunks) for whom it is made."""
 
-    async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None: ...
+    async def admit(self, model: str, texts: list[str]) -> None:
+        """Before a provider call: raise an `ApiError` to refuse it (no price, no quota); nothing is sent."""
+        ...
+
+    async def done(self, model: str, texts: list[str], tokens: int | None, seconds: float) -> None:
+        """After a provider call that answered: the tokens it counted (None when it said none)."""
+        ...
+
+    async def failed(self, model: str, texts: list[str]) -> None:
+        """After a provider call that failed."""
+        ...
+
+
+class Embedder(Protocol):
+    """Dense embeddings for a knowledge base's model; None when there is none (sparse only). The
+    provider calls are reported to `meter`; local models are not provider calls."""
+
+    async def embed(
+        self, model: str, dimensions: int, texts: list[str], meter: EmbeddingMeter | None = None
+    ) -> list[list[float]] | None: ...
 
 
 class LiteLLMEmbedder:
@@ -105,7 +126,9 @@ class LiteLLMEmbedder:
         self.credentials = credentials
         self.timeout = timeout
 
-    async def embed(self, model: str, dimensions: int, texts: list[str]) -> list[list[float]] | None:
+    async def embed(
+        self, model: str, dimensions: int, texts: list[str], meter: EmbeddingMeter | None = None
+    ) -> list[list[float]] | None:
         kwargs: dict[str, Any] = {
             **self.credentials(model),
             "model": model,
@@ -121,8 +144,19 @@ class LiteLLMEmbedder:
             kwargs["dimensions"] = dimensions
         vectors: list[list[float]] = []
         for start in range(0, len(texts), 256):
-            kwargs["input"] = texts[start : start + 256]
-            response = await litellm.aembedding(**kwargs)
+            batch = kwargs["input"] = texts[start : start + 256]
+            if meter is not None:
+                await meter.admit(model, batch)
+            started = time.perf_counter()
+            try:
+                response = await litellm.aembedding(**kwargs)
+            except BaseException:
+                if meter is not None:
+                    await meter.failed(model, batch)
+                raise
+            if meter is not None:
+                tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
+                await meter.done(model, batch, tokens, time.perf_counter() - started)
             for item in response.data:
                 vector = item["embedding"] if isinstance(item, dict) else item.embedding
                 vectors.append([float(v) for v in vector])
@@ -211,9 +245,13 @@ class KnowledgeService:
         self.embedder = embedder
         self.query_timeout = query_timeout
 
-    async def _dense_or_none(self, kb: ResolvedKnowledge, texts: list[str]) -> list[list[float]] | None:
+    async def _dense_or_none(
+        self, kb: ResolvedKnowledge, texts: list[str], meter: EmbeddingMeter | None = None
+    ) -> list[list[float]] | None:
         try:
-            return await self.embedder.embed(kb.embedding_model, kb.dimensions, texts)
+            return await self.embedder.embed(kb.embedding_model, kb.dimensions, texts, meter)
+        except ApiError:
+            raise  # the meter refused the call (no price, no quota): nothing was sent
         except Exception as exc:  # whatever the embedder's failure, keyword retrieval still works
             # a provider's failure is expected; anything else is a bug or a misfit model, logged with
             # its traceback
@@ -237,12 +275,14 @@ class KnowledgeService:
         shared_with: list[str],
         doc_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        meter: EmbeddingMeter | None = None,
     ) -> DocumentInfo:
         """Store a document's chunks (replacing an earlier version of `doc_id`); `extra` payload
-        fields go on every chunk. Raises `RetrievalUnavailable` when Qdrant does not answer."""
+        fields go on every chunk; `meter` meters its embedding. Raises `RetrievalUnavailable` when
+        Qdrant does not answer."""
         doc_id = doc_id or uuid.uuid4().hex
         created_at = datetime.now(UTC).isoformat()
-        dense = await self._dense_or_none(kb, [c.text for c in chunks]) if chunks else None
+        dense = await self._dense_or_none(kb, [c.text for c in chunks], meter) if chunks else None
         points = []
         for i, chunk in enumerate(chunks):
             vector: dict[str, Any] = {SPARSE_VECTOR: sparse_vector(chunk.text)}
@@ -338,14 +378,16 @@ class KnowledgeService:
         principal: Principal,
         query: str,
         top_k: int | None = None,
+        meter: EmbeddingMeter | None = None,
     ) -> list[Hit]:
-        """The best chunks over `bases`, or raises `RetrievalUnavailable` (after one retry)."""
+        """The best chunks over `bases`, or raises `RetrievalUnavailable` (after one retry); `meter`
+        meters the query's embedding."""
         if not bases or not query.strip():
             return []
         for attempt in range(2):
             try:
                 return await asyncio.wait_for(
-                    self._search(tenant, bases, principal, query, top_k), self.query_timeout
+                    self._search(tenant, bases, principal, query, top_k, meter), self.query_timeout
                 )
             except (TimeoutError, *_QDRANT_ERRORS) as exc:
                 if attempt == 1:
@@ -354,14 +396,20 @@ class KnowledgeService:
         raise AssertionError("unreachable")
 
     async def _search(
-        self, tenant: str, bases: list[ResolvedKnowledge], principal: Principal, query: str, top_k: int | None
+        self,
+        tenant: str,
+        bases: list[ResolvedKnowledge],
+        principal: Principal,
+        query: str,
+        top_k: int | None,
+        meter: EmbeddingMeter | None,
     ) -> list[Hit]:
         sparse = sparse_vector(query)
         hits: list[Hit] = []
         for kb in bases:
             k = top_k or kb.top_k
             flt = access_filter(tenant, principal)
-            dense = await self._dense_or_none(kb, [query])
+            dense = await self._dense_or_none(kb, [query], meter)
             prefetch = []
             if dense is not None:
                 prefetch.append(

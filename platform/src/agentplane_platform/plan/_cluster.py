@@ -13,12 +13,12 @@ import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from agentplane_platform.api.v1alpha1 import KINDS, Agent, Prompt, Tenant, Tool
+from agentplane_platform.api.v1alpha1 import KINDS, Agent, Prompt, Resource, Tenant, Tool
+from agentplane_platform.jsontypes import JsonObject, JsonValue
 from agentplane_platform.specs import Document, Loaded, Position, Problem, SpecSet
 
 from ._model import Base
@@ -50,18 +50,21 @@ class Kubectl:
         except subprocess.TimeoutExpired:
             raise ClusterError(f"kubectl {' '.join(args)} did not answer within 120 s") from None
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str) -> JsonValue:
         done = self.run(*args, "-o", "json")
         if done.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return json.loads(done.stdout)
+        parsed: JsonValue = json.loads(done.stdout)
+        return parsed
 
 
-def _live(item: dict[str, Any]) -> Loaded[Any] | None:
+def _live(item: JsonObject) -> Loaded[Resource] | None:
     kind = KINDS.get(str(item.get("kind")))
     if kind is None:
         return None
-    meta = item.get("metadata") or {}
+    meta = item.get("metadata")
+    if not isinstance(meta, dict):
+        return None
     namespace = f"{meta['namespace']}/" if meta.get("namespace") else ""
     where = f"cluster:{item.get('kind')}/{namespace}{meta.get('name')}"
     try:
@@ -75,21 +78,22 @@ def live_tree(kubectl: Kubectl) -> tuple[SpecTree, Base]:
     """The live objects as a spec tree (knowledge files are not in a cluster: none), and the base."""
     context = kubectl.run("config", "current-context").stdout.strip() or "the current context"
     listing = kubectl.json("get", ",".join(PLAN_KINDS), "--all-namespaces")
+    items = listing.get("items") if isinstance(listing, dict) else None
     specs = SpecSet()
-    for item in listing.get("items") or []:
-        loaded = _live(item)
+    for item in items if isinstance(items, list) else []:
+        loaded = _live(item) if isinstance(item, dict) else None
         if loaded is None:
             continue
         resource = loaded.resource
         key = (resource.metadata.namespace or "", resource.metadata.name)
         if isinstance(resource, Tenant):
-            specs.tenants[resource.metadata.name] = loaded
+            specs.tenants[resource.metadata.name] = Loaded(resource, loaded.document)
         elif isinstance(resource, Agent):
-            specs.agents[key] = loaded
+            specs.agents[key] = Loaded(resource, loaded.document)
         elif isinstance(resource, Tool):
-            specs.tools[key] = loaded
+            specs.tools[key] = Loaded(resource, loaded.document)
         elif isinstance(resource, Prompt):
-            specs.prompts[key] = loaded
+            specs.prompts[key] = Loaded(resource, loaded.document)
     return SpecTree(specs), Base("cluster", "", f"the live cluster, kubeconfig context {context}")
 
 
@@ -109,7 +113,7 @@ def with_live_status(new: SpecTree, live: SpecTree) -> SpecTree:
 def server_dry_run(kubectl: Kubectl, new: SpecTree, live: SpecTree) -> list[Problem]:
     """Each new or changed object applied with a server-side dry run; what the API server refuses."""
     problems: list[Problem] = []
-    objects: Sequence[Loaded[Any]] = [
+    objects: Sequence[Loaded[Resource]] = [
         *new.specs.tenants.values(),
         *new.specs.prompts.values(),
         *new.specs.tools.values(),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TypeVar
 
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Resource, Tenant, namespace_of, tenant_of
 from agentplane_platform.config import AgentConfig, ResolveError, collection_name, resolve_agent
+from agentplane_platform.jsontypes import JsonObject, JsonValue
 from agentplane_platform.schemas import openapi_schema
 from agentplane_platform.specs import Loaded, Problem, SpecSet, tenant_dir
 from agentplane_platform.transition import check_transition
@@ -15,29 +16,37 @@ from agentplane_platform.transition import check_transition
 from ._model import Action, Base, Change, FieldChange, Plan, Roll, TenantPlan
 from ._tree import SpecTree
 
-Transitions = Callable[[Loaded[Any], Mapping[str, Any]], list[Problem]]
+Transitions = Callable[[Loaded[Resource], Mapping[str, JsonValue]], list[Problem]]
 """Problems of updating an object (the new one, loaded) from its old content: the CRD's transition rules."""
 
 
-def _list_key(items: list[Any]) -> str | None:
+def _list_key(items: list[JsonValue]) -> str | None:
     """The field that names the items of a list of objects (`name`, else `version`), when unique."""
     for key in ("name", "version"):
-        if _keyed_by(items, key):
+        if _indexed(items, key) is not None:
             return key
     return None
 
 
-def _keyed_by(items: list[Any], key: str) -> bool:
-    return all(isinstance(item, dict) and isinstance(item.get(key), str | int) for item in items) and len(
-        {item[key] for item in items}
-    ) == len(items)
+def _indexed(items: list[JsonValue], key: str) -> dict[str | int, JsonValue] | None:
+    """The items by their `key` field, when every item is an object holding a distinct string or
+    number there; None otherwise."""
+    indexed: dict[str | int, JsonValue] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        ident = item.get(key)
+        if not isinstance(ident, str | int) or ident in indexed:
+            return None
+        indexed[ident] = item
+    return indexed
 
 
-def _empty(value: Any) -> bool:
+def _empty(value: JsonValue) -> bool:
     return value is None or value == {} or value == []
 
 
-def diff(before: Any, after: Any, prefix: str = "") -> list[FieldChange]:
+def diff(before: JsonValue, after: JsonValue, prefix: str = "") -> list[FieldChange]:
     """The leaves that differ between two JSON values, in document order. Lists of objects with a
     `name` (or `version`) are compared item by item (`tools[order-lookup].url`); an item or object
     present on one side only is one change; None, `{}` and `[]` count as absent."""
@@ -50,10 +59,10 @@ def diff(before: Any, after: Any, prefix: str = "") -> list[FieldChange]:
             changes.extend(diff(before.get(key), after.get(key), where))
         return changes
     if isinstance(before, list) and isinstance(after, list):
-        key = _list_key(before or after)
-        if key is not None and _keyed_by(before, key) and _keyed_by(after, key):
-            old = {item[key]: item for item in before}
-            new = {item[key]: item for item in after}
+        name_field = _list_key(before or after)
+        old = _indexed(before, name_field) if name_field is not None else None
+        new = _indexed(after, name_field) if name_field is not None else None
+        if old is not None and new is not None:
             changes = []
             for ident in [*old, *(i for i in new if i not in old)]:
                 where = f"{prefix}[{ident}]"
@@ -67,7 +76,7 @@ def diff(before: Any, after: Any, prefix: str = "") -> list[FieldChange]:
     return [FieldChange(prefix, None if _empty(before) else before, None if _empty(after) else after)]
 
 
-def _content(resource: Resource) -> dict[str, Any]:
+def _content(resource: Resource) -> JsonObject:
     """What a spec says, with defaults filled in (so writing a default out is no change)."""
     data = resource.model_dump(mode="json", by_alias=True, exclude={"status"})
     metadata = data.get("metadata") or {}
@@ -91,16 +100,30 @@ def _resolve(specs: SpecSet, agent: Loaded[Agent]) -> AgentConfig | ResolveError
         return exc
 
 
-def _objects(specs: SpecSet, namespace: str) -> Iterator[tuple[str, str, Loaded[Any]]]:
-    tables: tuple[tuple[Mapping[tuple[str, str], Loaded[Any]], str], ...] = (
-        (specs.agents, "Agent"),
-        (specs.tools, "Tool"),
-        (specs.prompts, "Prompt"),
-    )
-    for table, kind in tables:
-        for (ns, name), loaded in sorted(table.items(), key=lambda item: item[0]):
-            if ns == namespace:
-                yield kind, name, loaded
+def _objects(specs: SpecSet, namespace: str) -> Iterator[tuple[str, str, Loaded[Resource]]]:
+    yield from _of_namespace(specs.agents, "Agent", namespace)
+    yield from _of_namespace(specs.tools, "Tool", namespace)
+    yield from _of_namespace(specs.prompts, "Prompt", namespace)
+
+
+def _of_namespace(
+    table: Mapping[tuple[str, str], Loaded[Resource]], kind: str, namespace: str
+) -> Iterator[tuple[str, str, Loaded[Resource]]]:
+    for (ns, name), loaded in sorted(table.items(), key=lambda item: item[0]):
+        if ns == namespace:
+            yield kind, name, loaded
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _put_back(table: dict[K, V], old: Mapping[K, V], key: K) -> None:
+    """`table[key]` as `old` has it: copied, or removed when `old` has none."""
+    if key in old:
+        table[key] = old[key]
+    else:
+        table.pop(key, None)
 
 
 def _reverted(new: SpecSet, base: SpecSet, kind: str, namespace: str, name: str) -> SpecSet:
@@ -113,22 +136,17 @@ def _reverted(new: SpecSet, base: SpecSet, kind: str, namespace: str, name: str)
         prompts=dict(new.prompts),
     )
     if kind == "Tenant":
-        tables: tuple[dict[Any, Any], dict[Any, Any], Any] = (reverted.tenants, base.tenants, name)
+        _put_back(reverted.tenants, base.tenants, name)
     elif kind == "Tool":
-        tables = (reverted.tools, base.tools, (namespace, name))
+        _put_back(reverted.tools, base.tools, (namespace, name))
     elif kind == "Prompt":
-        tables = (reverted.prompts, base.prompts, (namespace, name))
+        _put_back(reverted.prompts, base.prompts, (namespace, name))
     else:
-        tables = (reverted.agents, base.agents, (namespace, name))
-    table, old, key = tables
-    if key in old:
-        table[key] = old[key]
-    else:
-        table.pop(key, None)
+        _put_back(reverted.agents, base.agents, (namespace, name))
     return reverted
 
 
-def crd_transitions(new: Loaded[Any], old: Mapping[str, Any]) -> list[Problem]:
+def crd_transitions(new: Loaded[Resource], old: Mapping[str, JsonValue]) -> list[Problem]:
     """The CRD's transition rules (generated from the models) on updating `old` to the new object."""
     kind: type[Resource] = type(new.resource)
     schema = openapi_schema(kind)
@@ -175,7 +193,7 @@ class _TenantPlanner:
             self.plan.action = "changed"
         return self.plan
 
-    def _transition(self, kind: str, name: str, old: Loaded[Any], new: Loaded[Any]) -> None:
+    def _transition(self, kind: str, name: str, old: Loaded[Resource], new: Loaded[Resource]) -> None:
         if self.transitions is None:
             return
         old_data = old.document.data
@@ -231,9 +249,11 @@ class _TenantPlanner:
             return
         self._transition("Tenant", self.name, old, new)
         before, after = _content(old.resource), _content(new.resource)
-        for part in ("quotas", "knowledgeBases"):
-            before["spec"].pop(part, None)
-            after["spec"].pop(part, None)
+        for content in (before, after):
+            content_spec = content.get("spec")
+            if isinstance(content_spec, dict):
+                for part in ("quotas", "knowledgeBases"):
+                    content_spec.pop(part, None)
         fields = diff(before, after)
         plan.quotas.extend(diff(_quota_content(old.resource), _quota_content(new.resource), "quotas"))
         if fields or plan.quotas:
@@ -320,7 +340,7 @@ class _TenantPlanner:
                     notes = self._prompt_notes(before, after) if kind == "Prompt" else ()
                     self.plan.changes.append(Change(kind, name, "changed", tuple(fields), notes))
 
-    def _added_notes(self, loaded: Loaded[Any]) -> tuple[str, ...]:
+    def _added_notes(self, loaded: Loaded[Resource]) -> tuple[str, ...]:
         resource = loaded.resource
         if isinstance(resource, Prompt):
             versions = sorted(resource.spec.versions())
@@ -334,7 +354,7 @@ class _TenantPlanner:
             return ("its Deployment, Service, route and config are deleted",)
         return ()
 
-    def _prompt_notes(self, old: Loaded[Any], new: Loaded[Any]) -> tuple[str, ...]:
+    def _prompt_notes(self, old: Loaded[Resource], new: Loaded[Resource]) -> tuple[str, ...]:
         assert isinstance(old.resource, Prompt)
         assert isinstance(new.resource, Prompt)
         before, after = old.resource.spec.versions(), new.resource.spec.versions()
@@ -462,14 +482,14 @@ class _TenantPlanner:
         )
 
 
-def _leaves(value: Any, prefix: str) -> list[FieldChange]:
+def _leaves(value: JsonValue, prefix: str) -> list[FieldChange]:
     """Every leaf of a JSON object as added (a new tenant's quotas, one by one)."""
     if isinstance(value, dict):
         return [change for key, sub in value.items() for change in _leaves(sub, f"{prefix}.{key}")]
     return [FieldChange(prefix, None, value)]
 
 
-def _quota_content(tenant: Tenant) -> dict[str, Any]:
+def _quota_content(tenant: Tenant) -> JsonObject:
     return tenant.spec.quotas.model_dump(mode="json", by_alias=True)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from agentplane_platform.jsontypes import JsonObject, JsonValue
 from agentplane_platform.specs import Problem
 
 Action = Literal["added", "changed", "removed"]
@@ -15,10 +16,10 @@ class FieldChange:
     """One leaf that differs: its dotted path, the value before and after (None: absent)."""
 
     path: str
-    before: Any
-    after: Any
+    before: JsonValue
+    after: JsonValue
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObject:
         return {"path": self.path, "before": self.before, "after": self.after}
 
 
@@ -33,7 +34,7 @@ class Change:
     fields: tuple[FieldChange, ...] = ()
     notes: tuple[str, ...] = ()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObject:
         return {
             "kind": self.kind,
             "name": self.name,
@@ -61,7 +62,7 @@ class Roll:
         """Whether the Agent's own spec is unchanged (a Prompt, Tool or the Tenant it uses changed)."""
         return not any(cause.startswith("Agent ") for cause in self.causes)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObject:
         return {
             "agent": self.agent,
             "config": {"before": self.before, "after": self.after},

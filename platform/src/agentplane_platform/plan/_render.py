@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterator
-from typing import Any
 
+from agentplane_platform.jsontypes import JsonObject, JsonValue
 from agentplane_platform.specs import Problem
 
 from ._model import Change, FieldChange, Plan, Roll, TenantPlan
@@ -23,7 +23,7 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _value(value: Any) -> str:
+def _value(value: JsonValue) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, str) and "\n" in value.rstrip("\n"):
@@ -195,19 +195,19 @@ def render_markdown(plan: Plan) -> str:
     return "\n".join(out)
 
 
-def _problem_json(problem: Problem, tenant: str | None) -> dict[str, Any]:
-    data: dict[str, Any] = {"tenant": tenant, **problem.as_json()}
+def _problem_json(problem: Problem, tenant: str | None) -> JsonObject:
+    data: JsonObject = {"tenant": tenant, **problem.as_json()}
     if not problem.file:
         data.update(file=None, line=None, column=None)
     return data
 
 
-def plan_json(plan: Plan) -> dict[str, Any]:
+def plan_json(plan: Plan) -> JsonObject:
     """The JSON form (see the module's docstring of `agentplane_platform.plan` for its keys)."""
     return {
         "version": JSON_VERSION,
         "base": {"ref": plan.base.ref, "commit": plan.base.commit, "how": plan.base.how},
-        "paths": plan.paths,
+        "paths": [*plan.paths],
         "summary": {
             "added": plan.count("added"),
             "changed": plan.count("changed"),

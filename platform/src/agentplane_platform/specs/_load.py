@@ -17,17 +17,18 @@ from ._problems import Position, Problem, dotted
 from ._yaml import Document, Path_, decode, read_documents
 
 R = TypeVar("R", bound=Resource)
+R_co = TypeVar("R_co", bound=Resource, covariant=True)
 M = TypeVar("M", bound=BaseModel)
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 SKIPPED_DIRS = frozenset({".git", ".agentplane", "node_modules", "__pycache__", ".venv"})
 
 
-@dataclass(slots=True)
-class Loaded(Generic[R]):
-    """A spec object and the document it was read from."""
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[R_co]):
+    """A spec object and the document it was read from (a `Loaded[Agent]` is a `Loaded[Resource]`)."""
 
-    resource: R
+    resource: R_co
     document: Document
 
     @property

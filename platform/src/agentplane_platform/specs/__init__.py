@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from agentplane_platform.api.v1alpha1 import tenant_namespace_labels
+from agentplane_platform.api.v1alpha1 import Resource, tenant_namespace_labels
 
 from ._check import SpecSet, check, tenant_dir
 from ._load import Loaded, LoadResult, load_paths, load_yaml_models
@@ -51,7 +51,7 @@ class Report:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
 
-    def specs_objects(self) -> list[Loaded[Any]]:
+    def specs_objects(self) -> list[Loaded[Resource]]:
         """Every valid object found."""
         s = self.specs
         return [*s.tenants.values(), *s.agents.values(), *s.tools.values(), *s.prompts.values()]

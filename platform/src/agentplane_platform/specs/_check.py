@@ -330,14 +330,14 @@ def index(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
     for loaded in result.objects:
         resource = loaded.resource
         key = (resource.metadata.namespace or "", resource.metadata.name)
-        if isinstance(resource, Tenant):
-            specs.tenants.setdefault(resource.metadata.name, loaded)
-        elif isinstance(resource, Agent):
-            specs.agents.setdefault(key, loaded)
-        elif isinstance(resource, Tool):
-            specs.tools.setdefault(key, loaded)
-        elif isinstance(resource, Prompt):
-            specs.prompts.setdefault(key, loaded)
+        if (tenant := loaded.of(Tenant)) is not None:
+            specs.tenants.setdefault(resource.metadata.name, tenant)
+        elif (agent := loaded.of(Agent)) is not None:
+            specs.agents.setdefault(key, agent)
+        elif (tool := loaded.of(Tool)) is not None:
+            specs.tools.setdefault(key, tool)
+        elif (prompt := loaded.of(Prompt)) is not None:
+            specs.prompts.setdefault(key, prompt)
     return specs, list(_check_duplicates(result.raw))
 
 
@@ -356,12 +356,12 @@ def check(result: LoadResult) -> tuple[SpecSet, list[Problem]]:
     for loaded in result.objects:
         problems.extend(_check_lists(loaded))
         resource = loaded.resource
-        if isinstance(resource, Prompt):
-            problems.extend(_check_prompt(loaded))
-        elif isinstance(resource, Tool):
-            problems.extend(_check_tool(loaded, specs))
-        elif isinstance(resource, Agent):
-            problems.extend(_check_agent(loaded, specs, present, in_namespace))
+        if (prompt := loaded.of(Prompt)) is not None:
+            problems.extend(_check_prompt(prompt))
+        elif (tool := loaded.of(Tool)) is not None:
+            problems.extend(_check_tool(tool, specs))
+        elif (agent := loaded.of(Agent)) is not None:
+            problems.extend(_check_agent(agent, specs, present, in_namespace))
         if resource.namespaced and isinstance(resource, Tool | Prompt):
             namespace = resource.metadata.namespace or ""
             name = tenant_of(namespace)

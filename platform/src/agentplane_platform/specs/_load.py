@@ -6,9 +6,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from agentplane_platform.api.v1alpha1 import API_VERSION, GROUP, KINDS, SPEC_KINDS, Resource, TierLimits
 from agentplane_platform.schemas import crd, openapi_schema
@@ -34,6 +35,10 @@ class Loaded(Generic[R_co]):
     @property
     def file(self) -> str:
         return self.document.file
+
+    def of(self, kind: type[R]) -> Loaded[R] | None:
+        """This object as a `Loaded[kind]` when its resource is one, else None."""
+        return cast("Loaded[R]", self) if isinstance(self.resource, kind) else None
 
     def at(self, path: Path_, message: str, *, severity: str = "error") -> Problem:
         """A problem about the field at `path` of this object."""
@@ -64,7 +69,7 @@ class LoadResult:
 
     files: int = 0
     documents: int = 0
-    objects: list[Loaded[Any]] = field(default_factory=list)
+    objects: list[Loaded[Resource]] = field(default_factory=list)
     raw: list[RawObject] = field(default_factory=list)
     """Every document that named a kind and a name, valid or not."""
     generated: int = 0
@@ -94,11 +99,11 @@ def _display(path: Path, cwd: str) -> str:
     return text[len(cwd) :] if text.startswith(cwd) else text
 
 
-def _describe(error: Any) -> str:
+def _describe(error: ErrorDetails) -> str:
     """A pydantic error as `what is wrong (expected X)`."""
     kind: str = error["type"]
     message: str = error["msg"]
-    ctx: dict[str, Any] = error.get("ctx") or {}
+    ctx: dict[str, object] = error.get("ctx") or {}
     value = error.get("input")
     got = _short(value)
     if kind == "missing":
@@ -122,7 +127,7 @@ def _describe(error: Any) -> str:
     return f"got {got} ({lowered})"
 
 
-def _type_name(value: Any) -> str:
+def _type_name(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -132,14 +137,14 @@ def _type_name(value: Any) -> str:
     return f"{type(value).__name__} {_short(value)}"
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     if isinstance(value, dict | list):
         return _type_name(value)
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _data_path(data: Any, loc: Iterable[str | int]) -> Path_:
+def _data_path(data: object, loc: Iterable[str | int]) -> Path_:
     """The path inside the document that a pydantic `loc` designates (union tags dropped)."""
     path: list[str | int] = []
     current = data
@@ -354,5 +359,5 @@ def load_paths(paths: Sequence[Path]) -> LoadResult:
 def iter_kind(result: LoadResult, kind: type[R]) -> Iterator[Loaded[R]]:
     """The loaded objects of one kind."""
     for loaded in result.objects:
-        if isinstance(loaded.resource, kind):
-            yield loaded
+        if (found := loaded.of(kind)) is not None:
+            yield found

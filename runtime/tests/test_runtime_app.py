@@ -12,6 +12,7 @@ from runtime_support import free_port, make_config, tenant_name
 
 from agentplane_runtime import Settings, create_app
 from agentplane_runtime.cli import main
+from support.waiting import wait_until_serving
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -25,8 +26,7 @@ async def test_serves_the_mounted_config_file(settings: Settings, tmp_path: Path
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.02)
+        await wait_until_serving("the runtime server", server, task)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             for probe in ("/healthz/startup", "/healthz/live", "/healthz/ready"):
                 assert (await http.get(probe)).status_code == 200, probe
@@ -40,7 +40,7 @@ async def test_serves_the_mounted_config_file(settings: Settings, tmp_path: Path
         assert app.state.runtime.agents.get().config == config
     finally:
         server.should_exit = True
-        await task
+        await asyncio.wait_for(task, 30)
 
 
 async def test_cli_refuses_to_start_without_a_config() -> None:

@@ -85,7 +85,7 @@ async def tool_server() -> AsyncIterator[tuple[ToolServer, int]]:
     yield tools, port
     server.should_exit = True
     server.force_exit = True
-    await task
+    await asyncio.wait_for(task, 30)
 
 
 def http_tool(name: str, url: str, timeout: int = 5, **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import ipaddress
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TypedDict, Unpack
 
 import httpx
 import uvicorn
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 DIMS = 64
-CALCULATOR: dict[str, Any] = {
+CALCULATOR: dict[str, object] = {
     "type": "builtin",
     "name": "calculator",
     "function_name": "calculator",
@@ -60,7 +61,7 @@ def make_config(
     *,
     model: str = "openai/gpt-4o-mini",
     fallbacks: list[str] | None = None,
-    tools: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, object]] | None = None,
     knowledge: list[str] | None = None,
     max_tool_calls: int = 4,
     timeout_seconds: int = 30,
@@ -115,13 +116,24 @@ def make_config(
     )
 
 
-def _egress_rule(destination: str) -> dict[str, Any]:
+def _egress_rule(destination: str) -> dict[str, object]:
     """A host rule, or a /32 CIDR rule for an IP; the runtime checks destinations, not ports."""
     try:
         ipaddress.ip_address(destination)
     except ValueError:
         return {"host": destination, "ports": [443]}
     return {"cidr": f"{destination}/32", "ports": [443]}
+
+
+class KeyOptions(TypedDict, total=False):
+    """What `create_api_key` takes beyond the tenant and the name."""
+
+    subject: str | None
+    agents: list[str] | None
+    roles: list[str] | None
+    expires_at: datetime | None
+    tokens_per_minute: int | None
+    requests_per_minute: int | None
 
 
 @dataclass
@@ -140,7 +152,7 @@ class Served:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    async def key(self, tenant: str | None = None, **kwargs: Any) -> str:
+    async def key(self, tenant: str | None = None, **kwargs: Unpack[KeyOptions]) -> str:
         agent = self.runtime.agents.get()
         return await create_api_key(
             self.runtime.engine, tenant=tenant or agent.config.tenant, name="test", **kwargs

@@ -31,6 +31,7 @@ from agentplane_platform.api.v1alpha1 import (
     Tool,
     ToolAuth,
 )
+from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_platform.templates import BUILTIN_VARIABLES, variables_used
 
 CONFIG_KIND = "AgentConfig"
@@ -198,6 +199,9 @@ class AgentConfig(_Config):
     quota: ResolvedQuota
     egress: list[ResolvedEgress]
     """The tenant's egress rules (see `agentplane_platform.egress`)."""
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """The tenant's declared model prices (`spec.modelPrices`); the runtime prefers them to the
+    platform's and litellm's."""
 
     def canonical_json(self) -> str:
         """The config as canonical JSON (sorted keys, no spaces): what is hashed and mounted."""
@@ -456,4 +460,5 @@ def resolve_agent(
             limits_key=quota_limits_key(tenant.name),
         ),
         egress=[ResolvedEgress(host=r.host, cidr=r.cidr, ports=list(r.ports)) for r in tenant_spec.egress],
+        model_prices=dict(tenant_spec.model_prices),
     )

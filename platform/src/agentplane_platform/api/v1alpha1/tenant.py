@@ -48,6 +48,17 @@ class LlmQuota(ApiModel):
     """Spend ceiling per calendar month (UTC) in US dollars, from the provider's price list; 0 blocks paid models."""
 
 
+class ModelPrice(ApiModel):
+    """What a model costs, in US dollars per million tokens: for a model litellm's price list does not
+    know (a fine-tune, a self-hosted model), or to replace its price. A call to a model with no price
+    is refused, so that a budget always stops spending."""
+
+    input_per_million_tokens: float = Field(ge=0)
+    """USD per million prompt (input) tokens; for an embedding model, per million embedded tokens."""
+    output_per_million_tokens: float = Field(ge=0)
+    """USD per million completion (output) tokens; 0 for an embedding model."""
+
+
 class ComputeQuota(ApiModel):
     """Kubernetes resources the tenant's namespace may use (becomes a ResourceQuota)."""
 
@@ -131,6 +142,10 @@ class TenantSpec(ApiModel):
     """Tool names the tenant's agents may use (`*` wildcards allowed)."""
     quotas: TenantQuotas = Field(default_factory=TenantQuotas)
     """LLM, agent and compute limits."""
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict, max_length=128)
+    """Prices of models by litellm name (`openai/my-fine-tune`, an embedding model too); they take
+    precedence over the platform's and litellm's. Every model an agent calls needs a price from one
+    of the three: a call to a model without one is refused before it is sent."""
     knowledge_bases: list[KnowledgeBase] = Field(
         default_factory=list,
         max_length=64,

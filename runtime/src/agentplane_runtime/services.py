@@ -22,11 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.api.v1alpha1 import KnowledgeBase
+from agentplane_platform.audit import AuditEvent
 from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import create_engine, migrate
 from agentplane_platform.knowledge import CollectionSpec, VectorStore, ensure_collection
 from agentplane_runtime.agents import AgentRegistry
+from agentplane_runtime.audit import AUDIT_GROUP, AuditLog, decode_event, encode_event
 from agentplane_runtime.auth import ApiKeyVerifier, Authenticator, OidcVerifier
+from agentplane_runtime.buffer import Buffer, MemoryBuffer, RedisStreamBuffer
 from agentplane_runtime.chat import ChatService
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.telemetry import Telemetry, create_telemetry
@@ -75,6 +78,7 @@ class Runtime:
     limits: LimitsSource
     usage: UsageRecorder
     usage_store: UsageStore
+    audit: AuditLog
     knowledge: KnowledgeService
     authenticator: Authenticator
     llm: LLMClient
@@ -194,6 +198,7 @@ async def build_runtime(
         redis: Redis | None = None
         quota_backend: QuotaBackend
         buffer: UsageBuffer
+        audit_buffer: Buffer[AuditEvent]
         if settings.redis_url:
             redis = Redis.from_url(
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
@@ -201,10 +206,14 @@ async def build_runtime(
             stack.push_async_callback(redis.aclose, close_connection_pool=True)
             quota_backend = RedisQuotaBackend(redis)
             buffer = RedisUsageBuffer(redis, settings.usage_stream)
+            audit_buffer = RedisStreamBuffer(
+                redis, settings.audit_stream, group=AUDIT_GROUP, encode=encode_event, decode=decode_event
+            )
             limits = limits or RedisLimits(redis, settings.quota_limits_cache_seconds)
         else:
             quota_backend = MemoryQuotaBackend()
             buffer = MemoryUsageBuffer()
+            audit_buffer = MemoryBuffer()
             limits = limits or StaticLimits()
         vectors = VectorStore.connect(
             url=settings.qdrant_url,
@@ -228,6 +237,15 @@ async def build_runtime(
         )
         usage.start()
         stack.push_async_callback(usage.stop)
+        audit = AuditLog(
+            engine,
+            audit_buffer,
+            batch_size=settings.usage_batch_size,
+            flush_seconds=settings.usage_flush_seconds,
+            enabled=settings.audit,
+        )
+        audit.start()
+        stack.push_async_callback(audit.stop)
         llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
         knowledge = KnowledgeService(vectors, embedder or default_embedder(settings, llm))
         oidc = OidcVerifier(settings, http) if settings.oidc_issuer else None
@@ -266,6 +284,7 @@ async def build_runtime(
             limits=limits,
             usage=usage,
             usage_store=store,
+            audit=audit,
             knowledge=knowledge,
             authenticator=authenticator,
             llm=llm,

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     usage_stream: str = "agentplane:usage"
     """Redis stream that buffers usage records until they are in the database."""
 
+    # audit trail
+    audit: bool = True
+    """Record the audit trail (authentication failures, refusals, documents, tool calls). Off only
+    to measure what it costs."""
+    audit_stream: str = "agentplane:audit"
+    """Redis stream that buffers audit events until they are in the database (batched and flushed
+    like usage records)."""
+
     # telemetry and logs
     otel_traces_exporter: Literal["otlp", "console", "none"] = Field(
         default="otlp",

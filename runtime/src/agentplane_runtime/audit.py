@@ -1,0 +1,246 @@
+"""The runtime's audit trail: what callers did and were refused, written without being lost.
+
+`AuditLog.record(event)` appends the event to a durable buffer (`agentplane_runtime.buffer`: a
+Redis stream in a pod, memory under `agentplane up`) and returns; it never waits on the database.
+A background writer takes batches from the buffer, appends them to the tenant's chain with
+`agentplane_platform.audit.append` in one transaction, and acknowledges them only after the commit:
+while the database is down the events wait, and they are written when it is back (their `at` is
+when they happened, `recorded_at` when they were written).
+
+Delivery is at least once: a writer that dies between the commit and the acknowledgement leaves
+its batch to be written again (the same events twice in the chain, which still verifies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentplane_platform.audit import AuditAction, AuditEvent, AuditOutcome, JsonValue, append
+from agentplane_runtime.auth import Principal
+from agentplane_runtime.buffer import Buffer, MemoryBuffer
+
+log = logging.getLogger("agentplane.runtime.audit")
+
+AUDIT_GROUP = "audit-writers"
+"""The consumer group of the audit stream."""
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """An event as it waits in a buffer (JSON)."""
+    return orjson.dumps(
+        {
+            "tenant": event.tenant,
+            "action": str(event.action),
+            "at": event.at.astimezone(UTC).isoformat(),
+            "outcome": str(event.outcome),
+            "actor_subject": event.actor_subject,
+            "actor_key_id": event.actor_key_id,
+            "actor_auth": event.actor_auth,
+            "source": event.source,
+            "agent": event.agent,
+            "target": event.target,
+            "request_id": event.request_id,
+            "details": dict(event.details),
+        }
+    )
+
+
+def decode_event(raw: bytes) -> AuditEvent:
+    """The event `encode_event` wrote; `ValueError`, `TypeError` or `KeyError` when it is not one."""
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not an audit event")
+    return AuditEvent(
+        tenant=data["tenant"],
+        action=AuditAction(data["action"]),
+        at=datetime.fromisoformat(data["at"]),
+        outcome=AuditOutcome(data["outcome"]),
+        actor_subject=data.get("actor_subject"),
+        actor_key_id=data.get("actor_key_id"),
+        actor_auth=data.get("actor_auth"),
+        source=data.get("source"),
+        agent=data.get("agent"),
+        target=data.get("target"),
+        request_id=data.get("request_id"),
+        details=data.get("details") or {},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something and from where, as an audit record names them."""
+
+    subject: str | None = None
+    key_id: str | None = None
+    auth: str | None = None
+    """How they authenticated (`api_key`, `oidc`, `anonymous`); None when they did not."""
+    source: str | None = None
+    """The client's address."""
+    request_id: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None, *, source: str | None, request_id: str | None) -> Actor:
+        if principal is None:
+            return cls(source=source, request_id=request_id or None)
+        return cls(
+            subject=principal.subject,
+            key_id=principal.key_id,
+            auth=principal.method,
+            source=source,
+            request_id=request_id or None,
+        )
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
+
+
+def audit_event(
+    action: AuditAction,
+    *,
+    tenant: str,
+    actor: Actor,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    agent: str | None = None,
+    target: str | None = None,
+    details: Mapping[str, JsonValue] | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
+    """An event of `actor`, now (or `at`); values longer than their columns are cut (a caller's
+    subject or a tool's name is not ours to refuse an audit record for)."""
+    return AuditEvent(
+        tenant=tenant,
+        action=action,
+        at=at or datetime.now(UTC),
+        outcome=outcome,
+        actor_subject=_clip(actor.subject, 256),
+        actor_key_id=_clip(actor.key_id, 32),
+        actor_auth=_clip(actor.auth, 32),
+        source=_clip(actor.source, 64),
+        agent=_clip(agent, 63),
+        target=_clip(target, 512),
+        request_id=_clip(actor.request_id, 128),
+        details=dict(details or {}),
+    )
+
+
+class AuditLog:
+    """Buffers audit events and writes them to the tenant chains in the background.
+
+    `enabled=False` records nothing (measuring what auditing costs; not for production)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        buffer: Buffer[AuditEvent],
+        *,
+        batch_size: int = 500,
+        flush_seconds: float = 0.5,
+        enabled: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.buffer = buffer
+        self.fallback: MemoryBuffer[AuditEvent] = MemoryBuffer()
+        """Where events go while `buffer` (Redis) refuses them."""
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.enabled = enabled
+        self.db_healthy = True
+        self.lost = 0
+        """Events that could be neither buffered nor written (logged as errors)."""
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def record(self, event: AuditEvent) -> None:
+        """Buffer one event. Never raises: an event no buffer takes is logged and counted in `lost`."""
+        if not self.enabled:
+            return
+        try:
+            await self.buffer.append(event)
+            return
+        except (RedisError, OSError, OverflowError) as exc:
+            problem = exc
+        try:
+            await self.fallback.append(event)
+        except OverflowError:
+            self.lost += 1
+            log.error(
+                "audit event lost: no buffer takes it (%s)",
+                type(problem).__name__,
+                extra={"audit_action": str(event.action), "audit_tenant": event.tenant},
+            )
+
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Append `events` to their chains in one transaction."""
+        if events:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(append, events)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        """Write what can be written (for a few seconds), then stop; the rest stays buffered."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self.flush(), timeout=5)
+        except (TimeoutError, SQLAlchemyError, RedisError, OSError):
+            log.warning("audit events left in the buffer at shutdown")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def flush(self) -> int:
+        """Write everything buffered now (tests, shutdown); how many events were written."""
+        written = 0
+        for buffer, block in ((self.fallback, 0), (self.buffer, 1)):
+            while batch := await buffer.take(self.batch_size, block):
+                await self._move(buffer, batch)
+                written += len(batch)
+        return written
+
+    async def _move(self, buffer: Buffer[AuditEvent], batch: list[tuple[str, AuditEvent]]) -> None:
+        await self.write([event for _, event in batch])
+        await buffer.ack([ident for ident, _ in batch])
+
+    async def _run(self) -> None:
+        delay = self.flush_seconds
+        while not self._stopping:
+            try:
+                moved = 0
+                for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
+                    batch = await buffer.take(self.batch_size, block)
+                    if batch:
+                        await self._move(buffer, batch)
+                        moved += len(batch)
+                if not self.db_healthy:
+                    log.info("audit database reachable again")
+                self.db_healthy = True
+                delay = self.flush_seconds
+                if moved < self.batch_size:
+                    await asyncio.sleep(self.flush_seconds / 5)
+            except asyncio.CancelledError:
+                raise
+            except (SQLAlchemyError, OSError, RedisError) as exc:
+                if self.db_healthy:
+                    log.warning("audit events buffered: %s", type(exc).__name__)
+                self.db_healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:
+                log.exception("audit writer error")
+                await asyncio.sleep(delay)
+
+
+__all__ = ["AUDIT_GROUP", "Actor", "AuditLog", "audit_event", "decode_event", "encode_event"]

@@ -120,3 +120,87 @@ def test_bad_input_is_refused_with_the_reason(
     assert parse_expiry("2027-01-31", now) == datetime(2027, 1, 31, tzinfo=UTC)
     with pytest.raises(ValueError, match="in the past"):
         parse_expiry("2026-01-01", now)
+
+
+def rotation(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ("--tenant", "acme", "--database-url", url)
+    code, printed = agentplane(
+        "keys", "create", *common, "--name", "billing", "--agent", "support-bot", "--role", "admin",
+        "--expires", "30d", "--tokens-per-minute", "500", "--requests-per-minute", "7", "--format", "json",
+    )  # fmt: skip
+    assert code == 0
+    old_id = json.loads(printed)["id"]
+    before = datetime.now(UTC)
+    code, printed = agentplane("keys", "rotate", old_id, *common, "--overlap", "2h", "--format", "json")
+    after = datetime.now(UTC)
+    assert code == 0, capsys.readouterr().err
+    rotated = json.loads(printed)
+    new_id, new_key = rotated["id"], rotated["key"]
+    assert rotated["replaces"] == old_id
+    assert new_id != old_id
+    new_secret = (split_key(new_key) or ("", ""))[1]
+    assert stored_hashes(url, "acme")[new_id] == hashlib.sha256(new_secret.encode()).hexdigest()
+
+    _, listed = agentplane("keys", "list", *common, "--format", "json")
+    rows = {row["id"]: row for row in json.loads(listed)}
+    assert new_secret not in listed
+    old, new = rows[old_id], rows[new_id]
+    for field in ("name", "agents", "roles", "tokens_per_minute", "requests_per_minute"):
+        assert new[field] == old[field], field
+    assert (new["name"], new["roles"], new["requests_per_minute"]) == ("billing", ["admin"], 7)
+    # both work during the overlap; the old one then expires, the new one keeps a 30-day lifetime
+    assert old["state"] == new["state"] == "active"
+    old_expires = datetime.fromisoformat(old["expires"])
+    assert before + timedelta(hours=2) <= old_expires <= after + timedelta(hours=2)
+    assert old_expires == datetime.fromisoformat(rotated["old_expires"])
+    # (the lifetime is counted from the database's created_at: SQLite's has whole seconds)
+    new_expires = datetime.fromisoformat(new["expires"])
+    assert (
+        before + timedelta(days=30) - timedelta(seconds=2)
+        <= new_expires
+        <= after + timedelta(days=30, seconds=2)
+    )
+
+    # an overlap never extends an earlier expiry
+    code, printed = agentplane("keys", "create", *common, "--expires", "1h", "--format", "json")
+    short_id = json.loads(printed)["id"]
+    _, listed = agentplane("keys", "list", *common, "--format", "json")
+    short_expires = {row["id"]: row["expires"] for row in json.loads(listed)}[short_id]
+    assert agentplane("keys", "rotate", short_id, *common, "--overlap", "7d")[0] == 0
+    _, listed = agentplane("keys", "list", *common, "--format", "json")
+    assert {row["id"]: row["expires"] for row in json.loads(listed)}[short_id] == short_expires
+    capsys.readouterr()
+
+    # a zero overlap ends the old key now; a key that never expires is replaced by one that never does
+    _, printed = agentplane("keys", "create", *common, "--format", "json")
+    forever_id = json.loads(printed)["id"]
+    _, printed = agentplane("keys", "rotate", forever_id, *common, "--overlap", "0m", "--format", "json")
+    forever_new = json.loads(printed)["id"]
+    _, listed = agentplane("keys", "list", *common, "--format", "json")
+    rows = {row["id"]: row for row in json.loads(listed)}
+    assert rows[forever_id]["state"] == "expired"
+    assert (rows[forever_new]["state"], rows[forever_new]["expires"]) == ("active", None)
+
+    # only an active key of the tenant can be rotated
+    assert agentplane("keys", "rotate", forever_id, *common)[0] == 1
+    assert "is expired" in capsys.readouterr().err
+    assert agentplane("keys", "revoke", new_id, *common)[0] == 0
+    assert agentplane("keys", "rotate", new_id, *common)[0] == 1
+    assert "is revoked" in capsys.readouterr().err
+    assert agentplane("keys", "rotate", old_id, "--tenant", "globex", "--database-url", url)[0] == 1
+    assert "has no key" in capsys.readouterr().err
+    _, theirs = agentplane("keys", "list", "--tenant", "globex", "--format", "json", "--database-url", url)
+    assert json.loads(theirs) == []
+    assert agentplane("keys", "rotate", old_id, *common, "--overlap", "8d")[0] == 2
+    assert "longer than 7 days" in capsys.readouterr().err
+    assert agentplane("keys", "rotate", old_id, *common, "--overlap", "soon")[0] == 2
+    assert "give a duration" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_keys_rotate_on_postgresql(postgres: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    rotation(create_database(postgres, "keys_rotate_cli"), capsys)
+
+
+def test_keys_rotate_on_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rotation(f"sqlite:///{tmp_path / 'agentplane.db'}", capsys)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import audit
 from .api.v1alpha1._base import DNS1123_LABEL
@@ -24,7 +25,17 @@ from .commands import Command, installed_commands
 from .db import create_engine, migrate
 from .explain import ExplainError, explain
 from .generate import generate
-from .keys import KeyInfo, create_api_key, list_api_keys, revoke_api_key, split_key
+from .keys import (
+    MAX_ROTATION_OVERLAP,
+    KeyInfo,
+    KeyNotRotatable,
+    create_api_key,
+    get_api_key,
+    list_api_keys,
+    revoke_api_key,
+    rotate_api_key,
+    split_key,
+)
 from .plan import RENDERERS, ClusterError, GitError, plan_against_cluster, plan_against_git
 from .policies import PolicyError, PolicySet, load_cases, load_policies, run_case, summarize
 from .report_text import format_report, report_summary
@@ -177,6 +188,18 @@ class KeysSettings(BaseSettings):
 _DURATION = re.compile(r"^(\d+)([dhm])$")
 
 
+def parse_overlap(text: str) -> timedelta:
+    """`24h`, `7d`, `90m`, `0m`: how long a rotated key keeps working (at most `MAX_ROTATION_OVERLAP`)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"--overlap {text!r}: give a duration (24h, 7d, 90m; 0m ends the old key now)")
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
+    overlap = timedelta(**{unit: int(match[1])})
+    if overlap > MAX_ROTATION_OVERLAP:
+        raise ValueError(f"--overlap {text!r} is longer than {MAX_ROTATION_OVERLAP.days} days")
+    return overlap
+
+
 def parse_expiry(text: str, now: datetime) -> datetime:
     """`30d`, `12h`, `90m` from now, or an ISO date / date-time (UTC when it names no zone)."""
     match = _DURATION.match(text)
@@ -206,6 +229,8 @@ class KeyRow(TypedDict):
     created: str | None
     expires: str | None
     revoked: str | None
+    tokens_per_minute: int | None
+    requests_per_minute: int | None
 
 
 def _key_row(key: KeyInfo, now: datetime) -> KeyRow:
@@ -218,6 +243,8 @@ def _key_row(key: KeyInfo, now: datetime) -> KeyRow:
         "created": key.created_at.isoformat() if key.created_at else None,
         "expires": key.expires_at.isoformat() if key.expires_at else None,
         "revoked": key.revoked_at.isoformat() if key.revoked_at else None,
+        "tokens_per_minute": key.tokens_per_minute,
+        "requests_per_minute": key.requests_per_minute,
     }
 
 
@@ -264,6 +291,8 @@ async def _keys(args: argparse.Namespace, database_url: str, out: TextIO) -> int
             return 0
         parts = split_key(args.key)
         key_id: str = parts[0] if parts else args.key
+        if args.action == "rotate":
+            return await _rotate(engine, args, key_id, out)
         if await revoke_api_key(engine, key_id=key_id, tenant=args.tenant):
             out.write(f"revoked key {key_id} of tenant {args.tenant}\n")
             return 0
@@ -271,6 +300,30 @@ async def _keys(args: argparse.Namespace, database_url: str, out: TextIO) -> int
         return 1
     finally:
         await engine.dispose()
+
+
+async def _rotate(engine: AsyncEngine, args: argparse.Namespace, key_id: str, out: TextIO) -> int:
+    overlap = parse_overlap(args.overlap)
+    try:
+        key = await rotate_api_key(engine, key_id=key_id, tenant=args.tenant, overlap=overlap)
+    except KeyNotRotatable as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    if key is None:
+        sys.stderr.write(f"error: tenant {args.tenant} has no key {key_id}\n")
+        return 1
+    new_id = (split_key(key) or ("?", ""))[0]
+    old = await get_api_key(engine, key_id=key_id, tenant=args.tenant)
+    old_until = old.expires_at.isoformat() if old is not None and old.expires_at else None
+    if args.format == "json":
+        out.write(json.dumps({"key": key, "id": new_id, "replaces": key_id, "old_expires": old_until}) + "\n")
+    else:
+        out.write(f"{key}\n")
+        sys.stderr.write(
+            f"key {new_id} replaces {key_id} of tenant {args.tenant}, which works until {old_until}: "
+            "the new key is shown once, only its hash is stored\n"
+        )
+    return 0
 
 
 def cmd_keys(args: argparse.Namespace, out: TextIO) -> int:
@@ -540,7 +593,7 @@ def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
     exp.set_defaults(run=cmd_explain)
 
     keys = commands.add_parser(
-        "keys", help="create, list and revoke tenant API keys in the platform database"
+        "keys", help="create, list, revoke and rotate tenant API keys in the platform database"
     )
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
@@ -572,6 +625,19 @@ def parser(plugins: Sequence[Command] | None = None) -> argparse.ArgumentParser:
         "revoke", parents=[common], help="revoke a key (by id, or the key itself)"
     )
     revoke.add_argument("key", metavar="KEY_ID")
+    rotate = key_actions.add_parser(
+        "rotate",
+        parents=[common],
+        help="replace a key by a new one (printed once) with the same name, agents, roles, limits and "
+        "lifetime; the old key keeps working for the overlap, then expires",
+    )
+    rotate.add_argument("key", metavar="KEY_ID")
+    rotate.add_argument(
+        "--overlap",
+        default="24h",
+        help="how long the old key keeps working: 24h, 7d at most, 90m, 0m (default: 24h)",
+    )
+    rotate.add_argument("--format", choices=("text", "json"), default="text")
     keys.set_defaults(run=cmd_keys)
 
     usage = commands.add_parser(

@@ -204,6 +204,18 @@ class KnowledgeSyncStatus(ApiModel):
     """The Job that ran it (in the platform namespace)."""
 
 
+class BudgetWarningsStatus(ApiModel):
+    """The budget warnings the tenant got this month: each at most once per UTC calendar month."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    month: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    """The UTC calendar month (`YYYY-MM`) the warnings are for; a new month starts with none."""
+    notified: list[int] = Field(default_factory=list, max_length=8)
+    """The shares of the monthly budget, in percent (80, 100), the tenant's spend reached this month
+    and was warned of (an Event on the Tenant, a metric, an audit record)."""
+
+
 class TenantStatus(Status):
     """Observed state of a tenant."""
 
@@ -217,6 +229,8 @@ class TenantStatus(Status):
     """How each declared egress rule is enforced (by the network, or only by the runtime)."""
     knowledge_sync: KnowledgeSyncStatus | None = None
     """The last sync of its Git-kept knowledge into its knowledge bases."""
+    budget: BudgetWarningsStatus | None = None
+    """The budget warnings of the current month, as the operator sent them."""
 
 
 class Tenant(Resource):

@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from support.ports import free_port
 from support.waiting import WaitTimeout, wait_for
@@ -20,7 +19,7 @@ class ServiceUnavailable(RuntimeError):
     """A server could not be found or started; the message says why."""
 
 
-def terminate(process: subprocess.Popen[Any]) -> None:
+def terminate(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     """SIGTERM, then SIGKILL after 20 s; returns once the process is gone."""
     if process.poll() is None:
         process.terminate()

@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from opentelemetry.trace import Status, StatusCode
 
+from agentplane_platform.audit import AuditAction, AuditOutcome
 from agentplane_runtime.agents import AgentContext, AgentNotFound
+from agentplane_runtime.audit import Actor, audit_event
 from agentplane_runtime.auth import AuthError, AuthUnavailable, Principal
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.services import Runtime
@@ -34,13 +36,36 @@ def get_agent(request: Request, runtime: RuntimeDep) -> AgentContext:
 CurrentAgent = Annotated[AgentContext, Depends(get_agent)]
 
 
+def client_address(request: Request) -> str | None:
+    """The caller's address (the proxy's, unless the server is told to trust forwarded headers)."""
+    return request.client.host if request.client else None
+
+
+def actor(request: Request, principal: Principal | None) -> Actor:
+    """Who is calling and from where, for the audit trail."""
+    return Actor.of(principal, source=client_address(request), request_id=request_id(request))
+
+
 async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAgent) -> Principal:
-    """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail)."""
+    """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail).
+    Both refusals are audited (`auth.failed`, `access.denied`)."""
+    config = agent.config
     with runtime.telemetry.tracer.start_as_current_span("auth") as span:
         try:
             principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
         except AuthError as exc:
             span.set_status(Status(StatusCode.ERROR, "unauthenticated"))
+            await runtime.audit.record(
+                audit_event(
+                    AuditAction.AUTH_FAILED,
+                    tenant=config.tenant,
+                    actor=actor(request, None),
+                    outcome=AuditOutcome.FAILURE,
+                    agent=config.agent,
+                    target=f"agent:{config.agent}",
+                    details={"reason": str(exc), "path": request.url.path},
+                )
+            )
             raise ApiError(
                 401,
                 str(exc),
@@ -57,8 +82,19 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
                 headers={"Retry-After": "5"},
             ) from None
         span.set_attribute("agentplane.auth.method", principal.method)
-        if not principal.may_use(agent.config.tenant, agent.config.agent):
+        if not principal.may_use(config.tenant, config.agent):
             span.set_status(Status(StatusCode.ERROR, "forbidden"))
+            await runtime.audit.record(
+                audit_event(
+                    AuditAction.ACCESS_DENIED,
+                    tenant=config.tenant,
+                    actor=actor(request, principal),
+                    outcome=AuditOutcome.DENIED,
+                    agent=config.agent,
+                    target=f"agent:{config.agent}",
+                    details={"reason": "not allowed to use this agent", "path": request.url.path},
+                )
+            )
             raise ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden")
         return principal
 

@@ -17,7 +17,7 @@ import kopf
 from aiohttp import web
 from redis.asyncio import Redis
 
-from agentplane_operator import reconcile
+from agentplane_operator import budget, reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
@@ -237,6 +237,33 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         op, views = clients(memo)
         async with op.reconciling("Tenant", name, "", "resync"):
             await reconcile.reconcile_tenant(op, body, views)
+
+    @kopf.timer(*tenants, interval=ours.budget_check_seconds, registry=registry, id="tenant_budget")
+    async def tenant_budget(name: str, memo: kopf.Memo, **_: Any) -> None:
+        # Timers run on the active replica only (kopf's peering); status.budget keeps it once a month.
+        op = started(memo).op
+        try:
+            await budget.check_budget(op, name)
+        except budget.DATABASE_DOWN as exc:
+            raise kopf.TemporaryError(f"the usage database is unavailable: {exc}", delay=30) from exc
+
+    if ours.audit_retention_days:
+
+        @kopf.timer(
+            *tenants, interval=budget.AUDIT_PRUNE_INTERVAL.total_seconds(), registry=registry,
+            id="audit_retention",
+        )  # fmt: skip
+        async def audit_retention(name: str, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+            # One job for the whole audit trail, run by one timer: that of the first Tenant by name,
+            # on the active replica (kopf's peering pauses every other replica's timers). A deleted
+            # first Tenant hands the job to the next one's timer.
+            op, views = clients(memo)
+            if name != min(views.tenants, default=None):
+                return
+            removed = await budget.prune_audit(op.db, ours.audit_retention_days)
+            logger.info(
+                f"audit retention: {removed} records older than {ours.audit_retention_days} days removed"
+            )
 
     @on.delete(*tenants, registry=registry, id="tenant_deleted")
     async def tenant_deleted(

@@ -255,11 +255,21 @@ class Kube:
         )
 
     async def patch_status(
-        self, kind: str, name: str, namespace: str | None, status: Manifest
+        self,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        status: Manifest,
+        *,
+        resource_version: str | None = None,
     ) -> Manifest | None:
-        """JSON merge patch of `.status` (None: the object is gone)."""
+        """JSON merge patch of `.status` (None: the object is gone). With `resource_version`, only if
+        the object is still at that version: else the API server refuses it (`KubeError`, 409)."""
         path = RESOURCES[kind].path(name, namespace, "status")
+        body: Manifest = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._request(
-            "PATCH", path, kind=kind, body={"status": status},
+            "PATCH", path, kind=kind, body=body,
             headers={"Content-Type": "application/merge-patch+json"},
         )  # fmt: skip

@@ -74,6 +74,17 @@ class Metrics:
             ["tenant"], registry=r,
         )  # fmt: skip
 
+        self.budget_warnings = Counter(
+            "agentplane_operator_budget_threshold",
+            "Budget warnings sent: a Tenant's spend this month reached this share (80, 100 %) of its budget.",
+            ["tenant", "threshold"], registry=r,
+        )  # fmt: skip
+        self.budget_used = Gauge(
+            "agentplane_tenant_budget_used_ratio",
+            "Share of its monthly budget a Tenant has spent this UTC month (1: all of it); none without a budget.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+
     def count_write(self, kind: str, verb: str) -> None:
         self.writes.labels(kind, verb).inc()
 
@@ -86,8 +97,16 @@ class Metrics:
         for gauge, value in zip(self._tenant_gauges(), values, strict=True):
             gauge.labels(limits.tenant).set(value)
 
+    def set_budget_used(self, tenant: str, share: float | None) -> None:
+        """The share of its budget the Tenant spent this month (None: it has no budget)."""
+        if share is None:
+            with contextlib.suppress(KeyError):
+                self.budget_used.remove(tenant)
+        else:
+            self.budget_used.labels(tenant).set(share)
+
     def forget_tenant(self, tenant: str) -> None:
-        for gauge in self._tenant_gauges():
+        for gauge in (*self._tenant_gauges(), self.budget_used):
             with contextlib.suppress(KeyError):
                 gauge.remove(tenant)
 

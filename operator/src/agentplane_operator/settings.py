@@ -81,6 +81,11 @@ class OperatorSettings(BaseSettings):
     resync_seconds: float = Field(default=300.0, gt=0)
     """How often every object is reconciled again, repairing drift of its children (and listing the
     MCP servers of Tools without parameters again)."""
+    budget_check_seconds: float = Field(default=60.0, gt=0)
+    """How often each Tenant's spend this month is read from the database and compared with its
+    monthly budget (a warning at 80 % and at 100 %, once each per month)."""
+    audit_retention_days: int = Field(default=365, ge=0)
+    """Audit records written longer ago than this are removed, once a day; 0 keeps them forever."""
     mcp_discovery_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long listing an MCP server's tools may take (schema discovery of MCP Tools without parameters)."""
     metrics_host: str = "0.0.0.0"

@@ -40,7 +40,8 @@ def _path_like(token: str) -> str | None:
     skip = ("/", "http", "-", "$", ".venv", ".agentplane", "agentplane.io/")
     if " " in token or "=" in token or token.startswith(skip) or "..." in token or "*" in token:
         return None
-    token = token.split("<", 1)[0]  # `specs/tenants/<tenant>/` names `specs/tenants/`
+    if "<" in token:  # `specs/tenants/<tenant>/` and `platform/tests/test_<module>.py` name their folder
+        token = token.split("<", 1)[0].rpartition("/")[0] + "/"
     if "/" in token or token.endswith(FILE_SUFFIXES):
         return token
     return None
@@ -102,6 +103,7 @@ def test_every_make_target_a_document_names_exists(doc: str) -> None:
 def test_a_wrong_name_is_caught() -> None:
     """The checks above find what they look for (so a green run means something)."""
     assert _path_like("specs/tenants/<tenant>/") == "specs/tenants/"
+    assert _path_like("platform/tests/test_<module>.py") == "platform/tests/"
     assert _path_like("api/schemas.py") == "api/schemas.py"
     assert _path_like("X-Request-Id") is None
     assert _resolves("agentplane_platform.config.resolve_agent")

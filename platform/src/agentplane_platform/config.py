@@ -104,6 +104,8 @@ class _ResolvedToolBase(_Config):
     description: str
     timeout_seconds: int
     parameters: dict[str, Any] | None
+    record_arguments: bool = False
+    """The audit trail keeps each call's arguments (the Tool's `spec.audit.recordArguments`)."""
 
 
 class ResolvedAuth(_Config):
@@ -263,6 +265,7 @@ def _resolve_tool(tool: Tool, path: FieldPath) -> ResolvedHttpTool | ResolvedMcp
         "description": spec.description,
         "timeout_seconds": spec.timeout_seconds,
         "parameters": spec.parameters,
+        "record_arguments": spec.audit is not None and spec.audit.record_arguments,
     }
     if isinstance(spec, HttpTool):
         auth = ResolvedAuth.of(spec.auth) if spec.auth else None

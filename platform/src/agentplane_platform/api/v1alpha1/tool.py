@@ -85,6 +85,15 @@ def _parameters_field() -> Any:
     )
 
 
+class ToolAudit(ApiModel):
+    """What the audit trail keeps of this tool's calls. Every call is recorded (the tool, the caller,
+    the outcome, the duration); its arguments only when `recordArguments` is true."""
+
+    record_arguments: bool = False
+    """Keep each call's arguments (as the model sent them, up to 4 KiB) in its audit record. Off by
+    default: arguments may carry personal data that the audit trail keeps for its whole retention."""
+
+
 class _ToolBase(ApiModel):
     description: str = Field(min_length=1, max_length=4096)
     """What the tool does; the model reads this to decide when to call it."""
@@ -92,6 +101,8 @@ class _ToolBase(ApiModel):
     """Name the model sees; defaults to the Tool's name with `-` turned into `_`."""
     timeout_seconds: int = Field(default=30, ge=1, le=600)
     """How long one call may take before it is reported to the model as failed."""
+    audit: ToolAudit | None = None
+    """What the audit trail keeps of each call (by default: not its arguments)."""
 
 
 class HttpTool(_ToolBase):

@@ -41,7 +41,8 @@ def _path_like(token: str) -> str | None:
     if " " in token or "=" in token or token.startswith(skip) or "..." in token or "*" in token:
         return None
     if "<" in token:  # `specs/tenants/<tenant>/` and `platform/tests/test_<module>.py` name their folder
-        token = token.split("<", 1)[0].rpartition("/")[0] + "/"
+        folder = token.split("<", 1)[0].rpartition("/")[0]
+        return folder + "/" if folder else None
     if "/" in token or token.endswith(FILE_SUFFIXES):
         return token
     return None

@@ -49,8 +49,26 @@ def runtime_database(postgres: Server) -> str:
     return create_database(postgres, "runtime_tests")
 
 
+FAKE_MODELS = (
+    "azure/retry-probe",
+    "openai/a-model",
+    "openai/b-model",
+    "openai/broken-model",
+    "openai/flaky",
+    "openai/flaky-model",
+    "openai/only-model",
+    "openai/primary-model",
+    "openai/slow-model",
+)
+"""Models only the fake upstream serves: litellm has no price for them, so the tests' platform
+declares one (0, as they cost before prices were required); a model without a price is refused."""
+
+
 def base_settings(fake: FakeLLM, tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
+        "model_prices": {
+            model: {"input_per_million_tokens": 0, "output_per_million_tokens": 0} for model in FAKE_MODELS
+        },
         # the tests choose their stores one by one; what they leave unset is embedded
         "stores": "embedded",
         "state_dir": tmp_path,

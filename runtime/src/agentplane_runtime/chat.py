@@ -24,9 +24,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
-from agentplane_platform.config import ResolvedTool
+from agentplane_platform.config import AgentConfig, ResolvedKnowledge, ResolvedTool
 from agentplane_runtime.agents import AgentContext
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ChatMessage
+from agentplane_runtime.audit import Actor, AuditLog, quota_refusal_event, tool_call_event
 from agentplane_runtime.auth import Principal
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
@@ -37,12 +38,13 @@ from agentplane_runtime.core.telemetry import (
     status_class,
 )
 from agentplane_runtime.documents import CHUNK_CHARS
-from agentplane_runtime.llm import Attempt, Caller, LLMClient, cost_of, timed_stream
+from agentplane_runtime.embeddings import ModelEmbedder
+from agentplane_runtime.llm import Attempt, Caller, LLMClient, count_text_tokens, price_unknown, timed_stream
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
 from agentplane_runtime.tool_arguments import InvalidArguments
 from agentplane_runtime.tools import Conversation, ToolDenied, ToolError, ToolRunner, ToolTimeout
-from agentplane_runtime.usage import UsageEvent, UsageRecorder, now_utc
+from agentplane_runtime.usage import UsageEvent, UsageRecorder, embedding_event, now_utc
 
 log = logging.getLogger("agentplane.runtime.chat")
 
@@ -50,6 +52,10 @@ CONVERSATION_HEADER = "X-Conversation-Id"
 """Names the conversation a request belongs to (or `metadata.conversation_id` in the body): the MCP
 tools' calls of one conversation share a session. Without it, every MCP call has a session of its own."""
 _CONVERSATION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+BUDGET_HEADER = "X-Budget-Remaining-USD"
+"""On a chat response of a tenant with a monthly budget: what is left of it, in USD (the month's spend
+the quota store knew at admission, plus what this request had cost when the headers were sent)."""
 
 CONTEXT_HEADER = "\n\nContext from the knowledge base (cite the sources by their number when you use them):\n"
 
@@ -85,10 +91,20 @@ class RequestState:
     tool_seconds: float = 0.0
     """Wall time spent waiting on tool calls (calls made together count once)."""
     conversation: Conversation | None = None
+    source: str | None = None
+    """The client's address (for the audit trail)."""
     """The conversation the request names, if any, and its caller."""
+    prompt_reserved: int = 0
+    """Tokens the admission reserved for the first LLM call (its prompt before retrieval, and its output)."""
+    embedding_reserved: int = 0
+    """Tokens reserved for embeddings and not yet claimed by one (`ChatEmbeddingMeter`)."""
+    embedding_tokens: int = 0
+    """Tokens of the request's embedding calls (its query's, a knowledge tool's), as the provider counted."""
+    embedding_cost: float = 0.0
 
     def __post_init__(self) -> None:
-        self.caller = Caller(self.agent.config.tenant, self.agent.config.agent)
+        config = self.agent.config
+        self.caller = Caller(config.tenant, config.agent, prices=config.model_prices)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -103,12 +119,12 @@ class RequestState:
         self.model = attempt.model
         self.fallback = attempt.fallback
 
-    def account(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def account(self, model: str, prompt_tokens: int, completion_tokens: int, cost: float) -> None:
         self.model = model
         self.llm_calls += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
-        self.cost += cost_of(model, prompt_tokens, completion_tokens)
+        self.cost += cost
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -144,15 +160,133 @@ def conversation_id(header: str | None, body: ChatCompletionRequest) -> str | No
     return value
 
 
-def _size(messages: list[dict[str, Any]]) -> int:
-    total = 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            total += len(content.encode())
-        if m.get("tool_calls"):
-            total += len(orjson.dumps(m["tool_calls"]))
-    return total
+class ChatEmbeddingMeter:
+    """Meters the embeddings of one chat request: its tokens were reserved with the request's
+    (`_prepare` reserves the query's), or are reserved on top of them (a knowledge tool's queries);
+    each provider call writes its usage record, and its tokens and cost are settled with the request's."""
+
+    def __init__(self, service: ChatService, state: RequestState) -> None:
+        self.service = service
+        self.state = state
+
+    async def admit(self, model: str, texts: list[str]) -> None:
+        state, service = self.state, self.service
+        if service.llm.price(state.caller, model) is None:
+            raise price_unknown(model)
+        need = service.embedding_reserve(model, texts)
+        if need <= state.embedding_reserved:
+            state.embedding_reserved -= need
+            return
+        if state.reservation is not None and not await service.quota.reserve_more(
+            state.reservation, state.agent.config.quota, state.principal.key_limits, need
+        ):
+            raise ApiError(
+                429,
+                "the tenant's tokens per minute limit is reached",
+                type="rate_limit_error",
+                code="tokens_per_minute",
+                headers={"Retry-After": "60"},
+            )
+
+    async def done(self, model: str, texts: list[str], tokens: int | None, seconds: float) -> None:
+        state, service = self.state, self.service
+        used = tokens if tokens is not None else count_text_tokens(model, texts)
+        cost = service.llm.cost(state.caller, model, used, 0)
+        state.embedding_tokens += used
+        state.embedding_cost += cost
+        config = state.agent.config
+        await service.usage.record(
+            embedding_event(
+                request_id=state.request_id,
+                tenant=config.tenant,
+                agent=config.agent,
+                api_key_id=state.principal.key_id,
+                subject=state.principal.subject,
+                model=model,
+                tokens=used,
+                cost=cost,
+                seconds=seconds,
+            )
+        )
+
+    async def failed(self, model: str, texts: list[str]) -> None:
+        """Nothing to record: the request's settlement gives back what the call did not use."""
+
+
+class EmbeddingMeter:
+    """Meters the embeddings of a request that is no chat (a document upload, a direct query): each
+    provider call is admitted against the tenant's (and key's) tokens per minute and budget as a
+    request of its own, writes its usage record, and is settled to the tokens the provider counted."""
+
+    def __init__(
+        self, service: ChatService, agent: AgentContext, principal: Principal, request_id: str
+    ) -> None:
+        self.service = service
+        self.agent = agent
+        self.principal = principal
+        self.request_id = request_id
+        config = agent.config
+        self.caller = Caller(config.tenant, config.agent, prices=config.model_prices)
+        self._reservation: Reservation | None = None
+
+    async def admit(self, model: str, texts: list[str]) -> None:
+        service, config = self.service, self.agent.config
+        if service.llm.price(self.caller, model) is None:
+            raise price_unknown(model)
+        tokens = service.embedding_reserve(model, texts)
+        try:
+            self._reservation = await service.quota.admit(config.quota, self.principal.key_limits, tokens)
+        except QuotaExceeded as exc:
+            service.metrics.quota_rejections.labels(config.tenant, config.agent, exc.limit).inc()
+            budget = exc.limit == "monthly_budget_usd"
+            raise ApiError(
+                429,
+                exc.message,
+                type="insufficient_quota" if budget else "rate_limit_error",
+                code=exc.limit,
+                headers=exc.headers,
+            ) from None
+        except (RedisError, OSError, TimeoutError) as exc:  # fail open, as a chat does
+            log.warning(
+                "quota store error for %s/%s (%s: %s); embedding admitted",
+                config.tenant, config.agent, type(exc).__name__, exc,
+            )  # fmt: skip
+            self._reservation = None
+
+    async def done(self, model: str, texts: list[str], tokens: int | None, seconds: float) -> None:
+        service, config = self.service, self.agent.config
+        used = tokens if tokens is not None else count_text_tokens(model, texts)
+        cost = service.llm.cost(self.caller, model, used, 0)
+        await self._settle(used, cost)
+        await service.usage.record(
+            embedding_event(
+                request_id=self.request_id,
+                tenant=config.tenant,
+                agent=config.agent,
+                api_key_id=self.principal.key_id,
+                subject=self.principal.subject,
+                model=model,
+                tokens=used,
+                cost=cost,
+                seconds=seconds,
+            )
+        )
+
+    async def failed(self, model: str, texts: list[str]) -> None:
+        await self._settle(0, 0.0)
+
+    async def _settle(self, used: int, cost: float) -> None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is None:
+            return
+        try:
+            await self.service.quota.settle(reservation, used, cost)
+        except (RedisError, OSError, TimeoutError) as exc:
+            config = self.agent.config
+            log.warning(
+                "quota settle for %s/%s failed (%s: %s)",
+                config.tenant, config.agent, type(exc).__name__, exc,
+            )  # fmt: skip
 
 
 class ChatService:
@@ -168,6 +302,7 @@ class ChatService:
         knowledge: KnowledgeService,
         tools: ToolRunner,
         telemetry: Telemetry,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.llm = llm
@@ -176,14 +311,26 @@ class ChatService:
         self.knowledge = knowledge
         self.tools = tools
         self.telemetry = telemetry
+        self.audit = audit
         self.tracer = telemetry.tracer
         self.metrics = telemetry.metrics
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def _reserve_tokens(self, size_bytes: int, messages: int, max_tokens: int) -> int:
-        """An upper bound of the tokens a call can use (see `quota_bytes_per_token`)."""
-        return math.ceil(size_bytes / self.settings.quota_bytes_per_token) + 8 * messages + 8 + max_tokens
+    def embedding_reserve(self, model: str, texts: list[str]) -> int:
+        """The tokens reserved for embedding `texts` with `model`: litellm's count, plus the margin."""
+        return math.ceil(count_text_tokens(model, texts) * (1 + self.settings.quota_prompt_margin))
+
+    def metered_bases(self, config: AgentConfig) -> list[ResolvedKnowledge]:
+        """The agent's knowledge bases whose embeddings are provider calls (metered and priced)."""
+        embedder = self.knowledge.embedder
+        if isinstance(embedder, ModelEmbedder):
+            return [kb for kb in config.knowledge if embedder.metered(kb.embedding_model)]
+        return [kb for kb in config.knowledge if not kb.embedding_model.startswith("local/")]
+
+    def embedding_meter(self, agent: AgentContext, principal: Principal, request_id: str) -> EmbeddingMeter:
+        """The meter of a request's embeddings outside a chat (an upload, a direct query)."""
+        return EmbeddingMeter(self, agent, principal, request_id)
 
     # -- the request -----------------------------------------------------------------------
 
@@ -195,9 +342,11 @@ class ChatService:
         request_id: str,
         *,
         conversation: str | None = None,
+        source: str | None = None,
     ) -> Response:
-        """Serve one request; `conversation`: the `X-Conversation-Id` header, if sent."""
-        state = RequestState(request_id, agent, principal, body.stream)
+        """Serve one request; `conversation`: the `X-Conversation-Id` header, if sent; `source`: the
+        client's address."""
+        state = RequestState(request_id, agent, principal, body.stream, source=source)
         config = agent.config
         state.deadline = time.monotonic() + config.limits.timeout_seconds
         labels = (config.tenant, config.agent)
@@ -216,6 +365,7 @@ class ChatService:
         except QuotaExceeded as exc:
             state.status, state.http_status, state.error_type = "rate_limited", 429, exc.limit
             self.metrics.quota_rejections.labels(*labels, exc.limit).inc()
+            await self._audit_refusal(state, exc)
             budget = exc.limit == "monthly_budget_usd"
             raise ApiError(
                 429,
@@ -260,6 +410,12 @@ class ChatService:
         system = state.agent.system_prompt()
         tools = state.agent.tools if config.limits.max_tool_calls > 0 else []
         tools_bytes = len(orjson.dumps(tools)) if tools else 0
+        # no call to a model without a price: refused here, before the quota counts the request
+        self.llm.priced(state.caller, state.agent.models)
+        metered = self.metered_bases(config)
+        for kb in metered:
+            if self.llm.price(state.caller, kb.embedding_model) is None:
+                raise price_unknown(kb.embedding_model)
         # the input budget (trim context, never the system prompt or the conversation)
         budget = config.limits.max_input_tokens
         used = estimate_tokens(system) + sum(
@@ -279,14 +435,20 @@ class ChatService:
             max_tokens = min(max_tokens, config.model.parameters.max_tokens)
         state.max_tokens = max_tokens
         context_bytes = sum(kb.top_k for kb in config.knowledge) * (CHUNK_CHARS * 4 + 256)
+        query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
         with self.tracer.start_as_current_span(
             "quota", attributes={"agentplane.tenant": config.tenant}
         ) as span:
-            reserve = self._reserve_tokens(
-                len(system.encode()) + _size(conversation) + tools_bytes + context_bytes,
-                len(conversation) + 1,
-                max_tokens,
+            # the first call's prompt as it is before retrieval, its output bound, and the query's
+            # embeddings; the context retrieval adds is reserved once it is known (`_top_up`)
+            state.prompt_reserved = self.llm.reserve_tokens(
+                state.agent.models, [{"role": "system", "content": system}, *conversation], tools, max_tokens
             )
+            if query.strip():
+                state.embedding_reserved = sum(
+                    self.embedding_reserve(kb.embedding_model, [query]) for kb in metered
+                )
+            reserve = state.prompt_reserved + state.embedding_reserved
             span.set_attribute("agentplane.quota.reserved_tokens", reserve)
             key_limits = state.principal.key_limits
             try:
@@ -304,12 +466,15 @@ class ChatService:
                 state.reservation = None
         hits: list[Hit] = []
         if config.knowledge:
-            query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
             with self.tracer.start_as_current_span("retrieval") as span:
                 started = time.perf_counter()
                 try:
                     hits = await self.knowledge.search(
-                        config.tenant, list(config.knowledge), state.principal, query
+                        config.tenant,
+                        list(config.knowledge),
+                        state.principal,
+                        query,
+                        meter=ChatEmbeddingMeter(self, state),
                     )
                     state.retrieval = "ok"
                     self.metrics.retrieval.labels(config.tenant, config.agent, "ok").inc()
@@ -358,23 +523,35 @@ class ChatService:
             "max_tokens": max_tokens,
             "user": body.user,
         }
-        return {
-            "messages": [{"role": "system", "content": system}, *conversation],
-            "params": params,
-            "tools": tools,
-        }
+        messages = [{"role": "system", "content": system}, *conversation]
+        await self._top_up(state, messages, tools)
+        return {"messages": messages, "params": params, "tools": tools}
 
     def _tools_now(self, state: RequestState, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         if tools and state.tool_calls < state.agent.config.limits.max_tool_calls:
             return tools
         return None
 
+    async def _top_up(
+        self, state: RequestState, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> None:
+        """Reserve the tokens retrieval added to the first call's prompt (the context), or raise
+        `QuotaExceeded`; nothing is sent before every token it can use is reserved."""
+        if state.reservation is None:
+            return
+        more = self.llm.reserve_tokens(state.agent.models, messages, tools, state.max_tokens)
+        more -= state.prompt_reserved
+        if more > 0 and not await self.quota.reserve_more(
+            state.reservation, state.agent.config.quota, state.principal.key_limits, more
+        ):
+            raise QuotaExceeded(
+                "tokens_per_minute", "the tenant's tokens per minute limit is reached", {"Retry-After": "60"}
+            )
+
     async def _reserve_followup(self, state: RequestState, messages: list[dict[str, Any]]) -> None:
         if state.reservation is None:
             return
-        tokens = self._reserve_tokens(
-            _size(messages) + len(orjson.dumps(state.agent.tools)), len(messages), state.max_tokens
-        )
+        tokens = self.llm.reserve_tokens(state.agent.models, messages, state.agent.tools, state.max_tokens)
         if not await self.quota.reserve_more(
             state.reservation, state.agent.config.quota, state.principal.key_limits, tokens
         ):
@@ -401,7 +578,8 @@ class ChatService:
             usage = getattr(response, "usage", None)
             prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
             completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            state.account(attempt.model, prompt_tokens, completion_tokens)
+            cost = self.llm.cost(state.caller, attempt.model, prompt_tokens, completion_tokens)
+            state.account(attempt.model, prompt_tokens, completion_tokens, cost)
             choice = response.choices[0]
             message = choice.message
             calls = [
@@ -455,7 +633,31 @@ class ChatService:
             headers["x-agentplane-model"] = state.model
         if state.retrieval != "none":
             headers["x-agentplane-retrieval"] = state.retrieval
+        if state.reservation is not None and state.reservation.budget_usd is not None:
+            spent = state.reservation.spent_usd + state.cost + state.embedding_cost
+            headers[BUDGET_HEADER] = f"{max(0.0, state.reservation.budget_usd - spent):.6f}"
         return headers
+
+    def _actor(self, state: RequestState) -> Actor:
+        return Actor.of(state.principal, source=state.source, request_id=state.request_id)
+
+    async def _audit_tool(
+        self, state: RequestState, tool: str, outcome: str, seconds: float, arguments: str | None
+    ) -> None:
+        if self.audit is not None:
+            config = state.agent.config
+            event = tool_call_event(
+                config.tenant, config.agent, self._actor(state), tool, outcome, seconds, arguments
+            )
+            await self.audit.record(event)
+
+    async def _audit_refusal(self, state: RequestState, exc: QuotaExceeded) -> None:
+        if self.audit is not None:
+            config = state.agent.config
+            event = quota_refusal_event(
+                config.tenant, config.agent, self._actor(state), exc.limit, exc.message
+            )
+            await self.audit.record(event)
 
     async def _run_tools(self, state: RequestState, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         limit = state.agent.config.limits.max_tool_calls
@@ -496,13 +698,18 @@ class ChatService:
             if tool is None:
                 span.set_attribute("error.type", "unknown_tool")
                 self.metrics.tool_calls.labels(config.tenant, config.agent, name[:64], "unknown").inc()
+                await self._audit_tool(state, name, "unknown", 0.0, None)
                 return await self._tool_result(call, None, f"there is no tool named {name!r}")
             remaining = state.deadline - time.monotonic()
             timeout = max(0.01, min(float(tool.timeout_seconds), remaining))
 
             async def retrieve(query: str) -> str:
                 hits = await self.knowledge.search(
-                    config.tenant, list(config.knowledge), state.principal, query
+                    config.tenant,
+                    list(config.knowledge),
+                    state.principal,
+                    query,
+                    meter=ChatEmbeddingMeter(self, state),
                 )
                 return json.dumps(
                     [{"source": h.source, "score": round(h.score, 4), "text": h.text} for h in hits[:8]]
@@ -548,6 +755,8 @@ class ChatService:
                         time.perf_counter() - started
                     )
             self.metrics.tool_calls.labels(config.tenant, config.agent, tool.name, outcome).inc()
+            arguments = call["function"]["arguments"] if tool.record_arguments else None
+            await self._audit_tool(state, tool.name, outcome, time.perf_counter() - started, arguments)
             return await self._tool_result(call, None if error else result, error)
 
     # -- streaming -------------------------------------------------------------------------
@@ -651,7 +860,8 @@ class ChatService:
                         raise ApiError(
                             504, "the agent's time limit was reached", type="timeout_error", code="timeout"
                         )
-                state.account(model, prompt_tokens, completion_tokens)
+                cost = self.llm.cost(state.caller, model, prompt_tokens, completion_tokens)
+                state.account(model, prompt_tokens, completion_tokens, cost)
                 self.llm.finish(
                     current,
                     response_model=response_model or model,
@@ -697,6 +907,7 @@ class ChatService:
         except (ApiError, QuotaExceeded) as exc:
             if isinstance(exc, QuotaExceeded):
                 error = ApiError(429, exc.message, type="rate_limit_error", code=exc.limit)
+                await self._audit_refusal(state, exc)
                 self.metrics.quota_rejections.labels(
                     state.agent.config.tenant, state.agent.config.agent, exc.limit
                 ).inc()
@@ -742,7 +953,9 @@ class ChatService:
         used = state.prompt_tokens + state.completion_tokens
         if state.reservation is not None:
             try:
-                await self.quota.settle(state.reservation, used, state.cost)
+                await self.quota.settle(
+                    state.reservation, used + state.embedding_tokens, state.cost + state.embedding_cost
+                )
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning(
                     "quota settle for %s/%s failed (%s: %s)",

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import litellm
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_runtime import offline
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
@@ -147,13 +150,92 @@ def system_of(model: str) -> str:
     return _SYSTEMS.get(provider, provider)
 
 
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The price that applies to a model, and where it comes from (`declared` is None for litellm's
+    cost map, which prices a call itself)."""
+
+    source: Literal["tenant", "platform", "runtime", "litellm"]
+    declared: ModelPrice | None = None
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD of a call of `model` that used these tokens."""
+        if self.declared is not None:
+            d = self.declared
+            return (
+                prompt_tokens * d.input_per_million_tokens + completion_tokens * d.output_per_million_tokens
+            ) / 1_000_000
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        except Exception as exc:  # an answer is never failed over its price (litellm priced it before)
+            log.warning("no cost for %s (%s: %s)", model, type(exc).__name__, exc, exc_info=exc)
+            return 0.0
+        return float(prompt_cost) + float(completion_cost)
+
+
+@functools.cache
+def _litellm_prices(model: str) -> bool:
+    """Whether litellm's cost map prices `model` (the map is read once, when litellm is imported)."""
+    try:
+        litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
+    except (litellm.exceptions.ModelNotMappedError, litellm.exceptions.BadRequestError):
+        return False  # a model (or provider) litellm's cost map does not know
+    return True
+
+
+def price_of(
+    model: str, tenant: Mapping[str, ModelPrice], platform: Mapping[str, ModelPrice]
+) -> Price | None:
+    """Which price applies to `model` (a litellm name): the tenant's declaration (`spec.modelPrices`),
+    else the platform's (`AGENTPLANE_MODEL_PRICES`), else the runtime's own (the offline model's 0),
+    else litellm's cost map; None when none prices it, and then no call to it may be made."""
+    if model in tenant:
+        return Price("tenant", tenant[model])
+    if model in platform:
+        return Price("platform", platform[model])
+    if provider_of(model) == offline.PROVIDER:
+        return Price("runtime", offline.PRICE)
+    if _litellm_prices(model):
+        return Price("litellm")
+    return None
+
+
+def price_unknown(model: str) -> ApiError:
+    """The refusal of a call to a model no price applies to (see `price_of`)."""
+    return ApiError(
+        422,
+        f"model {model!r} has no price, so its calls are refused (a budget could not stop them): "
+        "declare one in the Tenant's spec.modelPrices, or the platform's AGENTPLANE_MODEL_PRICES, "
+        "as inputPerMillionTokens and outputPerMillionTokens in USD",
+        code="model_price_unknown",
+    )
+
+
+def count_tokens(model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """litellm's count of the prompt tokens of a call to `model`: its messages (with the per-message
+    overhead) and its tool definitions. litellm counts offline with the tokenizer it bundles; the
+    models whose own tokenizer it would download from the Hugging Face hub (Llama, Command R) are
+    counted with that bundled one too (`LLMClient` turns the download off)."""
+    return int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+
+
+def count_text_tokens(model: str, texts: list[str]) -> int:
+    """litellm's count of the tokens of `texts` (an embedding's input)."""
+    return sum(int(litellm.token_counter(model=model, text=text)) for text in texts)
+
+
 @dataclass
 class Caller:
-    """Whom LLM calls are made for (their metrics' `tenant` and `agent`), and how long they waited
-    on providers: every attempt, failed or not, the back-off between retries, and a stream's chunks."""
+    """Whom LLM calls are made for (their metrics' `tenant` and `agent`, the tenant's declared
+    prices), and how long they waited on providers: every attempt, failed or not, the back-off
+    between retries, and a stream's chunks."""
 
     tenant: str
     agent: str
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """The tenant's declared model prices (`spec.modelPrices`)."""
     waited: float = 0.0
 
 
@@ -201,6 +283,9 @@ class LLMClient:
         self.breakers: dict[str, CircuitBreaker] = {}
         litellm.suppress_debug_info = True
         litellm.drop_params = True
+        # token counts for quota reservations never download a tokenizer: the models litellm would
+        # count with one from the Hugging Face hub are counted with the tokenizer it bundles
+        litellm.disable_hf_tokenizer_download = True
         if settings.offline_model:
             offline.register()
 
@@ -210,6 +295,44 @@ class LLMClient:
         if self.settings.offline_model and not has_credentials(self.settings, model):
             return offline.offline_model(model)
         return model
+
+    def price(self, caller: Caller, model: str) -> Price | None:
+        """The price of a call of `model` (a target) for `caller`'s tenant (see `price_of`)."""
+        return price_of(model, caller.prices, self.settings.model_prices)
+
+    def priced(self, caller: Caller, models: list[str]) -> list[str]:
+        """The targets of `models` (in order) that have a price; raises the `model_price_unknown`
+        error, naming the first, when none has. The unpriced ones are skipped, and logged."""
+        targets = [self.target(m) for m in models]
+        priced = [t for t in targets if self.price(caller, t) is not None]
+        for target in targets:
+            if target not in priced:
+                log.warning(
+                    "model %s of %s/%s has no price: its calls are refused",
+                    target,
+                    caller.tenant,
+                    caller.agent,
+                )
+        if not priced:
+            raise price_unknown(targets[0])
+        return priced
+
+    def cost(self, caller: Caller, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD of a call of `model` (0 for a model without a price, which is never called)."""
+        price = self.price(caller, model)
+        return price.cost(model, prompt_tokens, completion_tokens) if price is not None else 0.0
+
+    def reserve_tokens(
+        self,
+        models: list[str],
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        max_tokens: int,
+    ) -> int:
+        """An upper bound of the tokens a call can use: its prompt as litellm counts it for the first
+        of `models`, plus `quota_prompt_margin` of that, plus the output bound `max_tokens`."""
+        prompt = count_tokens(self.target(models[0]), messages, tools)
+        return math.ceil(prompt * (1 + self.settings.quota_prompt_margin)) + max_tokens
 
     def breaker(self, model: str) -> CircuitBreaker:
         breaker = self.breakers.get(model)
@@ -256,7 +379,8 @@ class LLMClient:
         open_circuits: list[CircuitBreaker] = []
         attempts = 0
         s = self.settings
-        for index, model in enumerate(self.target(m) for m in models):
+        primary = self.target(models[0])
+        for model in self.priced(caller, models):
             breaker = self.breaker(model)
             for retry in range(s.llm_retries + 1):
                 if not breaker.allow():
@@ -353,7 +477,7 @@ class LLMClient:
                     span=span,
                     attempts=attempts,
                     caller=caller,
-                    fallback=index > 0,
+                    fallback=model != primary,
                     stream=stream,
                     response_seconds=elapsed,
                     started=started,
@@ -432,17 +556,3 @@ def finish_span(
     if finish_reasons:
         span.set_attribute("gen_ai.response.finish_reasons", finish_reasons)
     span.end()
-
-
-def cost_of(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """USD from litellm's cost map (0 for a model it does not know)."""
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except (litellm.exceptions.ModelNotMappedError, litellm.exceptions.BadRequestError):
-        return 0.0  # a model (or provider) litellm's cost map does not know
-    except Exception as exc:  # an answer is never failed over its price
-        log.warning("no cost for %s (%s: %s)", model, type(exc).__name__, exc, exc_info=exc)
-        return 0.0
-    return float(prompt_cost) + float(completion_cost)

@@ -19,8 +19,12 @@ import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
+from agentplane_platform.api.v1alpha1.tenant import ModelPrice
+
 PROVIDER = "agentplane-offline"
 """The litellm provider name: models are called as `agentplane-offline/<configured model>`."""
+PRICE = ModelPrice(input_per_million_tokens=0, output_per_million_tokens=0)
+"""What the offline model costs: nothing, declared (a model without a price is refused)."""
 
 CONTEXT_MARKER = "Context from the knowledge base"
 _ARITHMETIC = re.compile(r"[\d.(][\d\s.+\-*/%()]*[+\-*/%][\d\s.+\-*/%()]*[\d)]")

@@ -1,4 +1,5 @@
-"""Usage metering: one record per chat request, written to the database without ever being lost.
+"""Usage metering: one record per chat request, and one per provider embedding call (a chat's
+query, an upload's chunks), written to the database without ever being lost.
 
 Every record is first appended to a durable `UsageBuffer` (a Redis stream in production, memory
 for `agentplane up`); a background flusher moves batches into the database (`UsageStore`,
@@ -70,6 +71,47 @@ class UsageEvent:
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+EMBEDDING_STATUS = "embedding"
+"""The `status` of the record of a provider embedding call (a chat's say `ok`, `error`, ...)."""
+
+
+def embedding_event(
+    *,
+    request_id: str,
+    tenant: str,
+    agent: str,
+    api_key_id: str | None,
+    subject: str | None,
+    model: str,
+    tokens: int,
+    cost: float,
+    seconds: float,
+) -> UsageEvent:
+    """The record of one provider embedding call: `model` names the embedding model, `status` is
+    `embedding` (not an error), its tokens are prompt tokens, and it made no LLM call."""
+    return UsageEvent(
+        id=uuid.uuid4().hex,
+        request_id=request_id,
+        tenant=tenant,
+        agent=agent,
+        api_key_id=api_key_id,
+        subject=subject[:256] if subject is not None else None,
+        model=model,
+        prompt_tokens=tokens,
+        completion_tokens=0,
+        cost_usd=cost,
+        latency_ms=seconds * 1000,
+        ttft_ms=None,
+        status=EMBEDDING_STATUS,
+        http_status=200,
+        error_type=None,
+        stream=False,
+        tool_calls=0,
+        llm_calls=0,
+        created_at=now_utc(),
+    )
 
 
 class UsageStore:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_platform.contract import HTTP_PORT, TERMINATION_LOG, StoresMode
 
 Dependency = Literal["database", "quota_store", "vector_store"]
@@ -83,10 +84,17 @@ class Settings(BaseSettings):
 
     # quotas
     quota_limits_cache_seconds: float = 5.0
-    quota_bytes_per_token: float = 1.0
-    """Bytes of prompt per reserved token. 1.0 never under-reserves (a token is at least one byte)."""
+    quota_prompt_margin: float = Field(default=0.1, ge=0)
+    """Prompt tokens reserved beyond litellm's count of them, as a fraction of it: room for a
+    provider whose tokenizer counts a little more than the one litellm counts with."""
     quota_default_max_tokens: int = 1024
     """Completion tokens reserved (and sent as `max_tokens`) when neither the caller nor the agent sets one."""
+
+    # prices
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """The platform's model prices (JSON: `{"openai/my-model": {"inputPerMillionTokens": 0.5,
+    "outputPerMillionTokens": 1.5}}`), for models litellm's price list lacks; a Tenant's own
+    `spec.modelPrices` come first. A call to a model with no price anywhere is refused."""
 
     # LLM providers (credentials from the mounted Secret, under their usual names)
     openai_api_key: SecretStr | None = Field(

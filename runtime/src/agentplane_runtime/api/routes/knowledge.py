@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from agentplane_platform.config import ResolvedKnowledge
 from agentplane_runtime.agents import AgentContext
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep
 from agentplane_runtime.api.schemas import DocumentList, DocumentPublic, QueryHit, QueryRequest, QueryResponse
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
@@ -57,6 +57,7 @@ async def upload_document(
     agent: CurrentAgent,
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
+    request_id: RequestId,
     file: Annotated[UploadFile, File(description="The document")],
     visibility: Annotated[Literal["org", "private", "shared"], Form()] = "private",
     shared_with: Annotated[
@@ -99,6 +100,7 @@ async def upload_document(
             visibility=visibility,
             shared_with=shared,
             doc_id=doc_id,
+            meter=runtime.chat.embedding_meter(agent, principal, request_id),
         )
     except RetrievalUnavailable:
         raise _unavailable() from None
@@ -139,11 +141,19 @@ async def delete_document(
 
 @router.post("/{kb}/query", summary="Retrieve the best chunks for a query, with scores and sources")
 async def query(
-    kb: str, body: QueryRequest, agent: CurrentAgent, principal: CurrentPrincipal, runtime: RuntimeDep
+    kb: str,
+    body: QueryRequest,
+    agent: CurrentAgent,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    request_id: RequestId,
 ) -> QueryResponse:
     base = _kb(agent, kb)
+    meter = runtime.chat.embedding_meter(agent, principal, request_id)
     try:
-        hits = await runtime.knowledge.search(agent.config.tenant, [base], principal, body.query, body.top_k)
+        hits = await runtime.knowledge.search(
+            agent.config.tenant, [base], principal, body.query, body.top_k, meter=meter
+        )
     except RetrievalUnavailable:
         raise _unavailable() from None
     return QueryResponse(

@@ -1,0 +1,221 @@
+"""What a request costs, counted truly: a model without a price is refused before it is sent (its
+fallbacks too), a Tenant's declared price is what its usage rows cost, and the provider embedding
+calls of a chat or an upload are metered (a usage row each) and counted against the tenant's tokens
+per minute and budget like chat calls."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import openai
+import pytest
+from redis.asyncio import Redis
+from runtime_support import Served, make_config, serve, tenant_name
+from sqlalchemy import select
+
+from agentplane_platform.api.v1alpha1.tenant import ModelPrice
+from agentplane_platform.config import AgentConfig
+from agentplane_platform.db import UsageRecord
+from agentplane_platform.quotas import QuotaLimits
+from agentplane_runtime import Settings
+from agentplane_runtime.quotas import WINDOW_SECONDS
+from support.fake_llm import FakeLLM, reply
+from support.services import Server
+from support.waiting import wait_for_async
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+
+EMBEDDER = "openai/text-embedding-3-small"
+"""The embedding model of `make_config`'s knowledge bases (litellm prices it)."""
+MINUTE = 1_900_000_020.0
+"""A fixed moment for the quota gate's clock: every counter of a test is in one window."""
+
+
+async def rows(served: Served, tenant: str, count: int) -> list[UsageRecord]:
+    """The tenant's usage rows once there are `count` of them."""
+
+    async def enough() -> list[UsageRecord] | None:
+        async with served.runtime.engine.connect() as connection:
+            result = await connection.execute(
+                select(UsageRecord.__table__).where(UsageRecord.tenant == tenant)
+            )
+            found = [UsageRecord(**dict(r)) for r in result.mappings()]
+        return found if len(found) >= count else None
+
+    return await wait_for_async(f"{count} usage rows of {tenant}", enough, 20, interval=0.05)
+
+
+async def limit(redis_server: Server, tenant: str, *, tokens: int = 100_000, budget: float = 10.0) -> None:
+    """The tenant's limits where the operator writes them."""
+    limits = QuotaLimits(
+        tenant, tokens_per_minute=tokens, requests_per_minute=1000, monthly_budget_usd=budget
+    )
+    redis = Redis.from_url(redis_server.url)
+    await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
+    await redis.aclose()
+
+
+async def counters(redis_server: Server, tenant: str) -> tuple[int, float]:
+    """The tenant's tokens this (fixed) minute, and its spend this month."""
+    window = int(MINUTE // WINDOW_SECONDS)
+    month = datetime.fromtimestamp(MINUTE, UTC).strftime("%Y-%m")
+    redis = Redis.from_url(redis_server.url)
+    tokens = await redis.get(f"agentplane:quota:{tenant}:tpm:{window}")
+    spend = await redis.get(f"agentplane:quota:{tenant}:spend:{month}")
+    await redis.aclose()
+    return int(tokens or 0), float(spend or 0)
+
+
+def with_prices(config: AgentConfig, prices: dict[str, ModelPrice]) -> AgentConfig:
+    return config.model_copy(update={"model_prices": prices})
+
+
+def kb_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"ensure_collections": True})
+
+
+async def test_a_model_without_a_price_is_refused_before_it_is_sent(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    tenant = tenant_name()
+    async with serve(settings, make_config(tenant, model="openai/house-model")) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        for stream in (False, True):
+            with pytest.raises(openai.UnprocessableEntityError) as caught:
+                await client.chat.completions.create(
+                    model="helper", messages=[{"role": "user", "content": "hello"}], stream=stream
+                )
+            error = caught.value.body
+            assert isinstance(error, dict)
+            assert error["code"] == "model_price_unknown"
+            assert "'openai/house-model' has no price" in error["message"]
+            assert "spec.modelPrices" in error["message"]
+            assert error["request_id"] == caught.value.response.headers["x-request-id"]
+        await client.close()
+        refused = await rows(served, tenant, 2)
+    assert fake_llm.chat_requests() == []  # nothing was sent
+    assert {(r.status, r.http_status, r.error_type, r.cost_usd) for r in refused} == {
+        ("error", 422, "model_price_unknown", 0.0)
+    }
+
+
+async def test_a_fallback_without_a_price_is_skipped(settings: Settings, fake_llm: FakeLLM) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant, model="openai/house-model", fallbacks=["openai/gpt-4o-mini"])
+    async with serve(settings, config) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        answer = await client.chat.completions.create(
+            model="helper", messages=[{"role": "user", "content": "hello"}]
+        )
+        await client.close()
+    assert answer.model == "openai/gpt-4o-mini"
+    assert [r.body["model"] for r in fake_llm.chat_requests()] == ["gpt-4o-mini"]
+
+
+async def test_a_tenants_declared_price_is_what_the_usage_row_costs(
+    settings: Settings, fake_llm: FakeLLM, redis_server: Server
+) -> None:
+    tenant = tenant_name()
+    await limit(redis_server, tenant)
+    prices = {
+        "openai/house-model": ModelPrice(input_per_million_tokens=1.5, output_per_million_tokens=6),
+        # a declared price replaces litellm's
+        "openai/gpt-4o-mini": ModelPrice(input_per_million_tokens=100, output_per_million_tokens=200),
+    }
+    config = with_prices(make_config(tenant, model="openai/house-model"), prices)
+    async with serve(settings, config) as served:
+        served.runtime.chat.quota.clock = lambda: MINUTE
+        fake_llm.script("house-model", [reply("an answer", prompt_tokens=1000, completion_tokens=500)])
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        await client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+        (row,) = await rows(served, tenant, 1)
+    assert row.model == "openai/house-model"
+    assert row.cost_usd == pytest.approx((1000 * 1.5 + 500 * 6) / 1_000_000)
+    _, spend = await counters(redis_server, tenant)
+    assert spend == pytest.approx(row.cost_usd)
+
+
+async def test_a_chats_query_embedding_writes_a_usage_row_and_counts_against_the_quota(
+    settings: Settings, fake_llm: FakeLLM, redis_server: Server
+) -> None:
+    tenant = tenant_name()
+    await limit(redis_server, tenant)
+    question = "How long does express shipping take to the islands?"
+    async with serve(kb_settings(settings), make_config(tenant, knowledge=["docs"])) as served:
+        served.runtime.chat.quota.clock = lambda: MINUTE
+        fake_llm.script("gpt-4o-mini", [reply("one day", prompt_tokens=300, completion_tokens=40)])
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        answer = await client.chat.completions.create(
+            model="helper", messages=[{"role": "user", "content": question}]
+        )
+        await client.close()
+        found = await rows(served, tenant, 2)
+    (chat,) = [r for r in found if r.status == "ok"]
+    (embedding,) = [r for r in found if r.status == "embedding"]
+    assert embedding.request_id == chat.request_id
+    assert embedding.model == EMBEDDER
+    assert embedding.prompt_tokens == -(-len(question) // 4)  # as the provider (the fake) counted them
+    assert (embedding.completion_tokens, embedding.llm_calls) == (0, 0)
+    assert embedding.cost_usd == pytest.approx(embedding.prompt_tokens * 0.02 / 1_000_000)
+    assert answer.usage is not None
+    assert answer.usage.total_tokens == 340  # the chat's own tokens
+    tokens, spend = await counters(redis_server, tenant)
+    assert tokens == 340 + embedding.prompt_tokens  # settled: the chat's and the embedding's
+    assert spend == pytest.approx(chat.cost_usd + embedding.cost_usd)  # the budget left is lower by both
+    assert embedding.cost_usd > 0
+
+
+async def test_an_uploads_embeddings_are_metered_and_refused_over_the_quota(
+    settings: Settings, fake_llm: FakeLLM, redis_server: Server
+) -> None:
+    tenant = tenant_name()
+    await limit(redis_server, tenant, tokens=200)
+    async with serve(kb_settings(settings), make_config(tenant, knowledge=["docs"])) as served:
+        served.runtime.chat.quota.clock = lambda: MINUTE
+        key = await served.key(roles=["admin"])
+        async with httpx.AsyncClient(
+            base_url=served.base_url, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            text = "Standard shipping takes 3 to 5 business days; express takes one."
+            created = await http.post(
+                "/knowledge/docs/documents", files={"file": ("a.md", text.encode(), "text/markdown")}
+            )
+            assert created.status_code == 201, created.text
+            (row,) = await rows(served, tenant, 1)
+            assert (row.status, row.model, row.prompt_tokens) == ("embedding", EMBEDDER, -(-len(text) // 4))
+            assert row.cost_usd > 0
+            tokens, spend = await counters(redis_server, tenant)
+            assert tokens == row.prompt_tokens
+            assert spend == pytest.approx(row.cost_usd)
+            too_big = await http.post(
+                "/knowledge/docs/documents",
+                files={"file": ("b.md", ("word " * 400).encode(), "text/markdown")},
+            )
+        assert too_big.status_code == 429, too_big.text
+        assert too_big.json()["error"]["code"] == "tokens_per_minute"
+    assert (
+        len([r for r in fake_llm.requests if r.path.endswith("/embeddings")]) == 1
+    )  # the refused one was never sent
+
+
+async def test_an_embedding_model_without_a_price_refuses_the_chat(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant, knowledge=["docs"])
+    config = config.model_copy(
+        update={
+            "knowledge": [config.knowledge[0].model_copy(update={"embedding_model": "openai/house-embedder"})]
+        }
+    )
+    async with serve(kb_settings(settings), config) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            await client.chat.completions.create(
+                model="helper", messages=[{"role": "user", "content": "hello"}]
+            )
+        await client.close()
+    assert "'openai/house-embedder' has no price" in str(caught.value)
+    assert fake_llm.requests == []

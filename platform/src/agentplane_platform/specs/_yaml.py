@@ -8,9 +8,11 @@ keys, and bounds file size, nesting depth and alias expansion (billion laughs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+
+from agentplane_platform.jsontypes import JsonObject, JsonValue
 
 from ._problems import Position, Problem, dotted
 
@@ -58,17 +60,27 @@ class Document:
         return self.start
 
 
+class _Mark(Protocol):
+    """Where the parser is (PyYAML's pure and C marks alike); 0-based."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+
 class _Budget(Exception):
-    def __init__(self, message: str, mark: Any) -> None:
+    def __init__(self, message: str, mark: _Mark | None) -> None:
         super().__init__(message)
         self.mark = mark
 
 
-def _pos(mark: Any) -> Position:
-    return Position(mark.line + 1, mark.column + 1)
+def _pos(mark: _Mark | None) -> Position:
+    return Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
 
 
-def _scalar(event: Any) -> Any:
+def _scalar(event: yaml.ScalarEvent) -> JsonValue:
     value: str = event.value
     tag = event.tag
     if tag is None or tag == "!":
@@ -81,7 +93,7 @@ def _scalar(event: Any) -> Any:
         return value
     if tag == _NULL:
         return None
-    node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark)
+    node = yaml.ScalarNode(tag, value)
     try:
         if tag == _BOOL:
             return _constructor.construct_yaml_bool(node)
@@ -94,7 +106,7 @@ def _scalar(event: Any) -> Any:
     return value
 
 
-def _size(value: Any) -> int:
+def _size(value: JsonValue) -> int:
     """Number of values in a constructed value (aliases count their whole size on each use)."""
     count = 0
     pending = [value]
@@ -114,14 +126,18 @@ class _Frame:
     __slots__ = ("anchor", "container", "key", "key_mark", "path", "start_mark")
 
     def __init__(
-        self, container: dict[str, Any] | list[Any], path: Path_, anchor: str | None, start_mark: Any
+        self,
+        container: JsonObject | list[JsonValue],
+        path: Path_,
+        anchor: str | None,
+        start_mark: _Mark | None,
     ) -> None:
         self.container = container
         self.path = path
         self.anchor = anchor
         self.start_mark = start_mark
         self.key: str | None = None
-        self.key_mark: Any = None
+        self.key_mark: _Mark | None = None
 
 
 def read_documents(text: str, file: str) -> tuple[list[Document], list[Problem]]:
@@ -129,11 +145,11 @@ def read_documents(text: str, file: str) -> tuple[list[Document], list[Problem]]
     documents: list[Document] = []
     problems: list[Problem] = []
     stack: list[_Frame] = []
-    anchors: dict[str, Any] = {}
+    anchors: dict[str, JsonValue] = {}
     current: Document | None = None
     nodes = 0
 
-    def place(value: Any, mark: Any) -> None:
+    def place(value: JsonValue, mark: _Mark | None) -> None:
         """Put a finished value into its parent (or make it the document's root)."""
         assert current is not None
         if not stack:
@@ -211,7 +227,7 @@ def read_documents(text: str, file: str) -> tuple[list[Document], list[Problem]]
                 if len(stack) >= MAX_DEPTH:
                     raise _Budget(f"values nested deeper than {MAX_DEPTH} levels", event.start_mark)
                 nodes += 1
-                container: dict[str, Any] | list[Any] = (
+                container: JsonObject | list[JsonValue] = (
                     {} if isinstance(event, yaml.MappingStartEvent) else []
                 )
                 if frame is None:

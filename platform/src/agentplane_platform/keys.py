@@ -12,6 +12,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -20,6 +21,7 @@ from agentplane_platform.db import ApiKey
 
 KEY_PREFIX = "ap_"
 KEY_ID_LENGTH = 16
+KeyState = Literal["active", "expired", "revoked"]
 MAX_ROTATION_OVERLAP = timedelta(days=7)
 """The longest a rotated key may keep working next to its replacement."""
 
@@ -117,7 +119,7 @@ class KeyInfo:
     tokens_per_minute: int | None = None
     requests_per_minute: int | None = None
 
-    def state(self, now: datetime) -> str:
+    def state(self, now: datetime) -> KeyState:
         if self.revoked_at is not None:
             return "revoked"
         if self.expires_at is not None and _aware(self.expires_at) <= now:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import start_http_server
 
 from agentplane_runtime.agents import AgentRegistry, load_config
-from agentplane_runtime.api.routes import chat, health, knowledge
+from agentplane_runtime.api.routes import chat, health, keys, knowledge
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import install_error_handlers
 from agentplane_runtime.core.middleware import RequestContextMiddleware
@@ -30,6 +30,7 @@ def agent_router() -> APIRouter:
     router = APIRouter()
     router.include_router(chat.router)
     router.include_router(knowledge.router)
+    router.include_router(keys.router)
     return router
 
 

@@ -515,6 +515,9 @@ def test_invalid_config_names_the_key_and_field() -> None:
         ("monitoring", {"alerting": {"ticketRepeatInterval": "0h"}}, r"not a positive duration"),
         ("monitoring", {"alerting": {"groupBy": ["tenant", "slo-name"]}}, r"\['slo-name'\] are not label"),
         ("monitoring", {"alerting": {"groupWait": "10s"}}, r"alerting\.groupWait: Extra inputs"),
+        ("audit", {"retentionDays": -1}, r"retentionDays: Input should be greater than or equal to 0"),
+        ("audit", {"retentionDays": "a year"}, r"retentionDays: Input should be a valid integer"),
+        ("audit", {"retentionDay": 30}, r"retentionDay: Extra inputs"),
     ],
 )
 def test_invalid_values_are_refused_with_the_key(key: str, change: dict[str, Any], message: str) -> None:
@@ -685,6 +688,7 @@ def test_operator_settings_wire_key_vault_gateway_egress_monitoring_and_the_agen
         "AGENT_TOLERATIONS": '[{"effect":"NoSchedule","key":"agentplane.io/pool","operator":"Equal","value":"worker"}]',
         "GITOPS_SOURCE": "flux-system/agentplane",
         "GITOPS_SPECS_DIR": "specs",
+        "AUDIT_RETENTION_DAYS": "365",  # agentplane:audit unset: a year
     }
     # PostgreSQL's subnet on 5432, the private endpoints' (Redis) on Redis' TLS port, then LLM providers.
     assert json.loads(settings["PLATFORM_EGRESS"]) == [
@@ -705,7 +709,9 @@ def test_the_operators_settings_parse_as_the_operator_reads_them(
 
     for name, value in _env(_operator_container(run)).items():
         monkeypatch.setenv(name, value if isinstance(value, str) else "from-the-secret")
-    built = OperatorSettings().build()
+    parsed = OperatorSettings()
+    assert parsed.audit_retention_days == 365
+    built = parsed.build()
     assert built.key_vault is not None
     assert built.key_vault.provider_secrets == PROVIDER_SECRETS
     assert (
@@ -719,6 +725,12 @@ def test_the_operators_settings_parse_as_the_operator_reads_them(
     ]
     assert built.node_selector == {"agentplane.io/pool": "worker"}
     assert built.monitoring_namespace == "monitoring"
+
+
+@pytest.mark.parametrize("days", [90, 0])
+def test_the_audit_retention_comes_from_the_stack(days: int) -> None:
+    env = _env(_operator_container(run_stack("dev", config={"agentplane:audit": {"retentionDays": days}})))
+    assert env["AGENTPLANE_OPERATOR_AUDIT_RETENTION_DAYS"] == str(days)
 
 
 def test_the_worker_pool_is_for_agent_pods_alone(run: StackRun) -> None:

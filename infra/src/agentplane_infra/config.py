@@ -281,6 +281,14 @@ class GitOpsConfig(_Model):
     """Secret in `flux-system` with Git credentials, for a private repository."""
 
 
+class AuditConfig(_Model):
+    """The audit trail (who did what, in PostgreSQL): how long its records are kept."""
+
+    retention_days: int = Field(default=365, ge=0, le=36500)
+    """Records written longer ago than this are removed by the operator, once a day; 0 keeps them
+    forever."""
+
+
 _M = TypeVar("_M", bound=_Model)
 
 
@@ -303,6 +311,8 @@ class StackConfig:
     gitops: GitOpsConfig
     policy_environment: str
     """Which `policies/params/<environment>/` holds the stack's policy parameters (`TierLimits`)."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """Optional (`agentplane:audit`): the audit trail's retention."""
     llm_provider_keys: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     """Provider name -> API key, each a secret Output."""
     llm_provider_endpoints: dict[str, str] = field(default_factory=dict)
@@ -463,6 +473,7 @@ def load_config(policy_environments: Sequence[str]) -> StackConfig:
         monitoring=monitoring,
         gitops=_parse(GitOpsConfig, "gitops", _object(cfg, "gitops")),
         policy_environment=_policy_environment(cfg, policy_environments),
+        audit=_parse(AuditConfig, "audit", cfg.get_object("audit") or {}),
         llm_provider_keys=keys,
         llm_provider_endpoints=endpoints,
         alert_receivers=receivers,

@@ -113,6 +113,8 @@ class OperatorSettings:
     """`<namespace>/<name>` of the Flux GitRepository whose revisions sync the tenants' knowledge."""
     gitops_specs_dir: str | None = None
     """Where `tenants/` is inside that repository."""
+    audit_retention_days: int | None = None
+    """Days audit records are kept (0: forever); the operator's default when unset."""
 
     def env(self) -> list[Manifest]:
         """The operator's `AGENTPLANE_OPERATOR_*` settings infra sets (complex values as JSON)."""
@@ -133,6 +135,9 @@ class OperatorSettings:
             "AGENT_TOLERATIONS": _json([dict(t) for t in self.agent_tolerations]),
             "GITOPS_SOURCE": self.gitops_source,
             "GITOPS_SPECS_DIR": self.gitops_specs_dir,
+            "AUDIT_RETENTION_DAYS": None
+            if self.audit_retention_days is None
+            else str(self.audit_retention_days),
         }
         return [
             {"name": f"{ENV_PREFIX}{key}", "value": value}

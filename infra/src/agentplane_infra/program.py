@@ -226,6 +226,7 @@ def program(root: Path) -> dict[str, pulumi.Output[Any]]:
                 agent_tolerations=AGENT_TOLERATIONS,
                 gitops_source=f"{GITOPS_NAMESPACE}/{GITOPS_SOURCE}",
                 gitops_specs_dir=GITOPS_SPECS_DIR,
+                audit_retention_days=cfg.audit.retention_days,
             ),
         },
         # Images are pulled as the kubelet identity: the grant comes first.

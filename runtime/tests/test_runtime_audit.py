@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import pytest
-from runtime_support import Served, make_config, serve, tenant_name
+from runtime_support import CALCULATOR, Served, make_config, serve, tenant_name
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.audit import export, verify
+from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
+from agentplane_runtime.quotas import StaticLimits
+from support.fake_llm import FakeLLM, reply, tool_calls
 from support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
@@ -81,3 +85,72 @@ async def test_a_failed_authentication_and_a_denied_agent_are_audited(settings: 
     assert refused["actor_key_id"] == other_agent_key.split("_")[1]
     assert refused["actor_auth"] == "api_key"
     assert refused["request_id"] == "req-denied"
+
+
+async def test_tool_calls_are_audited_with_arguments_only_where_the_tool_opts_in(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    tenant = tenant_name()
+    logged = {**CALCULATOR, "name": "logged-calculator", "function_name": "logged", "record_arguments": True}
+    config = make_config(tenant, tools=[CALCULATOR, logged])
+    async with serve(audited(settings, tenant), config) as served:
+        key = await served.key(subject="dana")
+        client = openai.AsyncOpenAI(api_key=key, base_url=served.base_url, max_retries=0)
+        fake_llm.script(
+            "gpt-4o-mini",
+            [
+                tool_calls(("calculator", {"expression": "6*7"}), ("logged", {"expression": "1+1"})),
+                reply("42 and 2"),
+            ],
+        )
+        answer = await client.chat.completions.with_raw_response.create(
+            model="helper",
+            messages=[{"role": "user", "content": "compute"}],
+            extra_headers={"X-Request-ID": "req-tools"},
+        )
+        await client.close()
+        found = await wait_for_records(served, tenant, 2)
+        assert await verified(served, tenant)
+    assert answer.status_code == 200
+    by_tool = {r["target"]: r for r in found}
+    assert set(by_tool) == {"tool:calculator", "tool:logged-calculator"}
+    plain, kept = by_tool["tool:calculator"], by_tool["tool:logged-calculator"]
+    for record in (plain, kept):
+        assert record["action"] == "tool.called"
+        assert record["outcome"] == "success"
+        assert record["actor_subject"] == "dana"
+        assert record["request_id"] == "req-tools"
+        details = record["details"]
+        assert isinstance(details, dict)
+        assert details["result"] == "ok"
+        assert isinstance(details["duration_ms"], float | int)
+    assert "arguments" not in json.dumps(plain["details"])
+    assert isinstance(kept["details"], dict)
+    assert json.loads(str(kept["details"]["arguments"])) == {"expression": "1+1"}
+
+
+async def test_quota_and_budget_refusals_are_audited(settings: Settings, fake_llm: FakeLLM) -> None:
+    tenant = tenant_name()
+    limits = StaticLimits(
+        {tenant: QuotaLimits(tenant, tokens_per_minute=5, requests_per_minute=100, monthly_budget_usd=1.0)}
+    )
+    async with serve(audited(settings, tenant), make_config(tenant), limits=limits) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        with pytest.raises(openai.RateLimitError):  # needs more tokens than the tenant's minute allows
+            await client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}])
+        redis = served.runtime.redis
+        assert redis is not None
+        spend_keys = await redis.keys(f"agentplane:quota:{tenant}:spend:*")
+        assert len(spend_keys) == 1
+        await redis.set(spend_keys[0], "1.5")  # over the budget
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+        tokens, budget = await wait_for_records(served, tenant, 2)
+        assert await verified(served, tenant)
+    assert (tokens["action"], tokens["outcome"]) == ("quota.refused", "denied")
+    assert isinstance(tokens["details"], dict)
+    assert tokens["details"]["limit"] == "tokens_per_minute"
+    assert (budget["action"], budget["outcome"]) == ("budget.refused", "denied")
+    assert isinstance(budget["details"], dict)
+    assert budget["details"]["limit"] == "monthly_budget_usd"

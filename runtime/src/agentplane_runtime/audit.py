@@ -134,6 +134,52 @@ def audit_event(
     )
 
 
+ARGUMENTS_LIMIT = 4096
+"""Characters of a tool call's arguments an audit record keeps (where the Tool opts in)."""
+
+_TOOL_OUTCOMES = {"ok": AuditOutcome.SUCCESS, "denied": AuditOutcome.DENIED}
+
+
+def tool_call_event(
+    tenant: str,
+    agent: str,
+    actor: Actor,
+    tool: str,
+    outcome: str,
+    seconds: float,
+    arguments: str | None,
+) -> AuditEvent:
+    """A tool call (`tool.called`): the tool, the runtime's outcome (`ok`, `error`, `timeout`,
+    `denied`, `invalid_arguments`, `unknown`), the duration, and the arguments when given."""
+    details: dict[str, JsonValue] = {"tool": tool, "result": outcome, "duration_ms": round(seconds * 1000, 3)}
+    if arguments is not None:
+        details["arguments"] = arguments[:ARGUMENTS_LIMIT]
+        details["arguments_truncated"] = len(arguments) > ARGUMENTS_LIMIT
+    return audit_event(
+        AuditAction.TOOL_CALLED,
+        tenant=tenant,
+        actor=actor,
+        outcome=_TOOL_OUTCOMES.get(outcome, AuditOutcome.FAILURE),
+        agent=agent,
+        target=f"tool:{tool}",
+        details=details,
+    )
+
+
+def quota_refusal_event(tenant: str, agent: str, actor: Actor, limit: str, message: str) -> AuditEvent:
+    """A request refused by a quota (`quota.refused`) or the monthly budget (`budget.refused`)."""
+    budget = limit == "monthly_budget_usd"
+    return audit_event(
+        AuditAction.BUDGET_REFUSED if budget else AuditAction.QUOTA_REFUSED,
+        tenant=tenant,
+        actor=actor,
+        outcome=AuditOutcome.DENIED,
+        agent=agent,
+        target=f"agent:{agent}",
+        details={"limit": limit, "reason": message},
+    )
+
+
 class AuditLog:
     """Buffers audit events and writes them to the tenant chains in the background.
 
@@ -243,4 +289,14 @@ class AuditLog:
                 await asyncio.sleep(delay)
 
 
-__all__ = ["AUDIT_GROUP", "Actor", "AuditLog", "audit_event", "decode_event", "encode_event"]
+__all__ = [
+    "ARGUMENTS_LIMIT",
+    "AUDIT_GROUP",
+    "Actor",
+    "AuditLog",
+    "audit_event",
+    "decode_event",
+    "encode_event",
+    "quota_refusal_event",
+    "tool_call_event",
+]

@@ -81,10 +81,12 @@ local n = #KEYS - 1
 local budget = tonumber(ARGV[2 * n + 1])
 local ttl = tonumber(ARGV[2 * n + 2])
 local spend = 0
+local spent = '0'
 if budget >= 0 then
   local raw = redis.call('GET', KEYS[n + 1])
   if not raw then return {-1} end
   spend = tonumber(raw)
+  spent = raw
   if spend >= budget then return {0, 0, raw} end
 end
 for i = 1, n do
@@ -101,6 +103,7 @@ for i = 1, n do
   redis.call('EXPIRE', KEYS[i], ttl)
   out[#out + 1] = value
 end
+out[#out + 1] = spent
 return out
 """
 
@@ -142,7 +145,8 @@ class RedisQuotaBackend:
                 failed=failed,
                 values=tuple(int(value) if i == failed else 0 for i in range(len(counters))),
             )
-        return Acquired(ok=True, values=tuple(int(v) for v in result[1:]))
+        # the counters' new values, then the month's spend as text (a Lua number would be truncated)
+        return Acquired(ok=True, values=tuple(int(v) for v in result[1:-1]), spend=float(result[-1]))
 
     async def adjust(self, deltas: Sequence[tuple[str, int]]) -> None:
         deltas = [(k, d) for k, d in deltas if d]
@@ -295,6 +299,10 @@ class Reservation:
     spend_key: str
     headers: dict[str, str] = field(default_factory=dict)
     enforced: bool = True
+    budget_usd: float | None = None
+    """The tenant's monthly budget, when it has one."""
+    spent_usd: float = 0.0
+    """The tenant's spend this month when the request was admitted (known only with a budget)."""
 
 
 class QuotaExceeded(Exception):
@@ -379,7 +387,7 @@ class QuotaGate:
                 raise QuotaExceeded(
                     "monthly_budget_usd",
                     "the tenant's monthly budget is used up",
-                    {"Retry-After": str(math.ceil(to_month_end))},
+                    {"Retry-After": str(math.ceil(to_month_end)), "X-Budget-Remaining-USD": "0.000000"},
                 )
             name = names[result.failed]
             spec = counters[result.failed]
@@ -395,7 +403,12 @@ class QuotaGate:
                 message = f"the {scope}'s {what} per minute limit ({spec.limit}) is reached"
             raise QuotaExceeded(name, message, headers)
         return Reservation(
-            token_keys, tokens, spend_key, headers=self._headers(counters, names, result.values, reset)
+            token_keys,
+            tokens,
+            spend_key,
+            headers=self._headers(counters, names, result.values, reset),
+            budget_usd=budget if budget > 0 else None,
+            spent_usd=result.spend if budget > 0 else 0.0,
         )
 
     async def reserve_more(

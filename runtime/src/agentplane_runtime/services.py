@@ -271,6 +271,7 @@ async def build_runtime(
             knowledge=knowledge,
             tools=tools,
             telemetry=telemetry,
+            audit=audit,
         )
         runtime = Runtime(
             settings=settings,

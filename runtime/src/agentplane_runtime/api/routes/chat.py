@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from agentplane_runtime.agents import AgentNotFound
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, client_address
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ModelCard, ModelList
 from agentplane_runtime.chat import CONVERSATION_HEADER
 from agentplane_runtime.core.errors import ApiError
@@ -72,7 +72,12 @@ async def chat_completions(
 ) -> Response:
     setattr(request.state, _HANDLED, True)
     return await runtime.chat.handle(
-        agent, body, principal, request_id, conversation=request.headers.get(CONVERSATION_HEADER)
+        agent,
+        body,
+        principal,
+        request_id,
+        conversation=request.headers.get(CONVERSATION_HEADER),
+        source=client_address(request),
     )
 
 

@@ -66,7 +66,7 @@ class Notified:
         thresholds = sorted({t for t in notified if isinstance(t, int)}) if isinstance(notified, list) else []
         return cls(budget["month"], tuple(thresholds))
 
-    def as_status(self) -> dict[str, Any]:
+    def as_status(self) -> dict[str, str | list[int]]:
         return {"month": self.month, "notified": list(self.thresholds)}
 
 

@@ -1,7 +1,8 @@
 """The keys API (`/v1/keys`) on real PostgreSQL and Redis, with the OpenAI SDK for the chats: tenant
 admins create, list, revoke and rotate the tenant's keys; nobody else reaches it; another tenant's
 key is not found; a revoked key stops within the key cache interval; a rotated key works for the
-overlap, then stops; per-key limits set over the API hold; `agentplane keys rotate` does the same."""
+overlap, then stops; per-key limits set over the API hold; `agentplane keys rotate` does the same;
+each create, revoke and rotate, and each refusal, is in the tenant's audit trail."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import httpx
 import openai
 import pytest
 from runtime_support import Served, make_config, serve, tenant_name
+from sqlalchemy import Connection
 from test_runtime_auth import Issuer
 
+from agentplane_platform.audit import export, verify
 from agentplane_platform.cli import run
 from agentplane_platform.keys import create_api_key, get_api_key, list_api_keys, split_key
 from agentplane_runtime import Settings
@@ -371,3 +374,81 @@ async def test_cli_keys_rotate_on_the_runtimes_database(settings: Settings) -> N
             90_000,
             "active",
         )
+
+
+async def audit_records(served: Served, tenant: str, count: int) -> list[dict[str, object]]:
+    """The tenant's audit records once there are `count` (they are written in the background)."""
+
+    def read(connection: Connection) -> list[dict[str, object]]:
+        return [json.loads(line) for line in export(connection, tenant)]
+
+    async def enough() -> list[dict[str, object]] | None:
+        async with served.runtime.engine.connect() as connection:
+            found = await connection.run_sync(read)
+        return found if len(found) >= count else None
+
+    return await wait_for_async(f"{count} audit records of {tenant}", enough, timeout=20, interval=0.05)
+
+
+async def test_key_changes_and_refusals_are_audited(settings: Settings) -> None:
+    tenant = tenant_name()
+    # an audit stream of this test's own: the Redis server is shared
+    audited = settings.model_copy(update={"audit_stream": f"audit:{tenant}"})
+    async with serve(audited, make_config(tenant)) as served:
+        admin = await served.key(roles=["admin"], subject="alice")
+        user = await served.key(subject="bob")
+
+        async def step(token: str, method: str, path: str, body: object, request_id: str) -> httpx.Response:
+            async with httpx.AsyncClient(base_url=served.base_url) as http:
+                headers = {"Authorization": f"Bearer {token}", "X-Request-ID": request_id}
+                return await http.request(method, path, headers=headers, json=body)
+
+        created = await step(admin, "POST", "/keys", {"name": "app", "requests_per_minute": 9}, "req-create")
+        made = created.json()["id"]
+        rotated = await step(admin, "POST", f"/keys/{made}/rotate", {"overlap_seconds": 60}, "req-rotate")
+        new = rotated.json()["id"]
+        assert (await step(admin, "DELETE", f"/keys/{new}", None, "req-revoke")).status_code == 204
+        assert (await step(user, "POST", "/keys", {"name": "mine"}, "req-denied")).status_code == 403
+        # what changed nothing leaves no key record: a second revoke, an unknown key
+        assert (await step(admin, "DELETE", f"/keys/{new}", None, "req-again")).status_code == 204
+        assert (await step(admin, "DELETE", "/keys/0123456789abcdef", None, "req-none")).status_code == 404
+        assert (created.status_code, rotated.status_code) == (201, 201)
+        found = await audit_records(served, tenant, 4)
+        async with served.runtime.engine.connect() as connection:
+            (report,) = await connection.run_sync(lambda c: verify(c, tenant))
+        assert report.ok, report.problems
+    assert [(r["action"], r["request_id"]) for r in found] == [
+        ("key.created", "req-create"),
+        ("key.rotated", "req-rotate"),
+        ("key.revoked", "req-revoke"),
+        ("access.denied", "req-denied"),
+    ]
+    create, rotate, revoke, denied = found
+    for record in (create, rotate, revoke):
+        assert record["outcome"] == "success"
+        assert (record["actor_subject"], record["actor_key_id"]) == ("alice", key_id(admin))
+        assert record["actor_auth"] == "api_key"
+        assert record["agent"] == "helper"
+        assert record["source"] == "127.0.0.1"
+    assert (create["target"], rotate["target"], revoke["target"]) == (
+        f"key:{made}",
+        f"key:{made}",
+        f"key:{new}",
+    )
+    assert create["details"] == {
+        "name": "app",
+        "agents": None,
+        "roles": [],
+        "expires_at": None,
+        "tokens_per_minute": None,
+        "requests_per_minute": 9,
+    }
+    rotate_details = rotate["details"]
+    assert isinstance(rotate_details, dict)
+    assert (rotate_details["new_key_id"], rotate_details["overlap_seconds"]) == (new, 60)
+    assert rotate_details["old_expires_at"] is not None
+    assert revoke["details"] == {"name": "app"}
+    assert (denied["outcome"], denied["actor_subject"], denied["target"]) == ("denied", "bob", "keys")
+    # no secret reaches the trail
+    for key in (admin, user, created.json()["key"], rotated.json()["key"]):
+        assert key.split("_", 2)[2] not in json.dumps(found)

@@ -8,15 +8,18 @@ holds: roles it has not, or agents beyond those its own key is limited to.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
+from agentplane_platform.audit import AuditAction, AuditOutcome
+from agentplane_platform.jsontypes import JsonValue
 from agentplane_platform.keys import (
     MAX_ROTATION_OVERLAP,
     KeyInfo,
@@ -29,9 +32,12 @@ from agentplane_platform.keys import (
     rotate_api_key,
     split_key,
 )
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep
+from agentplane_runtime.agents import AgentContext
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, actor
+from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
 from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.services import Runtime
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -126,14 +132,41 @@ def _public(key: KeyInfo) -> KeyPublic:
     )
 
 
-def require_admin(agent: CurrentAgent, principal: CurrentPrincipal) -> Principal:
-    """The caller, when it is an admin of the agent's tenant (403 otherwise)."""
+async def _denied(
+    request: Request, runtime: Runtime, agent: AgentContext, principal: Principal, error: ApiError
+) -> ApiError:
+    """`error` (a 403), once it is in the audit trail as `access.denied`."""
+    config = agent.config
+    await runtime.audit.record(
+        audit_event(
+            AuditAction.ACCESS_DENIED,
+            tenant=config.tenant,
+            actor=actor(request, principal),
+            outcome=AuditOutcome.DENIED,
+            agent=config.agent,
+            target="keys",
+            details={"reason": error.message, "path": request.url.path, "method": request.method},
+        )
+    )
+    return error
+
+
+async def require_admin(
+    request: Request, agent: CurrentAgent, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Principal:
+    """The caller, when it is an admin of the agent's tenant (403 otherwise, audited)."""
     if not principal.is_admin(agent.config.tenant):
-        raise ApiError(
-            403,
-            "only an admin of the tenant may manage its API keys",
-            type="permission_error",
-            code="forbidden",
+        raise await _denied(
+            request,
+            runtime,
+            agent,
+            principal,
+            ApiError(
+                403,
+                "only an admin of the tenant may manage its API keys",
+                type="permission_error",
+                code="forbidden",
+            ),
         )
     return principal
 
@@ -152,12 +185,14 @@ def grantable_roles(principal: Principal, tenant: str) -> frozenset[str]:
     return frozenset(r.removeprefix(prefix) for r in principal.roles if r.startswith(prefix)) & KEY_ROLES
 
 
-def _within_creator(principal: Principal, tenant: str, roles: list[str], agents: list[str] | None) -> None:
-    """Refuse a key that would hold more than its creator: a role it has not, or agents beyond the
-    ones its own key is limited to."""
+def _beyond_creator(
+    principal: Principal, tenant: str, roles: list[str], agents: list[str] | None
+) -> ApiError | None:
+    """The refusal of a key that would hold more than its creator (a role it has not, or agents
+    beyond the ones its own key is limited to); None when it holds no more."""
     missing = sorted(set(roles) - grantable_roles(principal, tenant))
     if missing:
-        raise ApiError(
+        return ApiError(
             403,
             f"a key cannot be given roles its creator does not hold: {', '.join(missing)}",
             type="permission_error",
@@ -165,7 +200,7 @@ def _within_creator(principal: Principal, tenant: str, roles: list[str], agents:
             param="roles",
         )
     if principal.agents is not None and (agents is None or not set(agents) <= principal.agents):
-        raise ApiError(
+        return ApiError(
             403,
             "a key cannot reach agents its creator's key cannot: name agents among "
             f"{', '.join(sorted(principal.agents))}",
@@ -173,6 +208,33 @@ def _within_creator(principal: Principal, tenant: str, roles: list[str], agents:
             code="forbidden",
             param="agents",
         )
+    return None
+
+
+async def _record(
+    request: Request,
+    runtime: Runtime,
+    agent: AgentContext,
+    principal: Principal,
+    action: AuditAction,
+    key_id: str,
+    details: Mapping[str, JsonValue],
+) -> None:
+    config = agent.config
+    await runtime.audit.record(
+        audit_event(
+            action,
+            tenant=config.tenant,
+            actor=actor(request, principal),
+            agent=config.agent,
+            target=f"key:{key_id}",
+            details=details,
+        )
+    )
+
+
+def _moment(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _not_found() -> ApiError:
@@ -193,10 +255,12 @@ def _key_id(key: str) -> str:
 
 @router.post("", status_code=201, summary="Create a key of the tenant; the key is in this response only")
 async def create_key(
-    body: KeyCreate, agent: CurrentAgent, principal: TenantAdmin, runtime: RuntimeDep
+    request: Request, body: KeyCreate, agent: CurrentAgent, principal: TenantAdmin, runtime: RuntimeDep
 ) -> KeyCreated:
     tenant = agent.config.tenant
-    _within_creator(principal, tenant, list(body.roles), body.agents)
+    beyond = _beyond_creator(principal, tenant, list(body.roles), body.agents)
+    if beyond is not None:
+        raise await _denied(request, runtime, agent, principal, beyond)
     if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
         raise ApiError(400, "expires_at: the key would expire in the past", param="expires_at")
     try:
@@ -214,6 +278,22 @@ async def create_key(
     except (SQLAlchemyError, OSError):
         raise _unavailable() from None
     assert info is not None
+    await _record(
+        request,
+        runtime,
+        agent,
+        principal,
+        AuditAction.KEY_CREATED,
+        info.id,
+        {
+            "name": info.name,
+            "agents": list(info.agents) if info.agents is not None else None,
+            "roles": list(info.roles),
+            "expires_at": _moment(info.expires_at),
+            "tokens_per_minute": info.tokens_per_minute,
+            "requests_per_minute": info.requests_per_minute,
+        },
+    )
     return KeyCreated(**_public(info).model_dump(), key=key)
 
 
@@ -228,15 +308,20 @@ async def list_keys(agent: CurrentAgent, principal: TenantAdmin, runtime: Runtim
 
 @router.delete("/{key_id}", status_code=204, summary="Revoke a key (it stops within the key cache interval)")
 async def revoke_key(
-    key_id: str, agent: CurrentAgent, principal: TenantAdmin, runtime: RuntimeDep
+    request: Request, key_id: str, agent: CurrentAgent, principal: TenantAdmin, runtime: RuntimeDep
 ) -> Response:
     tenant = agent.config.tenant
     try:
-        if await get_api_key(runtime.engine, key_id=key_id, tenant=tenant) is None:
+        info = await get_api_key(runtime.engine, key_id=key_id, tenant=tenant)
+        if info is None:
             raise _not_found()
-        await revoke_api_key(runtime.engine, key_id=key_id, tenant=tenant)  # False: revoked already
+        revoked = await revoke_api_key(runtime.engine, key_id=key_id, tenant=tenant)
     except (SQLAlchemyError, OSError):
         raise _unavailable() from None
+    if revoked:  # else it was revoked already: nothing happened, nothing to audit
+        await _record(
+            request, runtime, agent, principal, AuditAction.KEY_REVOKED, key_id, {"name": info.name}
+        )
     return Response(status_code=204)
 
 
@@ -246,6 +331,7 @@ async def revoke_key(
     summary="Replace a key by a new one (in this response only); the old one works for the overlap",
 )
 async def rotate_key(
+    request: Request,
     key_id: str,
     agent: CurrentAgent,
     principal: TenantAdmin,
@@ -253,14 +339,18 @@ async def rotate_key(
     body: KeyRotate | None = None,
 ) -> KeyRotated:
     tenant = agent.config.tenant
-    overlap = timedelta(seconds=(body or KeyRotate()).overlap_seconds)
+    overlap_seconds = (body or KeyRotate()).overlap_seconds
     try:
         old = await get_api_key(runtime.engine, key_id=key_id, tenant=tenant)
         if old is None:
             raise _not_found()
-        _within_creator(principal, tenant, old.roles, old.agents)
+        beyond = _beyond_creator(principal, tenant, old.roles, old.agents)
+        if beyond is not None:
+            raise await _denied(request, runtime, agent, principal, beyond)
         try:
-            key = await rotate_api_key(runtime.engine, key_id=key_id, tenant=tenant, overlap=overlap)
+            key = await rotate_api_key(
+                runtime.engine, key_id=key_id, tenant=tenant, overlap=timedelta(seconds=overlap_seconds)
+            )
         except KeyNotRotatable as exc:
             raise ApiError(409, str(exc), code="key_not_active") from None
         if key is None:
@@ -271,6 +361,21 @@ async def rotate_key(
         raise _unavailable() from None
     assert new is not None
     assert old is not None
+    await _record(
+        request,
+        runtime,
+        agent,
+        principal,
+        AuditAction.KEY_ROTATED,
+        key_id,
+        {
+            "name": old.name,
+            "new_key_id": new.id,
+            "overlap_seconds": overlap_seconds,
+            "old_expires_at": _moment(old.expires_at),
+            "new_expires_at": _moment(new.expires_at),
+        },
+    )
     return KeyRotated(
         **_public(new).model_dump(), key=key, replaces=key_id, replaced_expires_at=old.expires_at
     )

@@ -19,7 +19,10 @@ from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import UsageRecord
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
+from agentplane_runtime.llm import Price, price_of
+from agentplane_runtime.offline import PRICE, offline_model
 from agentplane_runtime.quotas import WINDOW_SECONDS
+from support.example_specs import example_config, load_example_specs
 from support.fake_llm import FakeLLM, reply
 from support.services import Server
 from support.waiting import wait_for_async
@@ -219,3 +222,19 @@ async def test_an_embedding_model_without_a_price_refuses_the_chat(
         await client.close()
     assert "'openai/house-embedder' has no price" in str(caught.value)
     assert fake_llm.requests == []
+
+
+async def test_every_model_of_the_example_specs_has_a_price() -> None:
+    """The example agents' models and provider embedding models are priced by litellm (the offline
+    model of `agentplane up` declares its own 0): nothing in `specs/` is refused for want of one."""
+    specs = load_example_specs()
+    for namespace, name in specs.agents:
+        config = example_config(specs, namespace, name)
+        models = [config.model.name, *config.model.fallbacks]
+        models += [
+            kb.embedding_model for kb in config.knowledge if not kb.embedding_model.startswith("local/")
+        ]
+        for model in models:
+            assert price_of(model, config.model_prices, {}) is not None, (name, model)
+            assert price_of(offline_model(model), {}, {}) == Price("runtime", PRICE)
+    assert price_of("openai/house-model", {}, {}) is None

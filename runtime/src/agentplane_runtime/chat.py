@@ -704,13 +704,16 @@ class ChatService:
             timeout = max(0.01, min(float(tool.timeout_seconds), remaining))
 
             async def retrieve(query: str) -> str:
-                hits = await self.knowledge.search(
-                    config.tenant,
-                    list(config.knowledge),
-                    state.principal,
-                    query,
-                    meter=ChatEmbeddingMeter(self, state),
-                )
+                try:
+                    hits = await self.knowledge.search(
+                        config.tenant,
+                        list(config.knowledge),
+                        state.principal,
+                        query,
+                        meter=ChatEmbeddingMeter(self, state),
+                    )
+                except ApiError as exc:  # the query's embedding was refused (no tokens left): not sent
+                    raise ToolError(exc.message) from None
                 return json.dumps(
                     [{"source": h.source, "score": round(h.score, 4), "text": h.text} for h in hits[:8]]
                 )

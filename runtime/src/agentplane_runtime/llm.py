@@ -281,6 +281,7 @@ class LLMClient:
         self.metrics = metrics
         self.tracer = tracer
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._unpriced: set[tuple[str, str]] = set()
         litellm.suppress_debug_info = True
         litellm.drop_params = True
         # token counts for quota reservations never download a tokenizer: the models litellm would
@@ -306,12 +307,11 @@ class LLMClient:
         targets = [self.target(m) for m in models]
         priced = [t for t in targets if self.price(caller, t) is not None]
         for target in targets:
-            if target not in priced:
+            unpriced = (caller.tenant, target)
+            if target not in priced and unpriced not in self._unpriced:
+                self._unpriced.add(unpriced)  # said once per tenant and model, not on every request
                 log.warning(
-                    "model %s of %s/%s has no price: its calls are refused",
-                    target,
-                    caller.tenant,
-                    caller.agent,
+                    "model %s of tenant %s has no price: its calls are refused", target, caller.tenant
                 )
         if not priced:
             raise price_unknown(targets[0])

@@ -185,7 +185,11 @@ def applied(platform: Platform, tools: dict[str, ToolServer]) -> dict[str, float
     started = time.monotonic()
     platform.apply(
         tenant(
-            "e2e", egress=[{"cidr": f"{INSIDE}/32", "ports": [TOOL_PORT]}], knowledgeBases=[KNOWLEDGE_BASE]
+            "e2e",
+            egress=[{"cidr": f"{INSIDE}/32", "ports": [TOOL_PORT]}],
+            knowledgeBases=[KNOWLEDGE_BASE],
+            # the fake upstream's own model: litellm has no price for it, so the tenant declares one
+            modelPrices={TOOLS_MODEL: {"inputPerMillionTokens": 0, "outputPerMillionTokens": 0}},
         ),
         tenant("e2e-other"),
         tenant(

@@ -154,3 +154,59 @@ async def test_quota_and_budget_refusals_are_audited(settings: Settings, fake_ll
     assert (budget["action"], budget["outcome"]) == ("budget.refused", "denied")
     assert isinstance(budget["details"], dict)
     assert budget["details"]["limit"] == "monthly_budget_usd"
+
+
+async def test_documents_uploaded_shared_and_deleted_are_audited(settings: Settings) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant, knowledge=["docs"])
+    async with serve(audited(settings, tenant, ensure_collections=True), config) as served:
+        owner = await served.key(subject="erin")
+        stranger = await served.key(subject="frank")
+        async with httpx.AsyncClient(base_url=served.base_url) as http:
+            uploaded = await http.post(
+                "/knowledge/docs/documents",
+                files={"file": ("notes.md", b"# Notes\n\nThe launch is on Tuesday.", "text/markdown")},
+                data={"visibility": "shared", "shared_with": ["grace", "team-a"], "doc_id": "notes"},
+                headers={"Authorization": f"Bearer {owner}", "X-Request-ID": "req-upload"},
+            )
+            assert uploaded.status_code == 201, uploaded.text
+            refused = await http.delete(
+                "/knowledge/docs/documents/notes", headers={"Authorization": f"Bearer {stranger}"}
+            )
+            deleted = await http.delete(
+                "/knowledge/docs/documents/notes", headers={"Authorization": f"Bearer {owner}"}
+            )
+        assert (refused.status_code, deleted.status_code) == (404, 204)  # a stranger does not see it
+        found = await wait_for_records(served, tenant, 3)
+        assert await verified(served, tenant)
+    assert [(r["action"], r["outcome"], r["actor_subject"]) for r in found] == [
+        ("document.uploaded", "success", "erin"),
+        ("document.shared", "success", "erin"),
+        ("document.deleted", "success", "erin"),
+    ]
+    assert {r["target"] for r in found} == {"document:docs/notes"}
+    assert found[0]["request_id"] == "req-upload"
+    shared = found[1]["details"]
+    assert isinstance(shared, dict)
+    assert shared["shared_with"] == ["grace", "team-a"]
+
+
+async def test_an_upload_refused_by_the_rules_is_audited(settings: Settings) -> None:
+    tenant = tenant_name()
+    config = make_config(tenant, knowledge=["docs"])
+    async with serve(audited(settings, tenant, ensure_collections=True), config) as served:
+        user = await served.key(subject="henry")
+        async with httpx.AsyncClient(base_url=served.base_url) as http:
+            refused = await http.post(
+                "/knowledge/docs/documents",
+                files={"file": ("all.md", b"# For everyone", "text/markdown")},
+                data={"visibility": "org"},
+                headers={"Authorization": f"Bearer {user}"},
+            )
+        assert refused.status_code == 403
+        (record,) = await wait_for_records(served, tenant, 1)
+    assert (record["action"], record["outcome"], record["actor_subject"]) == (
+        "access.denied",
+        "denied",
+        "henry",
+    )

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.responses import Response
 
+from agentplane_platform.audit import AuditAction, AuditOutcome, JsonValue
 from agentplane_platform.config import ResolvedKnowledge
 from agentplane_runtime.agents import AgentContext
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, actor
 from agentplane_runtime.api.schemas import DocumentList, DocumentPublic, QueryHit, QueryRequest, QueryResponse
+from agentplane_runtime.audit import audit_event
+from agentplane_runtime.auth import Principal
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
 from agentplane_runtime.retrieval import DocumentInfo, RetrievalUnavailable
+from agentplane_runtime.services import Runtime
 
 router = APIRouter(prefix="/knowledge", tags=["knowledge"])
 
@@ -51,8 +55,50 @@ def _unavailable() -> ApiError:
     )
 
 
+async def _audit(
+    request: Request,
+    runtime: Runtime,
+    agent: AgentContext,
+    principal: Principal,
+    action: AuditAction,
+    target: str,
+    details: dict[str, JsonValue],
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+) -> None:
+    config = agent.config
+    await runtime.audit.record(
+        audit_event(
+            action,
+            tenant=config.tenant,
+            actor=actor(request, principal),
+            outcome=outcome,
+            agent=config.agent,
+            target=target,
+            details=details,
+        )
+    )
+
+
+async def _denied(
+    request: Request, runtime: Runtime, agent: AgentContext, principal: Principal, target: str, reason: str
+) -> ApiError:
+    """The 403 of `reason`, audited as `access.denied`."""
+    await _audit(
+        request,
+        runtime,
+        agent,
+        principal,
+        AuditAction.ACCESS_DENIED,
+        target,
+        {"reason": reason, "path": request.url.path},
+        AuditOutcome.DENIED,
+    )
+    return ApiError(403, reason, type="permission_error")
+
+
 @router.post("/{kb}/documents", status_code=201, summary="Upload a document (text, markdown, HTML or PDF)")
 async def upload_document(
+    request: Request,
     kb: str,
     agent: CurrentAgent,
     principal: CurrentPrincipal,
@@ -68,9 +114,15 @@ async def upload_document(
 ) -> DocumentPublic:
     base = _kb(agent, kb)
     tenant = agent.config.tenant
+    target = f"document:{kb}/{doc_id or '(new)'}"
     if visibility == "org" and not principal.is_admin(tenant):
-        raise ApiError(
-            403, "only an admin of the tenant may publish a document org-wide", type="permission_error"
+        raise await _denied(
+            request,
+            runtime,
+            agent,
+            principal,
+            target,
+            "only an admin of the tenant may publish a document org-wide",
         )
     data = await file.read()
     kind = detect_kind(file.filename or "", file.content_type)
@@ -90,7 +142,9 @@ async def upload_document(
                 and existing.owner != principal.subject
                 and not principal.is_admin(tenant)
             ):
-                raise ApiError(403, "the document belongs to someone else", type="permission_error")
+                raise await _denied(
+                    request, runtime, agent, principal, target, "the document belongs to someone else"
+                )
         info = await runtime.knowledge.add_document(
             tenant,
             base,
@@ -104,6 +158,17 @@ async def upload_document(
         )
     except RetrievalUnavailable:
         raise _unavailable() from None
+    target = f"document:{kb}/{info.doc_id}"
+    uploaded: dict[str, JsonValue] = {
+        "knowledge_base": kb,
+        "source": info.source,
+        "visibility": info.visibility,
+        "chunks": info.chunks,
+    }
+    await _audit(request, runtime, agent, principal, AuditAction.DOCUMENT_UPLOADED, target, uploaded)
+    if info.shared_with:
+        shared_details: dict[str, JsonValue] = {"knowledge_base": kb, "shared_with": list(info.shared_with)}
+        await _audit(request, runtime, agent, principal, AuditAction.DOCUMENT_SHARED, target, shared_details)
     return _public(info)
 
 
@@ -121,21 +186,34 @@ async def list_documents(
 
 @router.delete("/{kb}/documents/{doc_id}", status_code=204, summary="Delete a document and all its chunks")
 async def delete_document(
-    kb: str, doc_id: str, agent: CurrentAgent, principal: CurrentPrincipal, runtime: RuntimeDep
+    request: Request,
+    kb: str,
+    doc_id: str,
+    agent: CurrentAgent,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
 ) -> Response:
     base = _kb(agent, kb)
     tenant = agent.config.tenant
+    target = f"document:{kb}/{doc_id}"
     try:
         doc = await runtime.knowledge.get_document(tenant, base, principal, doc_id)
         if doc is None:
             raise ApiError(404, "no such document", type="not_found_error", code="document_not_found")
         if doc.owner != principal.subject and not principal.is_admin(tenant):
-            raise ApiError(
-                403, "only the owner or an admin may delete this document", type="permission_error"
+            raise await _denied(
+                request,
+                runtime,
+                agent,
+                principal,
+                target,
+                "only the owner or an admin may delete this document",
             )
         await runtime.knowledge.delete_document(tenant, base, doc_id)
     except RetrievalUnavailable:
         raise _unavailable() from None
+    deleted: dict[str, JsonValue] = {"knowledge_base": kb, "owner": doc.owner, "source": doc.source}
+    await _audit(request, runtime, agent, principal, AuditAction.DOCUMENT_DELETED, target, deleted)
     return Response(status_code=204)
 
 

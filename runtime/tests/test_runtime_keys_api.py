@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import openai
 import pytest
-from runtime_support import Served, make_config, serve, tenant_name
+from runtime_support import Served, free_port, make_config, serve, tenant_name
 from sqlalchemy import Connection
 from test_runtime_auth import Issuer
 
 from agentplane_platform.audit import export, verify
 from agentplane_platform.cli import run
+from agentplane_platform.db import create_engine
 from agentplane_platform.keys import create_api_key, get_api_key, list_api_keys, split_key
 from agentplane_runtime import Settings
 from agentplane_runtime.api.routes.keys import grantable_roles
@@ -452,3 +453,29 @@ async def test_key_changes_and_refusals_are_audited(settings: Settings) -> None:
     # no secret reaches the trail
     for key in (admin, user, created.json()["key"], rotated.json()["key"]):
         assert key.split("_", 2)[2] not in json.dumps(found)
+
+
+async def test_an_unreachable_key_store_is_a_503_with_the_request_id(settings: Settings) -> None:
+    async with serve(settings, make_config(tenant_name())) as served:
+        admin = await served.key(roles=["admin"])
+        assert (await call(served, admin, "GET", "/keys")).status_code == 200
+        # the routes' database stops answering (the key verifier keeps its own engine, so the caller
+        # still authenticates)
+        working = served.runtime.engine
+        gone = create_engine(f"postgresql://agentplane@127.0.0.1:{free_port()}/gone")
+        served.runtime.engine = gone
+        try:
+            answers = [
+                await call(served, admin, "POST", "/keys", {"name": "x"}),
+                await call(served, admin, "GET", "/keys"),
+                await call(served, admin, "DELETE", f"/keys/{key_id(admin)}"),
+                await call(served, admin, "POST", f"/keys/{key_id(admin)}/rotate"),
+            ]
+        finally:
+            served.runtime.engine = working
+            await gone.dispose()
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert answer.json()["error"]["request_id"] == answer.headers["x-request-id"]
+        assert (await call(served, admin, "GET", "/keys")).status_code == 200

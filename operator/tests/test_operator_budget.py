@@ -41,8 +41,8 @@ def test_a_jump_past_both_thresholds_warns_of_the_highest_and_records_both() -> 
     assert decide(DEC, 1.05, jump.record) == Decision()
 
 
-def test_below_80_percent_nothing_is_sent_but_the_month_is_recorded() -> None:
-    assert decide(DEC, 0.5, None) == Decision(record=Notified(DEC, ()), warn=())
+def test_below_80_percent_nothing_is_sent_nor_written() -> None:
+    assert decide(DEC, 0.5, None) == Decision()
     assert decide(DEC, 0.79, Notified(DEC, ())) == Decision()
 
 

@@ -113,6 +113,7 @@ def test_the_tenant_is_warned_once_at_80_and_once_at_100_percent(
         stores.spend(0.5)
         wait_for("the share used at 25 %", lambda: _used(operator) == pytest.approx(0.25), timeout=30)
         assert _warnings(k8s) == []
+        assert _budget_status(k8s) is None  # nothing to record: no write
 
         stores.spend(1.2)  # 85 %
         wait_for(

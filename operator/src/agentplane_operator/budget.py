@@ -84,20 +84,24 @@ def decide(month: str, share: float | None, notified: Notified | None) -> Decisi
     when `notified` is what was already sent.
 
     Each threshold reached is warned of once per month; what was sent in another month does not
-    count (a new month starts with none, and its record replaces the old one even before a
-    threshold is reached). A spend that jumps past several thresholds at once gets one warning, the
-    highest (a tenant that runs out is not also told it reached 80 %); the lower ones are recorded as
-    reached, so they never come later. A threshold stays recorded when the share falls back below
-    it (a larger budget, say) and is not warned of again that month."""
+    count. A spend that jumps past several thresholds at once gets one warning, the highest (a
+    tenant that runs out is not also told it reached 80 %); the lower ones are recorded as reached,
+    so they never come later. A threshold stays recorded when the share falls back below it (a
+    larger budget, say) and is not warned of again that month.
+
+    The record is written only with a warning, or to reset a record of another month: a Tenant
+    below 80 % with nothing recorded costs no write (a reconcile that changes nothing writes
+    nothing)."""
     if share is None:
         return Decision()
     already = notified.thresholds if notified is not None and notified.month == month else ()
     reached = [t for t in THRESHOLDS if share * 100 >= t]
     new = [t for t in reached if t not in already]
-    record = Notified(month, tuple(sorted({*already, *reached})))
-    if record == notified:
-        return Decision()
-    return Decision(record=record, warn=(max(new),) if new else ())
+    if new:
+        return Decision(record=Notified(month, tuple(sorted({*already, *reached}))), warn=(max(new),))
+    if notified is not None and notified.month != month:
+        return Decision(record=Notified(month))
+    return Decision()
 
 
 def _money(value: float) -> str:

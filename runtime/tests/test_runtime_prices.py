@@ -238,3 +238,25 @@ async def test_every_model_of_the_example_specs_has_a_price() -> None:
             assert price_of(model, config.model_prices, {}) is not None, (name, model)
             assert price_of(offline_model(model), {}, {}) == Price("runtime", PRICE)
     assert price_of("openai/house-model", {}, {}) is None
+
+
+async def test_which_price_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant's declaration, else the platform's (`AGENTPLANE_MODEL_PRICES`, JSON), else litellm's."""
+    monkeypatch.setenv(
+        "AGENTPLANE_MODEL_PRICES",
+        '{"openai/house-model": {"inputPerMillionTokens": 2, "outputPerMillionTokens": 8},'
+        ' "openai/gpt-4o-mini": {"inputPerMillionTokens": 0, "outputPerMillionTokens": 0}}',
+    )
+    platform = Settings().model_prices
+    tenant = {"openai/house-model": ModelPrice(input_per_million_tokens=1, output_per_million_tokens=4)}
+    house = price_of("openai/house-model", tenant, platform)
+    assert house == Price("tenant", tenant["openai/house-model"])
+    assert house.cost("openai/house-model", 1_000_000, 500_000) == pytest.approx(3.0)
+    from_platform = price_of("openai/house-model", {}, platform)
+    assert from_platform is not None
+    assert from_platform.source == "platform"
+    assert from_platform.cost("openai/house-model", 1_000_000, 500_000) == pytest.approx(6.0)
+    assert price_of("openai/gpt-4o-mini", {}, platform) == Price("platform", platform["openai/gpt-4o-mini"])
+    litellm_price = price_of("openai/gpt-4o-mini", {}, {})
+    assert litellm_price == Price("litellm")
+    assert litellm_price.cost("openai/gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import litellm
 import openai
 import pytest
 from redis.asyncio import Redis
@@ -19,7 +20,7 @@ from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import UsageRecord
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
-from agentplane_runtime.llm import Price, price_of
+from agentplane_runtime.llm import Price, count_tokens, price_of
 from agentplane_runtime.offline import PRICE, offline_model
 from agentplane_runtime.quotas import WINDOW_SECONDS
 from support.example_specs import example_config, load_example_specs
@@ -260,3 +261,20 @@ async def test_which_price_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     litellm_price = price_of("openai/gpt-4o-mini", {}, {})
     assert litellm_price == Price("litellm")
     assert litellm_price.cost("openai/gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
+
+
+async def test_a_prompt_is_counted_by_litellm_and_never_under_reserved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    messages = [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "What is a quota? " * 50},
+    ]
+    counted = count_tokens("openai/gpt-4o-mini", messages, None)
+    assert 200 < counted < len(str(messages)) // 2  # a tokenizer's count, far below one token a byte
+
+    def broken(**_: object) -> int:
+        raise ValueError("a shape the counter does not handle")
+
+    monkeypatch.setattr(litellm, "token_counter", broken)
+    assert count_tokens("openai/gpt-4o-mini", messages, None) > len(str(messages)) // 2  # bytes, then

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import json
 import logging
 import math
 import random
@@ -217,8 +218,17 @@ def count_tokens(model: str, messages: list[dict[str, Any]], tools: list[dict[st
     """litellm's count of the prompt tokens of a call to `model`: its messages (with the per-message
     overhead) and its tool definitions. litellm counts offline with the tokenizer it bundles; the
     models whose own tokenizer it would download from the Hugging Face hub (Llama, Command R) are
-    counted with that bundled one too (`LLMClient` turns the download off)."""
-    return int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+    counted with that bundled one too (`LLMClient` turns the download off). Should litellm fail to
+    count them, one token per byte of their JSON: more than any tokenizer counts, never fewer."""
+    try:
+        return int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+    except (
+        Exception
+    ) as exc:  # a shape litellm's counter does not handle: over-reserve, never fail the request
+        log.warning(
+            "litellm could not count the tokens of a call to %s (%s: %s)", model, type(exc).__name__, exc
+        )
+        return len(json.dumps([messages, tools], default=str).encode())
 
 
 def count_text_tokens(model: str, texts: list[str]) -> int:

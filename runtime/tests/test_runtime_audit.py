@@ -4,7 +4,9 @@ once it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,15 +14,19 @@ import pytest
 from runtime_support import CALCULATOR, Served, make_config, serve, tenant_name
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
+from test_runtime_usage import own_postgres, restart, stop
 
 from agentplane_platform.audit import export, verify
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
 from agentplane_runtime.quotas import StaticLimits
 from support.fake_llm import FakeLLM, reply, tool_calls
+from support.services import Server
 from support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+
+__all__ = ["own_postgres"]  # a fixture of the outage test, shared with the usage tests
 
 Record = dict[str, object]
 
@@ -210,3 +216,43 @@ async def test_an_upload_refused_by_the_rules_is_audited(settings: Settings) -> 
         "denied",
         "henry",
     )
+
+
+async def test_no_audit_record_is_lost_while_postgres_is_down(
+    own_postgres: Server, settings: Settings, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    tenant = tenant_name()
+    local = audited(settings, tenant, database_url=own_postgres.url, usage_stream=f"usage:{tenant}")
+    async with serve(local, make_config(tenant, tools=[CALCULATOR])) as served:
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        calculate = tool_calls(("calculator", {"expression": "2+2"}))
+        fake_llm.script("gpt-4o-mini", [calculate, reply("4")])
+        await client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "2+2?"}])
+        assert len(await wait_for_records(served, tenant, 1)) == 1
+        await asyncio.to_thread(stop, own_postgres)
+        # the database is down: the key was verified before, so chats and their tool calls go on
+        fake_llm.script("gpt-4o-mini", [calculate, reply("4")] * 5)
+        for _ in range(5):
+            await client.chat.completions.create(
+                model="helper", messages=[{"role": "user", "content": "2+2?"}]
+            )
+        async with httpx.AsyncClient(base_url=served.base_url) as http:
+            for _ in range(3):
+                wrong = await http.get("/models", headers={"Authorization": "Bearer not-a-key"})
+                assert wrong.status_code == 401
+        redis = served.runtime.redis
+        assert redis is not None
+        stream = f"audit:{tenant}"
+        deadline = asyncio.get_running_loop().time() + 10
+        while await redis.xlen(stream) < 8 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # the writer leaves the events in the stream as it fails
+        assert await redis.xlen(stream) == 8
+        await asyncio.to_thread(restart, own_postgres, tmp_path / "postgres-restart.log")
+        found = await wait_for_records(served, tenant, 9, timeout=30)
+        assert await verified(served, tenant)
+        assert await redis.xlen(stream) == 0
+        await client.close()
+    assert len(found) == 9
+    assert [r["action"] for r in found].count("tool.called") == 6
+    assert [r["action"] for r in found].count("auth.failed") == 3
+    assert [r["seq"] for r in found] == list(range(1, 10))

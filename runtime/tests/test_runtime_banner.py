@@ -16,7 +16,9 @@ import pytest
 
 from agentplane_platform.config import AgentConfig
 from agentplane_runtime import Settings
-from agentplane_runtime.local import banner, load_specs, local_settings
+from agentplane_runtime.local import local_settings
+from agentplane_runtime.local_banner import banner
+from agentplane_runtime.local_specs import load_specs
 from agentplane_runtime.terminal import chat_command_line
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from runtime_support import free_port, make_config, serve, tenant_name
 from agentplane_platform.api.v1alpha1 import EgressRule
 from agentplane_platform.mcp import McpDenied, McpSession, McpSessionExpired, discover_parameters
 from agentplane_runtime import Settings
-from agentplane_runtime.local import LocalDiscovery, load_specs
+from agentplane_runtime.local_specs import LocalDiscovery, load_specs
 from agentplane_runtime.tools import SecretReader
 from support.fake_llm import FakeLLM, reply, tool_calls
 from support.mcp_server import orders_mcp

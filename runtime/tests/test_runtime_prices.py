@@ -12,7 +12,7 @@ import litellm
 import openai
 import pytest
 from redis.asyncio import Redis
-from runtime_support import Served, make_config, serve, tenant_name
+from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
 from sqlalchemy import select
 
 from agentplane_platform.api.v1alpha1.tenant import ModelPrice
@@ -193,6 +193,13 @@ async def test_an_uploads_embeddings_are_metered_and_refused_over_the_quota(
             tokens, spend = await counters(redis_server, tenant)
             assert tokens == row.prompt_tokens
             assert spend == pytest.approx(row.cost_usd)
+            samples = parse_metrics(await scrape(served.url))
+            assert (
+                total(samples, "agentplane_tokens_total", tenant=tenant, model=EMBEDDER) == row.prompt_tokens
+            )
+            assert total(
+                samples, "agentplane_cost_usd_total", tenant=tenant, model=EMBEDDER
+            ) == pytest.approx(row.cost_usd)
             too_big = await http.post(
                 "/knowledge/docs/documents",
                 files={"file": ("b.md", ("word " * 400).encode(), "text/markdown")},

@@ -194,19 +194,8 @@ class ChatEmbeddingMeter:
         cost = service.llm.cost(state.caller, model, used, 0)
         state.embedding_tokens += used
         state.embedding_cost += cost
-        config = state.agent.config
-        await service.usage.record(
-            embedding_event(
-                request_id=state.request_id,
-                tenant=config.tenant,
-                agent=config.agent,
-                api_key_id=state.principal.key_id,
-                subject=state.principal.subject,
-                model=model,
-                tokens=used,
-                cost=cost,
-                seconds=seconds,
-            )
+        await service.metered(
+            state.agent.config, state.principal, state.request_id, model, used, cost, seconds
         )
 
     async def failed(self, model: str, texts: list[str]) -> None:
@@ -258,19 +247,7 @@ class EmbeddingMeter:
         used = tokens if tokens is not None else count_text_tokens(model, texts)
         cost = service.llm.cost(self.caller, model, used, 0)
         await self._settle(used, cost)
-        await service.usage.record(
-            embedding_event(
-                request_id=self.request_id,
-                tenant=config.tenant,
-                agent=config.agent,
-                api_key_id=self.principal.key_id,
-                subject=self.principal.subject,
-                model=model,
-                tokens=used,
-                cost=cost,
-                seconds=seconds,
-            )
-        )
+        await service.metered(config, self.principal, self.request_id, model, used, cost, seconds)
 
     async def failed(self, model: str, texts: list[str]) -> None:
         await self._settle(0, 0.0)
@@ -327,6 +304,36 @@ class ChatService:
         if isinstance(embedder, ModelEmbedder):
             return [kb for kb in config.knowledge if embedder.metered(kb.embedding_model)]
         return [kb for kb in config.knowledge if not kb.embedding_model.startswith("local/")]
+
+    async def metered(
+        self,
+        config: AgentConfig,
+        principal: Principal,
+        request_id: str,
+        model: str,
+        tokens: int,
+        cost: float,
+        seconds: float,
+    ) -> None:
+        """A provider embedding call is done: its tokens and cost in the metrics (by its model), and its
+        usage record."""
+        labels = (config.tenant, config.agent, model)
+        self.metrics.tokens.labels(*labels, "input").inc(tokens)
+        if cost:
+            self.metrics.cost.labels(*labels).inc(cost)
+        await self.usage.record(
+            embedding_event(
+                request_id=request_id,
+                tenant=config.tenant,
+                agent=config.agent,
+                api_key_id=principal.key_id,
+                subject=principal.subject,
+                model=model,
+                tokens=tokens,
+                cost=cost,
+                seconds=seconds,
+            )
+        )
 
     def embedding_meter(self, agent: AgentContext, principal: Principal, request_id: str) -> EmbeddingMeter:
         """The meter of a request's embeddings outside a chat (an upload, a direct query)."""

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO, TypedDict
 
 import httpx
 
@@ -70,12 +70,21 @@ class ChatError(Exception):
     """The server refused or could not be reached; the message says what to do."""
 
 
+class Source(TypedDict):
+    """A passage an answer drew on, as the `agentplane.retrieval.sources` of a chunk lists it (also
+    `doc_id` and `chunk`, which the terminal does not show)."""
+
+    n: int
+    source: str
+    score: float
+
+
 @dataclass
 class Reply:
     text: str = ""
     model: str = ""
     usage: dict[str, int] = field(default_factory=dict)
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     retrieval: str = ""
     prompt: str = ""
 

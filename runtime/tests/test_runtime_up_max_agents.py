@@ -11,7 +11,7 @@ from test_max_agents import AGENT, write_tree
 
 from agentplane_platform.max_agents import refusal
 from agentplane_platform.specs import validate_paths
-from agentplane_runtime.local import load_specs
+from agentplane_runtime.local_specs import load_specs
 from support.agentplane_up import KEYWORDS_ONLY, start
 
 REFUSED = ("charlie", "delta")

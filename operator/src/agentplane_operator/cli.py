@@ -27,7 +27,6 @@ def _run(verbose: bool) -> int:
     kopf.run(
         priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
         registry=build_registry(settings),
-        memo=kopf.Memo(settings=settings),
         clusterwide=True,
         standalone=settings.standalone,
         peering_name=settings.peering,

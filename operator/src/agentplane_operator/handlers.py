@@ -25,6 +25,7 @@ from agentplane_operator.pods import pod_problem
 from agentplane_operator.reconcile import spec_body
 from agentplane_operator.settings import OperatorSettings
 from agentplane_operator.state import Cause, DependencyKind, Key, Operator, Views
+from agentplane_platform import max_agents
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, tenant_of
 from agentplane_platform.db import create_engine, migrate
 from agentplane_platform.knowledge import VectorStore
@@ -393,7 +394,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         waiting = [
             (ns, a["metadata"]["name"])
             for a in views.agents_in(ns)
-            if any(c.get("reason") == "QuotaExceeded" for c in a["status"].get("conditions") or [])
+            if any(c.get("reason") == max_agents.REASON for c in a["status"].get("conditions") or [])
         ]
         await asyncio.gather(*(_reconcile_agent_key(op, views, key, "dependency") for key in waiting))
 

@@ -9,7 +9,9 @@ dialect). Every usage query is filtered by its tenant; `api_key_ids` and `subjec
 
 Definitions:
 
-- a request is one usage record (one chat request as the runtime metered it, answered or not);
+- a request is one usage record of a chat request as the runtime metered it, answered or not; the
+  records of provider embedding calls (`status` `"embedding"`, written for a chat's query, an
+  upload or a knowledge query) are not requests, but their tokens and cost count like any other;
 - an error is a record whose `status` is `"error"` (the runtime, the request or the model failed).
   Quota refusals (`"rate_limited"`) and requests the client abandoned (`"cancelled"`) are requests
   but not errors;
@@ -50,6 +52,9 @@ GROUP_BY = ("agent", "model", "key", "day")
 
 ERROR_STATUS = "error"
 """The `status` the runtime writes for a request that failed (see the module's docstring)."""
+
+EMBEDDING_STATUS = "embedding"
+"""The `status` of the record of a provider embedding call: spend and tokens, not a request."""
 
 FORECAST_AFTER = timedelta(hours=1)
 """A month's forecast is given once this much of it has passed; before, the rate says too little."""
@@ -165,7 +170,9 @@ def usage_query(
     columns = [_group_column(name) for name in groups]
     statement = select(
         *columns,
-        func.count().label("requests"),
+        func.coalesce(func.sum(case((UsageRecord.status == EMBEDDING_STATUS, 0), else_=1)), 0).label(
+            "requests"
+        ),
         func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
         func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
         func.coalesce(func.sum(UsageRecord.cost_usd), 0).label("cost_usd"),

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.db import UsageRecord
+from agentplane_platform.usage_report import EMBEDDING_STATUS
 from agentplane_runtime.core.telemetry import Metrics
 
 log = logging.getLogger("agentplane.runtime.usage")
@@ -71,10 +72,6 @@ class UsageEvent:
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-EMBEDDING_STATUS = "embedding"
-"""The `status` of the record of a provider embedding call (a chat's say `ok`, `error`, ...)."""
 
 
 def embedding_event(

@@ -151,7 +151,12 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("agentplane_tokens", "Tokens by direction", (*labels, "direction"), registry=r)
-        self.cost = Counter("agentplane_cost_usd", "Cost in USD from litellm's cost map", labels, registry=r)
+        self.cost = Counter(
+            "agentplane_cost_usd",
+            "Cost in USD of model and embedding calls, at the price that applies (the tenant's, the platform's, else litellm's cost map)",
+            labels,
+            registry=r,
+        )
         self.errors = Counter("agentplane_errors", "Errors by type", ("tenant", "agent", "type"), registry=r)
         self.active = Gauge(
             "agentplane_active_requests", "Chat requests in progress", ("tenant", "agent"), registry=r

@@ -1,6 +1,6 @@
 """The FastAPI app: `create_app(settings)` serves the agent of `settings.config` at /v1.
 
-`agent_router()` is the per-agent API (chat, models, knowledge); it can be included several times
+`agent_router()` is the per-agent API (chat, models, knowledge, keys, usage, budget, audit); it can be included several times
 in one app (`/t/{tenant}/a/{agent}/v1`) sharing one `Runtime` — the agent then comes from the
 path (see `api.deps.get_agent`).
 """
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import start_http_server
 
 from agentplane_runtime.agents import AgentRegistry, load_config
-from agentplane_runtime.api.routes import chat, health, keys, knowledge
+from agentplane_runtime.api.routes import chat, health, keys, knowledge, reports
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import install_error_handlers
 from agentplane_runtime.core.middleware import RequestContextMiddleware
@@ -31,6 +31,7 @@ def agent_router() -> APIRouter:
     router.include_router(chat.router)
     router.include_router(knowledge.router)
     router.include_router(keys.router)
+    router.include_router(reports.router)
     return router
 
 

@@ -206,6 +206,9 @@ class AuditLog:
         """Events that could be neither buffered nor written (logged as errors)."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._moving = asyncio.Lock()
+        """Held while a batch is taken and written: `flush` and the writer task must not take the same
+        unacknowledged events (a buffer hands them out again until they are acknowledged)."""
 
     async def record(self, event: AuditEvent) -> None:
         """Buffer one event. Never raises: an event no buffer takes is logged and counted in `lost`."""
@@ -250,10 +253,11 @@ class AuditLog:
     async def flush(self) -> int:
         """Write everything buffered now (tests, shutdown); how many events were written."""
         written = 0
-        for buffer, block in ((self.fallback, 0), (self.buffer, 1)):
-            while batch := await buffer.take(self.batch_size, block):
-                await self._move(buffer, batch)
-                written += len(batch)
+        async with self._moving:
+            for buffer, block in ((self.fallback, 0), (self.buffer, 1)):
+                while batch := await buffer.take(self.batch_size, block):
+                    await self._move(buffer, batch)
+                    written += len(batch)
         return written
 
     async def _move(self, buffer: Buffer[AuditEvent], batch: list[tuple[str, AuditEvent]]) -> None:
@@ -266,10 +270,11 @@ class AuditLog:
             try:
                 moved = 0
                 for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
-                    batch = await buffer.take(self.batch_size, block)
-                    if batch:
-                        await self._move(buffer, batch)
-                        moved += len(batch)
+                    async with self._moving:
+                        batch = await buffer.take(self.batch_size, block)
+                        if batch:
+                            await self._move(buffer, batch)
+                            moved += len(batch)
                 if not self.db_healthy:
                     log.info("audit database reachable again")
                 self.db_healthy = True

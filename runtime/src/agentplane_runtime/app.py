@@ -1,8 +1,8 @@
 """The FastAPI app: `create_app(settings)` serves the agent of `settings.config` at /v1.
 
-`agent_router()` is the per-agent API (chat, models, knowledge, keys, usage, budget, audit); it can be included several times
-in one app (`/t/{tenant}/a/{agent}/v1`) sharing one `Runtime` — the agent then comes from the
-path (see `api.deps.get_agent`).
+`agent_router()` is the per-agent API (chat, models, knowledge, keys, usage, budget, audit); it can
+be included several times in one app (`/t/{tenant}/a/{agent}/v1`) sharing one `Runtime` — the agent
+then comes from the path (see `api.deps.get_agent`).
 """
 
 from __future__ import annotations

@@ -256,3 +256,16 @@ async def test_no_audit_record_is_lost_while_postgres_is_down(
     assert [r["action"] for r in found].count("tool.called") == 6
     assert [r["action"] for r in found].count("auth.failed") == 3
     assert [r["seq"] for r in found] == list(range(1, 10))
+
+
+async def test_agentplane_up_records_in_memory_then_sqlite(local_settings: Settings) -> None:
+    """Embedded stores (`agentplane up`): the in-process buffer and SQLite keep the same chain."""
+    tenant = tenant_name()
+    async with serve(local_settings, make_config(tenant)) as served:
+        assert served.runtime.redis is None
+        async with httpx.AsyncClient(base_url=served.base_url) as http:
+            wrong = await http.get("/models", headers={"Authorization": "Bearer ap_nope_nope"})
+        assert wrong.status_code == 401
+        (record,) = await wait_for_records(served, tenant, 1)
+        assert await verified(served, tenant)
+    assert record["action"] == "auth.failed"

@@ -8,7 +8,12 @@ the fake's trace sink), and `litellm --config` (the proxy with a master key and 
 generator is one asyncio process with httpx. "Added latency" is a percentile of (latency through the
 server) minus the same percentile measured against the upstream directly at the same concurrency.
 
-    uv run python loadtests/bench_runtime.py [--requests 2000] [--concurrency 1,16,64]
+    uv run python loadtests/bench_runtime.py [--requests 2000] [--concurrency 1,16,64] [--audit on|off]
+
+`--audit off` starts the runtime with its audit trail off (`AGENTPLANE_AUDIT=false`), to compare. A
+plain chat writes no audit record (a refusal, a tool call or a document does); the
+`agentplane-401` row (a wrong API key: each request refused and recorded as `auth.failed`) shows
+what recording costs on the request path.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--audit", choices=("on", "off"), default="on")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -148,6 +154,7 @@ def main() -> None:
             "AGENTPLANE_LOG_LEVEL": "WARNING",
             "AGENTPLANE_STATE_DIR": str(work / "state"),
             "AGENTPLANE_QDRANT_PATH": str(work / "qdrant"),
+            "AGENTPLANE_AUDIT": "true" if args.audit == "on" else "false",
         }
         processes.append(
             subprocess.Popen(
@@ -220,6 +227,10 @@ def main() -> None:
                 f"http://127.0.0.1:{runtime_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {api_key}"},
             ),
+            "agentplane-401": (
+                f"http://127.0.0.1:{runtime_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {api_key[:-4]}xxxx"},
+            ),
             "litellm-proxy": (
                 f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {PROXY_KEY}"},
@@ -232,7 +243,7 @@ def main() -> None:
                 latencies, rps, errors = asyncio.run(load(url, headers, concurrency, args.requests))
                 results[name] = (latencies, rps, errors)
             base = results["upstream"][0]
-            for name in ("agentplane", "litellm-proxy"):
+            for name in ("agentplane", "agentplane-401", "litellm-proxy"):
                 latencies, rps, errors = results[name]
                 rows.append(
                     (
@@ -254,7 +265,7 @@ def main() -> None:
                     results["upstream"][2],
                 )
             )
-        print(f"\n{args.requests} requests per run, {os.cpu_count()} cores")
+        print(f"\n{args.requests} requests per run, {os.cpu_count()} cores, audit {args.audit}")
         print(
             f"{'server':<14} {'conc':>4} {'added p50 ms':>13} {'added p99 ms':>13} {'req/s':>8} {'errors':>6}"
         )

@@ -16,8 +16,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from test_runtime_usage import own_postgres, restart, stop
 
+from agentplane_platform.api.v1alpha1 import ToolAudit
 from agentplane_platform.audit import export, verify
+from agentplane_platform.config import resolve_agent
 from agentplane_platform.quotas import QuotaLimits
+from agentplane_platform.specs import SpecSet
 from agentplane_runtime import Settings
 from agentplane_runtime.quotas import StaticLimits
 from support.fake_llm import FakeLLM, reply, tool_calls
@@ -269,3 +272,24 @@ async def test_agentplane_up_records_in_memory_then_sqlite(local_settings: Setti
         (record,) = await wait_for_records(served, tenant, 1)
         assert await verified(served, tenant)
     assert record["action"] == "auth.failed"
+
+
+async def test_a_tool_opts_in_to_recorded_arguments_through_its_spec(specs: SpecSet) -> None:
+    agent = specs.agents[("tenant-acme", "support-bot")].resource
+    tenant = specs.tenants["acme"].resource
+    prompts, tools = specs.prompts_in("tenant-acme"), specs.tools_in("tenant-acme")
+    config = resolve_agent(agent, tenant, prompts, tools)
+    assert not any(tool.record_arguments for tool in config.tools)  # off unless the Tool says so
+    declared = tools["product-docs"]
+    opted = declared.model_copy(
+        update={
+            "spec": declared.spec.model_copy(
+                update={"audit": ToolAudit.model_validate({"recordArguments": True})}
+            )
+        }
+    )
+    config = resolve_agent(agent, tenant, prompts, {**tools, "product-docs": opted})
+    assert {tool.name: tool.record_arguments for tool in config.tools} == {
+        "order-lookup": False,
+        "product-docs": True,
+    }

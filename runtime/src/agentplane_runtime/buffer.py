@@ -7,8 +7,8 @@ a consumer group (every replica appends and writes; a record a dead replica took
 a while); `MemoryBuffer` is the same in the process (`agentplane up`, or the fallback while Redis
 itself is down).
 
-The usage meter (`agentplane_runtime.usage`) has its own copy of this design, written before it
-was generic; the audit log (`agentplane_runtime.audit`) uses this one.
+The usage meter (`agentplane_runtime.usage`) and the audit log (`agentplane_runtime.audit`) both
+keep their records here.
 """
 
 from __future__ import annotations

@@ -49,11 +49,10 @@ from agentplane_runtime.retrieval import Embedder, KnowledgeService, LiteLLMEmbe
 from agentplane_runtime.startup import check_configured, check_credentials, wait_for_stores
 from agentplane_runtime.tools import SecretReader, ToolRunner
 from agentplane_runtime.usage import (
-    MemoryUsageBuffer,
-    RedisUsageBuffer,
     UsageBuffer,
     UsageRecorder,
     UsageStore,
+    redis_usage_buffer,
 )
 
 log = logging.getLogger("agentplane.runtime")
@@ -205,14 +204,14 @@ async def build_runtime(
             )
             stack.push_async_callback(redis.aclose, close_connection_pool=True)
             quota_backend = RedisQuotaBackend(redis)
-            buffer = RedisUsageBuffer(redis, settings.usage_stream)
+            buffer = redis_usage_buffer(redis, settings.usage_stream)
             audit_buffer = RedisStreamBuffer(
                 redis, settings.audit_stream, group=AUDIT_GROUP, encode=encode_event, decode=decode_event
             )
             limits = limits or RedisLimits(redis, settings.quota_limits_cache_seconds)
         else:
             quota_backend = MemoryQuotaBackend()
-            buffer = MemoryUsageBuffer()
+            buffer = MemoryBuffer()
             audit_buffer = MemoryBuffer()
             limits = limits or StaticLimits()
         vectors = VectorStore.connect(

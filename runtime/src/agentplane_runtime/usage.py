@@ -13,17 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -32,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.db import UsageRecord
 from agentplane_platform.usage_report import EMBEDDING_STATUS
+from agentplane_runtime.buffer import Buffer, MemoryBuffer, RedisStreamBuffer
 from agentplane_runtime.core.telemetry import Metrics
 
 log = logging.getLogger("agentplane.runtime.usage")
@@ -144,141 +143,18 @@ class UsageStore:
         return float(total or 0.0)
 
 
-class UsageBuffer(Protocol):
-    """Where records wait until they are in the database."""
+UsageBuffer: TypeAlias = Buffer[UsageEvent]
+"""Where usage records wait for the database (`agentplane_runtime.buffer`)."""
 
-    async def append(self, event: UsageEvent) -> None: ...
-
-    async def take(self, count: int, block_ms: int) -> list[tuple[str, UsageEvent]]:
-        """Up to `count` records not yet acknowledged (this consumer's pending ones first)."""
-        ...
-
-    async def ack(self, ids: Sequence[str]) -> None: ...
-
-    async def pending(self) -> int: ...
+USAGE_GROUP = "usage-writers"
+"""The Redis consumer group of the usage writers."""
 
 
-class MemoryUsageBuffer:
-    """An in-process buffer (local mode): survives a database outage, not a process crash."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self._queue: deque[tuple[str, UsageEvent]] = deque()
-        self._taken: dict[str, UsageEvent] = {}
-        self._ready = asyncio.Event()
-        self._limit = limit
-        self._seq = 0
-
-    async def append(self, event: UsageEvent) -> None:
-        if len(self._queue) >= self._limit:
-            raise OverflowError("usage buffer is full")
-        self._seq += 1
-        self._queue.append((str(self._seq), event))
-        self._ready.set()
-
-    async def take(self, count: int, block_ms: int) -> list[tuple[str, UsageEvent]]:
-        if self._taken:
-            return list(self._taken.items())[:count]
-        if not self._queue:
-            if block_ms <= 0:
-                return []
-            self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), block_ms / 1000)
-            except TimeoutError:
-                return []
-        batch: list[tuple[str, UsageEvent]] = []
-        while self._queue and len(batch) < count:
-            item = self._queue.popleft()
-            self._taken[item[0]] = item[1]
-            batch.append(item)
-        return batch
-
-    async def ack(self, ids: Sequence[str]) -> None:
-        for ident in ids:
-            self._taken.pop(ident, None)
-
-    async def pending(self) -> int:
-        return len(self._queue) + len(self._taken)
-
-
-class RedisUsageBuffer:
-    """A Redis stream with a consumer group: every replica appends and flushes; a record another
-    replica took but never acknowledged (it died) is claimed after `claim_idle_ms`."""
-
-    GROUP = "usage-writers"
-
-    def __init__(
-        self, redis: Redis, stream: str, consumer: str | None = None, claim_idle_ms: int = 60_000
-    ) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.consumer = consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self.claim_idle_ms = claim_idle_ms
-        self._group_ready = False
-        self._own_pending = True
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self.redis.xgroup_create(self.stream, self.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
-
-    async def append(self, event: UsageEvent) -> None:
-        await self.redis.xadd(self.stream, {"r": event.to_json()})
-
-    async def take(self, count: int, block_ms: int) -> list[tuple[str, UsageEvent]]:
-        await self._ensure_group()
-        if self._own_pending:
-            # Records this consumer took before but could not write (database down): retry them first.
-            entries = await self.redis.xreadgroup(self.GROUP, self.consumer, {self.stream: "0"}, count=count)
-            batch = self._decode(entries)
-            if batch:
-                return batch
-            self._own_pending = False
-            claimed = await self.redis.xautoclaim(
-                self.stream, self.GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=count
-            )
-            batch = self._decode([[self.stream, claimed[1]]])
-            if batch:
-                self._own_pending = True
-                return batch
-        entries = await self.redis.xreadgroup(
-            self.GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-        )
-        batch = self._decode(entries)
-        if batch:
-            self._own_pending = True
-        return batch
-
-    def _decode(self, entries: object) -> list[tuple[str, UsageEvent]]:
-        batch: list[tuple[str, UsageEvent]] = []
-        if not isinstance(entries, list):
-            return batch
-        for _stream, messages in entries:
-            for ident, payload in messages or []:
-                key = ident.decode() if isinstance(ident, bytes) else str(ident)
-                if not payload:
-                    continue
-                raw = payload.get(b"r", payload.get("r"))
-                try:
-                    batch.append((key, UsageEvent.from_json(raw)))
-                except (ValueError, TypeError, KeyError):
-                    log.error("dropping an unreadable usage record", extra={"stream_id": key})
-        return batch
-
-    async def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(self.stream, self.GROUP, *ids)
-                pipe.xdel(self.stream, *ids)
-                await pipe.execute()
-
-    async def pending(self) -> int:
-        return int(await self.redis.xlen(self.stream))
+def redis_usage_buffer(redis: Redis, stream: str) -> RedisStreamBuffer[UsageEvent]:
+    """The usage records' Redis stream, shared by every replica of every agent."""
+    return RedisStreamBuffer(
+        redis, stream, group=USAGE_GROUP, encode=UsageEvent.to_json, decode=UsageEvent.from_json
+    )
 
 
 class UsageRecorder:
@@ -295,7 +171,7 @@ class UsageRecorder:
     ) -> None:
         self.store = store
         self.buffer = buffer
-        self.fallback = MemoryUsageBuffer()
+        self.fallback: MemoryBuffer[UsageEvent] = MemoryBuffer()
         self.metrics = metrics
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds

@@ -46,6 +46,30 @@ def actor(request: Request, principal: Principal | None) -> Actor:
     return Actor.of(principal, source=client_address(request), request_id=request_id(request))
 
 
+async def denied(
+    request: Request,
+    runtime: Runtime,
+    agent: AgentContext,
+    principal: Principal,
+    target: str,
+    error: ApiError,
+) -> ApiError:
+    """`error` (a 403), once the audit trail has it: `access.denied` of `target`, with its reason."""
+    config = agent.config
+    await runtime.audit.record(
+        audit_event(
+            AuditAction.ACCESS_DENIED,
+            tenant=config.tenant,
+            actor=actor(request, principal),
+            outcome=AuditOutcome.DENIED,
+            agent=config.agent,
+            target=target,
+            details={"reason": error.message, "path": request.url.path, "method": request.method},
+        )
+    )
+    return error
+
+
 async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAgent) -> Principal:
     """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail).
     Both refusals are audited (`auth.failed`, `access.denied`)."""
@@ -84,18 +108,14 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
         span.set_attribute("agentplane.auth.method", principal.method)
         if not principal.may_use(config.tenant, config.agent):
             span.set_status(Status(StatusCode.ERROR, "forbidden"))
-            await runtime.audit.record(
-                audit_event(
-                    AuditAction.ACCESS_DENIED,
-                    tenant=config.tenant,
-                    actor=actor(request, principal),
-                    outcome=AuditOutcome.DENIED,
-                    agent=config.agent,
-                    target=f"agent:{config.agent}",
-                    details={"reason": "not allowed to use this agent", "path": request.url.path},
-                )
+            raise await denied(
+                request,
+                runtime,
+                agent,
+                principal,
+                f"agent:{config.agent}",
+                ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden"),
             )
-            raise ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden")
         return principal
 
 

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
-from agentplane_platform.audit import AuditAction, AuditOutcome
+from agentplane_platform.audit import AuditAction
 from agentplane_platform.jsontypes import JsonValue
 from agentplane_platform.keys import (
     MAX_ROTATION_OVERLAP,
@@ -33,7 +33,7 @@ from agentplane_platform.keys import (
     split_key,
 )
 from agentplane_runtime.agents import AgentContext
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, actor
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, actor, denied
 from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
 from agentplane_runtime.core.errors import ApiError
@@ -132,35 +132,17 @@ def _public(key: KeyInfo) -> KeyPublic:
     )
 
 
-async def _denied(
-    request: Request, runtime: Runtime, agent: AgentContext, principal: Principal, error: ApiError
-) -> ApiError:
-    """`error` (a 403), once it is in the audit trail as `access.denied`."""
-    config = agent.config
-    await runtime.audit.record(
-        audit_event(
-            AuditAction.ACCESS_DENIED,
-            tenant=config.tenant,
-            actor=actor(request, principal),
-            outcome=AuditOutcome.DENIED,
-            agent=config.agent,
-            target="keys",
-            details={"reason": error.message, "path": request.url.path, "method": request.method},
-        )
-    )
-    return error
-
-
 async def require_admin(
     request: Request, agent: CurrentAgent, principal: CurrentPrincipal, runtime: RuntimeDep
 ) -> Principal:
     """The caller, when it is an admin of the agent's tenant (403 otherwise, audited)."""
     if not principal.is_admin(agent.config.tenant):
-        raise await _denied(
+        raise await denied(
             request,
             runtime,
             agent,
             principal,
+            "keys",
             ApiError(
                 403,
                 "only an admin of the tenant may manage its API keys",
@@ -260,7 +242,7 @@ async def create_key(
     tenant = agent.config.tenant
     beyond = _beyond_creator(principal, tenant, list(body.roles), body.agents)
     if beyond is not None:
-        raise await _denied(request, runtime, agent, principal, beyond)
+        raise await denied(request, runtime, agent, principal, "keys", beyond)
     if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
         raise ApiError(400, "expires_at: the key would expire in the past", param="expires_at")
     try:
@@ -346,7 +328,7 @@ async def rotate_key(
             raise _not_found()
         beyond = _beyond_creator(principal, tenant, old.roles, old.agents)
         if beyond is not None:
-            raise await _denied(request, runtime, agent, principal, beyond)
+            raise await denied(request, runtime, agent, principal, "keys", beyond)
         try:
             key = await rotate_api_key(
                 runtime.engine, key_id=key_id, tenant=tenant, overlap=timedelta(seconds=overlap_seconds)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from agentplane_platform.audit import AuditAction, AuditOutcome, JsonValue
 from agentplane_platform.config import ResolvedKnowledge
 from agentplane_runtime.agents import AgentContext
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, actor
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, actor, denied
 from agentplane_runtime.api.schemas import DocumentList, DocumentPublic, QueryHit, QueryRequest, QueryResponse
 from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
@@ -83,17 +83,9 @@ async def _denied(
     request: Request, runtime: Runtime, agent: AgentContext, principal: Principal, target: str, reason: str
 ) -> ApiError:
     """The 403 of `reason`, audited as `access.denied`."""
-    await _audit(
-        request,
-        runtime,
-        agent,
-        principal,
-        AuditAction.ACCESS_DENIED,
-        target,
-        {"reason": reason, "path": request.url.path},
-        AuditOutcome.DENIED,
+    return await denied(
+        request, runtime, agent, principal, target, ApiError(403, reason, type="permission_error")
     )
-    return ApiError(403, reason, type="permission_error")
 
 
 @router.post("/{kb}/documents", status_code=201, summary="Upload a document (text, markdown, HTML or PDF)")

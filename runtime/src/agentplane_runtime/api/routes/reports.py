@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
-from agentplane_platform.audit import AuditAction, AuditOutcome, export
+from agentplane_platform.audit import AuditAction, export
 from agentplane_platform.usage_report import (
     GROUP_BY,
     UsageReport,
@@ -36,8 +36,7 @@ from agentplane_platform.usage_report import (
     usage_rows,
     usage_window,
 )
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, actor
-from agentplane_runtime.audit import audit_event
+from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, denied
 from agentplane_runtime.core.errors import ApiError
 
 router = APIRouter(tags=["reports"])
@@ -194,18 +193,14 @@ async def audit(
     _strict(request, ("from", "to", "action", "limit", "format"))
     config = agent.config
     if not principal.is_admin(config.tenant):
-        await runtime.audit.record(
-            audit_event(
-                AuditAction.ACCESS_DENIED,
-                tenant=config.tenant,
-                actor=actor(request, principal),
-                outcome=AuditOutcome.DENIED,
-                agent=config.agent,
-                target="audit",
-                details={"reason": "only a tenant admin may read the audit trail", "path": request.url.path},
-            )
+        raise await denied(
+            request,
+            runtime,
+            agent,
+            principal,
+            "audit",
+            ApiError(403, "only an admin of the tenant may read its audit trail", type="permission_error"),
         )
-        raise ApiError(403, "only an admin of the tenant may read its audit trail", type="permission_error")
     start, end = _window(since, until)
     if format not in (None, "json", "jsonl"):
         raise ApiError(400, f"format: expected json or jsonl, got {format[:64]!r}", param="format")

@@ -13,21 +13,17 @@ its batch to be written again (the same events twice in the chain, which still v
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.audit import AuditAction, AuditEvent, AuditOutcome, JsonValue, append
 from agentplane_runtime.auth import Principal
-from agentplane_runtime.buffer import Buffer, MemoryBuffer
+from agentplane_runtime.buffer import Buffer, BufferedWriter
 
 log = logging.getLogger("agentplane.runtime.audit")
 
@@ -180,10 +176,13 @@ def quota_refusal_event(tenant: str, agent: str, actor: Actor, limit: str, messa
     )
 
 
-class AuditLog:
-    """Buffers audit events and writes them to the tenant chains in the background.
+class AuditLog(BufferedWriter[AuditEvent]):
+    """Buffers audit events and appends them to the tenant chains in the background
+    (`agentplane_runtime.buffer.BufferedWriter`).
 
     `enabled=False` records nothing (measuring what auditing costs; not for production)."""
+
+    what = "audit events"
 
     def __init__(
         self,
@@ -194,104 +193,30 @@ class AuditLog:
         flush_seconds: float = 0.5,
         enabled: bool = True,
     ) -> None:
+        super().__init__(buffer, batch_size=batch_size, flush_seconds=flush_seconds)
         self.engine = engine
-        self.buffer = buffer
-        self.fallback: MemoryBuffer[AuditEvent] = MemoryBuffer()
-        """Where events go while `buffer` (Redis) refuses them."""
-        self.batch_size = batch_size
-        self.flush_seconds = flush_seconds
         self.enabled = enabled
-        self.db_healthy = True
-        self.lost = 0
+        self.lost_count = 0
         """Events that could be neither buffered nor written (logged as errors)."""
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._moving = asyncio.Lock()
-        """Held while a batch is taken and written: `flush` and the writer task must not take the same
-        unacknowledged events (a buffer hands them out again until they are acknowledged)."""
 
-    async def record(self, event: AuditEvent) -> None:
-        """Buffer one event. Never raises: an event no buffer takes is logged and counted in `lost`."""
-        if not self.enabled:
-            return
-        try:
-            await self.buffer.append(event)
-            return
-        except (RedisError, OSError, OverflowError) as exc:
-            problem = exc
-        try:
-            await self.fallback.append(event)
-        except OverflowError:
-            self.lost += 1
-            log.error(
-                "audit event lost: no buffer takes it (%s)",
-                type(problem).__name__,
-                extra={"audit_action": str(event.action), "audit_tenant": event.tenant},
-            )
+    async def record(self, item: AuditEvent) -> None:
+        """Buffer one event. Never raises: an event no buffer takes is logged and counted."""
+        if self.enabled:
+            await super().record(item)
 
-    async def write(self, events: Sequence[AuditEvent]) -> None:
-        """Append `events` to their chains in one transaction."""
-        if events:
+    def lost(self, item: AuditEvent, problem: BaseException) -> None:
+        self.lost_count += 1
+        log.error(
+            "audit event lost: no buffer takes it (%s)",
+            type(problem).__name__,
+            extra={"audit_action": str(item.action), "audit_tenant": item.tenant},
+        )
+
+    async def write(self, items: Sequence[AuditEvent]) -> None:
+        """Append `items` to their chains in one transaction."""
+        if items:
             async with self.engine.begin() as connection:
-                await connection.run_sync(append, events)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
-
-    async def stop(self) -> None:
-        """Write what can be written (for a few seconds), then stop; the rest stays buffered."""
-        self._stopping = True
-        try:
-            await asyncio.wait_for(self.flush(), timeout=5)
-        except (TimeoutError, SQLAlchemyError, RedisError, OSError):
-            log.warning("audit events left in the buffer at shutdown")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def flush(self) -> int:
-        """Write everything buffered now (tests, shutdown); how many events were written."""
-        written = 0
-        async with self._moving:
-            for buffer, block in ((self.fallback, 0), (self.buffer, 1)):
-                while batch := await buffer.take(self.batch_size, block):
-                    await self._move(buffer, batch)
-                    written += len(batch)
-        return written
-
-    async def _move(self, buffer: Buffer[AuditEvent], batch: list[tuple[str, AuditEvent]]) -> None:
-        await self.write([event for _, event in batch])
-        await buffer.ack([ident for ident, _ in batch])
-
-    async def _run(self) -> None:
-        delay = self.flush_seconds
-        while not self._stopping:
-            try:
-                moved = 0
-                for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
-                    async with self._moving:
-                        batch = await buffer.take(self.batch_size, block)
-                        if batch:
-                            await self._move(buffer, batch)
-                            moved += len(batch)
-                if not self.db_healthy:
-                    log.info("audit database reachable again")
-                self.db_healthy = True
-                delay = self.flush_seconds
-                if moved < self.batch_size:
-                    await asyncio.sleep(self.flush_seconds / 5)
-            except asyncio.CancelledError:
-                raise
-            except (SQLAlchemyError, OSError, RedisError) as exc:
-                if self.db_healthy:
-                    log.warning("audit events buffered: %s", type(exc).__name__)
-                self.db_healthy = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except Exception:
-                log.exception("audit writer error")
-                await asyncio.sleep(delay)
+                await connection.run_sync(append, items)
 
 
 __all__ = [

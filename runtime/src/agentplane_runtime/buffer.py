@@ -14,6 +14,7 @@ keep their records here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import uuid
@@ -22,7 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("agentplane.runtime.buffer")
 
@@ -184,4 +186,116 @@ class RedisStreamBuffer(Generic[T]):
         return int(await self.redis.xlen(self.stream))
 
 
-__all__ = ["Buffer", "MemoryBuffer", "RedisStreamBuffer"]
+class BufferedWriter(Generic[T]):
+    """Records appended on the request path (`record`: one append, never a database round trip, never
+    raises) and written to the database by a background task in batches, each acknowledged only once
+    committed. While Redis refuses appends, records wait in a memory `fallback`. `flush` and the task
+    hold one lock around take-and-write, so they never take the same unacknowledged records.
+
+    A subclass says how a batch is written (`write`) and may observe what was written (`written`),
+    what could not be buffered (`lost`) and an outage of the database (`outage`)."""
+
+    what = "records"
+    """What the records are, in log lines (`usage records`, `audit events`)."""
+
+    def __init__(self, buffer: Buffer[T], *, batch_size: int = 500, flush_seconds: float = 0.5) -> None:
+        self.buffer = buffer
+        self.fallback: MemoryBuffer[T] = MemoryBuffer()
+        """Where records go while `buffer` (Redis) refuses them."""
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.db_healthy = True
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._moving = asyncio.Lock()
+
+    async def write(self, items: Sequence[T]) -> None:
+        """Write a batch to the database, in one transaction."""
+        raise NotImplementedError
+
+    def written(self, items: Sequence[T]) -> None:
+        """A batch is committed and acknowledged."""
+
+    def lost(self, item: T, problem: BaseException) -> None:
+        """No buffer took `item` (logged here; a subclass adds what it counts)."""
+        log.error("%s: one lost, no buffer takes it (%s)", self.what, type(problem).__name__)
+
+    async def outage(self) -> None:
+        """The database did not take a batch (called on each failed attempt)."""
+
+    async def record(self, item: T) -> None:
+        """Buffer one record. Never raises."""
+        try:
+            await self.buffer.append(item)
+            return
+        except (RedisError, OSError, OverflowError) as exc:
+            problem: BaseException = exc
+        try:
+            await self.fallback.append(item)
+        except OverflowError:
+            self.lost(item, problem)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self.what} writer")
+
+    async def stop(self) -> None:
+        """Write what can be written (for a few seconds), then stop; the rest stays buffered."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self.flush(), timeout=5)
+        except (TimeoutError, SQLAlchemyError, RedisError, OSError):
+            log.warning("%s left in the buffer at shutdown", self.what)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def flush(self) -> int:
+        """Write everything buffered now (tests, shutdown); how many records were written."""
+        written = 0
+        async with self._moving:
+            for buffer, block in ((self.fallback, 0), (self.buffer, 1)):
+                while batch := await buffer.take(self.batch_size, block):
+                    await self._move(buffer, batch)
+                    written += len(batch)
+        return written
+
+    async def _move(self, buffer: Buffer[T], batch: list[tuple[str, T]]) -> None:
+        items = [item for _, item in batch]
+        await self.write(items)
+        await buffer.ack([ident for ident, _ in batch])
+        self.written(items)
+
+    async def _run(self) -> None:
+        delay = self.flush_seconds
+        while not self._stopping:
+            try:
+                moved = 0
+                for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
+                    async with self._moving:
+                        batch = await buffer.take(self.batch_size, block)
+                        if batch:
+                            await self._move(buffer, batch)
+                            moved += len(batch)
+                if not self.db_healthy:
+                    log.info("%s: the database is reachable again", self.what)
+                self.db_healthy = True
+                delay = self.flush_seconds
+                if moved < self.batch_size:
+                    await asyncio.sleep(self.flush_seconds / 5)
+            except asyncio.CancelledError:
+                raise
+            except (SQLAlchemyError, OSError, RedisError) as exc:
+                if self.db_healthy:
+                    log.warning("%s buffered: %s: %s", self.what, type(exc).__name__, exc)
+                self.db_healthy = False
+                with contextlib.suppress(RedisError, OSError):
+                    await self.outage()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:
+                log.exception("%s writer error", self.what)
+                await asyncio.sleep(delay)
+
+
+__all__ = ["Buffer", "BufferedWriter", "MemoryBuffer", "RedisStreamBuffer"]

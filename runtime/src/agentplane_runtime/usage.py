@@ -10,8 +10,6 @@ record id, so a batch written twice (a crash between insert and acknowledge) is 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,16 +19,14 @@ from typing import Any, TypeAlias
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_platform.db import UsageRecord
 from agentplane_platform.usage_report import EMBEDDING_STATUS
-from agentplane_runtime.buffer import Buffer, MemoryBuffer, RedisStreamBuffer
+from agentplane_runtime.buffer import Buffer, BufferedWriter, RedisStreamBuffer
 from agentplane_runtime.core.telemetry import Metrics
 
 log = logging.getLogger("agentplane.runtime.usage")
@@ -157,8 +153,11 @@ def redis_usage_buffer(redis: Redis, stream: str) -> RedisStreamBuffer[UsageEven
     )
 
 
-class UsageRecorder:
-    """Appends records to the buffer; a background task moves them into the store."""
+class UsageRecorder(BufferedWriter[UsageEvent]):
+    """Appends usage records to the buffer; a background task moves them into the store
+    (`agentplane_runtime.buffer.BufferedWriter`)."""
+
+    what = "usage records"
 
     def __init__(
         self,
@@ -169,99 +168,27 @@ class UsageRecorder:
         batch_size: int = 500,
         flush_seconds: float = 0.5,
     ) -> None:
+        super().__init__(buffer, batch_size=batch_size, flush_seconds=flush_seconds)
         self.store = store
-        self.buffer = buffer
-        self.fallback: MemoryBuffer[UsageEvent] = MemoryBuffer()
         self.metrics = metrics
-        self.batch_size = batch_size
-        self.flush_seconds = flush_seconds
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.db_healthy = True
 
-    async def record(self, event: UsageEvent) -> None:
-        """Buffer one record (never raises: a failure is logged and counted)."""
-        try:
-            await self.buffer.append(event)
-        except (RedisError, OSError, OverflowError):
-            try:
-                await self.fallback.append(event)
-            except OverflowError:
-                self.metrics.usage_lost.inc()
-                log.error(
-                    "usage record lost: buffers unavailable", extra={"usage_request_id": event.request_id}
-                )
+    async def write(self, items: Sequence[UsageEvent]) -> None:
+        await self.store.write(items)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-flusher")
-
-    async def stop(self) -> None:
-        """Flush what can be flushed, then stop."""
-        self._stopping = True
-        try:
-            await asyncio.wait_for(self.flush(), timeout=5)
-        except (TimeoutError, SQLAlchemyError, RedisError, OSError):
-            log.warning("usage records left in the buffer at shutdown")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def flush(self) -> int:
-        """Write everything buffered now (tests, shutdown); how many records were written."""
-        written = 0
-        for buffer in (self.fallback, self.buffer):
-            while True:
-                batch = await buffer.take(self.batch_size, 0 if buffer is self.fallback else 1)
-                if not batch:
-                    break
-                await self._move(buffer, batch)
-                written += len(batch)
-        return written
-
-    async def _move(self, buffer: UsageBuffer, batch: list[tuple[str, UsageEvent]]) -> None:
-        """Write a batch to the store, then acknowledge it in its buffer; count it, and observe
-        each record's delay from its creation to the commit."""
-        events = [e for _, e in batch]
-        await self.store.write(events)
+    def written(self, items: Sequence[UsageEvent]) -> None:
+        """Count the batch, and observe each record's delay from its creation to the commit."""
         committed = now_utc()
-        await buffer.ack([i for i, _ in batch])
-        self.metrics.usage_written.inc(len(batch))
-        for event in events:
+        self.metrics.usage_written.inc(len(items))
+        for event in items:
             created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=UTC)
             self.metrics.usage_delay.observe(max(0.0, (committed - created).total_seconds()))
 
-    async def _run(self) -> None:
-        delay = self.flush_seconds
-        while not self._stopping:
-            try:
-                moved = 0
-                for buffer, block in ((self.fallback, 0), (self.buffer, int(self.flush_seconds * 1000))):
-                    batch = await buffer.take(self.batch_size, block)
-                    if batch:
-                        await self._move(buffer, batch)
-                        moved += len(batch)
-                if not self.db_healthy:
-                    log.info("usage database reachable again")
-                self.db_healthy = True
-                delay = self.flush_seconds
-                if moved < self.batch_size:
-                    await asyncio.sleep(self.flush_seconds / 5)
-            except asyncio.CancelledError:
-                raise
-            except (SQLAlchemyError, OSError, RedisError) as exc:
-                if self.db_healthy:
-                    log.warning("usage records buffered: %s", type(exc).__name__)
-                self.db_healthy = False
-                with contextlib.suppress(RedisError, OSError):
-                    self.metrics.usage_buffered.set(
-                        await self.buffer.pending() + await self.fallback.pending()
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except Exception:
-                log.exception("usage flusher error")
-                await asyncio.sleep(delay)
+    def lost(self, item: UsageEvent, problem: BaseException) -> None:
+        self.metrics.usage_lost.inc()
+        log.error("usage record lost: buffers unavailable", extra={"usage_request_id": item.request_id})
+
+    async def outage(self) -> None:
+        self.metrics.usage_buffered.set(await self.buffer.pending() + await self.fallback.pending())
 
 
 def now_utc() -> datetime:

@@ -227,14 +227,7 @@ class EmbeddingMeter:
             self._reservation = await service.quota.admit(config.quota, self.principal.key_limits, tokens)
         except QuotaExceeded as exc:
             service.metrics.quota_rejections.labels(config.tenant, config.agent, exc.limit).inc()
-            budget = exc.limit == "monthly_budget_usd"
-            raise ApiError(
-                429,
-                exc.message,
-                type="insufficient_quota" if budget else "rate_limit_error",
-                code=exc.limit,
-                headers=exc.headers,
-            ) from None
+            raise quota_error(exc) from None
         except (RedisError, OSError, TimeoutError) as exc:  # fail open, as a chat does
             log.warning(
                 "quota store error for %s/%s (%s: %s); embedding admitted",
@@ -370,17 +363,7 @@ class ChatService:
                 return response
             return await self._complete(state, prepared)
         except QuotaExceeded as exc:
-            state.status, state.http_status, state.error_type = "rate_limited", 429, exc.limit
-            self.metrics.quota_rejections.labels(*labels, exc.limit).inc()
-            await self._audit_refusal(state, exc)
-            budget = exc.limit == "monthly_budget_usd"
-            raise ApiError(
-                429,
-                exc.message,
-                type="insufficient_quota" if budget else "rate_limit_error",
-                code=exc.limit,
-                headers=exc.headers,
-            ) from None
+            raise await self._refused(state, exc) from None
         except ApiError as exc:
             state.status, state.http_status, state.error_type = "error", exc.status, exc.code or exc.type
             raise
@@ -658,6 +641,14 @@ class ChatService:
             )
             await self.audit.record(event)
 
+    async def _refused(self, state: RequestState, exc: QuotaExceeded) -> ApiError:
+        """A quota's refusal of the request: recorded as rate limited, counted, audited; the 429."""
+        config = state.agent.config
+        state.status, state.http_status, state.error_type = "rate_limited", 429, exc.limit
+        self.metrics.quota_rejections.labels(config.tenant, config.agent, exc.limit).inc()
+        await self._audit_refusal(state, exc)
+        return quota_error(exc)
+
     async def _audit_refusal(self, state: RequestState, exc: QuotaExceeded) -> None:
         if self.audit is not None:
             config = state.agent.config
@@ -915,19 +906,15 @@ class ChatService:
                 )
             yield b"data: [DONE]\n\n"
         except (ApiError, QuotaExceeded) as exc:
-            if isinstance(exc, QuotaExceeded):
-                error = ApiError(429, exc.message, type="rate_limit_error", code=exc.limit)
-                await self._audit_refusal(state, exc)
-                self.metrics.quota_rejections.labels(
-                    state.agent.config.tenant, state.agent.config.agent, exc.limit
-                ).inc()
+            if isinstance(exc, QuotaExceeded):  # a later round's reservation, after the headers left
+                error = await self._refused(state, exc)
             else:
                 error = exc
-            state.status, state.http_status, state.error_type = (
-                "error",
-                error.status,
-                error.code or error.type,
-            )
+                state.status, state.http_status, state.error_type = (
+                    "error",
+                    error.status,
+                    error.code or error.type,
+                )
             yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             state.status, state.http_status, state.error_type = "cancelled", 499, "client_closed"
@@ -1030,6 +1017,19 @@ class ChatService:
                 created_at=now_utc(),
             )
         )
+
+
+def quota_error(exc: QuotaExceeded) -> ApiError:
+    """The 429 of a quota's refusal: `insufficient_quota` for the monthly budget (retrying will not
+    help this month), `rate_limit_error` for a per-minute limit, with Retry-After and x-ratelimit-*."""
+    budget = exc.limit == "monthly_budget_usd"
+    return ApiError(
+        429,
+        exc.message,
+        type="insufficient_quota" if budget else "rate_limit_error",
+        code=exc.limit,
+        headers=exc.headers,
+    )
 
 
 def new_request_id() -> str:

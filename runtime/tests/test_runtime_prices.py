@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
 from sqlalchemy import select
+from test_runtime_audit import audited, wait_for_records
 
 from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_platform.config import AgentConfig
@@ -176,7 +177,9 @@ async def test_an_uploads_embeddings_are_metered_and_refused_over_the_quota(
 ) -> None:
     tenant = tenant_name()
     await limit(redis_server, tenant, tokens=200)
-    async with serve(kb_settings(settings), make_config(tenant, knowledge=["docs"])) as served:
+    async with serve(
+        audited(kb_settings(settings), tenant), make_config(tenant, knowledge=["docs"])
+    ) as served:
         served.runtime.chat.quota.clock = lambda: MINUTE
         key = await served.key(roles=["admin"])
         async with httpx.AsyncClient(
@@ -206,6 +209,11 @@ async def test_an_uploads_embeddings_are_metered_and_refused_over_the_quota(
             )
         assert too_big.status_code == 429, too_big.text
         assert too_big.json()["error"]["code"] == "tokens_per_minute"
+        found = await wait_for_records(served, tenant, 2)  # the first upload, and the refusal
+        (refusal,) = [r for r in found if r["action"] == "quota.refused"]
+        assert refusal["request_id"] == too_big.json()["error"]["request_id"]
+        assert isinstance(refusal["details"], dict)
+        assert refusal["details"]["limit"] == "tokens_per_minute"
     assert (
         len([r for r in fake_llm.requests if r.path.endswith("/embeddings")]) == 1
     )  # the refused one was never sent

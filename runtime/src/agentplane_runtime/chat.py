@@ -208,12 +208,19 @@ class EmbeddingMeter:
     request of its own, writes its usage record, and is settled to the tokens the provider counted."""
 
     def __init__(
-        self, service: ChatService, agent: AgentContext, principal: Principal, request_id: str
+        self,
+        service: ChatService,
+        agent: AgentContext,
+        principal: Principal,
+        request_id: str,
+        source: str | None = None,
     ) -> None:
         self.service = service
         self.agent = agent
         self.principal = principal
         self.request_id = request_id
+        self.source = source
+        """The caller's address, for the audit trail."""
         config = agent.config
         self.caller = Caller(config.tenant, config.agent, prices=config.model_prices)
         self._reservation: Reservation | None = None
@@ -227,6 +234,11 @@ class EmbeddingMeter:
             self._reservation = await service.quota.admit(config.quota, self.principal.key_limits, tokens)
         except QuotaExceeded as exc:
             service.metrics.quota_rejections.labels(config.tenant, config.agent, exc.limit).inc()
+            if service.audit is not None:
+                who = Actor.of(self.principal, source=self.source, request_id=self.request_id)
+                await service.audit.record(
+                    quota_refusal_event(config.tenant, config.agent, who, exc.limit, exc.message)
+                )
             raise quota_error(exc) from None
         except (RedisError, OSError, TimeoutError) as exc:  # fail open, as a chat does
             log.warning(
@@ -328,9 +340,12 @@ class ChatService:
             )
         )
 
-    def embedding_meter(self, agent: AgentContext, principal: Principal, request_id: str) -> EmbeddingMeter:
-        """The meter of a request's embeddings outside a chat (an upload, a direct query)."""
-        return EmbeddingMeter(self, agent, principal, request_id)
+    def embedding_meter(
+        self, agent: AgentContext, principal: Principal, request_id: str, source: str | None = None
+    ) -> EmbeddingMeter:
+        """The meter of a request's embeddings outside a chat (an upload, a direct query); `source`:
+        the caller's address."""
+        return EmbeddingMeter(self, agent, principal, request_id, source)
 
     # -- the request -----------------------------------------------------------------------
 

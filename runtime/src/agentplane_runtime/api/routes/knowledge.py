@@ -10,7 +10,15 @@ from starlette.responses import Response
 from agentplane_platform.audit import AuditAction, AuditOutcome, JsonValue
 from agentplane_platform.config import ResolvedKnowledge
 from agentplane_runtime.agents import AgentContext
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, actor, denied
+from agentplane_runtime.api.deps import (
+    CurrentAgent,
+    CurrentPrincipal,
+    RequestId,
+    RuntimeDep,
+    actor,
+    client_address,
+    denied,
+)
 from agentplane_runtime.api.schemas import DocumentList, DocumentPublic, QueryHit, QueryRequest, QueryResponse
 from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
@@ -146,7 +154,7 @@ async def upload_document(
             visibility=visibility,
             shared_with=shared,
             doc_id=doc_id,
-            meter=runtime.chat.embedding_meter(agent, principal, request_id),
+            meter=runtime.chat.embedding_meter(agent, principal, request_id, client_address(request)),
         )
     except RetrievalUnavailable:
         raise _unavailable() from None
@@ -211,6 +219,7 @@ async def delete_document(
 
 @router.post("/{kb}/query", summary="Retrieve the best chunks for a query, with scores and sources")
 async def query(
+    request: Request,
     kb: str,
     body: QueryRequest,
     agent: CurrentAgent,
@@ -219,7 +228,7 @@ async def query(
     request_id: RequestId,
 ) -> QueryResponse:
     base = _kb(agent, kb)
-    meter = runtime.chat.embedding_meter(agent, principal, request_id)
+    meter = runtime.chat.embedding_meter(agent, principal, request_id, client_address(request))
     try:
         hits = await runtime.knowledge.search(
             agent.config.tenant, [base], principal, body.query, body.top_k, meter=meter

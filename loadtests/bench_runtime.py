@@ -1,19 +1,27 @@
-"""Benchmark: the latency the agentplane runtime adds on top of its upstream, and its throughput,
-side by side with LiteLLM's own proxy on the same fake upstream, at concurrency 1, 16 and 64.
+"""Benchmark: the agentplane runtime beside the limit of its own stack and beside LiteLLM's proxy, on
+one fake upstream, at concurrency 1 and 16 (more with `--concurrency`).
 
 Everything runs on this machine, on loopback: the fake OpenAI-compatible upstream
 (tests/support/fake_llm.py), real PostgreSQL and Redis (for the runtime's API-key auth, quotas and
-usage metering), the runtime (`agentplane-runtime`, one process, spans exported over OTLP/HTTP to
-the fake's trace sink), and `litellm --config` (the proxy with a master key and no database: the plain chat path). The load
-generator is one asyncio process with httpx. "Added latency" is a percentile of (latency through the
-server) minus the same percentile measured against the upstream directly at the same concurrency.
+usage metering), and four targets, each one chat request with `max_tokens` 16:
 
-    uv run python loadtests/bench_runtime.py [--requests 2000] [--concurrency 1,16,64] [--audit on|off]
+- `upstream`: the fake itself, directly;
+- `forwarder`: the limit of the stack (`loadtests/forwarder.py`: FastAPI on uvicorn with uvloop and
+  httptools, forwarding the body with one pooled httpx client, nothing else);
+- `agentplane`: the runtime (`agentplane-runtime`, one process) with API-key auth, the Redis quota,
+  PostgreSQL metering, the audit trail and OTLP trace export to the fake's trace sink;
+  `agentplane-401` is the same with a wrong key (each request refused and audited);
+- `litellm-proxy`: `litellm --config` with a master key and no database (its plain chat path).
+
+The load generator is wrk (C, `apt-get install wrk`), so it is not the bottleneck: one thread, a
+fixed number of connections (the concurrency) for `--seconds` each, after a warm-up. CPU per request
+is the server process's (and its children's) user + system time over the run, divided by the
+requests answered.
+
+    uv run python loadtests/bench_runtime.py [--seconds 10] [--concurrency 1,16] [--audit on|off]
 
 `--audit off` starts the runtime with its audit trail off (`AGENTPLANE_AUDIT=false`), to compare. A
-plain chat writes no audit record (a refusal, a tool call or a document does); the
-`agentplane-401` row (a wrong API key: each request refused and recorded as `auth.failed`) shows
-what recording costs on the request path.
+plain chat writes no audit record; the `agentplane-401` row shows what recording one costs.
 """
 
 from __future__ import annotations
@@ -22,13 +30,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -38,7 +50,11 @@ from support.services import start_postgres, start_redis  # noqa: E402
 
 PROXY_KEY = "sk-" + "b3nch" * 12  # the proxy refuses to start without a master key
 
-BODY = {"model": "helper", "messages": [{"role": "user", "content": "Say something short about latency."}]}
+BODY = {
+    "model": "helper",
+    "messages": [{"role": "user", "content": "Say something short about latency."}],
+    "max_tokens": 16,
+}
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:
@@ -53,43 +69,77 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def load(
-    url: str, headers: dict[str, str], concurrency: int, requests: int
-) -> tuple[list[float], float, int]:
-    latencies: list[float] = []
-    errors = 0
-    queue = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
-        # warm up every connection
-        await asyncio.gather(*[client.post(url, json=BODY) for _ in range(concurrency)])
+@dataclass
+class Run:
+    """One target at one concurrency."""
 
-        async def worker() -> None:
-            nonlocal errors
-            for _ in queue:
-                start = time.perf_counter()
-                response = await client.post(url, json=BODY)
-                latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    errors += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        elapsed = time.perf_counter() - start
-    return latencies, len(latencies) / elapsed, errors
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    requests: int
+    errors: int
+    cpu_ms: float
+    """Server CPU (user + system, with its children) per answered request."""
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"wrk printed a latency this script cannot read: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def wrk(
+    url: str, headers: dict[str, str], concurrency: int, seconds: int, server_pid: int, work: Path
+) -> Run:
+    """Load `url` with wrk: `concurrency` connections for `seconds` (after a 2 s warm-up)."""
+    script = work / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    lines.append('wrk.headers["Content-Type"] = "application/json"')
+    script.write_text("\n".join(lines) + "\n")
+    base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script), "--latency", url]
+    subprocess.run([*base[:3], "-d2s", *base[3:]], check=True, capture_output=True)  # warm-up
+    before = _cpu_seconds(server_pid)
+    done = subprocess.run([*base[:3], f"-d{seconds}s", *base[3:]], check=True, capture_output=True, text=True)
+    cpu = _cpu_seconds(server_pid) - before
+    out = done.stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    requests = int(re.search(r"^\s+(\d+) requests in", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    rps = float(re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    answered = max(1, requests)
+    return Run(_ms(latency["50"]), _ms(latency["99"]), rps, requests, errors, cpu * 1000 / answered)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", default="1,16,64")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=10, help="how long each target is loaded at each concurrency"
+    )
+    parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--audit", choices=("on", "off"), default="on")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench_runtime: wrk is missing (the load generator): apt-get install wrk")
     levels = [int(c) for c in args.concurrency.split(",")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     work = Path(tempfile.mkdtemp(prefix="agentplane-bench-"))
@@ -97,7 +147,12 @@ def main() -> None:
     postgres = start_postgres(work / "pg")
     redis = start_redis(work / "redis")
     try:
-        fake_port, runtime_port, proxy_port = free_port(), free_port(), free_port()
+        fake_port, runtime_port, proxy_port, forwarder_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         fake_url = f"http://127.0.0.1:{fake_port}"
         processes.append(
             subprocess.Popen(
@@ -207,8 +262,23 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
         )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "loadtests" / "forwarder.py"),
+                    "--port",
+                    str(forwarder_port),
+                    "--upstream",
+                    f"{fake_url}/v1",
+                ],
+                env=env,
+            )
+        )
+        fake, runtime, proxy, forwarder = processes
         wait_http(f"http://127.0.0.1:{runtime_port}/healthz/startup")
         wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
+        wait_http(f"http://127.0.0.1:{forwarder_port}/docs")
 
         async def key() -> str:
             from agentplane_platform.db import create_engine
@@ -222,56 +292,47 @@ def main() -> None:
 
         api_key = asyncio.run(key())
         targets = {
-            "upstream": (f"{fake_url}/v1/chat/completions", {"Authorization": "Bearer sk-bench"}),
+            "upstream": (f"{fake_url}/v1/chat/completions", {"Authorization": "Bearer sk-bench"}, fake.pid),
+            "forwarder": (f"http://127.0.0.1:{forwarder_port}/v1/chat/completions", {}, forwarder.pid),
             "agentplane": (
                 f"http://127.0.0.1:{runtime_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {api_key}"},
+                runtime.pid,
             ),
             "agentplane-401": (
                 f"http://127.0.0.1:{runtime_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {api_key[:-4]}xxxx"},
+                runtime.pid,
             ),
             "litellm-proxy": (
                 f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {PROXY_KEY}"},
+                proxy.pid,
             ),
         }
-        rows = []
+        results: dict[tuple[str, int], Run] = {}
         for concurrency in levels:
-            results = {}
-            for name, (url, headers) in targets.items():
-                latencies, rps, errors = asyncio.run(load(url, headers, concurrency, args.requests))
-                results[name] = (latencies, rps, errors)
-            base = results["upstream"][0]
-            for name in ("agentplane", "agentplane-401", "litellm-proxy"):
-                latencies, rps, errors = results[name]
-                rows.append(
-                    (
-                        name,
-                        concurrency,
-                        pct(latencies, 0.5) - pct(base, 0.5),
-                        pct(latencies, 0.99) - pct(base, 0.99),
-                        rps,
-                        errors,
-                    )
-                )
-            rows.append(
-                (
-                    "upstream",
-                    concurrency,
-                    pct(base, 0.5),
-                    pct(base, 0.99),
-                    results["upstream"][1],
-                    results["upstream"][2],
-                )
-            )
-        print(f"\n{args.requests} requests per run, {os.cpu_count()} cores, audit {args.audit}")
+            for name, (url, headers, pid) in targets.items():
+                results[name, concurrency] = wrk(url, headers, concurrency, args.seconds, pid, work)
+        print(f"\nwrk, {args.seconds} s per run, {os.cpu_count()} cores, audit {args.audit}")
         print(
-            f"{'server':<14} {'conc':>4} {'added p50 ms':>13} {'added p99 ms':>13} {'req/s':>8} {'errors':>6}"
+            f"{'target':<15} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms/req':>10} {'errors':>6}"
         )
-        for name, c, p50, p99, rps, errors in rows:
-            label = "(upstream p50/p99 ms)" if name == "upstream" else ""
-            print(f"{name:<14} {c:>4} {p50:>13.2f} {p99:>13.2f} {rps:>8.0f} {errors:>6} {label}")
+        for (name, c), run in results.items():
+            print(
+                f"{name:<15} {c:>4} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rps:>8.0f} "
+                f"{run.cpu_ms:>10.2f} {run.errors:>6}"
+            )
+        for c in levels:
+            ours, limit, proxy_run = (
+                results["agentplane", c],
+                results["forwarder", c],
+                results["litellm-proxy", c],
+            )
+            print(
+                f"concurrency {c}: agentplane serves {ours.rps / limit.rps:.2f}x the forwarder's requests/s "
+                f"and {ours.rps / proxy_run.rps:.2f}x LiteLLM proxy's"
+            )
     finally:
         for process in reversed(processes):  # the fake upstream (the trace sink) last
             process.terminate()

@@ -380,17 +380,11 @@ def cmd_usage(args: argparse.Namespace, out: TextIO) -> int:
     if since is not None and until is not None and since >= until:
         sys.stderr.write(f"error: --from {args.since} is not before --to {args.until} (--to is exclusive)\n")
         return 2
-    database_url = args.database_url or KeysSettings().database_url
-    if not database_url:
-        sys.stderr.write(
-            "error: no database: set AGENTPLANE_DATABASE_URL or --database-url to the platform database\n"
-        )
+    try:
+        database_url = _existing_database(args)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
         return 2
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).is_file():  # SQLite would create an empty one
-            sys.stderr.write(f"error: no database at {url.database}\n")
-            return 2
     since, until = usage_window(since, until, datetime.now(UTC))
     try:
         rows = asyncio.run(_usage_rows(database_url, usage_query(args.tenant, since, until, group_by)))
@@ -405,8 +399,9 @@ def cmd_usage(args: argparse.Namespace, out: TextIO) -> int:
 T = TypeVar("T")
 
 
-def _audit_database(args: argparse.Namespace) -> str:
-    """The database `agentplane audit` reads, as `keys` finds it; ValueError when there is none."""
+def _existing_database(args: argparse.Namespace) -> str:
+    """The database `agentplane usage` and `agentplane audit` read, found as `keys` finds it; ValueError
+    when none is set or a SQLite file is missing (these commands never create one)."""
     database_url: str | None = args.database_url or KeysSettings().database_url
     if not database_url:
         raise ValueError(
@@ -439,7 +434,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
     try:
         if args.tenant is not None and not re.match(DNS1123_LABEL, args.tenant):
             raise ValueError(f"--tenant {args.tenant!r} is not a tenant name")
-        database_url = _audit_database(args)
+        database_url = _existing_database(args)
         if args.action == "verify":
             reports = asyncio.run(
                 _on_audit_trail(database_url, lambda c: audit.verify(c, args.tenant), snapshot=True)

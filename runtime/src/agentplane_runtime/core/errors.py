@@ -60,6 +60,13 @@ def error_body(
     }
 
 
+def unavailable(what: str) -> ApiError:
+    """The 503 of a store that does not answer: `what` names it; the client retries in 5 s."""
+    return ApiError(
+        503, f"{what} is unavailable, retry shortly", type="api_error", headers={"Retry-After": "5"}
+    )
+
+
 def error_response(error: ApiError, request_id: str | None = None) -> Response:
     headers = dict(error.headers)
     if request_id is not None:

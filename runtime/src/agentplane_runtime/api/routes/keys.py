@@ -36,7 +36,7 @@ from agentplane_runtime.agents import AgentContext
 from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, actor, denied
 from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
-from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.core.errors import ApiError, unavailable
 from agentplane_runtime.services import Runtime
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -223,12 +223,6 @@ def _not_found() -> ApiError:
     return ApiError(404, "no such key", type="not_found_error", code="key_not_found")
 
 
-def _unavailable() -> ApiError:
-    return ApiError(
-        503, "the key store is unavailable, retry shortly", type="api_error", headers={"Retry-After": "5"}
-    )
-
-
 def _key_id(key: str) -> str:
     parts = split_key(key)
     assert parts is not None
@@ -258,7 +252,7 @@ async def create_key(
         )
         info = await get_api_key(runtime.engine, key_id=_key_id(key), tenant=tenant)
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the key store") from None
     assert info is not None
     await _record(
         request,
@@ -284,7 +278,7 @@ async def list_keys(agent: CurrentAgent, principal: TenantAdmin, runtime: Runtim
     try:
         keys = await list_api_keys(runtime.engine, tenant=agent.config.tenant)
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the key store") from None
     return KeyList(data=[_public(k) for k in keys])
 
 
@@ -299,7 +293,7 @@ async def revoke_key(
             raise _not_found()
         revoked = await revoke_api_key(runtime.engine, key_id=key_id, tenant=tenant)
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the key store") from None
     if revoked:  # else it was revoked already: nothing happened, nothing to audit
         await _record(
             request, runtime, agent, principal, AuditAction.KEY_REVOKED, key_id, {"name": info.name}
@@ -340,7 +334,7 @@ async def rotate_key(
         new = await get_api_key(runtime.engine, key_id=_key_id(key), tenant=tenant)
         old = await get_api_key(runtime.engine, key_id=key_id, tenant=tenant)
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the key store") from None
     assert new is not None
     assert old is not None
     await _record(

@@ -22,7 +22,7 @@ from agentplane_runtime.api.deps import (
 from agentplane_runtime.api.schemas import DocumentList, DocumentPublic, QueryHit, QueryRequest, QueryResponse
 from agentplane_runtime.audit import audit_event
 from agentplane_runtime.auth import Principal
-from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.core.errors import ApiError, unavailable
 from agentplane_runtime.documents import DocumentError, chunk_text, detect_kind, extract_text
 from agentplane_runtime.retrieval import DocumentInfo, RetrievalUnavailable
 from agentplane_runtime.services import Runtime
@@ -51,15 +51,6 @@ def _public(doc: DocumentInfo) -> DocumentPublic:
         shared_with=doc.shared_with,
         created_at=doc.created_at,
         chunks=doc.chunks,
-    )
-
-
-def _unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "the knowledge store is unavailable, retry shortly",
-        type="api_error",
-        headers={"Retry-After": "5"},
     )
 
 
@@ -157,7 +148,7 @@ async def upload_document(
             meter=runtime.chat.embedding_meter(agent, principal, request_id, client_address(request)),
         )
     except RetrievalUnavailable:
-        raise _unavailable() from None
+        raise unavailable("the knowledge store") from None
     target = f"document:{kb}/{info.doc_id}"
     uploaded: dict[str, JsonValue] = {
         "knowledge_base": kb,
@@ -180,7 +171,7 @@ async def list_documents(
     try:
         docs = await runtime.knowledge.list_documents(agent.config.tenant, base, principal)
     except RetrievalUnavailable:
-        raise _unavailable() from None
+        raise unavailable("the knowledge store") from None
     return DocumentList(data=[_public(d) for d in docs])
 
 
@@ -211,7 +202,7 @@ async def delete_document(
             )
         await runtime.knowledge.delete_document(tenant, base, doc_id)
     except RetrievalUnavailable:
-        raise _unavailable() from None
+        raise unavailable("the knowledge store") from None
     deleted: dict[str, JsonValue] = {"knowledge_base": kb, "owner": doc.owner, "source": doc.source}
     await _audit(request, runtime, agent, principal, AuditAction.DOCUMENT_DELETED, target, deleted)
     return Response(status_code=204)
@@ -234,7 +225,7 @@ async def query(
             agent.config.tenant, [base], principal, body.query, body.top_k, meter=meter
         )
     except RetrievalUnavailable:
-        raise _unavailable() from None
+        raise unavailable("the knowledge store") from None
     return QueryResponse(
         data=[
             QueryHit(

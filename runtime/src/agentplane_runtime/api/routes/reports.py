@@ -37,7 +37,7 @@ from agentplane_platform.usage_report import (
     usage_window,
 )
 from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RuntimeDep, denied
-from agentplane_runtime.core.errors import ApiError
+from agentplane_runtime.core.errors import ApiError, unavailable
 
 router = APIRouter(tags=["reports"])
 
@@ -80,15 +80,6 @@ def _window(since: str | None, until: str | None) -> tuple[datetime | None, date
     if start is not None and end is not None and start >= end:
         raise ApiError(400, "to: must be after from (from is inclusive, to exclusive)", param="to")
     return start, end
-
-
-def _unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "the usage database is unavailable, retry shortly",
-        type="api_error",
-        headers={"Retry-After": "5"},
-    )
 
 
 def _json(document: object, media_type: str = "application/json") -> Response:
@@ -140,7 +131,7 @@ async def usage(
         async with runtime.engine.connect() as connection:
             rows = usage_rows((await connection.execute(statement)).mappings())
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the usage database") from None
     window = usage_window(start, end, now)
     report = UsageReport(tenant, window[0], window[1], groups, rows)
     document = json.loads(format_usage(report, "json"))
@@ -161,7 +152,7 @@ async def budget(
         async with runtime.engine.connect() as connection:
             row = (await connection.execute(budget_query(tenant, now))).one()
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the usage database") from None
     return _json(budget_status(row.spend_usd, row.limit_usd, tenant=tenant, now=now).as_json())
 
 
@@ -231,7 +222,7 @@ async def audit(
         async with runtime.engine.connect() as connection:
             lines = await connection.run_sync(read)
     except (SQLAlchemyError, OSError):
-        raise _unavailable() from None
+        raise unavailable("the usage database") from None
     has_more = cap is not None and len(lines) > cap
     lines = lines[:cap] if cap is not None else lines
     if format == "jsonl":

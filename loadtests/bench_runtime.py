@@ -48,6 +48,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.ports import free_port  # noqa: E402
 from support.services import start_postgres, start_redis  # noqa: E402
 
+TARGETS = ("upstream", "forwarder", "agentplane", "agentplane-401", "litellm-proxy")
+
 PROXY_KEY = "sk-" + "b3nch" * 12  # the proxy refuses to start without a master key
 
 BODY = {
@@ -102,9 +104,16 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def wrk(
-    url: str, headers: dict[str, str], concurrency: int, seconds: int, server_pid: int, work: Path
+    url: str,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: int,
+    server_pid: int,
+    work: Path,
+    profile: Path | None = None,
 ) -> Run:
-    """Load `url` with wrk: `concurrency` connections for `seconds` (after a 2 s warm-up)."""
+    """Load `url` with wrk: `concurrency` connections for `seconds` (after a 2 s warm-up); with
+    `profile`, py-spy records the server meanwhile into that file."""
     script = work / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
@@ -112,9 +121,19 @@ def wrk(
     script.write_text("\n".join(lines) + "\n")
     base = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script), "--latency", url]
     subprocess.run([*base[:3], "-d2s", *base[3:]], check=True, capture_output=True)  # warm-up
+    spy = None
+    if profile is not None:
+        py_spy = shutil.which("py-spy") or sys.exit("bench_runtime: py-spy is missing: uv tool install py-spy")
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(server_pid), "--format", "raw", "--output", str(profile),
+             "--duration", str(seconds), "--rate", "250", "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     before = _cpu_seconds(server_pid)
     done = subprocess.run([*base[:3], f"-d{seconds}s", *base[3:]], check=True, capture_output=True, text=True)
     cpu = _cpu_seconds(server_pid) - before
+    if spy is not None:
+        spy.wait(timeout=60)
     out = done.stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     requests = int(re.search(r"^\s+(\d+) requests in", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
@@ -137,7 +156,24 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--audit", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"which targets to load, comma-separated (of {', '.join(TARGETS)}); the ratios need "
+        "agentplane, forwarder and litellm-proxy",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the runtime with py-spy (`uv tool install py-spy`) while wrk loads it at the first "
+        "concurrency, into FILE (raw collapsed stacks: py-spy record --format raw)",
+    )
     args = parser.parse_args()
+    chosen = args.targets.split(",")
+    unknown = sorted(set(chosen) - set(TARGETS))
+    if unknown:
+        sys.exit(f"bench_runtime: no target named {', '.join(unknown)} (the targets: {', '.join(TARGETS)})")
     if shutil.which("wrk") is None:
         sys.exit("bench_runtime: wrk is missing (the load generator): apt-get install wrk")
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -277,7 +313,8 @@ def main() -> None:
         )
         fake, runtime, proxy, forwarder = processes
         wait_http(f"http://127.0.0.1:{runtime_port}/healthz/startup")
-        wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
+        if "litellm-proxy" in chosen:
+            wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
         wait_http(f"http://127.0.0.1:{forwarder_port}/docs")
 
         async def key() -> str:
@@ -312,8 +349,10 @@ def main() -> None:
         }
         results: dict[tuple[str, int], Run] = {}
         for concurrency in levels:
-            for name, (url, headers, pid) in targets.items():
-                results[name, concurrency] = wrk(url, headers, concurrency, args.seconds, pid, work)
+            for name in chosen:
+                url, headers, pid = targets[name]
+                profile = args.profile if name == "agentplane" and concurrency == levels[0] else None
+                results[name, concurrency] = wrk(url, headers, concurrency, args.seconds, pid, work, profile)
         print(f"\nwrk, {args.seconds} s per run, {os.cpu_count()} cores, audit {args.audit}")
         print(
             f"{'target':<15} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms/req':>10} {'errors':>6}"
@@ -323,7 +362,7 @@ def main() -> None:
                 f"{name:<15} {c:>4} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rps:>8.0f} "
                 f"{run.cpu_ms:>10.2f} {run.errors:>6}"
             )
-        for c in levels:
+        for c in levels if {"agentplane", "forwarder", "litellm-proxy"} <= set(chosen) else []:
             ours, limit, proxy_run = (
                 results["agentplane", c],
                 results["forwarder", c],

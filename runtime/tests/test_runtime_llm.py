@@ -33,8 +33,9 @@ async def test_fallback_when_the_primary_returns_500(settings: Settings, fake_ll
 async def test_an_embedding_call_leaves_chat_attempts_without_hidden_retries(
     settings: Settings, fake_llm: FakeLLM
 ) -> None:
-    """litellm shares one Azure SDK client between embeddings and chat: each runtime attempt is one
-    provider call, whichever came first (an agent with knowledge embeds its question first)."""
+    """Each runtime attempt is one provider call, with no retry of a client library's inside it, also
+    after an embedding call of the same provider (litellm's Azure SDK client, which retries by default,
+    is shared between embeddings and its chat path; chat now goes out directly)."""
     azure = settings.model_copy(
         update={
             "azure_api_key": SecretStr("az-test"),
@@ -51,8 +52,8 @@ async def test_an_embedding_call_leaves_chat_attempts_without_hidden_retries(
         completion = await client.chat.completions.create(model="helper", messages=MESSAGES)
         assert completion.choices[0].message.content == "Fake answer to: hello"
         calls = [r for r in fake_llm.requests if "/deployments/retry-probe/" in r.path]
-        # the runtime's 2 attempts (one retry here): a failure, then the answer; no SDK retry between
-        assert [r.headers.get("x-stainless-retry-count") for r in calls] == ["0", "0"]
+        # the runtime's 2 attempts (one retry here): a failure, then the answer; no hidden retry between
+        assert len(calls) == 2
         await client.close()
 
 

@@ -39,7 +39,7 @@ from agentplane_runtime.core.telemetry import (
 )
 from agentplane_runtime.documents import CHUNK_CHARS
 from agentplane_runtime.embeddings import ModelEmbedder
-from agentplane_runtime.llm import Attempt, Caller, LLMClient, count_text_tokens, price_unknown, timed_stream
+from agentplane_runtime.llm import Attempt, Caller, LLMClient, count_text_tokens, price_unknown, timed
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
 from agentplane_runtime.tool_arguments import InvalidArguments
@@ -58,6 +58,18 @@ BUDGET_HEADER = "X-Budget-Remaining-USD"
 the quota store knew at admission, plus what this request had cost when the headers were sent)."""
 
 CONTEXT_HEADER = "\n\nContext from the knowledge base (cite the sources by their number when you use them):\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the first LLM call of a request is made of, once retrieval and admission are done."""
+
+    messages: list[dict[str, Any]]
+    """The system prompt (with the knowledge context) and the conversation."""
+    params: dict[str, Any]
+    """The OpenAI parameters (temperature, max_tokens, ...; None where unset)."""
+    tools: list[dict[str, Any]]
+    """The agent's tools as function definitions (none when it may make no tool call)."""
 
 
 @dataclass
@@ -101,6 +113,10 @@ class RequestState:
     embedding_tokens: int = 0
     """Tokens of the request's embedding calls (its query's, a knowledge tool's), as the provider counted."""
     embedding_cost: float = 0.0
+    finish_reason: str = "stop"
+    """The answer's finish reason (the last LLM call's, or `stop`)."""
+    current: Attempt | None = None
+    """The LLM call whose answer is being read (None between calls): `_finish` abandons it."""
 
     def __post_init__(self) -> None:
         config = self.agent.config
@@ -376,7 +392,7 @@ class ChatService:
                 response = await self._stream(state, body, prepared)
                 streaming = True
                 return response
-            return await self._complete(state, prepared)
+            return await self._answer(state, prepared)
         except QuotaExceeded as exc:
             raise await self._refused(state, exc) from None
         except ApiError as exc:
@@ -394,7 +410,7 @@ class ChatService:
                 with anyio.CancelScope(shield=True):
                     await self._finish(state)
 
-    async def _prepare(self, state: RequestState, body: ChatCompletionRequest) -> dict[str, Any]:
+    async def _prepare(self, state: RequestState, body: ChatCompletionRequest) -> Prepared:
         config = state.agent.config
         if len(body.messages) > self.settings.max_messages:
             raise ApiError(
@@ -530,7 +546,7 @@ class ChatService:
         }
         messages = [{"role": "system", "content": system}, *conversation]
         await self._top_up(state, messages, tools)
-        return {"messages": messages, "params": params, "tools": tools}
+        return Prepared(messages, params, tools)
 
     def _tools_now(self, state: RequestState, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         if tools and state.tool_calls < state.agent.config.limits.max_tool_calls:
@@ -564,53 +580,15 @@ class ChatService:
                 "tokens_per_minute", "the tenant's tokens per minute limit is reached", {"Retry-After": "60"}
             )
 
-    async def _complete(self, state: RequestState, prepared: dict[str, Any]) -> Response:
-        messages: list[dict[str, Any]] = prepared["messages"]
-        tools: list[dict[str, Any]] = prepared["tools"]
-        while True:
-            offered = self._tools_now(state, tools)
-            attempt = await self.llm.complete(
-                state.agent.models,
-                caller=state.caller,
-                messages=messages,
-                params=prepared["params"],
-                tools=offered,
-                stream=False,
-                deadline=state.deadline,
-            )
-            state.answered(attempt)
-            response = attempt.response
-            usage = getattr(response, "usage", None)
-            prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-            completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            cost = self.llm.cost(state.caller, attempt.model, prompt_tokens, completion_tokens)
-            state.account(attempt.model, prompt_tokens, completion_tokens, cost)
-            choice = response.choices[0]
-            message = choice.message
-            calls = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.function.name, "arguments": c.function.arguments or ""},
-                }
-                for c in (getattr(message, "tool_calls", None) or [])
-            ]
-            self.llm.finish(
-                attempt,
-                response_model=getattr(response, "model", None),
-                response_id=getattr(response, "id", None),
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                finish_reasons=[str(choice.finish_reason)],
-            )
-            if calls and offered:
-                messages = [*messages, {"role": "assistant", "content": message.content, "tool_calls": calls}]
-                messages += await self._run_tools(state, calls)
-                await self._reserve_followup(state, messages)
-                continue
-            content = message.content or ""
-            finish_reason = "stop" if calls else (choice.finish_reason or "stop")
-            break
+    async def _answer(self, state: RequestState, prepared: Prepared) -> Response:
+        """A plain (not streamed) answer: the last round's text, as one `chat.completion`."""
+        attempt = await self._first_call(state, prepared)
+        parts: list[str] = []
+        async for text in self._rounds(state, prepared, attempt):
+            if text is None:  # a round that called tools ended: its text was not the answer
+                parts.clear()
+            else:
+                parts.append(text)
         body = {
             "id": f"chatcmpl-{state.request_id}",
             "object": "chat.completion",
@@ -619,8 +597,8 @@ class ChatService:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish_reason,
+                    "message": {"role": "assistant", "content": "".join(parts)},
+                    "finish_reason": state.finish_reason,
                 }
             ],
             "usage": {
@@ -631,6 +609,98 @@ class ChatService:
             "agentplane": state.metadata(),
         }
         return Response(orjson.dumps(body), media_type="application/json", headers=self._headers(state))
+
+    async def _first_call(self, state: RequestState, prepared: Prepared) -> Attempt:
+        """The request's first LLM call, made before any byte of the response (so its failure is the
+        response's status)."""
+        attempt = await self.llm.complete(
+            state.agent.models,
+            caller=state.caller,
+            messages=prepared.messages,
+            params=prepared.params,
+            tools=self._tools_now(state, prepared.tools),
+            stream=state.stream,
+            deadline=state.deadline,
+        )
+        state.answered(attempt)
+        return attempt
+
+    async def _rounds(
+        self, state: RequestState, prepared: Prepared, attempt: Attempt
+    ) -> AsyncIterator[str | None]:
+        """The LLM/tool loop, for plain and streamed answers alike: the answer's text as it comes, and
+        None after each round that called tools (its calls made, their results sent with the next
+        call). Each call is accounted and its span ended as it finishes; `state.finish_reason` is the
+        answer's. An attempt being read when this stops is `state.current` (`_finish` abandons it)."""
+        messages = prepared.messages
+        offered = self._tools_now(state, prepared.tools)
+        state.current = attempt
+        while True:
+            current = state.current
+            calls: dict[int, dict[str, Any]] = {}
+            text: list[str] = []
+            prompt_tokens = completion_tokens = 0
+            upstream_finish: str | None = None
+            response_id: str | None = None
+            response_model: str | None = None
+            async for delta in timed(current.answer, state.caller):
+                if delta.prompt_tokens is not None:
+                    prompt_tokens = delta.prompt_tokens
+                    completion_tokens = delta.completion_tokens or 0
+                response_id = response_id or delta.id
+                response_model = response_model or delta.model
+                if delta.content:
+                    if state.stream and state.ttft is None:
+                        state.ttft = time.perf_counter() - state.started
+                    text.append(delta.content)
+                    yield delta.content
+                for tc in delta.tool_calls:
+                    slot = calls.setdefault(
+                        tc.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                    )
+                    if tc.id:
+                        slot["id"] = tc.id
+                    if tc.name:
+                        slot["function"]["name"] = tc.name
+                    if tc.arguments:
+                        slot["function"]["arguments"] += tc.arguments
+                if delta.finish_reason:
+                    upstream_finish = delta.finish_reason
+                if time.monotonic() > state.deadline:
+                    raise ApiError(
+                        504, "the agent's time limit was reached", type="timeout_error", code="timeout"
+                    )
+            cost = self.llm.cost(state.caller, current.model, prompt_tokens, completion_tokens)
+            state.account(current.model, prompt_tokens, completion_tokens, cost)
+            state.current = None
+            self.llm.finish(
+                current,
+                response_model=response_model or current.model,
+                response_id=response_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                finish_reasons=[upstream_finish or ""],
+            )
+            if not (calls and offered):
+                state.finish_reason = upstream_finish if upstream_finish and not calls else "stop"
+                return
+            ordered = [calls[i] for i in sorted(calls)]
+            said = "".join(text) or None
+            messages = [*messages, {"role": "assistant", "content": said, "tool_calls": ordered}]
+            messages += await self._run_tools(state, ordered)
+            await self._reserve_followup(state, messages)
+            yield None
+            offered = self._tools_now(state, prepared.tools)
+            state.current = await self.llm.complete(
+                state.agent.models,
+                caller=state.caller,
+                messages=messages,
+                params=prepared.params,
+                tools=offered,
+                stream=state.stream,
+                deadline=state.deadline,
+            )
+            state.answered(state.current)
 
     def _headers(self, state: RequestState) -> dict[str, str]:
         headers = dict(state.reservation.headers) if state.reservation is not None else {}
@@ -777,141 +847,44 @@ class ChatService:
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def _stream(
-        self, state: RequestState, body: ChatCompletionRequest, prepared: dict[str, Any]
-    ) -> Response:
-        messages: list[dict[str, Any]] = prepared["messages"]
-        tools: list[dict[str, Any]] = prepared["tools"]
-        offered = self._tools_now(state, tools)
-        # the first call is made before the response starts, so its failure is a proper error status
-        attempt = await self.llm.complete(
-            state.agent.models,
-            caller=state.caller,
-            messages=messages,
-            params=prepared["params"],
-            tools=offered,
-            stream=True,
-            deadline=state.deadline,
-        )
-        state.answered(attempt)
+    async def _stream(self, state: RequestState, body: ChatCompletionRequest, prepared: Prepared) -> Response:
+        attempt = await self._first_call(state, prepared)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         headers = self._headers(state)
         headers["x-agentplane-model"] = attempt.model
         headers["cache-control"] = "no-cache"
         return StreamingResponse(
-            self._events(state, attempt, messages, offered, tools, prepared["params"], include_usage),
+            self._events(state, prepared, attempt, include_usage),
             media_type="text/event-stream",
             headers=headers,
         )
 
     async def _events(
-        self,
-        state: RequestState,
-        attempt: Attempt,
-        messages: list[dict[str, Any]],
-        offered: list[dict[str, Any]] | None,
-        tools: list[dict[str, Any]],
-        params: dict[str, Any],
-        include_usage: bool,
+        self, state: RequestState, prepared: Prepared, attempt: Attempt, include_usage: bool
     ) -> AsyncIterator[bytes]:
         ident = f"chatcmpl-{state.request_id}"
         created = int(time.time())
-        current: Attempt | None = attempt
 
-        def event(choices: list[dict[str, Any]], model: str, **extra: Any) -> bytes:
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             payload = {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": model,
+                "model": state.model or attempt.model,
                 "choices": choices,
                 **extra,
             }
             return b"data: " + orjson.dumps(payload) + b"\n\n"
 
         try:
-            yield event(
-                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                attempt.model,
-            )
-            finish_reason = "stop"
-            while current is not None:
-                model = current.model
-                calls: dict[int, dict[str, Any]] = {}
-                prompt_tokens = completion_tokens = 0
-                upstream_finish: str | None = None
-                response_id: str | None = None
-                response_model: str | None = None
-                async for chunk in timed_stream(current.response, state.caller):
-                    usage = getattr(chunk, "usage", None)
-                    if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-                        prompt_tokens = int(usage.prompt_tokens or 0)
-                        completion_tokens = int(usage.completion_tokens or 0)
-                    response_id = response_id or getattr(chunk, "id", None)
-                    response_model = response_model or getattr(chunk, "model", None)
-                    for choice in chunk.choices or []:
-                        delta = choice.delta
-                        text = getattr(delta, "content", None)
-                        if text:
-                            if state.ttft is None:
-                                state.ttft = time.perf_counter() - state.started
-                            yield event(
-                                [{"index": 0, "delta": {"content": text}, "finish_reason": None}], model
-                            )
-                        for tc in getattr(delta, "tool_calls", None) or []:
-                            slot = calls.setdefault(
-                                tc.index or 0,
-                                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                            )
-                            if tc.id:
-                                slot["id"] = tc.id
-                            if tc.function is not None:
-                                if tc.function.name:
-                                    slot["function"]["name"] = tc.function.name
-                                if tc.function.arguments:
-                                    slot["function"]["arguments"] += tc.function.arguments
-                        if choice.finish_reason:
-                            upstream_finish = choice.finish_reason
-                    if time.monotonic() > state.deadline:
-                        raise ApiError(
-                            504, "the agent's time limit was reached", type="timeout_error", code="timeout"
-                        )
-                cost = self.llm.cost(state.caller, model, prompt_tokens, completion_tokens)
-                state.account(model, prompt_tokens, completion_tokens, cost)
-                self.llm.finish(
-                    current,
-                    response_model=response_model or model,
-                    response_id=response_id,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    finish_reasons=[upstream_finish or ""],
-                )
-                current = None
-                if calls and offered:
-                    ordered = [calls[i] for i in sorted(calls)]
-                    messages = [*messages, {"role": "assistant", "content": None, "tool_calls": ordered}]
-                    messages += await self._run_tools(state, ordered)
-                    await self._reserve_followup(state, messages)
-                    offered = self._tools_now(state, tools)
-                    current = await self.llm.complete(
-                        state.agent.models,
-                        caller=state.caller,
-                        messages=messages,
-                        params=params,
-                        tools=offered,
-                        stream=True,
-                        deadline=state.deadline,
-                    )
-                    state.answered(current)
-                    continue
-                finish_reason = upstream_finish if upstream_finish and not calls else "stop"
-            yield event(
-                [{"index": 0, "delta": {}, "finish_reason": finish_reason}], state.model or attempt.model
-            )
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            async for text in self._rounds(state, prepared, attempt):
+                if text:
+                    yield event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+            yield event([{"index": 0, "delta": {}, "finish_reason": state.finish_reason}])
             if include_usage:
                 yield event(
                     [],
-                    state.model or attempt.model,
                     usage={
                         "prompt_tokens": state.prompt_tokens,
                         "completion_tokens": state.completion_tokens,
@@ -945,8 +918,6 @@ class ChatService:
                 + b"\n\n"
             )
         finally:
-            if current is not None:  # the stream broke off
-                self.llm.abandon(current, state.error_type or "stream_interrupted")
             with anyio.CancelScope(shield=True):
                 await self._finish(state)
 
@@ -961,6 +932,9 @@ class ChatService:
 
     async def _finish(self, state: RequestState) -> None:
         config = state.agent.config
+        if state.current is not None:  # an answer not read to its end (an error, a client gone)
+            current, state.current = state.current, None
+            await self.llm.abandon(current, state.error_type or "stream_interrupted")
         elapsed = time.perf_counter() - state.started
         used = state.prompt_tokens + state.completion_tokens
         if state.reservation is not None:

@@ -234,8 +234,8 @@ async def run(
         path=settings.qdrant_path,
         api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
     )
+    llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
     try:
-        llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
         embedder = default_embedder(settings, llm)
         knowledge = KnowledgeService(vectors, embedder)
         with checkout(source) as root:
@@ -255,6 +255,7 @@ async def run(
             "problems": [problem.format() for problem in validation.errors],
         }
     finally:
+        await llm.close()
         await vectors.close()
         telemetry.shutdown()
 

@@ -1,5 +1,6 @@
-"""LLM calls through litellm: the agent's model, then its fallbacks, with a per-attempt timeout,
-jittered retries for retryable errors only, and a circuit breaker per deployment."""
+"""LLM calls: the agent's model, then its fallbacks, with a per-attempt timeout, jittered retries for
+retryable errors only, and a circuit breaker per deployment. How a call reaches its provider (directly
+for OpenAI and Azure OpenAI, else through litellm) is `agentplane_runtime.providers`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ from agentplane_runtime import offline
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.core.telemetry import GEN_AI_OPERATION, Metrics
+from agentplane_runtime.providers import (
+    Answer,
+    Call,
+    Delta,
+    DirectClient,
+    ProviderError,
+    is_direct,
+    open_litellm,
+    provider_of,
+)
 
 log = logging.getLogger("agentplane.runtime.llm")
 
@@ -105,6 +116,8 @@ _CLIENT_ERRORS = (litellm.exceptions.BadRequestError, litellm.exceptions.Unproce
 
 
 def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ProviderError):
+        return exc.retryable
     if isinstance(exc, (*_RETRYABLE, asyncio.TimeoutError)):
         return True
     status = getattr(exc, "status_code", None)
@@ -112,6 +125,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, ProviderError):
+        return exc.kind
     if isinstance(exc, litellm.exceptions.Timeout | asyncio.TimeoutError):
         return "timeout"
     if isinstance(exc, litellm.exceptions.RateLimitError):
@@ -120,11 +135,6 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(status, int):
         return f"http_{status}"
     return type(exc).__name__
-
-
-def provider_of(model: str) -> str:
-    prefix, sep, _ = model.partition("/")
-    return prefix if sep else "openai"
 
 
 def has_credentials(settings: Settings, model: str) -> bool:
@@ -249,9 +259,9 @@ class Caller:
     waited: float = 0.0
 
 
-async def timed_stream(stream: Any, caller: Caller) -> AsyncIterator[Any]:
-    """A provider's stream, with the time spent waiting for each chunk added to `caller.waited`."""
-    iterator = aiter(stream)
+async def timed(answer: Answer, caller: Caller) -> AsyncIterator[Delta]:
+    """A call's answer, with the time spent waiting for each piece added to `caller.waited`."""
+    iterator = aiter(answer)
     while True:
         started = time.perf_counter()
         try:
@@ -265,12 +275,12 @@ async def timed_stream(stream: Any, caller: Caller) -> AsyncIterator[Any]:
 
 @dataclass
 class Attempt:
-    """A successful LLM call: the model that answered and its response (a stream when streaming).
+    """A successful LLM call: the model that answered and its answer (`Delta`s: one, or a stream's).
     `span` is the attempt's span, still open: the caller ends it with `LLMClient.finish` (or
-    `LLMClient.abandon` when a stream breaks off)."""
+    `LLMClient.abandon` when the answer is not read to its end)."""
 
     model: str
-    response: Any
+    answer: Answer
     span: Span
     attempts: int
     caller: Caller
@@ -284,10 +294,11 @@ class Attempt:
 
 
 class LLMClient:
-    """Calls litellm with the agent's model and fallbacks."""
+    """Calls the agent's model and fallbacks (`close()` when done: it owns the direct path's pool)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, tracer: Tracer) -> None:
         self.settings = settings
+        self.direct = DirectClient()
         self.metrics = metrics
         self.tracer = tracer
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -299,6 +310,9 @@ class LLMClient:
         litellm.disable_hf_tokenizer_download = True
         if settings.offline_model:
             offline.register()
+
+    async def close(self) -> None:
+        await self.direct.aclose()
 
     def target(self, model: str) -> str:
         """The model litellm is asked for: the offline model when `offline_model` is on and the
@@ -417,26 +431,19 @@ class LLMClient:
                     if params.get(name) is not None:
                         span.set_attribute(f"gen_ai.request.{name}", params[name])
                 timeout = min(s.llm_timeout_seconds, remaining)
-                kwargs: dict[str, Any] = {
-                    **self.credentials(model),
-                    **{k: v for k, v in params.items() if v is not None},
-                    "model": model,
-                    "messages": messages,
-                    "timeout": timeout,
-                    "max_retries": 0,
-                }
-                if tools:
-                    kwargs["tools"] = tools
-                    # litellm would otherwise import its proxy's MCP gateway (and the `mcp` package)
-                    # for any request with tools; our tools are run by us, never by litellm. There is
-                    # no public switch (1.106): the import precedes the check; litellm's own calls pass this.
-                    kwargs["_skip_mcp_handler"] = True
-                if stream:
-                    kwargs["stream"] = True
-                    kwargs["stream_options"] = {"include_usage": True}
+                call = Call(
+                    model=model,
+                    messages=messages,
+                    params={k: v for k, v in params.items() if v is not None},
+                    tools=tools or None,
+                    stream=stream,
+                    timeout=timeout,
+                    credentials=self.credentials(model),
+                )
+                opened = self.direct.open(call) if is_direct(model) else open_litellm(call)
                 started = time.perf_counter()
                 try:
-                    response = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout + 1)
+                    answer = await asyncio.wait_for(opened, timeout + 1)
                 except asyncio.CancelledError:
                     caller.waited += time.perf_counter() - started
                     breaker.release()
@@ -453,7 +460,9 @@ class LLMClient:
                     self.metrics.llm_attempts.labels(model, kind).inc()
                     self._operation(caller, model, "", kind).observe(elapsed)
                     last = exc
-                    if isinstance(exc, _CLIENT_ERRORS) and not is_retryable(exc):
+                    if (isinstance(exc, _CLIENT_ERRORS) and not is_retryable(exc)) or (
+                        isinstance(exc, ProviderError) and exc.invalid_request
+                    ):
                         breaker.release()
                         self._state(model, breaker)
                         raise ApiError(
@@ -483,7 +492,7 @@ class LLMClient:
                 self.metrics.llm_attempts.labels(model, "ok").inc()
                 return Attempt(
                     model=model,
-                    response=response,
+                    answer=answer,
                     span=span,
                     attempts=attempts,
                     caller=caller,
@@ -539,8 +548,13 @@ class LLMClient:
             finish_reasons=finish_reasons,
         )
 
-    def abandon(self, attempt: Attempt, error_type: str) -> None:
-        """A stream that broke off before its end: its duration with the error, and its span ended."""
+    async def abandon(self, attempt: Attempt, error_type: str) -> None:
+        """An answer not read to its end (a stream that broke off): its connection given back, its
+        duration with the error, and its span ended."""
+        try:
+            await attempt.answer.aclose()
+        except Exception as exc:  # the answer had failed already: its error is being reported
+            log.debug("closing an abandoned answer of %s: %s", attempt.model, exc)
         duration = time.perf_counter() - attempt.started
         self._operation(attempt.caller, attempt.model, "", error_type).observe(duration)
         attempt.span.set_attribute("error.type", error_type)

@@ -246,6 +246,7 @@ async def build_runtime(
         audit.start()
         stack.push_async_callback(audit.stop)
         llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
+        stack.push_async_callback(llm.close)
         knowledge = KnowledgeService(vectors, embedder or default_embedder(settings, llm))
         oidc = OidcVerifier(settings, http) if settings.oidc_issuer else None
         authenticator = Authenticator(

@@ -28,7 +28,8 @@ from agentplane_platform.config import AgentConfig
 from agentplane_platform.contract import LLM_SECRET, RUNTIME_SECRET
 from agentplane_platform.knowledge import VectorStore
 from agentplane_runtime.core.config import Settings
-from agentplane_runtime.llm import has_credentials, provider_of
+from agentplane_runtime.llm import has_credentials
+from agentplane_runtime.providers import provider_of
 from agentplane_runtime.quotas import QuotaBackend
 
 log = logging.getLogger("agentplane.runtime.startup")

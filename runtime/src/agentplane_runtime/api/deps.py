@@ -14,8 +14,11 @@ from agentplane_runtime.auth import AuthError, AuthUnavailable, Principal
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.services import Runtime
 
+# Every dependency is `async def`: FastAPI runs a plain `def` one in a worker thread, a thread hop per
+# dependency per request.
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -23,7 +26,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_agent(request: Request, runtime: RuntimeDep) -> AgentContext:
+async def get_agent(request: Request, runtime: RuntimeDep) -> AgentContext:
     """The agent of this route: from the `{tenant}`/`{agent}` path parameters when the agent router
     is mounted under them (several agents in one app), else the runtime's default agent."""
     params = request.path_params
@@ -43,7 +46,7 @@ def client_address(request: Request) -> str | None:
 
 def actor(request: Request, principal: Principal | None) -> Actor:
     """Who is calling and from where, for the audit trail."""
-    return Actor.of(principal, source=client_address(request), request_id=request_id(request))
+    return Actor.of(principal, source=client_address(request), request_id=_request_id(request))
 
 
 async def denied(
@@ -122,9 +125,14 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def request_id(request: Request) -> str:
+def _request_id(request: Request) -> str:
     value: str = request.scope.get("state", {}).get("request_id") or ""
     return value
+
+
+async def request_id(request: Request) -> str:
+    """The request's id (`RequestContextMiddleware` gave it one)."""
+    return _request_id(request)
 
 
 RequestId = Annotated[str, Depends(request_id)]

@@ -1,0 +1,323 @@
+"""How an LLM call reaches its provider, and the one shape every answer takes (`Delta`s).
+
+OpenAI and Azure OpenAI speak the OpenAI wire format, so their calls go out directly: the JSON body
+on one pooled HTTP client, read back with orjson. litellm still decides the parameters (which ones
+the model supports and what they are called: `max_completion_tokens` for the reasoning models, no
+`temperature` where it is refused) and prices the call; it is the per-call machinery around that
+(its logging object, callbacks, the openai SDK's request transformation) that the direct path skips.
+Every other provider, and the offline model, goes through `litellm.acompletion`, which translates.
+
+Either way a call gives an `Answer`: the `Delta`s of its response, one for a plain call, one per
+chunk for a stream. The chat loop reads that one shape, whichever way the call went.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import litellm
+import orjson
+from litellm.utils import get_optional_params
+
+DIRECT_PROVIDERS = frozenset({"openai", "azure"})
+"""The providers whose calls skip litellm's call path (they speak the OpenAI wire format)."""
+OPENAI_API_BASE = "https://api.openai.com/v1"
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of one tool call: a stream sends its id and name once and its arguments in pieces."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of a model's answer: the whole of a plain call's, or one chunk of a stream's."""
+
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+    id: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    """Set when the chunk carries the call's usage (a plain answer; a stream's last chunk)."""
+    completion_tokens: int | None = None
+
+
+Answer = AsyncGenerator[Delta, None]
+"""A call's response as `Delta`s; `aclose()` gives its connection back when it is not read to the end."""
+
+
+class ProviderError(Exception):
+    """A provider call that failed on the direct path: `kind` labels the failure in metrics and spans
+    (`http_500`, `rate_limited`, `timeout`, `connection_error`)."""
+
+    def __init__(self, message: str, *, kind: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+
+    @property
+    def retryable(self) -> bool:
+        status = self.status_code
+        if status is None:
+            return True  # a timeout or a connection that failed
+        return status in (408, 409, 429) or status >= 500
+
+    @property
+    def invalid_request(self) -> bool:
+        """The provider refused the request itself (retrying or another model will not help)."""
+        return self.status_code in (400, 422)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempt of an LLM call, as the provider is to receive it."""
+
+    model: str
+    """litellm's name: `provider/model` (`openai/gpt-4o-mini`, `azure/<deployment>`)."""
+    messages: list[dict[str, Any]]
+    params: Mapping[str, Any]
+    """The OpenAI parameters set for this call (None ones left out): temperature, max_tokens, ..."""
+    tools: list[dict[str, Any]] | None
+    stream: bool
+    timeout: float
+    credentials: Mapping[str, Any]
+    """`api_key`, `api_base`, and for Azure `api_version`."""
+
+
+def provider_of(model: str) -> str:
+    """The provider of a litellm model name (a name without one is OpenAI's)."""
+    prefix, sep, _ = model.partition("/")
+    return prefix if sep else "openai"
+
+
+def is_direct(model: str) -> bool:
+    """Whether calls of `model` take the direct path (see the module's docstring)."""
+    return provider_of(model) in DIRECT_PROVIDERS
+
+
+@functools.lru_cache(maxsize=4096)
+def _mapped(provider: str, name: str, params: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    mapped = get_optional_params(model=name, custom_llm_provider=provider, drop_params=True, **dict(params))
+    return tuple((k, v) for k, v in mapped.items() if k not in ("stream", "extra_body") and v is not None)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def provider_params(model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` as `model`'s provider takes them, by litellm's rules: renamed where the model names a
+    parameter otherwise, left out where it does not support one (remembered per model and values)."""
+    provider, _, name = model.partition("/")
+    key = tuple(sorted((k, _hashable(v)) for k, v in params.items() if v is not None))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in _mapped(provider, name, key)}
+
+
+class DirectClient:
+    """OpenAI-format calls on one pooled HTTP client (the direct path)."""
+
+    def __init__(self, *, max_connections: int = 200) -> None:
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=httpx.Timeout(60.0),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def request(self, call: Call) -> httpx.Request:
+        """The HTTP request of `call`: its URL and auth header by provider, its JSON body."""
+        provider, _, name = call.model.partition("/")
+        creds = call.credentials
+        key = creds.get("api_key")
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if provider == "azure":
+            base = str(creds.get("api_base") or "").rstrip("/")
+            url = f"{base}/openai/deployments/{name}/chat/completions"
+            query = {"api-version": str(creds.get("api_version"))}
+            if key:
+                headers["api-key"] = str(key)
+        else:
+            url = f"{str(creds.get('api_base') or OPENAI_API_BASE).rstrip('/')}/chat/completions"
+            query = {}
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+        body: dict[str, Any] = {
+            "model": name,
+            "messages": call.messages,
+            **provider_params(call.model, call.params),
+        }
+        if call.tools:
+            body["tools"] = call.tools
+        if call.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return self.http.build_request(
+            "POST",
+            url,
+            params=query,
+            headers=headers,
+            content=orjson.dumps(body),
+            timeout=httpx.Timeout(call.timeout),
+        )
+
+    async def open(self, call: Call) -> Answer:
+        """Send `call`; returns once the response's status and headers are in (a failed status raises
+        `ProviderError`); its body is read as the answer is."""
+        try:
+            response = await self.http.send(self.request(call), stream=True)
+        except httpx.TimeoutException as exc:
+            raise ProviderError(f"{call.model}: no answer in time", kind="timeout") from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                f"{call.model}: {type(exc).__name__}: {exc}", kind="connection_error"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                detail = (await response.aread())[:500].decode(errors="replace")
+            except httpx.HTTPError:
+                detail = ""
+            finally:
+                await response.aclose()
+            status = response.status_code
+            raise ProviderError(
+                f"{call.model}: HTTP {status}: {detail}",
+                kind="rate_limited" if status == 429 else f"http_{status}",
+                status_code=status,
+            )
+        if call.stream:
+            return _events(response, call.model)
+        try:  # a plain answer is read here, so a broken one fails the attempt (and is retried)
+            data = orjson.loads(await response.aread())
+        except httpx.TimeoutException as exc:
+            raise ProviderError(f"{call.model}: no answer in time", kind="timeout") from exc
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            raise ProviderError(
+                f"{call.model}: unreadable answer ({type(exc).__name__})",
+                kind="bad_response",
+                status_code=502,
+            ) from exc
+        finally:
+            await response.aclose()
+        return _one(_delta(data, whole=True))
+
+
+async def _one(delta: Delta) -> Answer:
+    yield delta
+
+
+async def _events(response: httpx.Response, model: str) -> Answer:
+    """A server-sent event stream's chunks (`data: {...}`, up to `data: [DONE]`)."""
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank lines between events, comments, `event:` lines
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise ProviderError(f"{model}: unreadable stream chunk", kind="bad_response") from exc
+            if "error" in data and "choices" not in data:
+                error = data["error"] if isinstance(data["error"], dict) else {"message": data["error"]}
+                raise ProviderError(f"{model}: {error.get('message', 'error')}", kind="stream_error")
+            yield _delta(data, whole=False)
+    except httpx.TimeoutException as exc:
+        raise ProviderError(f"{model}: the stream stalled", kind="timeout") from exc
+    except httpx.HTTPError as exc:
+        raise ProviderError(
+            f"{model}: the stream broke ({type(exc).__name__})", kind="connection_error"
+        ) from exc
+    finally:
+        await response.aclose()
+
+
+def _delta(data: dict[str, Any], *, whole: bool) -> Delta:
+    """A response (`whole`: a `chat.completion`) or a stream chunk, as a `Delta`."""
+    delta = Delta(id=data.get("id"), model=data.get("model"))
+    usage = data.get("usage")
+    if usage:
+        delta.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        delta.completion_tokens = int(usage.get("completion_tokens") or 0)
+    choices = data.get("choices") or ()
+    if choices:
+        choice = choices[0]
+        part = choice.get("message" if whole else "delta") or {}
+        delta.content = part.get("content")
+        delta.finish_reason = choice.get("finish_reason")
+        for i, tc in enumerate(part.get("tool_calls") or ()):
+            function = tc.get("function") or {}
+            delta.tool_calls.append(
+                ToolCallDelta(
+                    index=i if whole else int(tc.get("index") or 0),
+                    id=tc.get("id"),
+                    name=function.get("name"),
+                    arguments=function.get("arguments"),
+                )
+            )
+    return delta
+
+
+async def open_litellm(call: Call) -> Answer:
+    """Send `call` through `litellm.acompletion` (every provider but the direct ones)."""
+    kwargs: dict[str, Any] = {
+        **call.credentials,
+        **call.params,
+        "model": call.model,
+        "messages": call.messages,
+        "timeout": call.timeout,
+        "max_retries": 0,
+    }
+    if call.tools:
+        kwargs["tools"] = call.tools
+        # litellm would otherwise import its proxy's MCP gateway (and the `mcp` package) for any
+        # request with tools; our tools are run by us, never by litellm. There is no public switch
+        # (1.106): the import precedes the check; litellm's own calls pass this.
+        kwargs["_skip_mcp_handler"] = True
+    if call.stream:
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+    response = await litellm.acompletion(**kwargs)
+    return _litellm_chunks(response) if call.stream else _one(_litellm_delta(response, whole=True))
+
+
+async def _litellm_chunks(stream: Any) -> Answer:
+    iterator: AsyncIterator[Any] = aiter(stream)
+    async for chunk in iterator:
+        yield _litellm_delta(chunk, whole=False)
+
+
+def _litellm_delta(response: Any, *, whole: bool) -> Delta:
+    delta = Delta(id=getattr(response, "id", None), model=getattr(response, "model", None))
+    usage = getattr(response, "usage", None)
+    if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+        delta.prompt_tokens = int(usage.prompt_tokens or 0)
+        delta.completion_tokens = int(usage.completion_tokens or 0)
+    choices = getattr(response, "choices", None) or ()
+    if choices:
+        choice = choices[0]
+        part = choice.message if whole else choice.delta
+        delta.content = getattr(part, "content", None)
+        delta.finish_reason = choice.finish_reason
+        for i, tc in enumerate(getattr(part, "tool_calls", None) or ()):
+            function = tc.function
+            delta.tool_calls.append(
+                ToolCallDelta(
+                    index=i if whole else int(tc.index or 0),
+                    id=tc.id,
+                    name=getattr(function, "name", None),
+                    arguments=getattr(function, "arguments", None),
+                )
+            )
+    return delta

@@ -63,9 +63,14 @@ async def test_acquire_is_all_or_nothing(backend: QuotaBackend) -> None:
     # nothing was added to the counter that had room
     again = await backend.acquire([CounterSpec(a, 5, 10)], spend_key=key(), budget=-1, ttl=60)
     assert again.values == (10,)
-    await backend.adjust([(a, -7), (key(), 3)])
+    gone = key()
+    await backend.settle([a, gone], -7, key(), 0.0, 60)
     after = await backend.acquire([CounterSpec(a, 0, 10)], spend_key=key(), budget=-1, ttl=60)
     assert after.values == (3,)
+    # a counter that no longer exists (its minute is over) is not made again by settling
+    assert (await backend.acquire([CounterSpec(gone, 0, 10)], spend_key=key(), budget=-1, ttl=60)).values == (
+        0,
+    )
 
 
 async def test_concurrent_acquires_never_pass_the_limit(backend: QuotaBackend) -> None:
@@ -87,7 +92,7 @@ async def test_budget_needs_the_spend_then_refuses_at_the_budget(backend: QuotaB
     await backend.init_spend(spend, 4.5, 60)
     await backend.init_spend(spend, 0.0, 60)  # does not reset an existing value
     assert (await backend.acquire([CounterSpec(key(), 1, 10)], spend_key=spend, budget=5.0, ttl=60)).ok
-    await backend.add_spend(spend, 0.5, 60)
+    await backend.settle([], 0, spend, 0.5, 60)
     over = await backend.acquire([CounterSpec(key(), 1, 10)], spend_key=spend, budget=5.0, ttl=60)
     assert not over.ok
     assert over.failed == -1

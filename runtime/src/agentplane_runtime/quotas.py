@@ -63,11 +63,10 @@ class QuotaBackend(Protocol):
         counter does not exist yet (the caller initialises it from the usage records and retries)."""
         ...
 
-    async def adjust(self, deltas: Sequence[tuple[str, int]]) -> None:
-        """Add (possibly negative) deltas to counters that still exist."""
+    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
+        """A request is done: add `delta` (possibly negative) to those of `keys` that still exist, and
+        `amount` USD (if any) to the spend counter, which expires in `ttl` seconds (one round trip)."""
         ...
-
-    async def add_spend(self, key: str, amount: float, ttl: int) -> None: ...
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         """Set the spend counter if it does not exist."""
@@ -107,9 +106,17 @@ out[#out + 1] = spent
 return out
 """
 
-_ADJUST = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], tonumber(ARGV[i])) end
+_SETTLE = """
+local n = #KEYS - 1
+local delta = tonumber(ARGV[1])
+if delta ~= 0 then
+  for i = 1, n do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], delta) end
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('INCRBYFLOAT', KEYS[n + 1], ARGV[2])
+  redis.call('EXPIRE', KEYS[n + 1], tonumber(ARGV[3]))
 end
 return 1
 """
@@ -121,7 +128,7 @@ class RedisQuotaBackend:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
-        self._adjust = redis.register_script(_ADJUST)
+        self._settle = redis.register_script(_SETTLE)
 
     async def acquire(
         self, counters: Sequence[CounterSpec], *, spend_key: str, budget: float, ttl: int
@@ -148,17 +155,10 @@ class RedisQuotaBackend:
         # the counters' new values, then the month's spend as text (a Lua number would be truncated)
         return Acquired(ok=True, values=tuple(int(v) for v in result[1:-1]), spend=float(result[-1]))
 
-    async def adjust(self, deltas: Sequence[tuple[str, int]]) -> None:
-        deltas = [(k, d) for k, d in deltas if d]
-        if deltas:
-            await self._adjust(keys=[k for k, _ in deltas], args=[d for _, d in deltas])
-
-    async def add_spend(self, key: str, amount: float, ttl: int) -> None:
-        if amount > 0:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incrbyfloat(key, amount)
-                pipe.expire(key, ttl)
-                await pipe.execute()
+    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
+        if delta or amount > 0:
+            # the amount as text (repr): INCRBYFLOAT adds it as Redis parses it, with no rounding by Lua
+            await self._settle(keys=[*keys, spend_key], args=[delta, repr(float(amount)), ttl])
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         await self.redis.set(key, repr(float(amount)), nx=True, ex=ttl)
@@ -217,15 +217,13 @@ class MemoryQuotaBackend:
             values.append(value)
         return Acquired(ok=True, values=tuple(values), spend=spend)
 
-    async def adjust(self, deltas: Sequence[tuple[str, int]]) -> None:
-        for key, delta in deltas:
+    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
+        for key in keys if delta else ():
             entry = self._values.get(key)
             if entry is not None and self._get(key) is not None:
                 self._values[key] = (entry[0] + delta, entry[1])
-
-    async def add_spend(self, key: str, amount: float, ttl: int) -> None:
         if amount > 0:
-            self._set(key, (self._get(key) or 0.0) + amount, ttl)
+            self._set(spend_key, (self._get(spend_key) or 0.0) + amount, ttl)
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         if self._get(key) is None:
@@ -438,13 +436,14 @@ class QuotaGate:
 
     async def settle(self, reservation: Reservation, used_tokens: int, cost_usd: float) -> None:
         """Replace the reservation by the real usage (gives back what was not used)."""
+        keys = reservation.token_keys if reservation.enforced else ()
+        delta = used_tokens - reservation.reserved if reservation.enforced else 0
+        _, _, to_month_end = _month(datetime.fromtimestamp(self.clock(), UTC))
+        await self.backend.settle(
+            keys, delta, reservation.spend_key, max(0.0, cost_usd), int(to_month_end) + 86400
+        )
         if reservation.enforced:
-            delta = used_tokens - reservation.reserved
-            await self.backend.adjust([(k, delta) for k in reservation.token_keys])
             reservation.reserved = used_tokens
-        if cost_usd > 0:
-            _, _, to_month_end = _month(datetime.fromtimestamp(self.clock(), UTC))
-            await self.backend.add_spend(reservation.spend_key, cost_usd, int(to_month_end) + 86400)
 
     @staticmethod
     def _headers(

@@ -278,6 +278,17 @@ async def test_which_price_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     assert litellm_price.cost("openai/gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
 
 
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "azure/gpt-4o", "gemini/gemini-2.5-pro"])
+async def test_litellms_price_of_a_call_is_its_cost_map_price(model: str) -> None:
+    """A linear price is kept as two rates (no cost map lookup per call); a tiered one (Gemini 2.5 Pro
+    costs more per token above 200k) is still priced by litellm per call: the same figures either way."""
+    for prompt, completion in [(1, 0), (0, 1), (1234, 56), (300_000, 4_000)]:
+        expected = sum(
+            litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+        )
+        assert Price("litellm").cost(model, prompt, completion) == pytest.approx(expected, rel=1e-12)
+
+
 async def test_a_prompt_is_counted_by_litellm_and_never_under_reserved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

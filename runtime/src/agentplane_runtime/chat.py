@@ -545,7 +545,8 @@ class ChatService:
             "user": body.user,
         }
         messages = [{"role": "system", "content": system}, *conversation]
-        await self._top_up(state, messages, tools)
+        if system != state.agent.system_prompt():  # retrieval added to the prompt: reserve that too
+            await self._top_up(state, messages, tools)
         return Prepared(messages, params, tools)
 
     def _tools_now(self, state: RequestState, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -176,6 +176,9 @@ class Price:
             return (
                 prompt_tokens * d.input_per_million_tokens + completion_tokens * d.output_per_million_tokens
             ) / 1_000_000
+        rates = _linear_rates(model)
+        if rates is not None:
+            return prompt_tokens * rates[0] + completion_tokens * rates[1]
         try:
             prompt_cost, completion_cost = litellm.cost_per_token(
                 model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
@@ -184,6 +187,22 @@ class Price:
             log.warning("no cost for %s (%s: %s)", model, type(exc).__name__, exc, exc_info=exc)
             return 0.0
         return float(prompt_cost) + float(completion_cost)
+
+
+@functools.cache
+def _linear_rates(model: str) -> tuple[float, float] | None:
+    """USD per prompt token and per completion token of `model` in litellm's cost map, when its price
+    is linear (no tier above a number of tokens): a call's cost is then a product, not a lookup in the
+    map per call. None when it is tiered, or unknown (litellm then prices each call itself)."""
+    try:
+        info = litellm.get_model_info(model)
+        if any("above" in name and value for name, value in info.items()):
+            return None
+        prompt, _ = litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=0)
+        _, completion = litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1)
+    except Exception:  # not in the map: `Price.cost` says so, per call
+        return None
+    return float(prompt), float(completion)
 
 
 @functools.cache

@@ -123,7 +123,9 @@ def wrk(
     subprocess.run([*base[:3], "-d2s", *base[3:]], check=True, capture_output=True)  # warm-up
     spy = None
     if profile is not None:
-        py_spy = shutil.which("py-spy") or sys.exit("bench_runtime: py-spy is missing: uv tool install py-spy")
+        py_spy = shutil.which("py-spy") or sys.exit(
+            "bench_runtime: py-spy is missing: uv tool install py-spy"
+        )
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(server_pid), "--format", "raw", "--output", str(profile),
              "--duration", str(seconds), "--rate", "250", "--nonblocking"],
@@ -147,6 +149,40 @@ def wrk(
     return Run(_ms(latency["50"]), _ms(latency["99"]), rps, requests, errors, cpu * 1000 / answered)
 
 
+def _first_text(line: str) -> bool:
+    if not line.startswith("data:") or line.endswith("[DONE]"):
+        return False
+    choices = json.loads(line[5:]).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
+def ttft(url: str, headers: dict[str, str], requests: int) -> tuple[float, float]:
+    """Time to the first token of a streamed answer (the first chunk with text), `requests` in a row
+    after 20 to warm up: its p50 and p99 in ms. The client is the same for every target, so the
+    differences between targets are theirs."""
+    body = {**BODY, "stream": True}
+
+    async def measure() -> list[float]:
+        times: list[float] = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(requests + 20):
+                started = time.perf_counter()
+                async with client.stream("POST", url, json=body, headers=headers) as response:
+                    response.raise_for_status()
+                    first: float | None = None
+                    async for line in response.aiter_lines():  # read to the end (the connection is reused)
+                        if first is None and _first_text(line):
+                            first = time.perf_counter() - started
+                    if first is None:
+                        raise RuntimeError(f"{url} streamed no text")
+                    if i >= 20:
+                        times.append(first * 1000)
+        return sorted(times)
+
+    times = asyncio.run(measure())
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,6 +197,12 @@ def main() -> None:
         default=",".join(TARGETS),
         help=f"which targets to load, comma-separated (of {', '.join(TARGETS)}); the ratios need "
         "agentplane, forwarder and litellm-proxy",
+    )
+    parser.add_argument(
+        "--ttft-requests",
+        type=int,
+        default=300,
+        help="streamed requests in a row per target to measure the time to first token (0: none)",
     )
     parser.add_argument(
         "--profile",
@@ -362,6 +404,20 @@ def main() -> None:
                 f"{name:<15} {c:>4} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rps:>8.0f} "
                 f"{run.cpu_ms:>10.2f} {run.errors:>6}"
             )
+        streamed = [name for name in ("forwarder", "agentplane", "litellm-proxy") if name in chosen]
+        if args.ttft_requests and streamed:
+            print(f"\nstreamed, {args.ttft_requests} requests in a row: time to the first token")
+            print(f"{'target':<15} {'p50 ms':>8} {'p99 ms':>8}")
+            first: dict[str, float] = {}
+            for name in streamed:
+                url, headers, _ = targets[name]
+                first[name], p99 = ttft(url, headers, args.ttft_requests)
+                print(f"{name:<15} {first[name]:>8.2f} {p99:>8.2f}")
+            if {"forwarder", "agentplane"} <= first.keys():
+                print(
+                    f"agentplane's time to first token is {first['agentplane'] - first['forwarder']:+.2f} ms "
+                    "from the forwarder's (p50)"
+                )
         for c in levels if {"agentplane", "forwarder", "litellm-proxy"} <= set(chosen) else []:
             ours, limit, proxy_run = (
                 results["agentplane", c],

@@ -1,5 +1,6 @@
 """The limit of the runtime's own stack, for `loadtests/bench_runtime.py`: a FastAPI route that forwards a
-chat request's body to the upstream with one pooled httpx client and does nothing else, served by
+chat request's body to the upstream with one pooled httpx client (a stream passed through as it comes)
+and does nothing else, served by
 uvicorn with uvloop and httptools as the runtime is. Whatever the runtime does per request costs what
 it adds on top of this.
 
@@ -13,9 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
 
 
 def create_app(upstream: str, api_key: str) -> FastAPI:
@@ -35,8 +38,20 @@ def create_app(upstream: str, api_key: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def forward(request: Request) -> Response:
-        answer = await client.post("/chat/completions", content=await request.body())
-        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+        body = await request.body()
+        if not orjson.loads(body).get("stream"):
+            answer = await client.post("/chat/completions", content=body)
+            return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+        # a stream is passed through as its bytes arrive
+        upstream = await client.send(
+            client.build_request("POST", "/chat/completions", content=body), stream=True
+        )
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            media_type="text/event-stream",
+            background=BackgroundTask(upstream.aclose),
+        )
 
     return app
 

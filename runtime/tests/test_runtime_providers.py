@@ -1,0 +1,144 @@
+"""The two ways a call reaches its provider: OpenAI and Azure OpenAI directly (one pooled client, the
+parameters as litellm maps them), everything else through litellm. Both give the same `Delta`s for the
+same answer; a failed call says what failed; an answer not read to its end gives its connection back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from runtime_support import make_config, serve, tenant_name
+
+from agentplane_runtime import Settings
+from agentplane_runtime.providers import (
+    Answer,
+    Call,
+    Delta,
+    DirectClient,
+    ProviderError,
+    open_litellm,
+    provider_params,
+)
+from support.fake_llm import FakeLLM, error, reply, tool_calls
+from support.ports import free_port
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def call(fake: FakeLLM, model: str, *, stream: bool, timeout: float = 5.0, base: str | None = None) -> Call:
+    return Call(
+        model=model,
+        messages=MESSAGES,
+        params={"max_tokens": 32, "temperature": 0.2},
+        tools=None,
+        stream=stream,
+        timeout=timeout,
+        credentials={"api_key": "sk-test", "api_base": base or fake.base_url},
+    )
+
+
+async def read(answer: Answer) -> list[Delta]:
+    return [delta async for delta in answer]
+
+
+def summary(deltas: list[Delta]) -> tuple[str, list[tuple[str, str]], str | None, tuple[int, int]]:
+    """What a caller makes of an answer: its text, its tool calls, its finish reason, its usage."""
+    text = "".join(d.content or "" for d in deltas)
+    calls: dict[int, list[str]] = {}
+    for d in deltas:
+        for tc in d.tool_calls:
+            slot = calls.setdefault(tc.index, ["", ""])
+            slot[0] += tc.name or ""
+            slot[1] += tc.arguments or ""
+    finish = next((d.finish_reason for d in reversed(deltas) if d.finish_reason), None)
+    usage = next(
+        ((d.prompt_tokens or 0, d.completion_tokens or 0) for d in deltas if d.prompt_tokens), (0, 0)
+    )
+    return text, [(name, args) for name, args in (calls[i] for i in sorted(calls))], finish, usage
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_direct_path_and_litellm_give_the_same_answer(fake_llm: FakeLLM, stream: bool) -> None:
+    direct = DirectClient()
+    try:
+        seen = []
+        for path in ("direct", "litellm"):
+            fake_llm.script("gpt-4o-mini", [tool_calls(("add", {"a": 1, "b": 2})), reply("one two three")])
+            opened = []
+            for _ in range(2):
+                c = call(fake_llm, "openai/gpt-4o-mini", stream=stream)
+                answer = await (direct.open(c) if path == "direct" else open_litellm(c))
+                opened.append(summary(await read(answer)))
+            seen.append(opened)
+        assert seen[0] == seen[1]
+        called, answered = seen[0]
+        assert called[1] == [("add", '{"a": 1, "b": 2}')]
+        assert called[2] == "tool_calls"
+        assert answered[0] == "one two three"
+        assert answered[2] == "stop"
+        assert answered[3][1] > 0  # the usage came along, streamed or not
+    finally:
+        await direct.aclose()
+
+
+async def test_litellm_decides_the_parameters_of_the_direct_path(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    """A reasoning model takes `max_completion_tokens` and refuses `temperature`: litellm's rules."""
+    assert provider_params("openai/gpt-4o-mini", {"max_tokens": 9, "temperature": 0.3}) == {
+        "max_tokens": 9,
+        "temperature": 0.3,
+    }
+    config = make_config(tenant_name(), model="openai/o3-mini")
+    async with serve(settings, config) as served, httpx.AsyncClient(base_url=served.base_url) as http:
+        response = await http.post(
+            "/chat/completions",
+            json={"model": "x", "messages": MESSAGES, "max_tokens": 12, "temperature": 0.3},
+            headers={"Authorization": f"Bearer {await served.key()}"},
+        )
+        assert response.status_code == 200, response.text
+    (sent,) = fake_llm.chat_requests("o3-mini")
+    assert sent.body["max_completion_tokens"] == 12
+    assert "max_tokens" not in sent.body
+    assert "temperature" not in sent.body
+
+
+async def test_a_failed_call_says_what_failed(fake_llm: FakeLLM) -> None:
+    direct = DirectClient()
+    try:
+        fake_llm.script("gpt-4o-mini", [error(429), error(400), error(503)])
+        kinds = []
+        for _ in range(3):
+            with pytest.raises(ProviderError) as caught:
+                await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False))
+            kinds.append((caught.value.kind, caught.value.retryable, caught.value.invalid_request))
+        assert kinds == [("rate_limited", True, False), ("http_400", False, True), ("http_503", True, False)]
+        closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+        with pytest.raises(ProviderError) as refused:
+            await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False, base=closed))
+        assert (refused.value.kind, refused.value.retryable) == ("connection_error", True)
+    finally:
+        await direct.aclose()
+
+
+async def test_an_abandoned_stream_gives_its_connection_back(fake_llm: FakeLLM) -> None:
+    """With one connection in the pool, the next call can only be made if the stream let go of it."""
+    direct = DirectClient(max_connections=1)
+    fake_llm.chunk_delay_ms = 200
+    try:
+        fake_llm.script("gpt-4o-mini", [reply("a slow stream of many words that nobody reads to the end")])
+        answer = await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=True))
+        first = await anext(answer)
+        assert first.id
+        await answer.aclose()
+        fake_llm.chunk_delay_ms = 0
+        fake_llm.script("gpt-4o-mini", [reply("next")])
+        again = await asyncio.wait_for(
+            direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False, timeout=2)), 5
+        )
+        assert summary(await read(again))[0] == "next"
+    finally:
+        await direct.aclose()

@@ -128,7 +128,7 @@ def wrk(
         )
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(server_pid), "--format", "raw", "--output", str(profile),
-             "--duration", str(seconds), "--rate", "250", "--nonblocking"],
+             "--duration", str(seconds), "--rate", "250", "--nonblocking", "--gil"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
     before = _cpu_seconds(server_pid)
@@ -209,7 +209,8 @@ def main() -> None:
         type=Path,
         metavar="FILE",
         help="record the runtime with py-spy (`uv tool install py-spy`) while wrk loads it at the first "
-        "concurrency, into FILE (raw collapsed stacks: py-spy record --format raw)",
+        "concurrency, into FILE (raw collapsed stacks of the thread holding the GIL: py-spy record --format "
+        "raw --gil)",
     )
     args = parser.parse_args()
     chosen = args.targets.split(",")

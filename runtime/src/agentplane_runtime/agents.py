@@ -30,6 +30,8 @@ class AgentContext:
     tools: list[dict[str, Any]] = field(init=False)
     tools_by_function: dict[str, ResolvedTool] = field(init=False)
     models: list[str] = field(init=False)
+    _system: tuple[str, str] | None = field(default=None, init=False, repr=False)
+    """The rendered system prompt and the day it was rendered for."""
 
     def __post_init__(self) -> None:
         self.tools = tool_definitions(self.config)
@@ -41,14 +43,15 @@ class AgentContext:
         return (self.config.tenant, self.config.agent)
 
     def system_prompt(self) -> str:
+        """The prompt's template rendered with its values (rendered once a day: `date` is one)."""
+        today = datetime.now(UTC).date().isoformat()
+        if self._system is not None and self._system[0] == today:
+            return self._system[1]
         prompt = self.config.prompt
-        values = {
-            **prompt.values,
-            "tenant": self.config.tenant,
-            "agent": self.config.agent,
-            "date": datetime.now(UTC).date().isoformat(),
-        }
-        return render(prompt.template, values)
+        values = {**prompt.values, "tenant": self.config.tenant, "agent": self.config.agent, "date": today}
+        text = render(prompt.template, values)
+        self._system = (today, text)
+        return text
 
 
 class AgentNotFound(LookupError):

@@ -428,7 +428,7 @@ class ChatService:
             if isinstance(message.content, list) and any(p.type != "text" for p in message.content):
                 raise ApiError(400, "only text content is supported", param=f"messages.{i}.content")
         conversation = [_message_dict(m) for m in body.messages]
-        system = state.agent.system_prompt()
+        system = base_system = state.agent.system_prompt()
         tools = state.agent.tools if config.limits.max_tool_calls > 0 else []
         tools_bytes = len(orjson.dumps(tools)) if tools else 0
         # no call to a model without a price: refused here, before the quota counts the request
@@ -545,7 +545,7 @@ class ChatService:
             "user": body.user,
         }
         messages = [{"role": "system", "content": system}, *conversation]
-        if system != state.agent.system_prompt():  # retrieval added to the prompt: reserve that too
+        if system is not base_system:  # retrieval added to the prompt: reserve that too
             await self._top_up(state, messages, tools)
         return Prepared(messages, params, tools)
 

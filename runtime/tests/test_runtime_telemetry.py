@@ -119,3 +119,33 @@ async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> 
     assert logged
     assert any(entry.get("request_id") == request_id for entry in logged)
     assert "secret prompt text" not in stream.getvalue()
+
+
+async def test_trace_sampling_is_set_by_the_standard_variables(
+    local_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`OTEL_TRACES_SAMPLER=parentbased_traceidratio` with a ratio of 0: the runtime's own traces are
+    not exported (nor encoded), a caller's sampled trace still is; unset, every trace is."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from agentplane_runtime.core.telemetry import create_telemetry
+
+    def exported(sampled_parent: bool) -> int:
+        exporter = InMemorySpanExporter()
+        telemetry = create_telemetry(local_settings, exporter)
+        parent = None
+        if sampled_parent:
+            caller = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            parent = trace.set_span_in_context(NonRecordingSpan(caller))
+        telemetry.tracer.start_span("POST /v1/chat/completions", context=parent).end()
+        telemetry.provider.force_flush()
+        telemetry.shutdown()
+        return len(exporter.get_finished_spans())
+
+    assert exported(sampled_parent=False) == 1
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    assert exported(sampled_parent=False) == 0
+    assert exported(sampled_parent=True) == 1

@@ -129,13 +129,13 @@ async def test_an_abandoned_stream_gives_its_connection_back(fake_llm: FakeLLM) 
     direct = DirectClient(max_connections=1)
     fake_llm.chunk_delay_ms = 200
     try:
-        fake_llm.script("gpt-4o-mini", [reply("a slow stream of many words that nobody reads to the end")])
+        # 40 words at 200 ms each: the stream would hold its connection for 8 s if it were not let go
+        fake_llm.script("gpt-4o-mini", [reply(" ".join(["slow"] * 40))])
         answer = await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=True))
         first = await anext(answer)
         assert first.id
         await answer.aclose()
-        fake_llm.chunk_delay_ms = 0
-        fake_llm.script("gpt-4o-mini", [reply("next")])
+        fake_llm.script("gpt-4o-mini", [reply("next")])  # plain: the chunk delay does not apply
         again = await asyncio.wait_for(
             direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False, timeout=2)), 5
         )

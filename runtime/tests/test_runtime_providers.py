@@ -17,8 +17,10 @@ from agentplane_runtime.providers import (
     Delta,
     DirectClient,
     ProviderError,
+    _proxy_for_origin,
     open_litellm,
     provider_params,
+    proxy_for,
 )
 from support.fake_llm import FakeLLM, error, reply, tool_calls
 from support.ports import free_port
@@ -142,3 +144,17 @@ async def test_an_abandoned_stream_gives_its_connection_back(fake_llm: FakeLLM) 
         assert summary(await read(again))[0] == "next"
     finally:
         await direct.aclose()
+
+
+async def test_the_direct_path_takes_the_proxy_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.openai.azure.com")
+    _proxy_for_origin.cache_clear()
+    try:
+        assert proxy_for("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
+        assert proxy_for("https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions") is None
+        assert proxy_for("http://localhost:8080/v1/chat/completions") is None
+    finally:
+        _proxy_for_origin.cache_clear()

@@ -14,6 +14,8 @@ chunk for a stream. The chat loop reads that one shape, whichever way the call w
 from __future__ import annotations
 
 import functools
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +125,21 @@ def provider_params(model: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in _mapped(provider, name, key)}
 
 
+@functools.lru_cache(maxsize=64)
+def _proxy_for_origin(scheme: str, host: str) -> str | None:
+    if urllib.request.proxy_bypass(host):  # NO_PROXY (on Linux, the environment's only)
+        return None
+    return urllib.request.getproxies_environment().get(scheme)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy a call to `url` goes through: `HTTPS_PROXY` (or `HTTP_PROXY`) unless `NO_PROXY`
+    exempts its host, as httpx and the openai SDK decide (read once per host: a pod's environment
+    does not change)."""
+    parts = urllib.parse.urlsplit(url)
+    return _proxy_for_origin(parts.scheme, parts.hostname or "")
+
+
 class DirectClient:
     """OpenAI-format calls on one pooled HTTP client (the direct path): aiohttp, whose C parser costs
     a fraction of httpx's per call."""
@@ -135,8 +152,7 @@ class DirectClient:
         if self._session is None:  # made in the running loop, on the first call
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as httpx and the openai SDK honour them
-                auto_decompress=True,
+                trust_env=False,  # the proxy is `proxy_for`'s: aiohttp would read the environment per call
             )
         return self._session
 
@@ -182,7 +198,9 @@ class DirectClient:
         # `connect` bounds getting a connection, `sock_read` every wait for bytes (a stream's chunks)
         timeout = aiohttp.ClientTimeout(total=None, connect=call.timeout, sock_read=call.timeout)
         try:
-            response = await self._http().post(url, params=query, headers=headers, data=body, timeout=timeout)
+            response = await self._http().post(
+                url, params=query, headers=headers, data=body, timeout=timeout, proxy=proxy_for(url)
+            )
         except TimeoutError as exc:
             raise ProviderError(f"{call.model}: no answer in time", kind="timeout") from exc
         except aiohttp.ClientError as exc:

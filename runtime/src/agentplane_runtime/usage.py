@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -56,8 +56,12 @@ class UsageEvent:
     llm_calls: int
     created_at: datetime
 
+    def row(self) -> dict[str, Any]:
+        """The record's columns (a shallow copy: `dataclasses.asdict` deep-copies every value)."""
+        return {name: getattr(self, name) for name in _USAGE_FIELDS}
+
     def to_json(self) -> bytes:
-        data = asdict(self)
+        data = self.row()
         data["created_at"] = self.created_at.isoformat()
         return orjson.dumps(data)
 
@@ -65,8 +69,10 @@ class UsageEvent:
     def from_json(cls, raw: bytes | str) -> UsageEvent:
         data = orjson.loads(raw)
         data["created_at"] = datetime.fromisoformat(data["created_at"])
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _USAGE_FIELDS})
+
+
+_USAGE_FIELDS = frozenset(f.name for f in fields(UsageEvent))
 
 
 def embedding_event(
@@ -116,7 +122,7 @@ class UsageStore:
         """Insert; a record already present (same id) is skipped."""
         if not events:
             return
-        rows = [asdict(e) for e in events]
+        rows = [e.row() for e in events]
         dialect = self.engine.dialect.name
         statement: Any
         if dialect == "postgresql":

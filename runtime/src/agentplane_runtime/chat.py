@@ -938,21 +938,6 @@ class ChatService:
             await self.llm.abandon(current, state.error_type or "stream_interrupted")
         elapsed = time.perf_counter() - state.started
         used = state.prompt_tokens + state.completion_tokens
-        if state.reservation is not None:
-            try:
-                await self.quota.settle(
-                    state.reservation, used + state.embedding_tokens, state.cost + state.embedding_cost
-                )
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning(
-                    "quota settle for %s/%s failed (%s: %s)",
-                    config.tenant,
-                    config.agent,
-                    type(exc).__name__,
-                    exc,
-                )
-            except Exception as exc:  # the answer is given: a bug here must not turn it into an error
-                log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
         code = state.http_status
         status = status_class(code)
         labels = (config.tenant, config.agent, state.model or config.model.name)
@@ -984,29 +969,46 @@ class ChatService:
             m.cost.labels(*labels).inc(state.cost)
         if state.error_type:
             m.errors.labels(config.tenant, config.agent, state.error_type[:64]).inc()
-        await self.usage.record(
-            UsageEvent(
-                id=uuid.uuid4().hex,
-                request_id=state.request_id,
-                tenant=config.tenant,
-                agent=config.agent,
-                api_key_id=state.principal.key_id,
-                subject=state.principal.subject[:256],
-                model=state.model,
-                prompt_tokens=state.prompt_tokens,
-                completion_tokens=state.completion_tokens,
-                cost_usd=state.cost,
-                latency_ms=elapsed * 1000,
-                ttft_ms=state.ttft * 1000 if state.ttft is not None else None,
-                status=state.status,
-                http_status=state.http_status,
-                error_type=state.error_type[:64] if state.error_type else None,
-                stream=state.stream,
-                tool_calls=state.tool_calls,
-                llm_calls=state.llm_calls,
-                created_at=now_utc(),
-            )
+        event = UsageEvent(
+            id=uuid.uuid4().hex,
+            request_id=state.request_id,
+            tenant=config.tenant,
+            agent=config.agent,
+            api_key_id=state.principal.key_id,
+            subject=state.principal.subject[:256],
+            model=state.model,
+            prompt_tokens=state.prompt_tokens,
+            completion_tokens=state.completion_tokens,
+            cost_usd=state.cost,
+            latency_ms=elapsed * 1000,
+            ttft_ms=state.ttft * 1000 if state.ttft is not None else None,
+            status=state.status,
+            http_status=state.http_status,
+            error_type=state.error_type[:64] if state.error_type else None,
+            stream=state.stream,
+            tool_calls=state.tool_calls,
+            llm_calls=state.llm_calls,
+            created_at=now_utc(),
         )
+        # the settlement and the usage record are independent writes: made together, one round trip
+        # of waiting instead of two
+        await asyncio.gather(self._settle(state, used), self.usage.record(event))
+
+    async def _settle(self, state: RequestState, used: int) -> None:
+        """Settle the request's reservation to what it used (never raises: the answer is given)."""
+        if state.reservation is None:
+            return
+        config = state.agent.config
+        try:
+            await self.quota.settle(
+                state.reservation, used + state.embedding_tokens, state.cost + state.embedding_cost
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "quota settle for %s/%s failed (%s: %s)", config.tenant, config.agent, type(exc).__name__, exc
+            )
+        except Exception as exc:  # a bug here must not turn the answer into an error
+            log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
 
 
 def quota_error(exc: QuotaExceeded) -> ApiError:

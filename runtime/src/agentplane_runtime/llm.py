@@ -318,6 +318,7 @@ class LLMClient:
     def __init__(self, settings: Settings, metrics: Metrics, tracer: Tracer) -> None:
         self.settings = settings
         self.direct = DirectClient()
+        self._targets: dict[str, str] = {}
         self.metrics = metrics
         self.tracer = tracer
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -336,9 +337,12 @@ class LLMClient:
     def target(self, model: str) -> str:
         """The model litellm is asked for: the offline model when `offline_model` is on and the
         provider has no credentials."""
-        if self.settings.offline_model and not has_credentials(self.settings, model):
-            return offline.offline_model(model)
-        return model
+        target = self._targets.get(model)
+        if target is None:  # decided once per model: the settings do not change
+            offline_target = self.settings.offline_model and not has_credentials(self.settings, model)
+            target = offline.offline_model(model) if offline_target else model
+            self._targets[model] = target
+        return target
 
     def price(self, caller: Caller, model: str) -> Price | None:
         """The price of a call of `model` (a target) for `caller`'s tenant (see `price_of`)."""

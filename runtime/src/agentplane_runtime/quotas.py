@@ -12,12 +12,13 @@ reserved-or-used tokens and concurrent or streaming requests cannot overshoot a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -317,14 +318,17 @@ SpendLoader = Callable[[str, datetime], Awaitable[float]]
 """The tenant's spend since the start of the month, from the usage records."""
 
 
+@functools.lru_cache(maxsize=4)
+def _month_bounds(year: int, month: int, tz: tzinfo | None) -> tuple[str, datetime, datetime]:
+    start = datetime(year, month, 1, tzinfo=tz)
+    nxt = datetime(year + 1, 1, 1, tzinfo=tz) if month == 12 else datetime(year, month + 1, 1, tzinfo=tz)
+    return start.strftime("%Y-%m"), start, nxt
+
+
 def _month(now: datetime) -> tuple[str, datetime, float]:
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    nxt = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start.strftime("%Y-%m"), start, (nxt - now).total_seconds()
+    """`now`'s month (`YYYY-MM`), its first moment, and the seconds left of it."""
+    label, start, nxt = _month_bounds(now.year, now.month, now.tzinfo)
+    return label, start, (nxt - now).total_seconds()
 
 
 class QuotaGate:

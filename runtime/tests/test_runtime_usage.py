@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from runtime_support import Served, make_config, serve, tenant_name
+from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -160,3 +160,43 @@ async def test_no_usage_record_is_lost_across_a_postgres_restart(
             count = await connection.scalar(select(func.count()).select_from(UsageRecord))
         assert count == 12
         await client.close()
+
+
+async def test_a_client_gone_mid_stream_is_recorded_and_its_call_ended(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    """The answer is cut where the client left: its row says cancelled (499), the call it was reading
+    is counted as ended by the client, and the next request is served."""
+    tenant = tenant_name()
+    async with serve(settings, make_config(tenant)) as served:
+        key = await served.key()
+        fake_llm.chunk_delay_ms = 100
+        fake_llm.script("gpt-4o-mini", [reply(" ".join(["word"] * 50))])  # 5 s of stream
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+            request = {"model": "helper", "messages": [{"role": "user", "content": "talk"}], "stream": True}
+            async with http.stream(
+                "POST", "/chat/completions", json=request, headers={"Authorization": f"Bearer {key}"}
+            ) as response:
+                lines = response.aiter_lines()
+                while '"content":"word"' not in await anext(lines):
+                    pass
+            # the client is gone after the first word
+            (row,) = await wait_for_rows(served, tenant, 1)
+            assert (row.status, row.http_status, row.error_type) == ("cancelled", 499, "client_closed")
+            samples = parse_metrics(await scrape(served.url))
+            ended = total(
+                samples,
+                "gen_ai_client_operation_duration_seconds_count",
+                tenant=tenant,
+                gen_ai_request_model="openai/gpt-4o-mini",
+                error_type="client_closed",
+            )
+            assert ended == 1
+            fake_llm.chunk_delay_ms = 0
+            fake_llm.script("gpt-4o-mini", [reply("still here")])
+            again = await http.post(
+                "/chat/completions",
+                json={**request, "stream": False},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert again.json()["choices"][0]["message"]["content"] == "still here"

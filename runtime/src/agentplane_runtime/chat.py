@@ -8,13 +8,14 @@ middle of a stream is sent as a final `{"error": ...}` event, as OpenAI does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -585,11 +586,12 @@ class ChatService:
         """A plain (not streamed) answer: the last round's text, as one `chat.completion`."""
         attempt = await self._first_call(state, prepared)
         parts: list[str] = []
-        async for text in self._rounds(state, prepared, attempt):
-            if text is None:  # a round that called tools ended: its text was not the answer
-                parts.clear()
-            else:
-                parts.append(text)
+        async with contextlib.aclosing(self._rounds(state, prepared, attempt)) as rounds:
+            async for text in rounds:
+                if text is None:  # a round that called tools ended: its text was not the answer
+                    parts.clear()
+                else:
+                    parts.append(text)
         body = {
             "id": f"chatcmpl-{state.request_id}",
             "object": "chat.completion",
@@ -628,7 +630,7 @@ class ChatService:
 
     async def _rounds(
         self, state: RequestState, prepared: Prepared, attempt: Attempt
-    ) -> AsyncIterator[str | None]:
+    ) -> AsyncGenerator[str | None, None]:
         """The LLM/tool loop, for plain and streamed answers alike: the answer's text as it comes, and
         None after each round that called tools (its calls made, their results sent with the next
         call). Each call is accounted and its span ended as it finishes; `state.finish_reason` is the
@@ -879,9 +881,10 @@ class ChatService:
 
         try:
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            async for text in self._rounds(state, prepared, attempt):
-                if text:
-                    yield event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+            async with contextlib.aclosing(self._rounds(state, prepared, attempt)) as rounds:
+                async for text in rounds:
+                    if text:
+                        yield event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
             yield event([{"index": 0, "delta": {}, "finish_reason": state.finish_reason}])
             if include_usage:
                 yield event(

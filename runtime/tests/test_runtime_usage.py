@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.db import UsageRecord
 from agentplane_runtime import Settings
-from support.fake_llm import FakeLLM, error, reply
+from support.fake_llm import FakeLLM, error, reply, stream_error
 from support.service_fixtures import unavailable
 from support.services import Server, ServiceUnavailable, start_postgres, wait_port
 from support.waiting import wait_for_async
@@ -200,3 +201,25 @@ async def test_a_client_gone_mid_stream_is_recorded_and_its_call_ended(
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert again.json()["choices"][0]["message"]["content"] == "still here"
+
+
+async def test_a_provider_failing_mid_stream_ends_the_stream_with_an_error(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    """What was said is delivered, then an OpenAI-shaped error event; the row says how it ended."""
+    tenant = tenant_name()
+    async with serve(settings, make_config(tenant)) as served:
+        key = await served.key()
+        fake_llm.script("gpt-4o-mini", [stream_error("half an answer")])
+        async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+            request = {"model": "helper", "messages": [{"role": "user", "content": "talk"}], "stream": True}
+            response = await http.post(
+                "/chat/completions", json=request, headers={"Authorization": f"Bearer {key}"}
+            )
+        events = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        said = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+        assert said == "half an answer"
+        assert events[-1]["error"]["type"] == "upstream_error"
+        assert "[DONE]" not in response.text
+        (row,) = await wait_for_rows(served, tenant, 1)
+        assert (row.status, row.http_status, row.error_type) == ("error", 502, "stream_error")

@@ -11,8 +11,8 @@ than the number of UTF-8 bytes of the request's contents plus 3 per message. Emb
 normalised hashed bag of words, so texts that share words are close.
 
 Tests script it per upstream model name (`script(model, steps)`): each request for that model
-takes the next step — a reply, tool calls, an HTTP error, a delay, a hang — and falls back to
-the default answer when the script is empty. Scripts can also be set over HTTP
+takes the next step — a reply, tool calls, an HTTP error, a delay, a hang, a stream that fails —
+and falls back to the default answer when the script is empty. Scripts can also be set over HTTP
 (`POST /_control/script {"model": ..., "steps": [...]}`, `POST /_control/reset`), which is how
 load tests and other processes drive it.
 
@@ -52,10 +52,10 @@ class Step:
 
     kind: `reply` (text), `tool_calls` (list of {"name", "arguments"}), `error` (HTTP status),
     `sleep` (wait `seconds`, then the default answer or `text`), `hang` (wait `seconds`, default
-    one hour, answer nothing).
+    one hour, answer nothing), `stream_error` (stream `text`, then an error event instead of the end).
     """
 
-    kind: Literal["reply", "tool_calls", "error", "sleep", "hang"]
+    kind: Literal["reply", "tool_calls", "error", "sleep", "hang", "stream_error"]
     text: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     status: int = 500
@@ -82,6 +82,11 @@ def error(status: int) -> Step:
 
 def sleep(seconds: float, text: str | None = None) -> Step:
     return Step("sleep", seconds=seconds, text=text)
+
+
+def stream_error(text: str) -> Step:
+    """A stream that sends `text`, then an error event in place of its end (a plain call: a 500)."""
+    return Step("stream_error", text=text)
 
 
 def hang(seconds: float = 3600.0) -> Step:
@@ -266,6 +271,9 @@ class FakeLLM:
                 {"error": {"message": f"fake upstream error {step.status}", "type": "server_error"}},
             )
             return
+        if step is not None and step.kind == "stream_error" and not data.get("stream"):
+            await _json(send, 500, {"error": {"message": "fake upstream error", "type": "server_error"}})
+            return
         if step is not None and step.kind == "hang":
             await asyncio.sleep(step.seconds)
             await _json(send, 504, {"error": {"message": "fake hang ended", "type": "server_error"}})
@@ -355,6 +363,12 @@ class FakeLLM:
             if self.chunk_delay_ms:
                 await asyncio.sleep(self.chunk_delay_ms / 1000)
             await event(chunk({"content": word if i == 0 else " " + word}))
+        if step is not None and step.kind == "stream_error":
+            error = {"error": {"message": "fake upstream failure mid-stream", "type": "server_error"}}
+            await send(
+                {"type": "http.response.body", "body": b"data: " + json.dumps(error).encode() + b"\n\n"}
+            )
+            return
         for i, call in enumerate(calls):
             await event(
                 chunk(

@@ -41,6 +41,7 @@ from agentplane_runtime.core.telemetry import (
 from agentplane_runtime.documents import CHUNK_CHARS
 from agentplane_runtime.embeddings import ModelEmbedder
 from agentplane_runtime.llm import Attempt, Caller, LLMClient, count_text_tokens, price_unknown, timed
+from agentplane_runtime.providers import ProviderError
 from agentplane_runtime.quotas import QuotaExceeded, QuotaGate, Reservation
 from agentplane_runtime.retrieval import Hit, KnowledgeService, RetrievalUnavailable, estimate_tokens
 from agentplane_runtime.tool_arguments import InvalidArguments
@@ -912,8 +913,13 @@ class ChatService:
             state.status, state.http_status, state.error_type = "cancelled", 499, "client_closed"
             raise
         except Exception as exc:
-            log.exception("stream failed")
-            state.status, state.http_status, state.error_type = "error", 502, type(exc).__name__
+            if isinstance(exc, ProviderError):  # the provider's stream failed: its kind says how
+                log.warning("the stream of %s failed: %s", state.model, exc)
+                kind = exc.kind
+            else:
+                log.exception("stream failed")
+                kind = type(exc).__name__
+            state.status, state.http_status, state.error_type = "error", 502, kind
             yield (
                 b"data: "
                 + orjson.dumps(

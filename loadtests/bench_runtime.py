@@ -123,8 +123,11 @@ def wrk(
     subprocess.run([*base[:3], "-d2s", *base[3:]], check=True, capture_output=True)  # warm-up
     spy = None
     if profile is not None:
-        py_spy = shutil.which("py-spy") or sys.exit(
-            "bench_runtime: py-spy is missing: uv tool install py-spy"
+        # on PATH, or where `uv tool install` puts it
+        py_spy = (
+            shutil.which("py-spy")
+            or shutil.which("py-spy", path=str(Path.home() / ".local" / "bin"))
+            or sys.exit("bench_runtime: py-spy is missing: uv tool install py-spy")
         )
         spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(server_pid), "--format", "raw", "--output", str(profile),

@@ -259,12 +259,24 @@ class Telemetry:
         self.provider.shutdown()
 
 
+class _HashedOnce(Resource):
+    """A resource whose hash is worked out once: it never changes, and the OTLP encoder hashes the
+    resource of every span it exports (a JSON dump of its attributes each time)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def create_telemetry(settings: Settings, exporter: SpanExporter | None = None) -> Telemetry:
     """Telemetry honouring the OTEL_* variables (service name, resource attributes, OTLP endpoint)."""
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "agentplane-runtime"}))
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=_HashedOnce(resource))
     if exporter is None:
         if settings.otel_traces_exporter == "console":
             exporter = ConsoleSpanExporter()

@@ -1,32 +1,68 @@
-"""Benchmark: the operator converging 50 tenants x 20 agents on a fresh control plane.
+"""Benchmark: the operator converging N tenants x M agents, beside the limit of the control plane.
 
-Run: uv run python loadtests/bench_operator.py [--tenants 50] [--agents 20]
+Run: uv run python loadtests/bench_operator.py [--tenants 50] [--agents 20] [--only operator|limit]
 
-Starts everything the tests use (control plane with kwok nodes, PostgreSQL, Redis), the operator
-as its own ServiceAccount, then creates every Tenant, Prompt and Agent at once and measures:
-- the time from the first `kubectl apply` until every Agent is Ready (its pods, simulated by kwok,
-  available with the current config hash);
-- write requests per Agent: the operator's own (its `agentplane_operator_api_writes_total`, for the
-  kinds an Agent owns, plus its Agent status patches) and kopf's bookkeeping patches of Agents
-  (from the API server's `apiserver_request_total`).
+Starts everything the tests use (PostgreSQL, Redis, a control plane with kwok nodes) and measures,
+each on a fresh control plane whose kube-controller-manager and kube-scheduler run at the client rates
+of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`, 600/s with bursts of
+800; `--rates default`: client-go's 20/s):
+
+- the limit: the objects the operator would create for every Tenant and Agent (namespace, quota,
+  policies, secrets, service account; per Prompt its ConfigMap; per Agent its ConfigMap, Deployment
+  and Service), rendered by the operator's own builders with the settings the operator runs with,
+  server-side applied straight with kubectl (one kubectl per tenant, `--parallel` at once), no
+  operator running; timed from the first apply until every Deployment is Available. (No owner
+  references: there are no Agent objects to own them.)
+- the operator: every Tenant, Prompt, Tool and Agent created at once, timed from the first
+  `kubectl apply` until every Agent is Ready (its pods, simulated by kwok, available with the current
+  config hash); then
+  - write requests per Agent: the operator's own (its `agentplane_operator_api_writes_total`, for
+    the kinds an Agent owns, plus its Agent status patches) and kopf's bookkeeping patches of Agents
+    (from the API server's `apiserver_request_total`);
+  - the writes of an idle resync: every write counted again after waiting past the resync interval;
+  - one Prompt change per tenant (a new default of its variable changes every dependent's config):
+    the time until every Agent shows its new config hash (`--tenants 1 --agents 1000`: one Prompt
+    with 1,000 dependents);
+  - the operator's peak memory (RSS).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from k8s.operator_specs import agent, builtin_tool, prompt, tenant  # noqa: E402
 
-from support.cluster import Cluster, running_cluster  # noqa: E402
-from support.operator_process import install_operator_rbac, start_operator  # noqa: E402
+from agentplane_operator.builders import (  # noqa: E402
+    build_agent_children,
+    build_prompt_config_maps,
+    build_tenant_children,
+)
+from agentplane_operator.settings import OperatorSettings  # noqa: E402
+from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool  # noqa: E402
+from agentplane_platform.config import resolve_agent  # noqa: E402
+from support.cluster import LARGE_CLUSTER_RATES, ClientRates, Cluster, running_cluster  # noqa: E402
+from support.operator_process import (  # noqa: E402
+    install_llm_secret,
+    install_operator_rbac,
+    operator_environment,
+    start_operator,
+)
 from support.services import start_postgres, start_redis  # noqa: E402
 from support.waiting import wait_for  # noqa: E402
 
@@ -38,21 +74,67 @@ AGENT_KINDS = (
     "PodDisruptionBudget",
     "Agent",
 )
+LLM_SECRET_DATA = {"OPENAI_API_KEY": "sk-test"}
+RATES = {"large": LARGE_CLUSTER_RATES, "default": None}
+PY_SPY = Path.home() / ".local" / "bin" / "py-spy"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The benchmark's objects: per tenant its Tenant, one Prompt, one Tool and its Agents."""
+
+    tenants: int
+    agents: int
+
+    @property
+    def names(self) -> list[str]:
+        return [f"bench-{i:03}" for i in range(self.tenants)]
+
+    @property
+    def total(self) -> int:
+        return self.tenants * self.agents
+
+    def tenant(self, name: str) -> dict[str, Any]:
+        return tenant(
+            name,
+            quotas={
+                "maxAgents": self.agents,
+                "compute": {"pods": self.agents * 2, "cpu": "64", "memory": "256Gi"},
+            },
+        )
+
+    def namespaced(self, name: str) -> list[dict[str, Any]]:
+        """The tenant's Prompt, Tool and Agents, as a tenant team applies them."""
+        ns = f"tenant-{name}"
+        docs = [prompt(ns, "assistant"), builtin_tool(ns)]
+        docs += [agent(ns, f"agent-{i:04}", tools=[{"name": "calculator"}]) for i in range(self.agents)]
+        return docs
+
+
+def _list(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(
+        cluster.kubectl("get", kind, "-A", "-o", "json", timeout=300).stdout
+    )["items"]
+    return items
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
 
 
 def _ready_count(cluster: Cluster) -> int:
-    listed = json.loads(cluster.kubectl("get", "agents", "-A", "-o", "json", timeout=300).stdout)["items"]
-    return sum(
-        1
-        for a in listed
-        for c in a.get("status", {}).get("conditions", [])
-        if c["type"] == "Ready" and c["status"] == "True"
-    )
+    return sum(1 for a in _list(cluster, "agents") if _conditions(a).get("Ready") == "True")
 
 
-def _hashes(cluster: Cluster, namespace: str) -> dict[str, str]:
-    listed = json.loads(cluster.kubectl("get", "agents", "-n", namespace, "-o", "json").stdout)["items"]
-    return {a["metadata"]["name"]: a.get("status", {}).get("configHash", "") for a in listed}
+def _available_count(cluster: Cluster) -> int:
+    return sum(1 for d in _list(cluster, "deployments") if _conditions(d).get("Available") == "True")
+
+
+def _hashes(cluster: Cluster) -> dict[tuple[str, str], str]:
+    return {
+        (a["metadata"]["namespace"], a["metadata"]["name"]): (a.get("status") or {}).get("configHash", "")
+        for a in _list(cluster, "agents")
+    }
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -63,112 +145,308 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _kopf_agent_patches(cluster: Cluster) -> float:
+def _api_requests(cluster: Cluster) -> dict[tuple[str, str, str], float]:
+    """The API server's `apiserver_request_total`, summed by (resource, subresource, verb)."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    total = 0.0
+    totals: dict[tuple[str, str, str], float] = {}
     for line in text.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and 'resource="agents"' in line
-            and 'verb="PATCH"' in line
-        ):
-            if 'subresource=""' in line or "subresource=" not in line:
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+        resource, subresource, verb = (
+            labels.get(k, '""').strip('"') for k in ("resource", "subresource", "verb")
+        )
+        key = (resource, subresource, verb)
+        totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+
+
+def _writes_on(requests: dict[tuple[str, str, str], float], resource: str, subresource: str = "") -> float:
+    return sum(
+        v
+        for (r, s, verb), v in requests.items()
+        if r == resource and s == subresource and verb in WRITE_VERBS
+    )
+
+
+@contextmanager
+def _profiling(pid: int | None, output: Path | None) -> Iterator[None]:
+    """py-spy recording `pid` meanwhile (raw, collapsed stacks), when `output` is given."""
+    if pid is None or output is None:
+        yield
+        return
+    spy = subprocess.Popen(
+        [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "-o", str(output), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
+def _settings(env: dict[str, str]) -> OperatorSettings:
+    """The operator's settings from the environment it is started with."""
+    prefix = "AGENTPLANE_OPERATOR_"
+    fields = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    return OperatorSettings.model_validate(fields)
+
+
+def render(layout: Layout, settings: OperatorSettings) -> dict[str, list[dict[str, Any]]]:
+    """Per tenant, what the operator would create for it, rendered by its own builders."""
+    rendered: dict[str, list[dict[str, Any]]] = {}
+    agent_build = settings.build()
+    for name in layout.names:
+        owner = Tenant.model_validate(layout.tenant(name))
+        docs = layout.namespaced(name)
+        prompts = {p.name: p for p in (Prompt.model_validate(d) for d in docs if d["kind"] == "Prompt")}
+        tools = {t.name: t for t in (Tool.model_validate(d) for d in docs if d["kind"] == "Tool")}
+        objects = build_tenant_children(
+            owner, settings.build(llm_secret_data=LLM_SECRET_DATA), list(tools.values())
+        )
+        for found in prompts.values():
+            objects += build_prompt_config_maps(found)
+        for doc in docs:
+            if doc["kind"] == "Agent":
+                model = Agent.model_validate(doc)
+                config = resolve_agent(model, owner, prompts, tools)
+                objects += build_agent_children(model, config, agent_build)
+        rendered[name] = objects
+    return rendered
+
+
+def _apply_all(cluster: Cluster, batches: list[str], parallel: int, *args: str) -> None:
+    def one(batch: str) -> None:
+        cluster.kubectl("apply", *args, "-f", "-", input=batch, timeout=600)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, batches))
+
+
+def _wait(what: str, count: Callable[[], int], want: int, timeout: float) -> None:
+    last = [0]
+
+    def done() -> bool:
+        last[0] = count()
+        return last[0] >= want
+
+    try:
+        wait_for(what, done, timeout=timeout, interval=2)
+    except Exception as exc:
+        raise RuntimeError(f"{what}: {last[0]} of {want} after {timeout:.0f} s") from exc
+
+
+def run_limit(
+    layout: Layout, work: Path, env: dict[str, str], rates: ClientRates | None, parallel: int, timeout: float
+) -> float:
+    rendered = render(layout, _settings(env))
+    batches = ["\n---\n".join(json.dumps(o) for o in objects) for objects in rendered.values()]
+    with running_cluster(work / "limit", REPO / "specs" / "crds", client_rates=rates) as cluster:
+        install_llm_secret_namespace(cluster)
+        started = time.perf_counter()
+        _apply_all(
+            cluster,
+            batches,
+            parallel,
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=agentplane-operator",
+        )
+        _wait("every Deployment Available", lambda: _available_count(cluster), layout.total, timeout)
+        return time.perf_counter() - started
+
+
+def install_llm_secret_namespace(cluster: Cluster) -> None:
+    cluster.kubectl("create", "namespace", "agentplane-system")
+    install_llm_secret(cluster, LLM_SECRET_DATA)
+
+
+@dataclass
+class OperatorFigures:
+    applied: float
+    converged: float
+    writes: dict[str, float]
+    own: float
+    kopf: float
+    idle_writes: dict[str, float]
+    idle_wait: float
+    propagated: float
+    dependents: int
+    peak_mib: float
+
+
+def run_operator(
+    layout: Layout,
+    work: Path,
+    services: tuple[str, str],
+    rates: ClientRates | None,
+    parallel: int,
+    timeout: float,
+    resync: float,
+    profile: Path | None,
+) -> OperatorFigures:
+    redis_url, database_url = services
+    with running_cluster(work / "operator", REPO / "specs" / "crds", client_rates=rates) as cluster:
+        kubeconfig = install_operator_rbac(cluster, work)
+        operator = start_operator(
+            cluster, kubeconfig, work, redis_url=redis_url, database_url=database_url,
+            qdrant_path=work / "qdrant", resync_seconds=resync,
+        )  # fmt: skip
+        try:
+            names = layout.names
+            with _profiling(operator.process.pid, profile):
+                started = time.perf_counter()
+                tenants = [layout.tenant(n) for n in names]
+                cluster.kubectl(
+                    "apply", "-f", "-", input="\n---\n".join(json.dumps(t) for t in tenants), timeout=300
+                )
+                wait_for("namespaces", lambda: all(
+                    cluster.kubectl("get", "namespace", f"tenant-{n}", check=False).returncode == 0
+                    for n in names
+                ), timeout=300, interval=1)  # fmt: skip
+                _apply_all(
+                    cluster,
+                    ["\n---\n".join(json.dumps(d) for d in layout.namespaced(n)) for n in names],
+                    parallel,
+                )
+                applied = time.perf_counter() - started
+                _wait("every Agent Ready", lambda: _ready_count(cluster), layout.total, timeout)
+                converged = time.perf_counter() - started
+            time.sleep(5)  # let trailing status writes land before counting
+            writes = {
+                kind: operator.total("agentplane_operator_api_writes_total", kind=kind)
+                for kind in AGENT_KINDS
+            }
+            own = sum(writes.values()) - layout.tenants  # one ConfigMap per Prompt version, not an Agent's
+            kopf = sum(
+                v
+                for (r, sub, verb), v in _api_requests(cluster).items()
+                if (r, sub, verb) == ("agents", "", "PATCH")
+            )
+            peak_mib = _peak_rss_mib(operator.process.pid)
+
+            # An idle resync: nothing changed, every timer fires once more.
+            def counted() -> dict[str, float]:
+                requests = _api_requests(cluster)
+                return {
+                    "operator": operator.writes(),
+                    **{r: _writes_on(requests, r) for r in ("agents", "tenants", "prompts", "tools")},
+                    **{f"{r}/status": _writes_on(requests, r, "status") for r in ("agents", "tenants")},
+                    "events": _writes_on(requests, "events"),
+                    "clusterkopfpeerings": _writes_on(requests, "clusterkopfpeerings"),
+                }
+
+            before = counted()
+            idle_wait = resync + 20
+            time.sleep(idle_wait)
+            after = counted()
+            idle = {k: after[k] - before[k] for k in before}
+
+            # One Prompt change per tenant: a new default of its variable changes every dependent's config.
+            hashes = _hashes(cluster)
+            bumped = []
+            for n in names:
+                changed = prompt(f"tenant-{n}", "assistant")
+                changed["spec"]["variables"][0]["default"] = "a concise assistant"
+                bumped.append(changed)
+            changed_at = time.perf_counter()
+            cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
+            wait_for("every dependent's new config hash", lambda: all(
+                h != hashes[k] for k, h in _hashes(cluster).items()
+            ), timeout=timeout, interval=0.5)  # fmt: skip
+            propagated = time.perf_counter() - changed_at
+            peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
+        finally:
+            operator.stop()
+    return OperatorFigures(
+        applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), peak_mib
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--only", choices=("operator", "limit"), default=None, help="run only one side")
+    parser.add_argument("--rates", choices=tuple(RATES), default="large", help="control-plane client rates")
+    parser.add_argument("--parallel", type=int, default=8, help="kubectl processes applying at once")
+    parser.add_argument("--resync", type=float, default=60.0, help="the operator's resync interval, s")
+    parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for convergence, s")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it converges")
     args = parser.parse_args()
-    n_agents = args.tenants * args.agents
+    layout = Layout(args.tenants, args.agents)
+    rates = RATES[args.rates]
 
     with tempfile.TemporaryDirectory(prefix="agentplane-bench-op-") as tmp:
         work = Path(tmp)
         postgres, redis = start_postgres(work / "pg"), start_redis(work / "redis")
+        env = operator_environment(
+            redis_url=redis.url, database_url=postgres.url, qdrant_path=work / "qdrant",
+            metrics_port=0, resync_seconds=args.resync,
+        )  # fmt: skip
         try:
-            with running_cluster(work / "cluster", REPO / "specs" / "crds") as cluster:
-                kubeconfig = install_operator_rbac(cluster, work)
-                operator = start_operator(
-                    cluster, kubeconfig, work, redis_url=redis.url, database_url=postgres.url,
-                    qdrant_path=work / "qdrant",
-                )  # fmt: skip
-                try:
-                    names = [f"bench-{i:03}" for i in range(args.tenants)]
-                    started = time.perf_counter()
-                    tenants = [
-                        tenant(
-                            n,
-                            quotas={
-                                "maxAgents": args.agents,
-                                "compute": {"pods": args.agents * 2, "cpu": "64", "memory": "256Gi"},
-                            },
-                        )
-                        for n in names
-                    ]
-                    cluster.kubectl(
-                        "apply", "-f", "-", input="\n---\n".join(json.dumps(t) for t in tenants), timeout=300
-                    )
-                    wait_for("namespaces", lambda: all(
-                        cluster.kubectl("get", "namespace", f"tenant-{n}", check=False).returncode == 0 for n in names
-                    ), timeout=300, interval=1)  # fmt: skip
-                    for n in names:
-                        ns = f"tenant-{n}"
-                        docs = [prompt(ns, "assistant"), builtin_tool(ns)]
-                        docs += [
-                            agent(ns, f"agent-{i:02}", tools=[{"name": "calculator"}])
-                            for i in range(args.agents)
-                        ]
-                        cluster.kubectl(
-                            "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs), timeout=300
-                        )
-                    applied = time.perf_counter() - started
-                    wait_for(
-                        "every Agent Ready",
-                        lambda: _ready_count(cluster) == n_agents,
-                        timeout=1800,
-                        interval=2,
-                    )
-                    converged = time.perf_counter() - started
-                    time.sleep(5)  # let trailing status writes land before counting
-                    writes = {
-                        kind: operator.total("agentplane_operator_api_writes_total", kind=kind)
-                        for kind in AGENT_KINDS
-                    }
-                    prompt_maps = args.tenants  # one ConfigMap per Prompt version, not an Agent's
-                    own = sum(writes.values()) - prompt_maps
-                    kopf = _kopf_agent_patches(cluster)
-                    peak_mib = _peak_rss_mib(operator.process.pid)
-                    # One Prompt change: a new default for its variable changes every dependent's config.
-                    ns = f"tenant-{names[0]}"
-                    hashes = _hashes(cluster, ns)
-                    changed_at = time.perf_counter()
-                    bumped = prompt(ns, "assistant")
-                    bumped["spec"]["variables"][0]["default"] = "a concise assistant"
-                    cluster.kubectl("apply", "-f", "-", input=json.dumps(bumped))
-                    wait_for("every dependent's new config hash", lambda: all(
-                        h != hashes[n] for n, h in _hashes(cluster, ns).items()
-                    ), timeout=300, interval=0.2)  # fmt: skip
-                    dependents = time.perf_counter() - changed_at
-                finally:
-                    operator.stop()
+            limit = (
+                run_limit(layout, work, env, rates, args.parallel, args.timeout)
+                if args.only != "operator"
+                else None
+            )
+            figures = (
+                run_operator(
+                    layout,
+                    work,
+                    (redis.url, postgres.url),
+                    rates,
+                    args.parallel,
+                    args.timeout,
+                    args.resync,
+                    args.profile,
+                )
+                if args.only != "limit"
+                else None
+            )
         finally:
             postgres.stop()
             redis.stop()
 
-    print(f"{args.tenants} tenants x {args.agents} agents = {n_agents} agents")
-    print(f"  all objects applied after      {applied:6.1f} s")
-    print(f"  every Agent Ready after        {converged:6.1f} s")
-    print(
-        f"  operator writes per Agent      {own / n_agents:6.2f}  ({', '.join(f'{k} {int(v)}' for k, v in writes.items())})"
+    n = layout.total
+    where = (
+        f"--kube-api-qps={rates.qps:g} --kube-api-burst={rates.burst}" if rates else "client-go default 20/30"
     )
-    print(f"  kopf bookkeeping per Agent     {kopf / n_agents:6.2f}  (PATCH of the Agent object)")
-    print(f"  total writes per Agent         {(own + kopf) / n_agents:6.2f}")
-    print(f"  operator peak memory (RSS)     {peak_mib:6.0f} MiB")
-    print(f"  one Prompt change -> all {args.agents} dependents' new config hash: {dependents:.1f} s")
+    print(
+        f"{layout.tenants} tenants x {layout.agents} agents = {n} agents; controller-manager/scheduler {where}"
+    )
+    if limit is not None:
+        print(f"  limit: every Deployment Available after   {limit:6.1f} s  (kubectl apply --server-side)")
+    if figures is not None:
+        f = figures
+        print(f"  operator: all objects applied after      {f.applied:6.1f} s")
+        print(f"  operator: every Agent Ready after        {f.converged:6.1f} s")
+        if limit is not None:
+            print(f"  operator / limit                         {f.converged / limit:6.2f}")
+        kinds = ", ".join(f"{k} {int(v)}" for k, v in f.writes.items())
+        print(
+            f"  operator writes per Agent      {f.own / n:6.2f}  ({kinds}; minus {layout.tenants} Prompt maps)"
+        )
+        print(f"  kopf bookkeeping per Agent     {f.kopf / n:6.2f}  (PATCH of the Agent object)")
+        print(f"  total writes per Agent         {(f.own + f.kopf) / n:6.2f}")
+        idle = ", ".join(f"{k} {int(v)}" for k, v in f.idle_writes.items())
+        print(f"  writes in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
+        print(f"  operator peak memory (RSS)     {f.peak_mib:6.0f} MiB")
+        print(
+            f"  {layout.tenants} Prompt change(s) -> all {f.dependents} dependents' new config hash: "
+            f"{f.propagated:.1f} s"
+        )
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -89,6 +89,25 @@ START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedu
 _PR_SET_PDEATHSIG = 1
 
 
+@dataclass(frozen=True)
+class ClientRates:
+    """The API client rate limit of kube-controller-manager and kube-scheduler (`--kube-api-qps`,
+    `--kube-api-burst`). Unset, both run at client-go's default, 20 requests/s with bursts of 30,
+    which paces how fast the Deployment and ReplicaSet controllers create ReplicaSets and pods."""
+
+    qps: float
+    burst: int
+
+    def flags(self) -> list[str]:
+        return [f"--kube-api-qps={self.qps:g}", f"--kube-api-burst={self.burst}"]
+
+
+LARGE_CLUSTER_RATES = ClientRates(qps=600, burst=800)
+"""The rates AKS Engine recommends for both components of large clusters (its
+`examples/largeclusters/README.md`, "configure for more apiserver requests"). AKS does not document
+the flags of the control plane it manages; AKS Engine is the open-source cluster builder it grew from."""
+
+
 class ClusterError(RuntimeError):
     """The control plane failed to build, start or become ready."""
 
@@ -536,6 +555,7 @@ def start_cluster(
     detach: bool = False,
     timeout: float = 120.0,
     real_node: bool = False,
+    client_rates: ClientRates | None = None,
 ) -> Cluster:
     """Start a fresh control plane with state, kubeconfigs and logs under ``workdir``.
 
@@ -548,8 +568,12 @@ def start_cluster(
     binds ``netplan.HOST_ADDRESS``), then starts the node (``support.node``,
     state in ``workdir/node``) once the control plane is up; needs root and
     the packages ``tools/install-system-deps.sh`` installs.
+
+    ``client_rates``: the API client rate limit of kube-controller-manager and kube-scheduler
+    (default: client-go's, 20/s with bursts of 30); :data:`LARGE_CLUSTER_RATES` for a production-like one.
     """
     workdir = workdir.resolve()
+    rate_flags = client_rates.flags() if client_rates is not None else []
     workdir.mkdir(parents=True, exist_ok=True)
     if bin_dir is None:
         bin_dir = ensure_binaries()
@@ -717,6 +741,7 @@ def start_cluster(
                 "--leader-elect=false",
                 "--profiling=false",
                 "--v=1",
+                *rate_flags,
             ],
         )
         spawn(
@@ -730,6 +755,7 @@ def start_cluster(
                 "--leader-elect=false",
                 "--profiling=false",
                 "--v=1",
+                *rate_flags,
             ],
         )
         spawn(
@@ -939,10 +965,15 @@ def stop_cluster(cluster: Cluster | Path, *, grace: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def running_cluster(
-    workdir: Path, crd_dir: Path | None = None, *, bin_dir: Path | None = None, real_node: bool = False
+    workdir: Path,
+    crd_dir: Path | None = None,
+    *,
+    bin_dir: Path | None = None,
+    real_node: bool = False,
+    client_rates: ClientRates | None = None,
 ) -> Iterator[Cluster]:
     """Context manager: start a cluster (with a real node if asked), yield it, always stop it."""
-    cluster = start_cluster(workdir, crd_dir, bin_dir=bin_dir, real_node=real_node)
+    cluster = start_cluster(workdir, crd_dir, bin_dir=bin_dir, real_node=real_node, client_rates=client_rates)
     try:
         yield cluster
     finally:

@@ -126,6 +126,26 @@ class OperatorProcess:
                 self.kill()
 
 
+def operator_environment(
+    *, redis_url: str, database_url: str, qdrant_path: Path, metrics_port: int, resync_seconds: float
+) -> dict[str, str]:
+    """The `AGENTPLANE_OPERATOR_*` settings the tests run the operator with (also what a benchmark
+    renders the operator's objects with, without running it)."""
+    return {
+        "AGENTPLANE_OPERATOR_REDIS_URL": redis_url,
+        "AGENTPLANE_OPERATOR_DATABASE_URL": database_url,
+        "AGENTPLANE_OPERATOR_QDRANT_PATH": str(qdrant_path),
+        # no Qdrant server here: agent pods get local mode of their own (kwok pods never run it)
+        "AGENTPLANE_OPERATOR_RUNTIME_QDRANT_PATH": "/tmp/agentplane/qdrant",
+        "AGENTPLANE_OPERATOR_METRICS_HOST": "127.0.0.1",
+        "AGENTPLANE_OPERATOR_METRICS_PORT": str(metrics_port),
+        "AGENTPLANE_OPERATOR_RESYNC_SECONDS": str(resync_seconds),
+        # A SIGKILLed replica's peering record blocks the others until it expires.
+        "AGENTPLANE_OPERATOR_PEERING_LIFETIME_SECONDS": "10",
+        "AGENTPLANE_OPERATOR_RUNTIME_IMAGE": "registry.test/agentplane/runtime:test",
+    }
+
+
 def start_operator(
     cluster: Cluster,
     kubeconfig: Path,
@@ -143,19 +163,12 @@ def start_operator(
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
-        "AGENTPLANE_OPERATOR_REDIS_URL": redis_url,
-        "AGENTPLANE_OPERATOR_DATABASE_URL": database_url,
-        "AGENTPLANE_OPERATOR_QDRANT_PATH": str(qdrant_path),
-        # no Qdrant server here: agent pods get local mode of their own (kwok pods never run it)
-        "AGENTPLANE_OPERATOR_RUNTIME_QDRANT_PATH": "/tmp/agentplane/qdrant",
-        "AGENTPLANE_OPERATOR_METRICS_HOST": "127.0.0.1",
-        "AGENTPLANE_OPERATOR_METRICS_PORT": str(port),
-        "AGENTPLANE_OPERATOR_RESYNC_SECONDS": str(resync_seconds),
-        # A SIGKILLed replica's peering record blocks the others until it expires.
-        "AGENTPLANE_OPERATOR_PEERING_LIFETIME_SECONDS": "10",
-        "AGENTPLANE_OPERATOR_RUNTIME_IMAGE": "registry.test/agentplane/runtime:test",
+        **operator_environment(
+            redis_url=redis_url, database_url=database_url, qdrant_path=qdrant_path,
+            metrics_port=port, resync_seconds=resync_seconds,
+        ),
         **(extra_env or {}),
-    }
+    }  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "agentplane_operator", "run"],

@@ -71,6 +71,7 @@ def operator(
 
 TENANTS = (
     "acme", "globex", "orbit", "vega", "lyra", "nova", "sirius", "deneb", "rigel", "altair", "kappa", "mira",
+    "polaris",
 )  # fmt: skip
 """Every tenant this module creates; each test works in its own."""
 
@@ -495,6 +496,37 @@ def test_an_unchanged_reconcile_writes_nothing(k8s: Cluster, operator: OperatorP
     )
     assert operator.writes() == writes
     assert _resource_versions(k8s, ns) == versions
+
+
+def test_a_new_agent_costs_few_writes_and_carries_no_finalizer(
+    k8s: Cluster, operator: OperatorProcess
+) -> None:
+    """Its three children applied once, its status written at most twice (progressing, then ready),
+    and no finalizer: its children go by garbage collection, and it is resynced by its Tenant's
+    timer (a kopf timer of its own would need a finalizer, a write more for every Agent)."""
+    ns = "tenant-polaris"
+    apply(k8s, tenant("polaris"))
+    ready(k8s, "tenant", "polaris")
+    apply(k8s, prompt(ns, "assistant"))
+    until(k8s, "the Prompt's ConfigMap", "configmap", "prompt-assistant-v1", ns, lambda _: True)
+    kinds = ("ConfigMap", "Deployment", "Service", "Agent")
+
+    def writes() -> dict[str, float]:
+        return {kind: operator.total("agentplane_operator_api_writes_total", kind=kind) for kind in kinds}
+
+    before = writes()
+    names = [f"lean-{i}" for i in range(3)]
+    apply(k8s, *(agent(ns, name) for name in names))
+    for name in names:
+        ready(k8s, "agent", name, ns)
+    time.sleep(RESYNC * 2)  # a resync round more: it writes nothing
+    written = {kind: count - before[kind] for kind, count in writes().items()}
+    assert {kind: written[kind] for kind in kinds[:3]} == {kind: len(names) for kind in kinds[:3]}
+    assert written["Agent"] <= 2 * len(names)
+    for name in names:
+        found = get(k8s, "agent", name, ns)
+        assert found is not None
+        assert not found["metadata"].get("finalizers")
 
 
 def test_drift_is_repaired(k8s: Cluster, operator: OperatorProcess) -> None:

@@ -70,13 +70,28 @@ async def _reconcile_dependents(
 
 
 async def _reconcile_agent_key(
-    op: Operator, views: Views, key: Key, cause: Cause, *, deployment: Manifest | None = None
+    op: Operator, views: Views, key: Key, cause: Cause, *, watched: bool = False
 ) -> None:
+    """Reconcile the Agent `key` as the index has it. `watched`: a watch event of its Deployment asks,
+    and the Deployment the watch showed last (not the one of that event: several may have queued on
+    the Agent's lock meanwhile, and an older one would undo the readiness a newer one wrote) stands
+    for the live one, unless it differs from what the Agent wants."""
     body = views.agent(key)
     if body is None:
         return
     async with op.reconciling("Agent", key[1], key[0], cause):
+        deployment = op.deployments.get(key) if watched else None
         await reconcile.reconcile_agent(op, body, views, deployment=deployment)
+
+
+async def _resync_tenant(op: Operator, views: Views, name: str, body: kopf.Body) -> None:
+    """The Tenant's periodic reconcile, then that of every Agent in its namespace (one timer per
+    Tenant: a kopf timer per Agent would cost each Agent a finalizer, one more write)."""
+    async with op.reconciling("Tenant", name, "", "resync"):
+        await reconcile.reconcile_tenant(op, body, views)
+    namespace = Tenant.model_validate(spec_body(body)).namespace
+    keys = sorted(set(views.agents_by_namespace.get(namespace, ())))
+    await asyncio.gather(*(_reconcile_agent_key(op, views, key, "resync") for key in keys))
 
 
 async def _reconcile_tenant_named(op: Operator, views: Views, name: str) -> None:
@@ -235,9 +250,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.timer(*tenants, interval=resync, initial_delay=resync, registry=registry, id="tenant_resync")
     async def tenant_resync(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        op, views = clients(memo)
-        async with op.reconciling("Tenant", name, "", "resync"):
-            await reconcile.reconcile_tenant(op, body, views)
+        await _resync_tenant(*clients(memo), name, body)
 
     @kopf.timer(*tenants, interval=ours.budget_check_seconds, registry=registry, id="tenant_budget")
     async def tenant_budget(name: str, memo: kopf.Memo, **_: Any) -> None:
@@ -371,14 +384,6 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         async with op.reconciling("Agent", name, namespace or "", "event"):
             await reconcile.reconcile_agent(op, body, views)
 
-    @kopf.timer(*agents, interval=resync, initial_delay=resync, registry=registry, id="agent_resync")
-    async def agent_resync(
-        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
-    ) -> None:
-        op, views = clients(memo)
-        async with op.reconciling("Agent", name, namespace or "", "resync"):
-            await reconcile.reconcile_agent(op, body, views)
-
     @on.event(*agents, registry=registry, id="agent_event")
     async def agent_event(
         event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
@@ -431,9 +436,9 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         # Readiness follows the Deployment; a deleted or edited one is put back at once.
         if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
             return
-        deployment = dict(event["object"]) if event["type"] != "DELETED" else None
-        key = (namespace or "", labels[AGENT_LABEL])
-        await _reconcile_agent_key(*clients(memo), key, "child", deployment=deployment)
+        (op, views), key = clients(memo), (namespace or "", labels[AGENT_LABEL])
+        op.saw_deployment(key, dict(event["object"]) if event["type"] != "DELETED" else None)
+        await _reconcile_agent_key(op, views, key, "child", watched=True)
 
     # --- Git-kept knowledge: each GitOps revision syncs the tenants' knowledge ----------------------
 

@@ -7,6 +7,7 @@ live object already holds every field we want: an unchanged reconcile makes no w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
@@ -166,13 +167,30 @@ class _FileToken(httpx.Auth):
         yield request
 
 
-class Kube:
-    """The operator's own API client: reads, server-side apply, deletes and status patches."""
+CONNECTIONS = 32
+"""Connections to the API server, and so requests in flight at once."""
 
-    def __init__(self, client: httpx.AsyncClient, *, field_manager: str, on_write: WriteHook) -> None:
+
+class Kube:
+    """The operator's own API client: reads, server-side apply, deletes and status patches.
+
+    At most `concurrency` requests are handed to httpx at once; the others wait their turn here.
+    httpx's pool (httpcore) scans every queued request against every connection each time one is
+    sent or answered: with a thousand Agents reconciling at once, thousands of queued requests made
+    that scan most of the operator's CPU time."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        field_manager: str,
+        on_write: WriteHook,
+        concurrency: int = CONNECTIONS,
+    ) -> None:
         self._client = client
         self.field_manager = field_manager
         self._on_write = on_write
+        self._slots = asyncio.Semaphore(concurrency)
 
     @classmethod
     def connect(cls, info: kopf.ConnectionInfo, *, field_manager: str, on_write: WriteHook) -> Kube:
@@ -191,7 +209,7 @@ class Kube:
             auth=auth,
             headers=headers,
             timeout=httpx.Timeout(30.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
         )
         return cls(client, field_manager=field_manager, on_write=on_write)
 
@@ -204,9 +222,10 @@ class Kube:
     ) -> Manifest | None:  # fmt: skip
         if method != "GET":
             self._on_write(kind, method)
-        response = await self._client.request(
-            method, path, json=body, content=content, headers=headers, params=params
-        )
+        async with self._slots:
+            response = await self._client.request(
+                method, path, json=body, content=content, headers=headers, params=params
+            )
         if response.status_code == 404:
             return None
         if response.status_code >= 400:

@@ -52,6 +52,8 @@ class Operator:
     )
     discovered: dict[Key, str | None] = field(default_factory=dict)
     """(namespace, tool) -> the hash of the schema in the Tool's status, as last seen by the watch."""
+    deployments: dict[Key, Manifest] = field(default_factory=dict)
+    """(namespace, agent) -> its Deployment as the watch showed it last (the newest event wins)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     ready_clock: ReadyClock = field(init=False)
@@ -79,6 +81,13 @@ class Operator:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def saw_deployment(self, key: Key, deployment: Manifest | None) -> None:
+        """Note an Agent's Deployment as a watch event shows it (None: deleted)."""
+        if deployment is None:
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = deployment
 
     def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
         """Note a pod's problem (None: it has none, or is gone); whether that changed anything."""

@@ -17,6 +17,7 @@ from runtime_support import Served, make_config, serve, tenant_name
 
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
+from agentplane_runtime.buffer import StreamEntry
 from agentplane_runtime.quotas import (
     WINDOW_SECONDS,
     CounterSpec,
@@ -71,6 +72,43 @@ async def test_acquire_is_all_or_nothing(backend: QuotaBackend) -> None:
     assert (await backend.acquire([CounterSpec(gone, 0, 10)], spend_key=key(), budget=-1, ttl=60)).values == (
         0,
     )
+
+
+async def number(redis: Redis, name: str) -> float:
+    value = await redis.get(name)
+    assert value is not None, name
+    return float(value)
+
+
+async def test_a_settlement_carries_a_record_to_its_stream_in_the_same_round_trip(
+    redis_server: Server,
+) -> None:
+    """The usage record rides with the settlement when its stream is on the quota's Redis; on another
+    Redis, or with no stream, the caller is told to append it itself. A Redis that lost the script
+    (restarted) gets it again, and the settlement still counts."""
+    redis = Redis.from_url(redis_server.url)
+    other = Redis.from_url(redis_server.url)
+    try:
+        backend = RedisQuotaBackend(redis)
+        counter, spend, stream = key(), key(), key()
+        assert (await backend.acquire([CounterSpec(counter, 10, 100)], spend_key=key(), budget=-1, ttl=60)).ok
+        assert await backend.settle([counter], -4, spend, 0.25, 60, StreamEntry(redis, stream, b"one"))
+        assert await number(redis, counter) == 6
+        assert await number(redis, spend) == 0.25
+        await redis.script_flush()
+        assert await backend.settle([counter], -1, spend, 0.5, 60, StreamEntry(redis, stream, b"two"))
+        assert await number(redis, counter) == 5
+        assert await number(redis, spend) == 0.75
+        assert [fields[b"r"] for _, fields in await redis.xrange(stream) or [] if fields] == [b"one", b"two"]
+        # a stream on another client (another Redis) is not written here
+        assert not await backend.settle([counter], 0, spend, 0.0, 60, StreamEntry(other, stream, b"three"))
+        assert not await MemoryQuotaBackend().settle(
+            [counter], 0, spend, 0.0, 60, StreamEntry(redis, stream, b"x")
+        )
+        assert await redis.xlen(stream) == 2
+    finally:
+        await redis.aclose()
+        await other.aclose()
 
 
 async def test_concurrent_acquires_never_pass_the_limit(backend: QuotaBackend) -> None:

@@ -20,6 +20,7 @@ import socket
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
@@ -29,6 +30,16 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger("agentplane.runtime.buffer")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """A record as its Redis stream takes it (`XADD <stream> * r <data>`), for a writer that appends
+    it in a round trip of its own (`QuotaGate.settle`) rather than through `BufferedWriter.record`."""
+
+    redis: Redis
+    stream: str
+    data: bytes
 
 
 class Buffer(Protocol[T]):
@@ -132,6 +143,10 @@ class RedisStreamBuffer(Generic[T]):
     async def append(self, item: T) -> None:
         await self.redis.xadd(self.stream, {"r": self.encode(item)})
 
+    def entry(self, item: T) -> StreamEntry:
+        """`item` as `append` would add it."""
+        return StreamEntry(self.redis, self.stream, self.encode(item))
+
     async def take(self, count: int, block_ms: int) -> list[tuple[str, T]]:
         await self._ensure_group()
         if self._own_pending:
@@ -222,6 +237,11 @@ class BufferedWriter(Generic[T]):
 
     async def outage(self) -> None:
         """The database did not take a batch (called on each failed attempt)."""
+
+    def stream_entry(self, item: T) -> StreamEntry | None:
+        """`item` as the buffer's Redis stream takes it (None when the buffer is not one), for a
+        caller that appends it along with writes of its own; if that fails, it calls `record`."""
+        return self.buffer.entry(item) if isinstance(self.buffer, RedisStreamBuffer) else None
 
     async def record(self, item: T) -> None:
         """Buffer one record. Never raises."""

@@ -30,6 +30,7 @@ from agentplane_runtime.agents import AgentContext
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ChatMessage
 from agentplane_runtime.audit import Actor, AuditLog, quota_refusal_event, tool_call_event
 from agentplane_runtime.auth import Principal
+from agentplane_runtime.buffer import StreamEntry
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.core.telemetry import (
@@ -999,18 +1000,23 @@ class ChatService:
             llm_calls=state.llm_calls,
             created_at=now_utc(),
         )
-        # the settlement and the usage record are independent writes: made together, one round trip
-        # of waiting instead of two
-        await asyncio.gather(self._settle(state, used), self.usage.record(event))
+        # the settlement carries the usage record when both live in one Redis: one round trip
+        if not await self._settle(state, used, self.usage.stream_entry(event)):
+            await self.usage.record(event)
 
-    async def _settle(self, state: RequestState, used: int) -> None:
-        """Settle the request's reservation to what it used (never raises: the answer is given)."""
+    async def _settle(self, state: RequestState, used: int, record: StreamEntry | None) -> bool:
+        """Settle the request's reservation to what it used, appending `record` along if it can:
+        whether it did. Never raises (the answer is given): a failure is logged, and the caller records
+        the usage itself (a record appended twice is written once: its id is the row's key)."""
         if state.reservation is None:
-            return
+            return False
         config = state.agent.config
         try:
-            await self.quota.settle(
-                state.reservation, used + state.embedding_tokens, state.cost + state.embedding_cost
+            return await self.quota.settle(
+                state.reservation,
+                used + state.embedding_tokens,
+                state.cost + state.embedding_cost,
+                append=record,
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
@@ -1018,6 +1024,7 @@ class ChatService:
             )
         except Exception as exc:  # a bug here must not turn the answer into an error
             log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
+        return False
 
 
 def quota_error(exc: QuotaExceeded) -> ApiError:

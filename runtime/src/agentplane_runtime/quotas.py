@@ -22,10 +22,11 @@ from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from agentplane_platform.config import ResolvedQuota
 from agentplane_platform.quotas import QuotaLimits
+from agentplane_runtime.buffer import StreamEntry
 
 log = logging.getLogger("agentplane.runtime.quota")
 
@@ -64,9 +65,18 @@ class QuotaBackend(Protocol):
         counter does not exist yet (the caller initialises it from the usage records and retries)."""
         ...
 
-    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
+    async def settle(
+        self,
+        keys: Sequence[str],
+        delta: int,
+        spend_key: str,
+        amount: float,
+        ttl: int,
+        append: StreamEntry | None = None,
+    ) -> bool:
         """A request is done: add `delta` (possibly negative) to those of `keys` that still exist, and
-        `amount` USD (if any) to the spend counter, which expires in `ttl` seconds (one round trip)."""
+        `amount` USD (if any) to the spend counter, which expires in `ttl` seconds; and append the
+        record `append` in the same round trip when it can (True then)."""
         ...
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
@@ -156,10 +166,34 @@ class RedisQuotaBackend:
         # the counters' new values, then the month's spend as text (a Lua number would be truncated)
         return Acquired(ok=True, values=tuple(int(v) for v in result[1:-1]), spend=float(result[-1]))
 
-    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
-        if delta or amount > 0:
-            # the amount as text (repr): INCRBYFLOAT adds it as Redis parses it, with no rounding by Lua
-            await self._settle(keys=[*keys, spend_key], args=[delta, repr(float(amount)), ttl])
+    async def settle(
+        self,
+        keys: Sequence[str],
+        delta: int,
+        spend_key: str,
+        amount: float,
+        ttl: int,
+        append: StreamEntry | None = None,
+    ) -> bool:
+        # the amount as text (repr): INCRBYFLOAT adds it as Redis parses it, with no rounding by Lua
+        settle_keys = [*keys, spend_key]
+        settle_args: list[str | int] = [delta, repr(float(amount)), ttl]
+        needed = bool(delta or amount > 0)
+        if append is None or append.redis is not self.redis:
+            if needed:
+                await self._settle(keys=settle_keys, args=settle_args)
+            return False
+        # one round trip: the script (by its digest) and the record's append, in one pipeline
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if needed:
+                pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
+            pipe.xadd(append.stream, {"r": append.data})
+            results = await pipe.execute(raise_on_error=False)
+        if needed and isinstance(results[0], NoScriptError):  # Redis restarted: load the script again
+            await self._settle(keys=settle_keys, args=settle_args)
+        elif needed and isinstance(results[0], Exception):
+            log.warning("quota settle failed (%s: %s)", type(results[0]).__name__, results[0])
+        return not isinstance(results[-1], Exception)
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         await self.redis.set(key, repr(float(amount)), nx=True, ex=ttl)
@@ -218,13 +252,22 @@ class MemoryQuotaBackend:
             values.append(value)
         return Acquired(ok=True, values=tuple(values), spend=spend)
 
-    async def settle(self, keys: Sequence[str], delta: int, spend_key: str, amount: float, ttl: int) -> None:
+    async def settle(
+        self,
+        keys: Sequence[str],
+        delta: int,
+        spend_key: str,
+        amount: float,
+        ttl: int,
+        append: StreamEntry | None = None,
+    ) -> bool:
         for key in keys if delta else ():
             entry = self._values.get(key)
             if entry is not None and self._get(key) is not None:
                 self._values[key] = (entry[0] + delta, entry[1])
         if amount > 0:
             self._set(spend_key, (self._get(spend_key) or 0.0) + amount, ttl)
+        return False  # no stream here to append to
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         if self._get(key) is None:
@@ -438,16 +481,26 @@ class QuotaGate:
             reservation.reserved += tokens
         return result.ok
 
-    async def settle(self, reservation: Reservation, used_tokens: int, cost_usd: float) -> None:
-        """Replace the reservation by the real usage (gives back what was not used)."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        used_tokens: int,
+        cost_usd: float,
+        *,
+        append: StreamEntry | None = None,
+    ) -> bool:
+        """Replace the reservation by the real usage (gives back what was not used); with `append`, a
+        record to add to its Redis stream in the same round trip: True when it was (else the caller
+        records it itself)."""
         keys = reservation.token_keys if reservation.enforced else ()
         delta = used_tokens - reservation.reserved if reservation.enforced else 0
         _, _, to_month_end = _month(datetime.fromtimestamp(self.clock(), UTC))
-        await self.backend.settle(
-            keys, delta, reservation.spend_key, max(0.0, cost_usd), int(to_month_end) + 86400
+        appended = await self.backend.settle(
+            keys, delta, reservation.spend_key, max(0.0, cost_usd), int(to_month_end) + 86400, append
         )
         if reservation.enforced:
             reservation.reserved = used_tokens
+        return appended
 
     @staticmethod
     def _headers(

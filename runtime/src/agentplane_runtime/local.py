@@ -66,11 +66,13 @@ def up(
     import uvicorn
 
     from agentplane_runtime.core.logging import configure_logging
+    from agentplane_runtime.core.process import freeze_import_heap
 
     configure_logging(settings.log_level, json=settings.log_json)
     app = create_local_app(
         settings, specs, loaded, out, f"http://{host}:{port}", watch=watch, discovery=discovery
     )
+    freeze_import_heap()
     server = uvicorn.Server(
         uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=5

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from agentplane_operator import handlers, reconcile
+from agentplane_operator.conditions import Cond
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics
 from agentplane_operator.state import Key, Operator, Views
@@ -73,6 +74,60 @@ async def test_queued_deployment_events_reconcile_with_the_newest_deployment(
     # readiness that 8 showed (one status write back, one forth)
     assert seen == ["8", "8"]
 
+    # under load the watch lags behind the reads: a late event of an older version changes nothing
+    op.saw_deployment(key, _deployment("7"))
+    await handlers._reconcile_agent_key(op, views, key, "child", watched=True)
+    assert seen[-1] == "8"
+
     op.saw_deployment(key, None)  # deleted: the reconcile applies it again
     await handlers._reconcile_agent_key(op, views, key, "child", watched=True)
     assert seen[-1] is None
+
+
+@pytest.mark.asyncio
+async def test_a_status_as_our_last_write_left_it_is_neither_read_nor_written() -> None:
+    """A Deployment event that changes nothing of the Agent's status costs no request (each Agent
+    sees several while its pods start); when it does change something, the live status is read."""
+    wanted = [Cond("ConfigResolved", True, "Resolved", "config abc"), Cond("Deployed", True, "Available")]
+    extra = {"replicas": 1}
+    status = reconcile._wanted_status({}, 1, wanted, extra)[1]
+    reads: list[str] = []
+
+    class Reads:
+        async def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest:
+            reads.append(name)
+            return {"metadata": {"name": name, "uid": "u"}, "status": status}
+
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, Reads()), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1}}
+    same = await reconcile._write_status(op, "Agent", body, wanted, extra, known=status)
+    assert same is not None
+    assert same.after == status
+    assert reads == []
+    rolling = reconcile._wanted_status({}, 1, [Cond("Deployed", False, "Progressing")], {"replicas": 0})[1]
+    await reconcile._write_status(op, "Agent", body, wanted, extra, known=rolling)
+    assert reads == ["helper"]  # it differs from what we wrote last: compared with the live one
+
+
+@pytest.mark.asyncio
+async def test_a_new_objects_child_is_applied_without_reading_it_first() -> None:
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        if request.method == "GET":
+            return httpx.Response(404, json={"message": "not found"})
+        return httpx.Response(200, json={"kind": "ConfigMap", "metadata": {"name": "c"}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
+    kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None)
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+    await kube.apply(manifest)
+    assert sent == ["GET", "PATCH"]
+    sent.clear()
+    await kube.apply(manifest, read=False)
+    assert sent == ["PATCH"]
+    await kube.close()

@@ -378,11 +378,11 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
     @on.create(*agents, registry=registry, id="agent_changed")
     @on.update(*agents, registry=registry, id="agent_changed")
     async def agent_changed(
-        namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+        namespace: str | None, name: str, body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any
     ) -> None:
         op, views = clients(memo)
         async with op.reconciling("Agent", name, namespace or "", "event"):
-            await reconcile.reconcile_agent(op, body, views)
+            await reconcile.reconcile_agent(op, body, views, new=reason == "create")
 
     @on.event(*agents, registry=registry, id="agent_event")
     async def agent_event(

@@ -119,20 +119,10 @@ class StatusWrite:
         return self._ready(self.before, generation), self._ready(self.after, generation)
 
 
-async def _write_status(
-    op: Operator, kind: str, body: Mapping[str, Any], wanted: list[Cond], extra: Mapping[str, Any]
-) -> StatusWrite | None:
-    """Write what changed in the status; an Event for every condition that changed status or reason.
-    None when the object is gone.
-
-    The status is compared with the object as it is now, not with `body`: an event body or index
-    entry may predate our own last write, and comparing with it could skip a needed write.
-    """
-    namespace, name, generation = _meta(body)  # the generation whose spec this reconcile acted on
-    live = await op.kube.get(kind, name, namespace or None)
-    if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
-        return None  # deleted (or replaced) meanwhile
-    current: Mapping[str, Any] = live.get("status") or {}
+def _wanted_status(
+    current: Mapping[str, Any], generation: int, wanted: list[Cond], extra: Mapping[str, Any]
+) -> tuple[Cond, dict[str, Any]]:
+    """The Ready condition that goes with `wanted`, and the status they make of `current`."""
     failing = ready_reason(wanted)
     if failing is None:
         ready = Cond("Ready", True, "Ready", "; ".join(c.message for c in wanted if c.message))
@@ -140,7 +130,34 @@ async def _write_status(
         ready = Cond("Ready", False, failing.reason, failing.message)
     progress, drop = kstatus(wanted)
     conditions = merge_conditions(current.get("conditions") or [], [ready, *wanted, *progress], drop)
-    desired = {"observedGeneration": generation, "conditions": conditions, **extra}
+    return ready, {"observedGeneration": generation, "conditions": conditions, **extra}
+
+
+async def _write_status(
+    op: Operator,
+    kind: str,
+    body: Mapping[str, Any],
+    wanted: list[Cond],
+    extra: Mapping[str, Any],
+    *,
+    known: Mapping[str, Any] | None = None,
+) -> StatusWrite | None:
+    """Write what changed in the status; an Event for every condition that changed status or reason.
+    None when the object is gone.
+
+    The status is compared with the object as it is now, not with `body`: an event body or index
+    entry may predate our own last write, and comparing with it could skip a needed write. `known`:
+    the status as our own last write (or read) of it left it; when the wanted status is that, nothing
+    is read or written (a resync compares with the live object again).
+    """
+    namespace, name, generation = _meta(body)  # the generation whose spec this reconcile acted on
+    if known is not None and not status_patch(known, _wanted_status(known, generation, wanted, extra)[1]):
+        return StatusWrite(known, known)
+    live = await op.kube.get(kind, name, namespace or None)
+    if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
+        return None  # deleted (or replaced) meanwhile
+    current: Mapping[str, Any] = live.get("status") or {}
+    ready, desired = _wanted_status(current, generation, wanted, extra)
     patch = status_patch(current, desired)
     written = StatusWrite(current, {**current, **desired})
     if not patch:
@@ -680,9 +697,15 @@ def _deployment_ready(
 
 
 async def reconcile_agent(
-    op: Operator, body: Mapping[str, Any], views: Views, *, deployment: Manifest | None = None
+    op: Operator,
+    body: Mapping[str, Any],
+    views: Views,
+    *,
+    deployment: Manifest | None = None,
+    new: bool = False,
 ) -> None:
-    """Apply the agent's children (unless `deployment`, from a watch event, shows nothing to do) and status."""
+    """Apply the agent's children (unless `deployment`, from a watch event, shows nothing to do) and status.
+    `new`: the Agent was just created, so its children are applied without reading them first."""
     namespace, name, generation = _meta(body)
     created = body["metadata"].get("creationTimestamp")
     op.ready_clock.seen(namespace, name, generation, datetime.fromisoformat(created) if created else None)
@@ -694,12 +717,14 @@ async def reconcile_agent(
         if deployment is not None and holds(deployment, desired["Deployment"]):
             live = deployment  # a status change of our own Deployment: only readiness to update
         else:
+            deployment = None
             config_map, *rest = plan.children
-            await op.kube.apply(config_map)
-            applied = await asyncio.gather(*(op.kube.apply(child) for child in rest))
+            await op.kube.apply(config_map, read=not new)
+            applied = await asyncio.gather(*(op.kube.apply(child, read=not new) for child in rest))
             live = next(obj for obj, _ in applied if obj["kind"] == "Deployment")
+            op.saw_deployment((namespace, name), live)
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
-                if kind not in desired:
+                if kind not in desired and not new:  # a new Agent's went with their old owner
                     stale = await op.kube.get(kind, name, namespace)
                     if stale is not None and stale["metadata"].get("labels", {}).get(AGENT_LABEL) == name:
                         await op.kube.delete(kind, name, namespace)
@@ -711,10 +736,18 @@ async def reconcile_agent(
             "configHash": plan.config.hash(),
             "replicas": replicas,
         }
-    written = await _write_status(op, "Agent", body, conditions, extra)
+    # a Deployment event's reconcile compares with the status as our last write left it, unless the
+    # Agent was replaced since; the others (create, change, dependency, resync) read the live one
+    uid = body["metadata"].get("uid")
+    last = op.agent_statuses.get((namespace, name))
+    known = last[1] if deployment is not None and last is not None and last[0] == uid else None
+    written = await _write_status(op, "Agent", body, conditions, extra, known=known)
     if written is not None:
+        op.agent_statuses[(namespace, name)] = (uid, written.after)
         was_ready, is_ready = written.ready(generation)
         op.ready_clock.written(namespace, name, generation, was_ready=was_ready, is_ready=is_ready)
+    else:
+        op.agent_statuses.pop((namespace, name), None)
 
 
 # --- Git-kept knowledge -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from redis.asyncio import Redis
@@ -53,7 +53,9 @@ class Operator:
     discovered: dict[Key, str | None] = field(default_factory=dict)
     """(namespace, tool) -> the hash of the schema in the Tool's status, as last seen by the watch."""
     deployments: dict[Key, Manifest] = field(default_factory=dict)
-    """(namespace, agent) -> its Deployment as the watch showed it last (the newest event wins)."""
+    """(namespace, agent) -> its Deployment as last seen, by its watch or a read (the newest wins)."""
+    agent_statuses: dict[Key, tuple[str | None, Mapping[str, Any]]] = field(default_factory=dict)
+    """(namespace, agent) -> (its uid, its status as our last write or read of it left it)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     ready_clock: ReadyClock = field(init=False)
@@ -83,10 +85,14 @@ class Operator:
         task.add_done_callback(self._tasks.discard)
 
     def saw_deployment(self, key: Key, deployment: Manifest | None) -> None:
-        """Note an Agent's Deployment as a watch event shows it (None: deleted)."""
+        """Note an Agent's Deployment as a watch event or a read shows it (None: deleted). An older
+        version than the one known is ignored: under load the watch lags behind the reads, and its
+        late events would make a Ready Agent look like it is still rolling out."""
         if deployment is None:
             self.deployments.pop(key, None)
-        else:
+            return
+        known = self.deployments.get(key)
+        if known is None or not _older(deployment, known):
             self.deployments[key] = deployment
 
     def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
@@ -138,6 +144,19 @@ class Operator:
         await self.vectors.close()
         await self.redis.aclose()
         await self.db.dispose()
+
+
+def _older(one: Manifest, other: Manifest) -> bool:
+    """Whether `one` is an older version of the same object than `other`. The API server's
+    resourceVersion is etcd's revision, which only grows; a version that is not a number (another
+    storage) or another uid (the object was replaced) never counts as older."""
+    a, b = one["metadata"], other["metadata"]
+    versions = str(a.get("resourceVersion", "")), str(b.get("resourceVersion", ""))
+    return (
+        a.get("uid") == b.get("uid")
+        and all(v.isdigit() for v in versions)
+        and int(versions[0]) < int(versions[1])
+    )
 
 
 def _candidate(agent: Manifest) -> max_agents.Candidate:

@@ -292,6 +292,7 @@ def run_operator(
     timeout: float,
     resync: float,
     profile: Path | None,
+    keep_log: Path | None = None,
 ) -> OperatorFigures:
     redis_url, database_url = services
     with running_cluster(work / "operator", REPO / "specs" / "crds", client_rates=rates) as cluster:
@@ -366,6 +367,8 @@ def run_operator(
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
             operator.stop()
+            if keep_log is not None:
+                keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(
         applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), peak_mib
     )
@@ -381,6 +384,7 @@ def main() -> int:
     parser.add_argument("--resync", type=float, default=60.0, help="the operator's resync interval, s")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for convergence, s")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it converges")
+    parser.add_argument("--operator-log", type=Path, default=None, help="keep the operator's log there")
     args = parser.parse_args()
     layout = Layout(args.tenants, args.agents)
     rates = RATES[args.rates]
@@ -408,6 +412,7 @@ def main() -> int:
                     args.timeout,
                     args.resync,
                     args.profile,
+                    args.operator_log,
                 )
                 if args.only != "limit"
                 else None

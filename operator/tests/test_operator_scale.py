@@ -49,7 +49,9 @@ async def test_queued_deployment_events_reconcile_with_the_newest_deployment(
     key: Key = ("tenant-acme", "helper")
     seen: list[str | None] = []
 
-    async def record(op: Operator, body: Any, views: Views, *, deployment: Manifest | None = None) -> None:
+    async def record(
+        op: Operator, body: Any, views: Views, *, deployment: Manifest | None = None, **_: Any
+    ) -> None:
         seen.append(deployment["metadata"]["resourceVersion"] if deployment else None)
 
     monkeypatch.setattr(reconcile, "reconcile_agent", record)
@@ -131,3 +133,47 @@ async def test_a_new_objects_child_is_applied_without_reading_it_first() -> None
     await kube.apply(manifest, read=False)
     assert sent == ["PATCH"]
     await kube.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dependency_that_leaves_the_config_as_applied_costs_no_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new Prompt re-reconciles every Agent naming it; those whose config our last status write
+    says is resolved and applied for their generation need nothing."""
+
+    class Config:
+        def hash(self) -> str:
+            return "abc"
+
+    monkeypatch.setattr(
+        reconcile,
+        "plan_agent",
+        lambda op, body, views: reconcile.AgentPlan(
+            [], cast(Any, Config()), [{"kind": "ConfigMap"}, {"kind": "Deployment"}]
+        ),
+    )
+
+    class NoRequests:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"a request: {name}")
+
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, NoRequests()), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 2}}
+    views = cast(Views, None)
+    resolved = {"type": "ConfigResolved", "status": "True"}
+    op.agent_statuses[("tenant-acme", "helper")] = (
+        "u", {"observedGeneration": 2, "configHash": "abc", "conditions": [resolved]},
+    )  # fmt: skip
+    await reconcile.reconcile_agent(op, body, views, dependency=True)
+    # an older generation's status, another hash or another Agent of that name: reconciled in full
+    for status in (
+        {"observedGeneration": 1, "configHash": "abc", "conditions": [resolved]},
+        {"observedGeneration": 2, "configHash": "old", "conditions": [resolved]},
+    ):
+        op.agent_statuses[("tenant-acme", "helper")] = ("u", status)
+        with pytest.raises(AssertionError, match="a request"):
+            await reconcile.reconcile_agent(op, body, views, dependency=True)

@@ -81,7 +81,9 @@ async def _reconcile_agent_key(
         return
     async with op.reconciling("Agent", key[1], key[0], cause):
         deployment = op.deployments.get(key) if watched else None
-        await reconcile.reconcile_agent(op, body, views, deployment=deployment)
+        await reconcile.reconcile_agent(
+            op, body, views, deployment=deployment, dependency=cause == "dependency"
+        )
 
 
 async def _resync_tenant(op: Operator, views: Views, name: str, body: kopf.Body) -> None:

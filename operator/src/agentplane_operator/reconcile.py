@@ -703,13 +703,30 @@ async def reconcile_agent(
     *,
     deployment: Manifest | None = None,
     new: bool = False,
+    dependency: bool = False,
 ) -> None:
     """Apply the agent's children (unless `deployment`, from a watch event, shows nothing to do) and status.
-    `new`: the Agent was just created, so its children are applied without reading them first."""
+    `new`: the Agent was just created, so its children are applied without reading them first.
+    `dependency`: a Tenant, Prompt or Tool it uses changed; when its config stays what our last status
+    write said was resolved and applied for this generation, there is nothing to do (a new Prompt
+    re-reconciles every Agent naming it, mostly to find nothing changed)."""
     namespace, name, generation = _meta(body)
     created = body["metadata"].get("creationTimestamp")
     op.ready_clock.seen(namespace, name, generation, datetime.fromisoformat(created) if created else None)
     plan = plan_agent(op, body, views)
+    last = op.agent_statuses.get((namespace, name))
+    if dependency and plan.config is not None and last is not None and last[0] == body["metadata"].get("uid"):
+        said = last[1]
+        resolved = any(
+            c.get("type") == "ConfigResolved" and c.get("status") == "True"
+            for c in said.get("conditions") or []
+        )
+        if (
+            resolved
+            and said.get("configHash") == plan.config.hash()
+            and said.get("observedGeneration") == generation
+        ):
+            return
     extra: dict[str, Any] = {}
     conditions = list(plan.conditions)
     if plan.config is not None:

@@ -397,6 +397,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         if event["type"] != "DELETED":
             return
         op.ready_clock.forget(ns, name)
+        op.agent_statuses.pop((ns, name), None)
         # A freed slot under the tenant's maxAgents: admit the Agents that waited for one.
         waiting = [
             (ns, a["metadata"]["name"])

@@ -714,9 +714,11 @@ async def reconcile_agent(
     created = body["metadata"].get("creationTimestamp")
     op.ready_clock.seen(namespace, name, generation, datetime.fromisoformat(created) if created else None)
     plan = plan_agent(op, body, views)
+    # the status as our last write left it, unless the Agent was replaced since
+    uid = body["metadata"].get("uid")
     last = op.agent_statuses.get((namespace, name))
-    if dependency and plan.config is not None and last is not None and last[0] == body["metadata"].get("uid"):
-        said = last[1]
+    said = last[1] if last is not None and last[0] == uid else None
+    if dependency and plan.config is not None and said is not None:
         resolved = any(
             c.get("type") == "ConfigResolved" and c.get("status") == "True"
             for c in said.get("conditions") or []
@@ -753,11 +755,9 @@ async def reconcile_agent(
             "configHash": plan.config.hash(),
             "replicas": replicas,
         }
-    # a Deployment event's reconcile compares with the status as our last write left it, unless the
-    # Agent was replaced since; the others (create, change, dependency, resync) read the live one
-    uid = body["metadata"].get("uid")
-    last = op.agent_statuses.get((namespace, name))
-    known = last[1] if deployment is not None and last is not None and last[0] == uid else None
+    # a Deployment event's reconcile compares with the status as our last write left it; the others
+    # (create, change, dependency, resync) read the live one
+    known = said if deployment is not None else None
     written = await _write_status(op, "Agent", body, conditions, extra, known=known)
     if written is not None:
         op.agent_statuses[(namespace, name)] = (uid, written.after)

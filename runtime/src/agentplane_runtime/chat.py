@@ -30,7 +30,6 @@ from agentplane_runtime.agents import AgentContext
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ChatMessage
 from agentplane_runtime.audit import Actor, AuditLog, quota_refusal_event, tool_call_event
 from agentplane_runtime.auth import Principal
-from agentplane_runtime.buffer import StreamEntry
 from agentplane_runtime.core.config import Settings
 from agentplane_runtime.core.errors import ApiError
 from agentplane_runtime.core.telemetry import (
@@ -1001,12 +1000,12 @@ class ChatService:
             created_at=now_utc(),
         )
         # the settlement carries the usage record when both live in one Redis: one round trip
-        if not await self._settle(state, used, self.usage.stream_entry(event)):
+        if not await self._settle(state, used, event):
             await self.usage.record(event)
 
-    async def _settle(self, state: RequestState, used: int, record: StreamEntry | None) -> bool:
-        """Settle the request's reservation to what it used, appending `record` along if it can:
-        whether it did. Never raises (the answer is given): a failure is logged, and the caller records
+    async def _settle(self, state: RequestState, used: int, event: UsageEvent) -> bool:
+        """Settle the request's reservation to what it used, appending the usage `event` to its
+        stream along if it can: whether it did. Never raises (the answer is given): a failure is logged, and the caller records
         the usage itself (a record appended twice is written once: its id is the row's key)."""
         if state.reservation is None:
             return False
@@ -1016,7 +1015,7 @@ class ChatService:
                 state.reservation,
                 used + state.embedding_tokens,
                 state.cost + state.embedding_cost,
-                append=record,
+                append=self.usage.stream_entry(event),
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning(

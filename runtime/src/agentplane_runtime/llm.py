@@ -319,6 +319,7 @@ class LLMClient:
         self.settings = settings
         self.direct = DirectClient()
         self._targets: dict[str, str] = {}
+        self._credentials: dict[str, dict[str, Any]] = {}
         self.metrics = metrics
         self.tracer = tracer
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -390,7 +391,14 @@ class LLMClient:
         return breaker
 
     def credentials(self, model: str) -> dict[str, Any]:
-        """Provider credentials for a model, from settings (never from the agent config)."""
+        """Provider credentials for a model, from settings (never from the agent config); worked out
+        once per model."""
+        found = self._credentials.get(model)
+        if found is None:
+            found = self._credentials[model] = self._credentials_of(model)
+        return found
+
+    def _credentials_of(self, model: str) -> dict[str, Any]:
         s = self.settings
         provider = provider_of(model)
         if provider == "azure":

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, cast
 
 import httpx
+import kopf
 import pytest
 
 from agentplane_operator import handlers, reconcile
@@ -177,3 +178,101 @@ async def test_a_dependency_that_leaves_the_config_as_applied_costs_no_request(
         op.agent_statuses[("tenant-acme", "helper")] = ("u", status)
         with pytest.raises(AssertionError, match="a request"):
             await reconcile.reconcile_agent(op, body, views, dependency=True)
+
+
+class _Recorder:
+    """The requests a reconcile sends, answered as an API server that applies whatever it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def apply(self, manifest: Manifest, *, read: bool = True) -> tuple[Manifest, bool]:
+        if read:
+            self.sent.append(("GET", manifest["kind"]))
+        self.sent.append(("APPLY", manifest["kind"]))
+        return manifest, True
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
+        self.sent.append(("GET", kind))
+        if kind == "Agent":
+            return {"metadata": {"name": name, "uid": "u"}, "status": {}}
+        return None
+
+    async def patch_status(self, kind: str, name: str, namespace: str | None, status: Manifest) -> Manifest:
+        self.sent.append(("PATCH status", kind))
+        return {"metadata": {"name": name, "uid": "u"}, "status": status}
+
+
+@pytest.mark.asyncio
+async def test_a_config_change_reaches_a_dependent_without_reading_what_the_operator_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new Prompt version reaches each of its (perhaps thousand) dependents as two writes and a status
+    patch: its ConfigMap and Deployment changed, written without reading them first (they are as the
+    operator applied them); its Service unchanged, neither read nor written; its status patched from
+    the one the operator wrote last. A resync still reads every child (to put back a hand edit)."""
+    config = {"hash": "old"}
+
+    class Config:
+        def hash(self) -> str:
+            return config["hash"]
+
+    def children() -> list[Manifest]:
+        meta = {"name": "helper", "namespace": "tenant-acme", "generation": 1}
+        return [
+            {"kind": "ConfigMap", "metadata": meta, "data": {"config": config["hash"]}},
+            {
+                "kind": "Deployment", "metadata": meta, "spec": {"replicas": 1, "hash": config["hash"]},
+                "status": {"observedGeneration": 1},
+            },
+            {"kind": "Service", "metadata": meta, "spec": {"port": 8080}},
+        ]  # fmt: skip
+
+    monkeypatch.setattr(
+        reconcile,
+        "plan_agent",
+        lambda op, body, views: reconcile.AgentPlan(
+            [Cond("ConfigResolved", True, "Resolved")], cast(Any, Config()), children()
+        ),
+    )
+    monkeypatch.setattr(reconcile, "agent_endpoint", lambda config: "http://helper")
+    monkeypatch.setattr(reconcile, "agent_url", lambda config, build: "http://helper")
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+    kube = _Recorder()
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, kube), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    body = {
+        "apiVersion": "agentplane.io/v1alpha1", "kind": "Agent",
+        "metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1},
+    }  # fmt: skip
+    views = cast(Views, None)
+
+    await reconcile.reconcile_agent(op, body, views, new=True)
+    assert kube.sent == [
+        ("APPLY", "ConfigMap"), ("APPLY", "Deployment"), ("APPLY", "Service"), ("PATCH status", "Agent")
+    ]  # fmt: skip
+
+    kube.sent.clear()
+    config["hash"] = "new"  # its Prompt changed
+    await reconcile.reconcile_agent(op, body, views, dependency=True)
+    assert kube.sent == [("APPLY", "ConfigMap"), ("APPLY", "Deployment"), ("PATCH status", "Agent")]
+    assert op.agent_statuses[("tenant-acme", "helper")][1]["configHash"] == "new"
+
+    kube.sent.clear()
+    await reconcile.reconcile_agent(op, body, views)  # a resync: every child but the watched Deployment read
+    assert {kind for verb, kind in kube.sent if verb == "GET"} == {"Agent", "ConfigMap", "Service"}
+
+    kube.sent.clear()
+    op.saw_deployment(("tenant-acme", "helper"), None)  # its watch saw it deleted
+    await reconcile.reconcile_agent(op, body, views)
+    assert ("APPLY", "Deployment") in kube.sent
+
+    kube.sent.clear()
+    op.forget_agent(("tenant-acme", "helper"))  # nothing remembered of it (as after a restart)
+    config["hash"] = "newer"
+    await reconcile.reconcile_agent(op, body, views, dependency=True)
+    assert {kind for verb, kind in kube.sent if verb == "GET"} == {
+        "Agent", "ConfigMap", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"
+    }  # fmt: skip

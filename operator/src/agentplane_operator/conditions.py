@@ -27,6 +27,9 @@ class Cond:
 
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+PROGRESSING = "Progressing"
+"""The reason of a condition not met yet because work is under way (a rollout): routine, not a
+failure, so neither a Warning Event nor an error."""
 
 
 def kstatus(wanted: Iterable[Cond]) -> tuple[list[Cond], set[str]]:

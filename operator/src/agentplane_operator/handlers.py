@@ -167,7 +167,12 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         key = ours.qdrant_api_key.get_secret_value() if ours.qdrant_api_key else None
         op = Operator(
             settings=ours,
-            kube=Kube.connect(info, field_manager=ours.field_manager, on_write=metrics.count_write),
+            kube=Kube.connect(
+                info,
+                field_manager=ours.field_manager,
+                on_write=metrics.count_write,
+                on_read=metrics.count_read,
+            ),
             vectors=VectorStore.connect(url=ours.qdrant_url, path=ours.qdrant_path, api_key=key),
             redis=Redis.from_url(ours.redis_url.get_secret_value(), decode_responses=True),
             db=db,
@@ -397,7 +402,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         if event["type"] != "DELETED":
             return
         op.ready_clock.forget(ns, name)
-        op.agent_statuses.pop((ns, name), None)
+        op.forget_agent((ns, name))
         # A freed slot under the tenant's maxAgents: admit the Agents that waited for one.
         waiting = [
             (ns, a["metadata"]["name"])

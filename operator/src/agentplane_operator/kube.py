@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import ssl
 import tempfile
@@ -124,8 +125,16 @@ def holds(live: object, want: object) -> bool:
     return _same_scalar(want, live)
 
 
+def digest(manifest: Manifest) -> str:
+    """A manifest's fingerprint: equal for equal manifests, whatever the order of their keys."""
+    encoded = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
 WriteHook = Callable[[str, str], None]
 """Called with (kind, verb) before every write request: what the metrics count."""
+ReadHook = Callable[[str], None]
+"""Called with the kind before every read request."""
 
 
 def _ssl_context(info: kopf.ConnectionInfo, workdir: Path) -> ssl.SSLContext | bool:
@@ -186,15 +195,24 @@ class Kube:
         *,
         field_manager: str,
         on_write: WriteHook,
+        on_read: ReadHook | None = None,
         concurrency: int = CONNECTIONS,
     ) -> None:
         self._client = client
         self.field_manager = field_manager
         self._on_write = on_write
+        self._on_read = on_read
         self._slots = asyncio.Semaphore(concurrency)
 
     @classmethod
-    def connect(cls, info: kopf.ConnectionInfo, *, field_manager: str, on_write: WriteHook) -> Kube:
+    def connect(
+        cls,
+        info: kopf.ConnectionInfo,
+        *,
+        field_manager: str,
+        on_write: WriteHook,
+        on_read: ReadHook | None = None,
+    ) -> Kube:
         """A client for the same server and credentials kopf logged in with."""
         workdir = Path(tempfile.mkdtemp(prefix="agentplane-operator-"))
         auth: httpx.Auth | None = None
@@ -212,7 +230,7 @@ class Kube:
             timeout=httpx.Timeout(30.0),
             limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
         )
-        return cls(client, field_manager=field_manager, on_write=on_write)
+        return cls(client, field_manager=field_manager, on_write=on_write, on_read=on_read)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -223,6 +241,8 @@ class Kube:
     ) -> Manifest | None:  # fmt: skip
         if method != "GET":
             self._on_write(kind, method)
+        elif self._on_read is not None:
+            self._on_read(kind)
         async with self._slots:
             response = await self._client.request(
                 method, path, json=body, content=content, headers=headers, params=params

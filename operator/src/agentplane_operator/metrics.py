@@ -56,6 +56,10 @@ class Metrics:
             "agentplane_operator_api_writes", "Write requests sent to the Kubernetes API by the reconcilers.",
             ["kind", "verb"], registry=r,
         )  # fmt: skip
+        self.reads = Counter(
+            "agentplane_operator_api_reads", "Read requests (GET) sent to the Kubernetes API by the reconcilers.",
+            ["kind"], registry=r,
+        )  # fmt: skip
         self.agent_ready = Histogram(
             "agentplane_operator_agent_ready_seconds",
             "From this operator first seeing a new Agent generation to its writing Ready=True for it.",
@@ -87,6 +91,9 @@ class Metrics:
 
     def count_write(self, kind: str, verb: str) -> None:
         self.writes.labels(kind, verb).inc()
+
+    def count_read(self, kind: str) -> None:
+        self.reads.labels(kind).inc()
 
     def _tenant_gauges(self) -> tuple[Gauge, Gauge, Gauge]:
         return self.tenant_budget, self.tenant_tokens_per_minute, self.tenant_requests_per_minute

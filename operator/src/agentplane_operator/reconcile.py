@@ -44,8 +44,15 @@ from agentplane_operator.builders import (
     knowledge_sync_job_name,
     prompt_config_map_name,
 )
-from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
-from agentplane_operator.kube import Manifest, holds
+from agentplane_operator.conditions import (
+    PROGRESSING,
+    Cond,
+    kstatus,
+    merge_conditions,
+    ready_reason,
+    status_patch,
+)
+from agentplane_operator.kube import Manifest, digest, holds
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.state import Operator, Views
 from agentplane_platform import max_agents
@@ -141,6 +148,7 @@ async def _write_status(
     extra: Mapping[str, Any],
     *,
     known: Mapping[str, Any] | None = None,
+    trusted: bool = False,
 ) -> StatusWrite | None:
     """Write what changed in the status; an Event for every condition that changed status or reason.
     None when the object is gone.
@@ -148,29 +156,38 @@ async def _write_status(
     The status is compared with the object as it is now, not with `body`: an event body or index
     entry may predate our own last write, and comparing with it could skip a needed write. `known`:
     the status as our own last write (or read) of it left it; when the wanted status is that, nothing
-    is read or written (a resync compares with the live object again).
+    is read or written (a resync compares with the live object again). `trusted`: `known` is the
+    live status (only this operator writes it, and it wrote or read it last), so a change is written
+    as a patch of it without reading the object first.
     """
     namespace, name, generation = _meta(body)  # the generation whose spec this reconcile acted on
     if known is not None and not status_patch(known, _wanted_status(known, generation, wanted, extra)[1]):
         return StatusWrite(known, known)
-    live = await op.kube.get(kind, name, namespace or None)
-    if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
-        return None  # deleted (or replaced) meanwhile
-    current: Mapping[str, Any] = live.get("status") or {}
+    uid = body["metadata"].get("uid")
+    if known is not None and trusted:
+        current: Mapping[str, Any] = known
+    else:
+        live = await op.kube.get(kind, name, namespace or None)
+        if live is None or live["metadata"].get("uid") != uid:
+            return None  # deleted (or replaced) meanwhile
+        current = live.get("status") or {}
     ready, desired = _wanted_status(current, generation, wanted, extra)
     patch = status_patch(current, desired)
     written = StatusWrite(current, {**current, **desired})
     if not patch:
         return written
-    await op.kube.patch_status(kind, name, namespace or None, patch)
+    patched = await op.kube.patch_status(kind, name, namespace or None, patch)
+    if patched is None or patched["metadata"].get("uid") != uid:
+        return None  # deleted (or replaced: its own reconcile writes its status) meanwhile
     before = {c.get("type"): (c.get("status"), c.get("reason")) for c in current.get("conditions") or []}
     for cond in [ready, *wanted]:
-        if before.get(cond.type) == (cond.status, cond.reason):
+        if before.get(cond.type) == (cond.status, cond.reason) or cond.reason == PROGRESSING:
             continue
         if cond.ok is False:
             op.metrics.errors.labels(kind, cond.reason).inc()
-        # A failing Ready repeats the failing condition's event; only its recovery is news.
-        if cond.type != "Ready" or cond.ok:
+        # The news is a failure, and Ready again (its message says what each condition says). A
+        # failing Ready repeats the failing condition's event; a condition met is told by Ready's.
+        if (cond.type == "Ready") == bool(cond.ok):
             kopf.event(
                 _body(body), type="Normal" if cond.ok else "Warning", reason=cond.reason,
                 message=cond.message or f"{cond.type} is {cond.status}",
@@ -671,7 +688,7 @@ def _deployment_ready(
     available = int(status.get("availableReplicas") or 0)
     total = int(status.get("replicas") or 0)
     # One message for the whole rollout: each distinct message would be one more status write.
-    waiting = Cond("Deployed", False, "Progressing", f"waiting for {want} pod(s) with config {config.hash()}")
+    waiting = Cond("Deployed", False, PROGRESSING, f"waiting for {want} pod(s) with config {config.hash()}")
     if int(status.get("observedGeneration") or 0) < generation:
         return waiting, 0
     if updated < want or available < want or total > updated:
@@ -694,6 +711,58 @@ def _deployment_ready(
     return Cond(
         "Deployed", True, "Available", f"{available}/{want} pods available with config {config.hash()}"
     ), available
+
+
+OPTIONAL_CHILDREN = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+"""An Agent's children that exist only for some specs, so may be left over from an earlier one."""
+ABSENT = "absent"
+"""What `Operator.applied` remembers of an optional child found missing."""
+
+
+async def _apply_agent_children(
+    op: Operator, key: tuple[str, str], uid: str | None, children: list[Manifest], *, new: bool,
+    dependency: bool,
+) -> Manifest:  # fmt: skip
+    """Apply an Agent's children, its ConfigMap first (pods never start without their config), delete
+    an optional child its spec no longer asks for; its Deployment as the API server has it now.
+
+    Reads are few: a new Agent's children cannot exist yet, so are applied without reading them
+    first; the Deployment is compared with what its watch shows (`Operator.deployments`), never read.
+    What each child was applied as is remembered (`Operator.applied`): a dependency's reconcile (its
+    Tenant, Prompt or Tool changed) skips the children that stay as applied and writes the others
+    without reading them; the other reconciles read the other children (a resync puts back what was
+    edited by hand), and an optional child found missing once is not looked for again."""
+    namespace, name = key
+    remembered = op.applied_children(key, uid)
+
+    async def apply(child: Manifest) -> Manifest:
+        kind, fingerprint = child["kind"], digest(child)
+        seen = op.deployments.get(key) if kind == "Deployment" and not new else None
+        if seen is not None and holds(seen, child):
+            live = seen  # as its watch shows it now: the Deployment is never read
+        elif seen is None and dependency and remembered.get(kind) == fingerprint:
+            live = child
+        else:
+            read = seen is None and not new and not (dependency and kind in remembered)
+            live, _ = await op.kube.apply(child, read=read)
+        remembered[kind] = fingerprint
+        return live
+
+    config_map, *rest = children
+    await apply(config_map)
+    applied = await asyncio.gather(*(apply(child) for child in rest))
+    live = next(obj for obj in applied if obj["kind"] == "Deployment")
+    op.saw_deployment(key, live)
+    wanted = {child["kind"] for child in children}
+    for kind in OPTIONAL_CHILDREN:
+        if kind in wanted or remembered.get(kind) == ABSENT:
+            continue
+        if not new:  # a new Agent's went with their old owner
+            stale = await op.kube.get(kind, name, namespace)
+            if stale is not None and stale["metadata"].get("labels", {}).get(AGENT_LABEL) == name:
+                await op.kube.delete(kind, name, namespace)
+        remembered[kind] = ABSENT
+    return live
 
 
 async def reconcile_agent(
@@ -737,16 +806,9 @@ async def reconcile_agent(
             live = deployment  # a status change of our own Deployment: only readiness to update
         else:
             deployment = None
-            config_map, *rest = plan.children
-            await op.kube.apply(config_map, read=not new)
-            applied = await asyncio.gather(*(op.kube.apply(child, read=not new) for child in rest))
-            live = next(obj for obj, _ in applied if obj["kind"] == "Deployment")
-            op.saw_deployment((namespace, name), live)
-            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
-                if kind not in desired and not new:  # a new Agent's went with their old owner
-                    stale = await op.kube.get(kind, name, namespace)
-                    if stale is not None and stale["metadata"].get("labels", {}).get(AGENT_LABEL) == name:
-                        await op.kube.delete(kind, name, namespace)
+            live = await _apply_agent_children(
+                op, (namespace, name), uid, plan.children, new=new, dependency=dependency
+            )
         deployed, replicas = _deployment_ready(live, plan.config, op.pod_problems_of(namespace, name))
         conditions.append(deployed)
         extra = {
@@ -755,10 +817,13 @@ async def reconcile_agent(
             "configHash": plan.config.hash(),
             "replicas": replicas,
         }
-    # a Deployment event's reconcile compares with the status as our last write left it; the others
-    # (create, change, dependency, resync) read the live one
-    known = said if deployment is not None else None
-    written = await _write_status(op, "Agent", body, conditions, extra, known=known)
+    # A Deployment event's or a dependency's reconcile compares with the status as our last write left
+    # it, a new Agent's with the one it was created with (none), and writes a change without reading
+    # the Agent first; the others (a change of the Agent, a resync) compare with the live one.
+    known = said if deployment is not None or dependency else None
+    if new:
+        known = said if said is not None else body.get("status") or {}
+    written = await _write_status(op, "Agent", body, conditions, extra, known=known, trusted=True)
     if written is not None:
         op.agent_statuses[(namespace, name)] = (uid, written.after)
         was_ready, is_ready = written.ready(generation)

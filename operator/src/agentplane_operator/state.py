@@ -56,6 +56,10 @@ class Operator:
     """(namespace, agent) -> its Deployment as last seen, by its watch or a read (the newest wins)."""
     agent_statuses: dict[Key, tuple[str | None, Mapping[str, Any]]] = field(default_factory=dict)
     """(namespace, agent) -> (its uid, its status as our last write or read of it left it)."""
+    applied: dict[Key, tuple[str | None, dict[str, str]]] = field(default_factory=dict)
+    """(namespace, agent) -> (its uid, kind -> the digest of the child as we last applied it or found
+    it to hold, `ABSENT` for an optional child found missing): what a dependency's reconcile need not
+    read again (`reconcile._apply_agent_children`)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     ready_clock: ReadyClock = field(init=False)
@@ -94,6 +98,18 @@ class Operator:
         known = self.deployments.get(key)
         if known is None or not _older(deployment, known):
             self.deployments[key] = deployment
+
+    def applied_children(self, key: Key, uid: str | None) -> dict[str, str]:
+        """What we applied of the Agent `key` (with `uid`) so far; empty for one we have not."""
+        known = self.applied.get(key)
+        if known is None or known[0] != uid:
+            known = self.applied[key] = (uid, {})
+        return known[1]
+
+    def forget_agent(self, key: Key) -> None:
+        """An Agent is gone: what was remembered of it goes too."""
+        self.agent_statuses.pop(key, None)
+        self.applied.pop(key, None)
 
     def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
         """Note a pod's problem (None: it has none, or is gone); whether that changed anything."""

@@ -358,12 +358,14 @@ def run_operator(
                 changed = prompt(f"tenant-{n}", "assistant")
                 changed["spec"]["variables"][0]["default"] = "a concise assistant"
                 bumped.append(changed)
-            changed_at = time.perf_counter()
-            cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
-            wait_for("every dependent's new config hash", lambda: all(
-                h != hashes[k] for k, h in _hashes(cluster).items()
-            ), timeout=timeout, interval=0.5)  # fmt: skip
-            propagated = time.perf_counter() - changed_at
+            prompt_profile = profile.with_suffix(".prompt" + profile.suffix) if profile else None
+            with _profiling(operator.process.pid, prompt_profile):
+                changed_at = time.perf_counter()
+                cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
+                wait_for("every dependent's new config hash", lambda: all(
+                    h != hashes[k] for k, h in _hashes(cluster).items()
+                ), timeout=timeout, interval=0.5)  # fmt: skip
+                propagated = time.perf_counter() - changed_at
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
             operator.stop()
@@ -383,7 +385,12 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="kubectl processes applying at once")
     parser.add_argument("--resync", type=float, default=60.0, help="the operator's resync interval, s")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for convergence, s")
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the operator while it converges")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy the operator while it converges (and into FILE.prompt.EXT while a Prompt change propagates)",
+    )
     parser.add_argument("--operator-log", type=Path, default=None, help="keep the operator's log there")
     args = parser.parse_args()
     layout = Layout(args.tenants, args.agents)

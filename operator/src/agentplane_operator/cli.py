@@ -29,7 +29,7 @@ def _run(verbose: bool) -> int:
         registry=build_registry(settings),
         clusterwide=True,
         standalone=settings.standalone,
-        peering_name=settings.peering,
+        peering_name=settings.peering_name(),
     )
     return 0
 
@@ -44,10 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     generate = commands.add_parser("manifests", help="write the operator's deploy manifests")
     generate.add_argument("--out", type=Path, default=DEPLOY_DIR)
     generate.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    generate.add_argument(
+        "--shards", type=int, default=1, help="one Deployment and peering per shard of the tenants (1: none)"
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args.verbose)
-    stale = manifests.write(args.out, check=args.check)
+    if args.shards < 1:
+        parser.error("--shards is at least 1")
+    stale = manifests.write(args.out, check=args.check, shards=args.shards)
     for path in stale:
         print(f"{'stale' if args.check else 'wrote'}: {path}")
     return 1 if args.check and stale else 0

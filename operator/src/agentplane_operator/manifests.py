@@ -16,6 +16,7 @@ from agentplane_platform.contract import METRICS_PATH, METRICS_PORT_NAME, RUNTIM
 NAMESPACE = "agentplane-system"
 NAME = "agentplane-operator"
 PEERING = "agentplane"
+SHARD_LABEL = f"{GROUP}/shard"
 CREDENTIALS_SECRET = "agentplane-operator"
 """Secret with `redis-url`, `database-url` and (optional) `qdrant-api-key`."""
 IMAGE = "ghcr.io/agentplane/operator:latest"
@@ -84,8 +85,11 @@ def _env(settings: dict[str, str]) -> list[Manifest]:
     return env
 
 
-def build_operator_manifests(*, image: str = IMAGE, replicas: int = 2) -> dict[str, list[Manifest]]:
-    """The manifests, by the file they go to."""
+def build_operator_manifests(
+    *, image: str = IMAGE, replicas: int = 2, shards: int = 1
+) -> dict[str, list[Manifest]]:
+    """The manifests, by the file they go to. `shards` above 1: a Deployment and a peering per shard
+    (`agentplane_operator.shards`), each Deployment's replicas standing by for its one active."""
     peering_crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -115,7 +119,10 @@ def build_operator_manifests(*, image: str = IMAGE, replicas: int = 2) -> dict[s
             ],
         },
     }
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": _meta(PEERING)}
+    peerings = [
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": _meta(name)}
+        for name in (shard_peerings(shards) if shards > 1 else [PEERING])
+    ]
     editor = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -129,17 +136,66 @@ def build_operator_manifests(*, image: str = IMAGE, replicas: int = 2) -> dict[s
             _rule(GROUP, ["agents/status", "tools/status", "prompts/status"], ["get"]),
         ],
     }
-    deployment = {
+    return {
+        "00-namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)}],
+        "10-crds.yaml": [peering_crd],
+        "15-peering.yaml": peerings,
+        "20-rbac.yaml": [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, NAMESPACE)},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": _meta(NAME),
+                "rules": RULES,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": _meta(NAME),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+                "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
+            },
+            editor,
+        ],
+        "30-deployment.yaml": [
+            *(
+                _deployment(image, replicas, (index, shards) if shards > 1 else None)
+                for index in range(shards)
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": _meta(f"{NAME}-metrics", NAMESPACE),
+                "spec": {
+                    "selector": {"app.kubernetes.io/name": NAME},
+                    "ports": [
+                        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+                    ],
+                },
+            },
+        ],
+    }
+
+
+def _deployment(image: str, replicas: int, shard: tuple[int, int] | None) -> Manifest:
+    """The operator's Deployment; as one of several shards, that of shard `index` of `count`."""
+    labels = {"app.kubernetes.io/name": NAME}
+    name, env = NAME, {}
+    if shard is not None:
+        index, count = shard
+        labels[SHARD_LABEL] = str(index)
+        name, env = f"{NAME}-{index}", {"SHARD": f"{index}/{count}"}
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(NAME, NAMESPACE),
+        "metadata": _meta(name, NAMESPACE),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "selector": {"matchLabels": dict(labels)},
             # Peering keeps one replica active; never run two old+new actives during a rollout.
             "strategy": {"type": "Recreate"},
             "template": {
-                "metadata": {"labels": {"app.kubernetes.io/name": NAME}},
+                "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": NAME,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
@@ -154,6 +210,7 @@ def build_operator_manifests(*, image: str = IMAGE, replicas: int = 2) -> dict[s
                                     "QDRANT_URL": f"http://qdrant.{NAMESPACE}.svc:6333",
                                     "PLATFORM_NAMESPACE": NAMESPACE,
                                     "METRICS_PORT": str(METRICS_PORT),
+                                    **env,
                                 }
                             ),
                             "resources": {
@@ -182,42 +239,11 @@ def build_operator_manifests(*, image: str = IMAGE, replicas: int = 2) -> dict[s
             },
         },
     }
-    return {
-        "00-namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)}],
-        "10-crds.yaml": [peering_crd],
-        "15-peering.yaml": [peering],
-        "20-rbac.yaml": [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, NAMESPACE)},
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": _meta(NAME),
-                "rules": RULES,
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": _meta(NAME),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
-                "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
-            },
-            editor,
-        ],
-        "30-deployment.yaml": [
-            deployment,
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": _meta(f"{NAME}-metrics", NAMESPACE),
-                "spec": {
-                    "selector": {"app.kubernetes.io/name": NAME},
-                    "ports": [
-                        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
-                    ],
-                },
-            },
-        ],
-    }
+
+
+def shard_peerings(count: int) -> list[str]:
+    """The peering of each of `count` shards (the operator's `OperatorSettings.peering_name`)."""
+    return [f"{PEERING}-{index}" for index in range(count)]
 
 
 MONITORING_FILE = "monitoring/50-monitors.yaml"
@@ -258,11 +284,11 @@ def render(manifests: list[Manifest]) -> str:
     return HEADER + "".join("---\n" + yaml.safe_dump(m, sort_keys=False) for m in manifests)
 
 
-def write(directory: Path, *, check: bool = False) -> list[Path]:
+def write(directory: Path, *, check: bool = False, shards: int = 1) -> list[Path]:
     """Write the manifests under `directory`; with `check`, only list the files that differ."""
     stale: list[Path] = []
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = {**build_operator_manifests(), MONITORING_FILE: build_monitoring_manifests()}
+    wanted = {**build_operator_manifests(shards=shards), MONITORING_FILE: build_monitoring_manifests()}
     for name, manifests in wanted.items():
         path = directory / name
         text = render(manifests)

@@ -782,9 +782,16 @@ async def reconcile_agent(
     namespace, name, generation = _meta(body)
     created = body["metadata"].get("creationTimestamp")
     op.ready_clock.seen(namespace, name, generation, datetime.fromisoformat(created) if created else None)
-    plan = plan_agent(op, body, views)
-    # the status as our last write left it, unless the Agent was replaced since
     uid = body["metadata"].get("uid")
+    # A Deployment event (several a rollout) reuses the plan of the last reconcile of this generation:
+    # every other cause (a change of the Agent or of what it uses, a resync) plans anew.
+    cached = op.agent_plans.get((namespace, name)) if deployment is not None else None
+    if cached is not None and cached[0] == (uid, generation):
+        plan: AgentPlan = cached[1]
+    else:
+        plan = plan_agent(op, body, views)
+        op.agent_plans[(namespace, name)] = ((uid, generation), plan)
+    # the status as our last write left it, unless the Agent was replaced since
     last = op.agent_statuses.get((namespace, name))
     said = last[1] if last is not None and last[0] == uid else None
     if dependency and plan.config is not None and said is not None:

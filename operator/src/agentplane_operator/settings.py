@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentplane_operator.builders import BuildSettings, EgressTarget, Gateway, KeyVault
+from agentplane_operator.shards import Shard
 from agentplane_platform.contract import LLM_SECRET, RuntimeStores
 
 
@@ -108,6 +109,9 @@ class OperatorSettings(BaseSettings):
     finalizer: str = "agentplane.io/finalizer"
     worker_limit: int | None = None
     """Most objects reconciled at once (kopf's batching worker limit); none by default."""
+    shard: str | None = None
+    """`I/N`: this instance reconciles only the tenants of shard I of N (`agentplane_operator.shards`),
+    under the peering `<peering>-I`; none: every tenant."""
 
     @model_validator(mode="after")
     def _coherent(self) -> OperatorSettings:
@@ -131,9 +135,20 @@ class OperatorSettings(BaseSettings):
             raise ValueError(
                 "AGENTPLANE_OPERATOR_GITOPS_SOURCE is <namespace>/<name> of a Flux GitRepository"
             )
+        if self.shard is not None:
+            Shard.parse(self.shard)
         if bool(self.gateway_name) != bool(self.gateway_url):
             raise ValueError("set AGENTPLANE_OPERATOR_GATEWAY_NAME and _GATEWAY_URL together")
         return self
+
+    def instance_shard(self) -> Shard | None:
+        """This instance's shard, when it runs as one."""
+        return Shard.parse(self.shard) if self.shard is not None else None
+
+    def peering_name(self) -> str:
+        """The peering this instance takes part in: each shard has its own."""
+        shard = self.instance_shard()
+        return f"{self.peering}-{shard.index}" if shard is not None else self.peering
 
     def in_cluster_server(self) -> str | None:
         """The API server's URL from a pod, as client-go's in-cluster config builds it."""

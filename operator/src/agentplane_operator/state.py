@@ -60,6 +60,8 @@ class Operator:
     """(namespace, agent) -> (its uid, kind -> the digest of the child as we last applied it or found
     it to hold, `ABSENT` for an optional child found missing): what a dependency's reconcile need not
     read again (`reconcile._apply_agent_children`)."""
+    agent_plans: dict[Key, tuple[tuple[str | None, int], Any]] = field(default_factory=dict)
+    """(namespace, agent) -> ((its uid, generation), the `reconcile.AgentPlan` last made for it)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
     ready_clock: ReadyClock = field(init=False)
@@ -110,6 +112,7 @@ class Operator:
         """An Agent is gone: what was remembered of it goes too."""
         self.agent_statuses.pop(key, None)
         self.applied.pop(key, None)
+        self.agent_plans.pop(key, None)
 
     def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
         """Note a pod's problem (None: it has none, or is gone); whether that changed anything."""

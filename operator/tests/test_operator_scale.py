@@ -276,33 +276,3 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
     assert {kind for verb, kind in kube.sent if verb == "GET"} == {
         "Agent", "ConfigMap", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"
     }  # fmt: skip
-
-
-def test_the_lean_essence_is_the_one_kopf_builds() -> None:
-    """What kopf compares to tell a spec change from a status write is the same as kopf's own,
-    built without copying the managed fields and the status first."""
-    raw: dict[str, Any] = {
-            "apiVersion": "agentplane.io/v1alpha1",
-            "kind": "Agent",
-            "metadata": {
-                "name": "helper", "namespace": "tenant-acme", "uid": "u", "resourceVersion": "12",
-                "generation": 3, "labels": {"team": "support"},
-                "annotations": {
-                    "agentplane.io/last-handled-configuration": '{"spec": {}}',
-                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
-                    "note": "kept",
-                },
-                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:model": {}}}}],
-            },
-            "spec": {"model": {"name": "openai/gpt-4o-mini"}, "prompt": {"name": "assistant"}},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}], "configHash": "abc"},
-    }  # fmt: skip
-    body = kopf.Body(cast(kopf.RawBody, raw))
-    ours = handlers.LeanDiffBaseStorage(prefix="agentplane.io", key="last-handled-configuration")
-    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="agentplane.io", key="last-handled-configuration")
-    essence = ours.build(body=body)
-    assert essence == kopfs.build(body=body)
-    assert essence["metadata"] == {"labels": {"team": "support"}, "annotations": {"note": "kept"}}
-    assert ours.build(body=body, extra_fields=["status.configHash"]) == kopfs.build(
-        body=body, extra_fields=["status.configHash"]
-    )

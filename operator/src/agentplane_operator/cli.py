@@ -12,6 +12,7 @@ from pathlib import Path
 import kopf
 
 from agentplane_operator import manifests
+from agentplane_operator.kopf_speedups import fast_watch_json
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 """`operator/deploy/` in a source checkout."""
@@ -24,6 +25,11 @@ def _run(verbose: bool) -> int:
     settings = OperatorSettings()  # required fields come from the environment
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    if not fast_watch_json():
+        logging.getLogger("agentplane.operator").warning(
+            "kopf's watch streams are parsed with the standard library's json (this kopf version has "
+            "no json module where agentplane_operator.kopf_speedups expects it): slower, still correct"
+        )
     kopf.run(
         priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
         registry=build_registry(settings),

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import kopf
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 
 from agentplane_operator import budget, reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
+from agentplane_operator.kopf_speedups import LeanDiffBaseStorage
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
@@ -46,22 +46,6 @@ class Started:
 
 
 _MEMO_KEY = "agentplane"
-
-
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's last-handled-configuration annotation, its essence built without deep-copying the whole
-    object first: kopf's own copies every event's object (its managed fields and status too) only to
-    drop all but the spec, labels and annotations, a tenth of the operator's CPU with many Agents."""
-
-    def build(
-        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
-    ) -> kopf.BodyEssence:
-        if extra_fields:  # a handler watching other fields: kopf's way
-            return super().build(body=body, extra_fields=extra_fields)
-        meta = body.get("metadata") or {}
-        lean = {k: v for k, v in body.items() if k not in ("metadata", "status")}
-        lean["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
 
 
 def started(memo: kopf.Memo) -> Started:

@@ -13,7 +13,7 @@ import pytest
 
 from agentplane_operator import handlers, reconcile
 from agentplane_operator.conditions import Cond
-from agentplane_operator.kube import Kube, Manifest
+from agentplane_operator.kube import Kube, KubeError, Manifest
 from agentplane_operator.metrics import Metrics
 from agentplane_operator.state import Key, Operator, Views
 
@@ -276,3 +276,40 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
     assert {kind for verb, kind in kube.sent if verb == "GET"} == {
         "Agent", "ConfigMap", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"
     }  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_an_agent_is_reconciled_once_a_generation_and_a_failed_reconcile_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents are reconciled from their watch events: our own status writes (the same generation)
+    cost nothing, a spec change (a new generation) is reconciled, and a failure is tried again."""
+    calls: list[tuple[int, bool]] = []
+    failures = [KubeError(500, "PATCH", "/apis/apps/v1/...", "etcdserver: request timed out")]
+
+    async def record(op: Operator, body: Any, views: Views, *, new: bool = False, **_: Any) -> None:
+        calls.append((body["metadata"]["generation"], new))
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(reconcile, "reconcile_agent", record)
+    monkeypatch.setattr(handlers, "RETRY_DELAYS", (0.01,))
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, None), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    key: Key = ("tenant-acme", "helper")
+
+    def generation(n: int) -> Manifest:
+        return {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": n}}
+
+    index: dict[Key, list[Manifest]] = {key: [generation(1)]}
+    views = Views(tenants={}, prompts={}, tools={}, agents=index, dependents={}, agents_by_namespace={})
+    await handlers._reconcile_agent_generation(op, views, key, generation(1), new=True)
+    assert calls == [(1, True)]  # failed: tried again shortly, from the index
+    await asyncio.sleep(0.2)
+    assert calls == [(1, True), (1, False)]
+    await handlers._reconcile_agent_generation(op, views, key, generation(1), new=False)  # our status write
+    assert len(calls) == 2
+    await handlers._reconcile_agent_generation(op, views, key, generation(2), new=False)  # its spec changed
+    assert calls[-1] == (2, False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -85,6 +86,38 @@ async def _reconcile_agent_key(
         await reconcile.reconcile_agent(
             op, body, views, deployment=deployment, dependency=cause == "dependency"
         )
+
+
+RETRY_DELAYS = (1, 2, 5, 10, 20, 40, 60)
+"""Seconds before retrying a failed Agent reconcile, by attempt (the last one repeats)."""
+log = logging.getLogger("agentplane.operator")
+
+
+async def _reconcile_agent_generation(
+    op: Operator, views: Views, key: Key, body: Mapping[str, Any], *, new: bool, attempt: int = 0
+) -> None:
+    """Reconcile an Agent from a watch event, unless this instance has reconciled its generation
+    already (the event is one of our status writes, or a change of its labels). A failed reconcile is
+    retried with backoff, from the Agent as the index has it then."""
+    meta = body["metadata"]
+    generation = (meta.get("uid"), int(meta.get("generation") or 0))
+    if op.agent_generations.get(key) == generation:
+        return
+    try:
+        async with op.reconciling("Agent", key[1], key[0], "event"):
+            await reconcile.reconcile_agent(op, body, views, new=new)
+    except Exception as exc:
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        log.warning(f"Agent {key[0]}/{key[1]}: the reconcile failed ({exc!r}); retrying in {delay} s")
+
+        async def retry() -> None:
+            latest = views.agent(key)
+            if latest is not None:
+                await _reconcile_agent_generation(op, views, key, latest, new=False, attempt=attempt + 1)
+
+        op.soon(("agent-retry", *key), delay, retry)
+        return
+    op.agent_generations[key] = generation
 
 
 async def _resync_tenant(op: Operator, views: Views, name: str, body: kopf.Body) -> None:
@@ -401,25 +434,20 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
 
     # --- Agent -------------------------------------------------------------------------------
 
-    @on.resume(*agents, registry=registry, id="agent_changed", when=mine)
-    @on.create(*agents, registry=registry, id="agent_changed", when=mine)
-    @on.update(*agents, registry=registry, id="agent_changed", when=mine)
-    async def agent_changed(
-        namespace: str | None, name: str, body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any
-    ) -> None:
-        op, views = clients(memo)
-        async with op.reconciling("Agent", name, namespace or "", "event"):
-            await reconcile.reconcile_agent(op, body, views, new=reason == "create")
-
+    # An Agent is reconciled from its watch events, not kopf's create/update handlers: those cost
+    # every Agent a bookkeeping write (its last handled spec, as an annotation) and every event of
+    # it a comparison with that. A spec change is a new generation; our own status writes are not.
     @on.event(*agents, registry=registry, id="agent_event", when=mine)
     async def agent_event(
-        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+        event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         (op, views), ns = clients(memo), namespace or ""
         tenant = tenant_of(ns)
         if tenant and event["type"] in ("ADDED", "DELETED"):
             op.soon(("agents", tenant), 2.0, lambda: reconcile.refresh_tenant_agents(op, tenant, views))
         if event["type"] != "DELETED":
+            # ADDED: created while we watch (its children cannot exist yet); None: listed at start
+            await _reconcile_agent_generation(op, views, (ns, name), body, new=event["type"] == "ADDED")
             return
         op.ready_clock.forget(ns, name)
         op.forget_agent((ns, name))

@@ -60,6 +60,8 @@ class Operator:
     """(namespace, agent) -> (its uid, kind -> the digest of the child as we last applied it or found
     it to hold, `ABSENT` for an optional child found missing): what a dependency's reconcile need not
     read again (`reconcile._apply_agent_children`)."""
+    agent_generations: dict[Key, tuple[str | None, int]] = field(default_factory=dict)
+    """(namespace, agent) -> (its uid, the generation) this instance last reconciled from a watch event."""
     agent_plans: dict[Key, tuple[tuple[str | None, int], Any]] = field(default_factory=dict)
     """(namespace, agent) -> ((its uid, generation), the `reconcile.AgentPlan` last made for it)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
@@ -113,6 +115,7 @@ class Operator:
         self.agent_statuses.pop(key, None)
         self.applied.pop(key, None)
         self.agent_plans.pop(key, None)
+        self.agent_generations.pop(key, None)
 
     def record_pod(self, key: Key, pod: str, problem: PodProblem | None) -> bool:
         """Note a pod's problem (None: it has none, or is gone); whether that changed anything."""

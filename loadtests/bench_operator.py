@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,30 +112,54 @@ class Layout:
         return docs
 
 
-def _list(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = json.loads(
-        cluster.kubectl("get", kind, "-A", "-o", "json", timeout=300).stdout
-    )["items"]
-    return items
+class Watch:
+    """`kubectl get KIND -A --watch`, one line per event: the latest value of a JSONPath for every
+    object. One stream, instead of listing every object each time the count is checked (at a
+    thousand objects each list cost the machine under test most of a core)."""
+
+    def __init__(self, cluster: Cluster, kind: str, jsonpath: str) -> None:
+        template = "{.metadata.namespace}/{.metadata.name} " + jsonpath + '{"\\n"}'
+        self.process = subprocess.Popen(
+            [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "get", kind, "-A",
+             "--watch", "-o", f"jsonpath={template}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cluster.env(),
+        )  # fmt: skip
+        self.values: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            key, _, value = line.rstrip("\n").partition(" ")
+            with self._lock:
+                self.values[key] = value
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self.values)
+
+    def count(self, value: str) -> int:
+        return sum(1 for v in self.snapshot().values() if v == value)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
-def _conditions(obj: dict[str, Any]) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+@contextmanager
+def watching(cluster: Cluster, kind: str, jsonpath: str) -> Iterator[Watch]:
+    watch = Watch(cluster, kind, jsonpath)
+    try:
+        yield watch
+    finally:
+        watch.close()
 
 
-def _ready_count(cluster: Cluster) -> int:
-    return sum(1 for a in _list(cluster, "agents") if _conditions(a).get("Ready") == "True")
-
-
-def _available_count(cluster: Cluster) -> int:
-    return sum(1 for d in _list(cluster, "deployments") if _conditions(d).get("Available") == "True")
-
-
-def _hashes(cluster: Cluster) -> dict[tuple[str, str], str]:
-    return {
-        (a["metadata"]["namespace"], a["metadata"]["name"]): (a.get("status") or {}).get("configHash", "")
-        for a in _list(cluster, "agents")
-    }
+READY = '{.status.conditions[?(@.type=="Ready")].status}'
+AVAILABLE = '{.status.conditions[?(@.type=="Available")].status}'
+CONFIG_HASH = "{.status.configHash}"
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -251,17 +276,18 @@ def run_limit(
     batches = ["\n---\n".join(json.dumps(o) for o in objects) for objects in rendered.values()]
     with running_cluster(work / "limit", REPO / "specs" / "crds", client_rates=rates) as cluster:
         install_llm_secret_namespace(cluster)
-        started = time.perf_counter()
-        _apply_all(
-            cluster,
-            batches,
-            parallel,
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=agentplane-operator",
-        )
-        _wait("every Deployment Available", lambda: _available_count(cluster), layout.total, timeout)
-        return time.perf_counter() - started
+        with watching(cluster, "deployments", AVAILABLE) as deployments:
+            started = time.perf_counter()
+            _apply_all(
+                cluster,
+                batches,
+                parallel,
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=agentplane-operator",
+            )
+            _wait("every Deployment Available", lambda: deployments.count("True"), layout.total, timeout)
+            return time.perf_counter() - started
 
 
 def install_llm_secret_namespace(cluster: Cluster) -> None:
@@ -303,7 +329,7 @@ def run_operator(
         )  # fmt: skip
         try:
             names = layout.names
-            with _profiling(operator.process.pid, profile):
+            with _profiling(operator.process.pid, profile), watching(cluster, "agents", READY) as agents:
                 started = time.perf_counter()
                 tenants = [layout.tenant(n) for n in names]
                 cluster.kubectl(
@@ -319,7 +345,7 @@ def run_operator(
                     parallel,
                 )
                 applied = time.perf_counter() - started
-                _wait("every Agent Ready", lambda: _ready_count(cluster), layout.total, timeout)
+                _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout)
                 converged = time.perf_counter() - started
             time.sleep(5)  # let trailing status writes land before counting
             writes = {
@@ -352,20 +378,22 @@ def run_operator(
             idle = {k: after[k] - before[k] for k in before}
 
             # One Prompt change per tenant: a new default of its variable changes every dependent's config.
-            hashes = _hashes(cluster)
-            bumped = []
-            for n in names:
-                changed = prompt(f"tenant-{n}", "assistant")
-                changed["spec"]["variables"][0]["default"] = "a concise assistant"
-                bumped.append(changed)
             prompt_profile = profile.with_suffix(".prompt" + profile.suffix) if profile else None
-            with _profiling(operator.process.pid, prompt_profile):
-                changed_at = time.perf_counter()
-                cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
-                wait_for("every dependent's new config hash", lambda: all(
-                    h != hashes[k] for k, h in _hashes(cluster).items()
-                ), timeout=timeout, interval=0.5)  # fmt: skip
-                propagated = time.perf_counter() - changed_at
+            with watching(cluster, "agents", CONFIG_HASH) as configs:
+                wait_for("every Agent's config hash", lambda: len(configs.snapshot()) == layout.total)
+                hashes = configs.snapshot()
+                bumped = []
+                for n in names:
+                    changed = prompt(f"tenant-{n}", "assistant")
+                    changed["spec"]["variables"][0]["default"] = "a concise assistant"
+                    bumped.append(changed)
+                with _profiling(operator.process.pid, prompt_profile):
+                    changed_at = time.perf_counter()
+                    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
+                    wait_for("every dependent's new config hash", lambda: all(
+                        h != hashes[k] for k, h in configs.snapshot().items()
+                    ), timeout=timeout, interval=0.1)  # fmt: skip
+                    propagated = time.perf_counter() - changed_at
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
             operator.stop()

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from agentplane_operator import manifests
 from agentplane_operator.builders import build_prompt_config_maps
@@ -178,6 +179,34 @@ def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.M
     assert OperatorSettings().in_cluster_server() == "https://198.19.0.1:443"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     assert OperatorSettings().in_cluster_server() == "https://[fd00::1]:443"
+
+
+def test_agent_pods_get_the_traces_sampler_and_a_wrong_one_stops_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_REDIS_URL", "redis://r/0")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_DATABASE_URL", "sqlite:///x.db")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_QDRANT_URL", "http://q:6333")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER_ARG", "0.1")
+    data = OperatorSettings().runtime_stores().secret_data()
+    assert data["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert data["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    for sampler, arg, why in (
+        ("parentbased_traceidratio", "10%", "from 0 to 1"),
+        ("parentbased_traceidratio", "1.5", "from 0 to 1"),
+        ("always_on", "0.5", "the ratio of a traceidratio sampler"),
+        ("sometimes", None, "none of"),
+    ):
+        monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER", sampler)
+        if arg is None:
+            monkeypatch.delenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER_ARG")
+        else:
+            monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER_ARG", arg)
+        with pytest.raises(ValidationError, match=why):
+            OperatorSettings()
+    monkeypatch.delenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER")
+    assert "OTEL_TRACES_SAMPLER" not in OperatorSettings().runtime_stores().secret_data()
 
 
 def _tool(spec: dict[str, Any]) -> Tool:

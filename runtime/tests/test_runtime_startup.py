@@ -14,6 +14,7 @@ from runtime_support import free_port, make_config, serve, tenant_name
 
 from agentplane_platform.contract import RUNTIME_SECRET_KEYS, RuntimeStores
 from agentplane_runtime import AgentRegistry, Settings
+from agentplane_runtime.core.telemetry import create_telemetry
 from agentplane_runtime.services import build_runtime
 from agentplane_runtime.startup import StartupError, redact
 from support.fake_llm import FakeLLM
@@ -99,6 +100,8 @@ def test_every_key_of_the_runtime_secret_is_a_setting_the_runtime_reads(
         qdrant_url="http://qdrant:6333",
         qdrant_api_key="qk",
         otlp_endpoint="http://collector:4318",
+        traces_sampler="parentbased_traceidratio",
+        traces_sampler_arg="0.25",
     )
     data = stores.secret_data()
     assert set(data) <= RUNTIME_SECRET_KEYS
@@ -116,6 +119,10 @@ def test_every_key_of_the_runtime_secret_is_a_setting_the_runtime_reads(
     assert settings.qdrant_api_key.get_secret_value() == "qk"
     assert settings.otel_exporter_otlp_endpoint == stores.otlp_endpoint
     assert settings.missing_stores() == []
+    # the sampler is read by the OpenTelemetry SDK itself, from the same environment
+    telemetry = create_telemetry(settings)
+    assert telemetry.provider.sampler.get_description().startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+    telemetry.shutdown()
     local = RuntimeStores(database_url="d", redis_url="r", qdrant_path=str(tmp_path))
     assert Settings.model_validate({"qdrant_path": local.secret_data()["AGENTPLANE_QDRANT_PATH"]}).qdrant_path
 

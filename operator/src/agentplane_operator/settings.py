@@ -46,6 +46,10 @@ class OperatorSettings(BaseSettings):
     clusters without a Qdrant server (the tests' real node)."""
     otlp_endpoint: str | None = None
     """OTLP/HTTP collector agent pods export traces to (`OTEL_EXPORTER_OTLP_ENDPOINT`)."""
+    traces_sampler: str | None = None
+    """Which traces agent pods record (`OTEL_TRACES_SAMPLER`, e.g. `parentbased_traceidratio`)."""
+    traces_sampler_arg: str | None = None
+    """Its ratio, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`)."""
     platform_egress: list[EgressTarget] = Field(default_factory=list)
     """CIDRs and ports every tenant's pods may reach: the stores (PostgreSQL, Redis), the LLM
     providers' endpoints, a collector outside the cluster. JSON: `[{"cidr": "10.0.2.0/24", "ports": [5432]}]`."""
@@ -137,6 +141,7 @@ class OperatorSettings(BaseSettings):
             )
         if self.shard is not None:
             Shard.parse(self.shard)
+        self.runtime_stores()  # what agent pods get must make sense (a known traces sampler, say)
         if bool(self.gateway_name) != bool(self.gateway_url):
             raise ValueError("set AGENTPLANE_OPERATOR_GATEWAY_NAME and _GATEWAY_URL together")
         return self
@@ -173,6 +178,8 @@ class OperatorSettings(BaseSettings):
             qdrant_api_key=None if self.runtime_qdrant_path else key,
             qdrant_path=self.runtime_qdrant_path,
             otlp_endpoint=self.otlp_endpoint,
+            traces_sampler=self.traces_sampler,
+            traces_sampler_arg=self.traces_sampler_arg,
         )
 
     def build(self, *, llm_secret_data: dict[str, str] | None = None) -> BuildSettings:

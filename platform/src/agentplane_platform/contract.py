@@ -73,6 +73,15 @@ ENV_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_OTEL_SERVICE_NAME: Final = "OTEL_SERVICE_NAME"
 ENV_OTEL_RESOURCE_ATTRIBUTES: Final = "OTEL_RESOURCE_ATTRIBUTES"
 ENV_METRICS_PORT: Final = "AGENTPLANE_METRICS_PORT"
+ENV_OTEL_TRACES_SAMPLER: Final = "OTEL_TRACES_SAMPLER"
+ENV_OTEL_TRACES_SAMPLER_ARG: Final = "OTEL_TRACES_SAMPLER_ARG"
+TRACE_SAMPLERS: Final = frozenset(
+    {
+        "always_on", "always_off", "traceidratio",
+        "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+    }
+)  # fmt: skip
+"""The OpenTelemetry SDK's built-in samplers, by their `OTEL_TRACES_SAMPLER` names."""
 
 StoresMode = Literal["required", "embedded"]
 """`required` (the default, and what a cluster runs): the runtime refuses to start unless its
@@ -93,10 +102,27 @@ class RuntimeStores:
     """Qdrant local mode inside each pod (ephemeral, one pod's own): only for clusters without a
     Qdrant server, such as the tests'; chosen explicitly, never by absence of a URL."""
     otlp_endpoint: str | None = None
+    traces_sampler: str | None = None
+    """Which traces agent pods record (`OTEL_TRACES_SAMPLER`; unset: the SDK's default, all)."""
+    traces_sampler_arg: str | None = None
+    """The ratio of a `traceidratio` sampler, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`)."""
 
     def __post_init__(self) -> None:
         if (self.qdrant_url is None) == (self.qdrant_path is None):
             raise ValueError("set exactly one of qdrant_url and qdrant_path")
+        if self.traces_sampler is not None and self.traces_sampler not in TRACE_SAMPLERS:
+            raise ValueError(
+                f"traces sampler {self.traces_sampler!r} is none of {', '.join(sorted(TRACE_SAMPLERS))}"
+            )
+        if self.traces_sampler_arg is not None:
+            if not (self.traces_sampler or "").endswith("traceidratio"):
+                raise ValueError("a traces sampler argument is the ratio of a traceidratio sampler")
+            try:
+                ratio = float(self.traces_sampler_arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"the traces sampler ratio is from 0 to 1, not {self.traces_sampler_arg!r}")
 
     def secret_data(self) -> dict[str, str]:
         """The Secret's keys (environment names, taken by the pod with `envFrom`) and values."""
@@ -106,6 +132,8 @@ class RuntimeStores:
             ENV_QDRANT_API_KEY: self.qdrant_api_key,
             ENV_QDRANT_PATH: self.qdrant_path,
             ENV_OTLP_ENDPOINT: self.otlp_endpoint,
+            ENV_OTEL_TRACES_SAMPLER: self.traces_sampler,
+            ENV_OTEL_TRACES_SAMPLER_ARG: self.traces_sampler_arg,
         }
         data.update({key: value for key, value in optional.items() if value})
         return data
@@ -120,6 +148,8 @@ RUNTIME_SECRET_KEYS: Final = frozenset(
         ENV_QDRANT_API_KEY,
         ENV_QDRANT_PATH,
         ENV_OTLP_ENDPOINT,
+        ENV_OTEL_TRACES_SAMPLER,
+        ENV_OTEL_TRACES_SAMPLER_ARG,
     }
 )
 """Every key the runtime Secret may hold."""

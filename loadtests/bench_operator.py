@@ -115,7 +115,8 @@ class Layout:
 class Watch:
     """`kubectl get KIND -A --watch`, one line per event: the latest value of a JSONPath for every
     object. One stream, instead of listing every object each time the count is checked (at a
-    thousand objects each list cost the machine under test most of a core)."""
+    thousand objects each list cost the machine under test most of a core). Start it before the
+    objects exist: kubectl prints the objects it lists first as one line, not one each."""
 
     def __init__(self, cluster: Cluster, kind: str, jsonpath: str) -> None:
         template = "{.metadata.namespace}/{.metadata.name} " + jsonpath + '{"\\n"}'
@@ -140,8 +141,9 @@ class Watch:
         with self._lock:
             return dict(self.values)
 
-    def count(self, value: str) -> int:
-        return sum(1 for v in self.snapshot().values() if v == value)
+    def count(self, value: str, field: int = 0) -> int:
+        """How many objects show `value` as the `field`th of the space-separated values."""
+        return sum(1 for v in self.snapshot().values() if ([*v.split(" "), ""])[field] == value)
 
     def close(self) -> None:
         self.process.terminate()
@@ -157,9 +159,8 @@ def watching(cluster: Cluster, kind: str, jsonpath: str) -> Iterator[Watch]:
         watch.close()
 
 
-READY = '{.status.conditions[?(@.type=="Ready")].status}'
 AVAILABLE = '{.status.conditions[?(@.type=="Available")].status}'
-CONFIG_HASH = "{.status.configHash}"
+READY_AND_CONFIG = '{.status.conditions[?(@.type=="Ready")].status} {.status.configHash}'
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -327,9 +328,10 @@ def run_operator(
             cluster, kubeconfig, work, redis_url=redis_url, database_url=database_url,
             qdrant_path=work / "qdrant", resync_seconds=resync,
         )  # fmt: skip
+        agents = Watch(cluster, "agents", READY_AND_CONFIG)  # before the Agents exist
         try:
             names = layout.names
-            with _profiling(operator.process.pid, profile), watching(cluster, "agents", READY) as agents:
+            with _profiling(operator.process.pid, profile):
                 started = time.perf_counter()
                 tenants = [layout.tenant(n) for n in names]
                 cluster.kubectl(
@@ -379,23 +381,26 @@ def run_operator(
 
             # One Prompt change per tenant: a new default of its variable changes every dependent's config.
             prompt_profile = profile.with_suffix(".prompt" + profile.suffix) if profile else None
-            with watching(cluster, "agents", CONFIG_HASH) as configs:
-                wait_for("every Agent's config hash", lambda: len(configs.snapshot()) == layout.total)
-                hashes = configs.snapshot()
-                bumped = []
-                for n in names:
-                    changed = prompt(f"tenant-{n}", "assistant")
-                    changed["spec"]["variables"][0]["default"] = "a concise assistant"
-                    bumped.append(changed)
-                with _profiling(operator.process.pid, prompt_profile):
-                    changed_at = time.perf_counter()
-                    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
-                    wait_for("every dependent's new config hash", lambda: all(
-                        h != hashes[k] for k, h in configs.snapshot().items()
-                    ), timeout=timeout, interval=0.1)  # fmt: skip
-                    propagated = time.perf_counter() - changed_at
+
+            def config_hashes() -> dict[str, str]:
+                return {k: ([*v.split(" "), ""])[1] for k, v in agents.snapshot().items()}
+
+            hashes = config_hashes()
+            bumped = []
+            for n in names:
+                changed = prompt(f"tenant-{n}", "assistant")
+                changed["spec"]["variables"][0]["default"] = "a concise assistant"
+                bumped.append(changed)
+            with _profiling(operator.process.pid, prompt_profile):
+                changed_at = time.perf_counter()
+                cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
+                wait_for("every dependent's new config hash", lambda: all(
+                    h != hashes[k] for k, h in config_hashes().items()
+                ), timeout=timeout, interval=0.1)  # fmt: skip
+                propagated = time.perf_counter() - changed_at
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
+            agents.close()
             operator.stop()
             if keep_log is not None:
                 keep_log.write_bytes(operator.log.read_bytes())

@@ -11,8 +11,9 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
   policies, secrets, service account; per Prompt its ConfigMap; per Agent its ConfigMap, Deployment
   and Service), rendered by the operator's own builders with the settings the operator runs with,
   server-side applied straight with kubectl (one kubectl per tenant, `--parallel` at once), no
-  operator running; timed from the first apply until every Deployment is Available. (No owner
-  references: there are no Agent objects to own them.)
+  operator running; timed from the first apply until every Deployment is Available (no owner
+  references: there are no Agent objects to own them); then the Prompt change below as the same
+  kind of apply of what it changes (every Agent's ConfigMap and Deployment), timed until applied.
 - the operator: every Tenant, Prompt, Tool and Agent created at once, timed from the first
   `kubectl apply` until every Agent is Ready (its pods, simulated by kwok, available with the current
   config hash); then
@@ -50,6 +51,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from k8s.operator_specs import agent, builtin_tool, prompt, tenant  # noqa: E402
 
 from agentplane_operator.builders import (  # noqa: E402
+    AGENT_LABEL,
     build_agent_children,
     build_prompt_config_maps,
     build_tenant_children,
@@ -104,10 +106,18 @@ class Layout:
             },
         )
 
-    def namespaced(self, name: str) -> list[dict[str, Any]]:
+    def prompt(self, name: str, changed: bool = False) -> dict[str, Any]:
+        """The tenant's Prompt; `changed`: with a new default of its variable (every dependent's
+        config changes)."""
+        found = prompt(f"tenant-{name}", "assistant")
+        if changed:
+            found["spec"]["variables"][0]["default"] = "a concise assistant"
+        return found
+
+    def namespaced(self, name: str, changed: bool = False) -> list[dict[str, Any]]:
         """The tenant's Prompt, Tool and Agents, as a tenant team applies them."""
         ns = f"tenant-{name}"
-        docs = [prompt(ns, "assistant"), builtin_tool(ns)]
+        docs = [self.prompt(name, changed), builtin_tool(ns)]
         docs += [agent(ns, f"agent-{i:04}", tools=[{"name": "calculator"}]) for i in range(self.agents)]
         return docs
 
@@ -226,13 +236,16 @@ def _settings(env: dict[str, str]) -> OperatorSettings:
     return OperatorSettings.model_validate(fields)
 
 
-def render(layout: Layout, settings: OperatorSettings) -> dict[str, list[dict[str, Any]]]:
-    """Per tenant, what the operator would create for it, rendered by its own builders."""
+def render(
+    layout: Layout, settings: OperatorSettings, changed: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """Per tenant, what the operator would create for it, rendered by its own builders (`changed`:
+    after the Prompt change)."""
     rendered: dict[str, list[dict[str, Any]]] = {}
     agent_build = settings.build()
     for name in layout.names:
         owner = Tenant.model_validate(layout.tenant(name))
-        docs = layout.namespaced(name)
+        docs = layout.namespaced(name, changed)
         prompts = {p.name: p for p in (Prompt.model_validate(d) for d in docs if d["kind"] == "Prompt")}
         tools = {t.name: t for t in (Tool.model_validate(d) for d in docs if d["kind"] == "Tool")}
         objects = build_tenant_children(
@@ -270,25 +283,42 @@ def _wait(what: str, count: Callable[[], int], want: int, timeout: float) -> Non
         raise RuntimeError(f"{what}: {last[0]} of {want} after {timeout:.0f} s") from exc
 
 
+@dataclass
+class LimitFigures:
+    converged: float
+    """every Deployment Available, from the first apply"""
+    changed: float
+    """the Prompt change's new ConfigMaps and Deployments of every Agent applied"""
+
+
 def run_limit(
     layout: Layout, work: Path, env: dict[str, str], rates: ClientRates | None, parallel: int, timeout: float
-) -> float:
-    rendered = render(layout, _settings(env))
+) -> LimitFigures:
+    settings = _settings(env)
+    rendered = render(layout, settings)
     batches = ["\n---\n".join(json.dumps(o) for o in objects) for objects in rendered.values()]
+    apply_args = ("--server-side", "--force-conflicts", "--field-manager=agentplane-operator")
     with running_cluster(work / "limit", REPO / "specs" / "crds", client_rates=rates) as cluster:
         install_llm_secret_namespace(cluster)
         with watching(cluster, "deployments", AVAILABLE) as deployments:
             started = time.perf_counter()
-            _apply_all(
-                cluster,
-                batches,
-                parallel,
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=agentplane-operator",
-            )
+            _apply_all(cluster, batches, parallel, *apply_args)
             _wait("every Deployment Available", lambda: deployments.count("True"), layout.total, timeout)
-            return time.perf_counter() - started
+            converged = time.perf_counter() - started
+        # The Prompt change: what it changes of every Agent (its ConfigMap and Deployment), applied
+        # while those Deployments roll; the operator also writes each Agent's status.
+        changed = [
+            "\n---\n".join(
+                json.dumps(o)
+                for o in objects
+                if o["kind"] == "Deployment"
+                or (o["kind"] == "ConfigMap" and AGENT_LABEL in o["metadata"]["labels"])
+            )
+            for objects in render(layout, settings, changed=True).values()
+        ]
+        started = time.perf_counter()
+        _apply_all(cluster, changed, parallel, *apply_args)
+        return LimitFigures(converged, time.perf_counter() - started)
 
 
 def install_llm_secret_namespace(cluster: Cluster) -> None:
@@ -386,11 +416,7 @@ def run_operator(
                 return {k: ([*v.split(" "), ""])[1] for k, v in agents.snapshot().items()}
 
             hashes = config_hashes()
-            bumped = []
-            for n in names:
-                changed = prompt(f"tenant-{n}", "assistant")
-                changed["spec"]["variables"][0]["default"] = "a concise assistant"
-                bumped.append(changed)
+            bumped = [layout.prompt(n, changed=True) for n in names]
             with _profiling(operator.process.pid, prompt_profile):
                 changed_at = time.perf_counter()
                 cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
@@ -469,13 +495,16 @@ def main() -> int:
         f"{layout.tenants} tenants x {layout.agents} agents = {n} agents; controller-manager/scheduler {where}"
     )
     if limit is not None:
-        print(f"  limit: every Deployment Available after   {limit:6.1f} s  (kubectl apply --server-side)")
+        print(
+            f"  limit: every Deployment Available after   {limit.converged:6.1f} s  (kubectl apply --server-side)"
+        )
+        print(f"  limit: a Prompt change's ConfigMaps and Deployments applied {limit.changed:6.1f} s")
     if figures is not None:
         f = figures
         print(f"  operator: all objects applied after      {f.applied:6.1f} s")
         print(f"  operator: every Agent Ready after        {f.converged:6.1f} s")
         if limit is not None:
-            print(f"  operator / limit                         {f.converged / limit:6.2f}")
+            print(f"  operator / limit                         {f.converged / limit.converged:6.2f}")
         kinds = ", ".join(f"{k} {int(v)}" for k, v in f.writes.items())
         print(
             f"  operator writes per Agent      {f.own / n:6.2f}  ({kinds}; minus {layout.tenants} Prompt maps)"

@@ -110,11 +110,9 @@ def test_the_warning_says_spend_limit_and_month() -> None:
 
 
 def test_the_retention_setting_defaults_to_a_year_and_zero_keeps_forever(
-    monkeypatch: pytest.MonkeyPatch,
+    operator_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_REDIS_URL", "redis://localhost/0")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_DATABASE_URL", "sqlite:///x.db")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_QDRANT_URL", "http://localhost:6333")
+    monkeypatch = operator_env
     assert OperatorSettings().audit_retention_days == 365
     monkeypatch.setenv("AGENTPLANE_OPERATOR_AUDIT_RETENTION_DAYS", "0")
     assert OperatorSettings().audit_retention_days == 0

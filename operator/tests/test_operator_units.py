@@ -167,11 +167,9 @@ def test_kstatus_conditions_follow_the_failures() -> None:
     assert [c["type"] for c in merged] == ["Ready"]
 
 
-def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_a_pod_the_api_server_is_where_the_kubelet_says(operator_env: pytest.MonkeyPatch) -> None:
     """Like client-go's in-cluster config: no cluster DNS needed to find the API server."""
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_REDIS_URL", "redis://r/0")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_DATABASE_URL", "sqlite:///x.db")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_QDRANT_URL", "http://q:6333")
+    monkeypatch = operator_env
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert OperatorSettings().in_cluster_server() is None
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "198.19.0.1")
@@ -182,11 +180,9 @@ def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.M
 
 
 def test_agent_pods_get_the_traces_sampler_and_a_wrong_one_stops_the_operator(
-    monkeypatch: pytest.MonkeyPatch,
+    operator_env: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_REDIS_URL", "redis://r/0")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_DATABASE_URL", "sqlite:///x.db")
-    monkeypatch.setenv("AGENTPLANE_OPERATOR_QDRANT_URL", "http://q:6333")
+    monkeypatch = operator_env
     monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER_ARG", "0.1")
     data = OperatorSettings().runtime_stores().secret_data()

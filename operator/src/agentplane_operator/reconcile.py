@@ -740,8 +740,8 @@ async def _apply_agent_children(
         seen = op.deployments.get(key) if kind == "Deployment" and not new else None
         if seen is not None and holds(seen, child):
             live = seen  # as its watch shows it now: the Deployment is never read
-        elif seen is None and dependency and remembered.get(kind) == fingerprint:
-            live = child
+        elif kind != "Deployment" and dependency and remembered.get(kind) == fingerprint:
+            live = child  # as we applied it (a Deployment not in its watch is gone: applied again)
         else:
             read = seen is None and not new and not (dependency and kind in remembered)
             live, _ = await op.kube.apply(child, read=read)

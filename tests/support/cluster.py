@@ -547,6 +547,32 @@ def _node_manifest(name: str) -> dict[str, object]:
     }
 
 
+def add_fake_nodes(cluster: Cluster, count: int, *, timeout: float = 120.0) -> list[str]:
+    """`count` more kwok nodes (each of `NODE_CAPACITY`), Ready: room for more pods than the three
+    a cluster starts with hold (a benchmark's thousands)."""
+    names = [f"kwok-node-extra-{i}" for i in range(count)]
+    nodes = {"apiVersion": "v1", "kind": "List", "items": [_node_manifest(n) for n in names]}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(nodes))
+
+    wait_for(
+        f"{count} more fake nodes Ready",
+        lambda: _ready_nodes(cluster) >= set(names),
+        timeout=timeout,
+        interval=0.5,
+    )
+    return names
+
+
+def _ready_nodes(cluster: Cluster) -> set[str]:
+    out = cluster.kubectl(
+        "get", "nodes", "-o",
+        "jsonpath={range .items[*]}{.metadata.name}="
+        '{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+        check=False,
+    ).stdout  # fmt: skip
+    return {line.split("=")[0] for line in out.splitlines() if line.endswith("=True")}
+
+
 def start_cluster(
     workdir: Path,
     crd_dir: Path | None = None,
@@ -774,19 +800,10 @@ def start_cluster(
         nodes = {"apiVersion": "v1", "kind": "List", "items": [_node_manifest(n) for n in FAKE_NODE_NAMES]}
         cluster.kubectl("apply", "-f", "-", input=json.dumps(nodes))
 
-        def nodes_ready() -> bool:
-            out = cluster.kubectl(
-                "get",
-                "nodes",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}="
-                '{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
-                check=False,
-            ).stdout
-            ready = {line.split("=")[0] for line in out.splitlines() if line.endswith("=True")}
-            return ready >= set(FAKE_NODE_NAMES)
-
-        _wait_while_running("fake nodes Ready", nodes_ready, timeout=timeout, processes=procs, interval=0.5)
+        _wait_while_running(
+            "fake nodes Ready", lambda: _ready_nodes(cluster) >= set(FAKE_NODE_NAMES), timeout=timeout,
+            processes=procs, interval=0.5,
+        )  # fmt: skip
 
         def default_service_account() -> bool:
             r = cluster.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from operator_support import least_settings
 from sqlalchemy import select
 
 from agentplane_operator.budget import Decision, Notified, decide, month_of, prune_audit, warning_message
@@ -110,9 +111,9 @@ def test_the_warning_says_spend_limit_and_month() -> None:
 
 
 def test_the_retention_setting_defaults_to_a_year_and_zero_keeps_forever(
-    operator_env: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch = operator_env
+    least_settings(monkeypatch)
     assert OperatorSettings().audit_retention_days == 365
     monkeypatch.setenv("AGENTPLANE_OPERATOR_AUDIT_RETENTION_DAYS", "0")
     assert OperatorSettings().audit_retention_days == 0

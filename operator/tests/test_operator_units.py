@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from operator_support import least_settings
 from pydantic import ValidationError
 
 from agentplane_operator import manifests
@@ -167,9 +168,9 @@ def test_kstatus_conditions_follow_the_failures() -> None:
     assert [c["type"] for c in merged] == ["Ready"]
 
 
-def test_in_a_pod_the_api_server_is_where_the_kubelet_says(operator_env: pytest.MonkeyPatch) -> None:
+def test_in_a_pod_the_api_server_is_where_the_kubelet_says(monkeypatch: pytest.MonkeyPatch) -> None:
     """Like client-go's in-cluster config: no cluster DNS needed to find the API server."""
-    monkeypatch = operator_env
+    least_settings(monkeypatch)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert OperatorSettings().in_cluster_server() is None
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "198.19.0.1")
@@ -180,9 +181,9 @@ def test_in_a_pod_the_api_server_is_where_the_kubelet_says(operator_env: pytest.
 
 
 def test_agent_pods_get_the_traces_sampler_and_a_wrong_one_stops_the_operator(
-    operator_env: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch = operator_env
+    least_settings(monkeypatch)
     monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("AGENTPLANE_OPERATOR_TRACES_SAMPLER_ARG", "0.1")
     data = OperatorSettings().runtime_stores().secret_data()

@@ -307,7 +307,9 @@ async def test_an_agent_is_reconciled_once_a_generation_and_a_failed_reconcile_r
     views = Views(tenants={}, prompts={}, tools={}, agents=index, dependents={}, agents_by_namespace={})
     await handlers._reconcile_agent_generation(op, views, key, generation(1), new=True)
     assert calls == [(1, True)]  # failed: tried again shortly, from the index
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(5):
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
     assert calls == [(1, True), (1, False)]
     await handlers._reconcile_agent_generation(op, views, key, generation(1), new=False)  # our status write
     assert len(calls) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import kopf
+import uvloop
 
 from agentplane_operator import manifests
 from agentplane_operator.kopf_speedups import fast_watch_json
@@ -30,13 +32,17 @@ def _run(verbose: bool) -> int:
             "kopf's watch streams are parsed with the standard library's json (this kopf version has "
             "no json module where agentplane_operator.kopf_speedups expects it): slower, still correct"
         )
-    kopf.run(
-        priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
-        registry=build_registry(settings),
-        clusterwide=True,
-        standalone=settings.standalone,
-        peering_name=settings.peering_name(),
-    )
+    # uvloop, as kopf's own CLI runs it (`kopf.run` alone takes asyncio's loop): every watch event
+    # and API request goes through the loop's transports
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        kopf.run(
+            loop=runner.get_loop(),
+            priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
+            registry=build_registry(settings),
+            clusterwide=True,
+            standalone=settings.standalone,
+            peering_name=settings.peering_name(),
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ from agentplane_operator.conditions import Cond
 from agentplane_operator.kube import Kube, KubeError, Manifest
 from agentplane_operator.metrics import Metrics
 from agentplane_operator.state import Key, Operator, Views
+from agentplane_platform.api.v1alpha1 import Prompt
 
 
 @pytest.mark.asyncio
@@ -315,3 +316,31 @@ async def test_an_agent_is_reconciled_once_a_generation_and_a_failed_reconcile_r
     assert len(calls) == 2
     await handlers._reconcile_agent_generation(op, views, key, generation(2), new=False)  # its spec changed
     assert calls[-1] == (2, False)
+
+
+def test_a_namespace_s_prompts_and_tools_are_read_from_its_own_index_entry() -> None:
+    """A reconcile reads its namespace's Prompts and Tools by key (the index is by namespace): with
+    thousands of tenants, scanning every tenant's entries for each Agent made convergence quadratic."""
+
+    def prompt(namespace: str, name: str, text: str) -> tuple[str, Prompt]:
+        return name, Prompt.model_validate(
+            {"metadata": {"name": name, "namespace": namespace}, "spec": {"version": 1, "template": text}}
+        )
+
+    views = Views(
+        tenants={},
+        prompts={
+            "tenant-acme": [prompt("tenant-acme", "support", "acme"), prompt("tenant-acme", "sales", "sell")],
+            "tenant-beta": [prompt("tenant-beta", "support", "beta")],
+        },
+        tools={},
+        agents={},
+        dependents={},
+        agents_by_namespace={},
+    )
+    acme = views.prompts_in("tenant-acme")
+    assert sorted(acme) == ["sales", "support"]
+    assert acme["support"].spec.template == "acme"
+    assert views.prompts_in("tenant-beta")["support"].spec.template == "beta"
+    assert views.prompts_in("tenant-none") == {}
+    assert views.tools_in("tenant-acme") == {}

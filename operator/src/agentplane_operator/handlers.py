@@ -172,8 +172,8 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         logger: kopf.Logger,
         memo: kopf.Memo,
         tenant_index: kopf.Index[str, Tenant],
-        prompt_index: kopf.Index[Key, Prompt],
-        tool_index: kopf.Index[Key, Tool],
+        prompt_index: kopf.Index[str, tuple[str, Prompt]],
+        tool_index: kopf.Index[str, tuple[str, Tool]],
         agent_index: kopf.Index[Key, Manifest],
         dependent_index: kopf.Index[tuple[str, str, str], Key],
         namespace_agent_index: kopf.Index[str, Key],
@@ -259,12 +259,16 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         return {name: Tenant.model_validate(spec_body(body))}
 
     @kopf.index(*prompts, registry=registry, id="prompt_index", when=mine)
-    async def prompt_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Prompt]:
-        return {(namespace or "", name): Prompt.model_validate(spec_body(body))}
+    async def prompt_index(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[str, tuple[str, Prompt]]:
+        return {namespace or "": (name, Prompt.model_validate(spec_body(body)))}
 
     @kopf.index(*tools, registry=registry, id="tool_index", when=mine)
-    async def tool_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Tool]:
-        return {(namespace or "", name): reconcile.indexed_tool(body)}
+    async def tool_index(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[str, tuple[str, Tool]]:
+        return {namespace or "": (name, reconcile.indexed_tool(body))}
 
     @kopf.index(*agents, registry=registry, id="agent_index", when=mine)
     async def agent_index(

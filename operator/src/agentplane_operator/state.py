@@ -196,8 +196,10 @@ class Views:
     (made once by the startup handler: kopf's indexes are live mappings)."""
 
     tenants: Mapping[str, Iterable[Tenant]]
-    prompts: Mapping[Key, Iterable[Prompt]]
-    tools: Mapping[Key, Iterable[Tool]]
+    prompts: Mapping[str, Iterable[tuple[str, Prompt]]]
+    """by namespace: (name, Prompt) of each (a reconcile reads one namespace's, never all of them)"""
+    tools: Mapping[str, Iterable[tuple[str, Tool]]]
+    """by namespace, as `prompts`"""
     agents: Mapping[Key, Iterable[Manifest]]
     dependents: Mapping[tuple[str, str, str], Iterable[Key]]
     agents_by_namespace: Mapping[str, Iterable[Key]]
@@ -209,10 +211,10 @@ class Views:
         return _first(self.agents.get(key))
 
     def prompts_in(self, namespace: str) -> dict[str, Prompt]:
-        return {name: p for (ns, name), found in self.prompts.items() if ns == namespace for p in found}
+        return dict(self.prompts.get(namespace, ()))
 
     def tools_in(self, namespace: str) -> dict[str, Tool]:
-        return {name: t for (ns, name), found in self.tools.items() if ns == namespace for t in found}
+        return dict(self.tools.get(namespace, ()))
 
     def agents_in(self, namespace: str) -> list[Manifest]:
         """The namespace's Agents in the order the tenant's `maxAgents` admits them (oldest first,

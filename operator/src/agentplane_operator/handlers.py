@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from agentplane_operator import budget, reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
-from agentplane_operator.kopf_speedups import LeanDiffBaseStorage
+from agentplane_operator.kopf_speedups import LeanDiffBaseStorage, LeanProgressStorage
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
@@ -28,7 +28,7 @@ from agentplane_operator.reconcile import spec_body
 from agentplane_operator.settings import OperatorSettings
 from agentplane_operator.state import Cause, DependencyKind, Key, Operator, Views
 from agentplane_platform import max_agents
-from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool, tenant_of
+from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool, tenant_of
 from agentplane_platform.db import create_engine, migrate
 from agentplane_platform.knowledge import VectorStore
 
@@ -180,7 +180,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         **_: Any,
     ) -> None:
         settings.persistence.finalizer = ours.finalizer
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.progress_storage = LeanProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = LeanDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
@@ -284,14 +284,14 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
     async def dependent_index(
         namespace: str | None, name: str, spec: kopf.Spec, **_: Any
     ) -> dict[tuple[str, str, str], Key]:
-        ns = namespace or ""
-        agent = Agent.model_validate({"metadata": {"name": name, "namespace": ns}, "spec": dict(spec)})
-        key = (ns, name)
+        # read from the spec as it is (the CRD's schema holds its shape): validating the whole Agent
+        # on each of its events was the most of this index's cost
+        ns, key = namespace or "", (namespace or "", name)
         found = {
             ("tenant", "", tenant_of(ns) or ""): key,
-            ("prompt", ns, agent.spec.prompt.name): key,
+            ("prompt", ns, str((spec.get("prompt") or {}).get("name") or "")): key,
         }
-        found.update({("tool", ns, tool.name): key for tool in agent.spec.tools})
+        found.update({("tool", ns, str(tool.get("name") or "")): key for tool in spec.get("tools") or []})
         return found
 
     # --- Tenant ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Where kopf's own per-event work was most of the operator's CPU with many Agents, the same work
-done cheaper. Each keeps kopf's behaviour exactly (tests compare with kopf's own) and touches only
-what kopf documents as replaceable, except `fast_watch_json`, which replaces a module attribute of
-kopf's API client (checked by a test, so that a kopf upgrade moving it fails loudly).
+done cheaper. Each keeps kopf's behaviour exactly (tests compare with kopf's own) and replaces what
+kopf documents as replaceable (its storages), except `fast_watch_json`, which replaces a module
+attribute of kopf's API client; `LeanDiffBaseStorage` also calls one private method of kopf's
+storages. Tests fail loudly if a kopf upgrade moves either.
 """
 
 from __future__ import annotations
@@ -9,26 +10,60 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import kopf
 import orjson
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's last-handled-configuration annotation, its essence built without deep-copying the whole
-    object first: kopf's own copies every event's object (its managed fields and status too) only to
-    drop all but the spec, labels and annotations, a tenth of the operator's CPU with many Agents."""
+    """kopf's last-handled-configuration annotation, its essence built without copying the object:
+    kopf's own deep-copies every event's object (its managed fields and status too) only to keep the
+    spec, labels and annotations. The essence shares the event's nested values, which nothing
+    changes: kopf parses each event afresh and our handlers only read it."""
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
     ) -> kopf.BodyEssence:
         if extra_fields:  # a handler watching other fields: kopf's way
             return super().build(body=body, extra_fields=extra_fields)
+        skipped = ("apiVersion", "kind", "metadata", "status")
+        essence: dict[str, Any] = {k: v for k, v in body.items() if k not in skipped}
         meta = body.get("metadata") or {}
-        lean = {k: v for k, v in body.items() if k not in ("metadata", "status")}
-        lean["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
+        metadata: dict[str, Any] = {}
+        if "labels" in meta:
+            metadata["labels"] = meta["labels"]
+        if "annotations" in meta:
+            annotations = meta["annotations"] or {}
+            ignored = tuple(f"{p}/" for p in self._detect_marked_prefixes(annotations))
+            metadata["annotations"] = {
+                k: v for k, v in annotations.items() if not k.startswith(ignored) and k != LAST_APPLIED
+            }
+        if metadata:
+            essence["metadata"] = metadata
+        lean = cast(kopf.BodyEssence, essence)
+        self.remove_annotations(lean, set(self.make_keys(self.key, body=body)))
+        self.remove_empty_stanzas(lean)
+        return lean
+
+
+class LeanProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's handler progress in annotations, cleared from an essence without deep-copying it: kopf
+    copies the essence it was just given (built or parsed for this event alone) once more, on every
+    event of every watched object. Only the two levels this changes are copied."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        lean = cast(dict[str, Any], dict(essence))
+        if isinstance(lean.get("metadata"), dict):
+            lean["metadata"] = dict(lean["metadata"])
+        annotations = lean.get("metadata", {}).get("annotations") or {}
+        ours = {k for k in annotations if self.prefix and k.startswith(f"{self.prefix}/")}
+        cleared = cast(kopf.BodyEssence, lean)
+        self.remove_annotations(cleared, ours)
+        self.remove_empty_stanzas(cleared)
+        return cleared
 
 
 def fast_watch_json() -> bool:

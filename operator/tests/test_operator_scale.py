@@ -175,7 +175,7 @@ async def test_a_dependency_that_leaves_the_config_as_applied_costs_no_request(
         db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
     )  # fmt: skip
     body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 2}}
-    views = cast(Views, None)
+    views = Views(tenants={}, prompts={}, tools={}, agents={}, dependents={}, agents_by_namespace={})
     resolved = {"type": "ConfigResolved", "status": "True"}
     op.agent_statuses[("tenant-acme", "helper")] = (
         "u", {"observedGeneration": 2, "configHash": "abc", "conditions": [resolved]},
@@ -221,7 +221,8 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
     """A new Prompt version reaches each of its (perhaps thousand) dependents as two writes and a status
     patch: its ConfigMap and Deployment changed, written without reading them first (they are as the
     operator applied them); its Service unchanged, neither read nor written; its status patched from
-    the one the operator wrote last. A resync still reads every child (to put back a hand edit)."""
+    the one the operator wrote last. A resync reads nothing either: the Service and ConfigMap are
+    compared with what their watches show, and one edited by hand is applied again."""
     config = {"hash": "old"}
 
     class Config:
@@ -254,38 +255,61 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
         settings=cast(Any, None), kube=cast(Any, kube), vectors=cast(Any, None), redis=cast(Any, None),
         db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
     )  # fmt: skip
-    body = {
+    key = ("tenant-acme", "helper")
+    body: dict[str, Any] = {
         "apiVersion": "agentplane.io/v1alpha1", "kind": "Agent",
         "metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1},
     }  # fmt: skip
-    views = cast(Views, None)
+    watched: dict[str, dict[Key, list[Manifest]]] = {"ConfigMap": {}, "Service": {}}
+    views = Views(
+        tenants={}, prompts={}, tools={}, agents={}, dependents={}, agents_by_namespace={}, children=watched
+    )
+
+    def watches_show_what_was_applied() -> None:
+        for child in children():
+            if child["kind"] in watched:
+                watched[child["kind"]][key] = [child]
 
     await reconcile.reconcile_agent(op, body, views, new=True)
     assert kube.sent == [
         ("APPLY", "ConfigMap"), ("APPLY", "Deployment"), ("APPLY", "Service"), ("PATCH status", "Agent")
     ]  # fmt: skip
+    watches_show_what_was_applied()
 
     kube.sent.clear()
     config["hash"] = "new"  # its Prompt changed
     await reconcile.reconcile_agent(op, body, views, dependency=True)
     assert kube.sent == [("APPLY", "ConfigMap"), ("APPLY", "Deployment"), ("PATCH status", "Agent")]
-    assert op.agent_statuses[("tenant-acme", "helper")][1]["configHash"] == "new"
+    assert op.agent_statuses[key][1]["configHash"] == "new"
+    watches_show_what_was_applied()
 
     kube.sent.clear()
-    await reconcile.reconcile_agent(op, body, views)  # a resync: every child but the watched Deployment read
-    assert {kind for verb, kind in kube.sent if verb == "GET"} == {"Agent", "ConfigMap", "Service"}
+    body["status"] = op.agent_statuses[key][1]  # as the Agent's watch shows it
+    await reconcile.reconcile_agent(op, body, views)  # a resync of an Agent as applied
+    assert kube.sent == []
+
+    watched["ConfigMap"][key] = [{**children()[0], "data": {"config": "edited by hand"}}]
+    await reconcile.reconcile_agent(op, body, views)  # the edit is put back, without a read
+    assert kube.sent == [("APPLY", "ConfigMap")]
+    watches_show_what_was_applied()
 
     kube.sent.clear()
-    op.saw_deployment(("tenant-acme", "helper"), None)  # its watch saw it deleted
+    body["status"] = {**body["status"], "replicas": 7}  # someone else wrote the status: read it
+    await reconcile.reconcile_agent(op, body, views)
+    assert ("GET", "Agent") in kube.sent
+
+    kube.sent.clear()
+    op.saw_deployment(key, None)  # its watch saw it deleted
     await reconcile.reconcile_agent(op, body, views)
     assert ("APPLY", "Deployment") in kube.sent
 
     kube.sent.clear()
-    op.forget_agent(("tenant-acme", "helper"))  # nothing remembered of it (as after a restart)
+    op.forget_agent(key)  # nothing remembered of it (as after a restart)
     config["hash"] = "newer"
     await reconcile.reconcile_agent(op, body, views, dependency=True)
+    # the optional children (autoscaler, disruption budget) are not watched: looked for once
     assert {kind for verb, kind in kube.sent if verb == "GET"} == {
-        "Agent", "ConfigMap", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"
+        "Agent", "HorizontalPodAutoscaler", "PodDisruptionBudget"
     }  # fmt: skip
 
 
@@ -354,3 +378,26 @@ def test_a_namespace_s_prompts_and_tools_are_read_from_its_own_index_entry() -> 
     assert views.prompts_in("tenant-beta")["support"].spec.template == "beta"
     assert views.prompts_in("tenant-none") == {}
     assert views.tools_in("tenant-acme") == {}
+
+
+def test_a_watched_child_edited_or_deleted_by_someone_else_is_drift() -> None:
+    """Events of an Agent's Service and ConfigMap ask for a reconcile only when they show the child
+    otherwise than this instance last planned it: its own writes' events cost nothing."""
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, None), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    key = ("tenant-acme", "helper")
+    planned: Manifest = {
+        "kind": "ConfigMap", "metadata": {"name": "agent-helper", "labels": {"a": "b"}}, "data": {"k": "v"}
+    }  # fmt: skip
+    live = {**planned, "metadata": {**planned["metadata"], "resourceVersion": "9", "uid": "c"}}
+    assert not reconcile.child_drifted(op, key, live, deleted=False)  # not planned yet: its first reconcile
+    op.agent_plans[key] = (("u", 1), reconcile.AgentPlan([], None, [planned]))
+    assert not reconcile.child_drifted(op, key, live, deleted=False)  # our own write
+    assert reconcile.child_drifted(op, key, {**live, "data": {"k": "edited"}}, deleted=False)
+    assert reconcile.child_drifted(op, key, live, deleted=True)
+    other = {**live, "metadata": {**live["metadata"], "name": "agent-other"}}
+    assert not reconcile.child_drifted(op, key, other, deleted=True)  # not the Agent's
+    service = {"kind": "Service", "metadata": {"name": "helper"}}
+    assert not reconcile.child_drifted(op, key, service, deleted=True)  # a kind the plan does not have

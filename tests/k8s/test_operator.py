@@ -548,6 +548,8 @@ def test_drift_is_repaired(k8s: Cluster, operator: OperatorProcess) -> None:
         k8s, "the ConfigMap restored", "configmap", "agent-steady", ns,
         lambda cm: cm["data"] == original["data"], timeout=RESYNC * 5,
     )  # fmt: skip
+    k8s.kubectl("delete", "service", "steady", "-n", ns)
+    wait_for("the Service back", lambda: get(k8s, "service", "steady", ns), timeout=RESYNC * 5)
     policies = json.loads(k8s.kubectl("get", "networkpolicy", "-n", ns, "-o", "json").stdout)["items"]
     victim = policies[0]["metadata"]["name"]
     k8s.kubectl("delete", "networkpolicy", victim, "-n", ns)

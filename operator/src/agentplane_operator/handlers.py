@@ -191,6 +191,8 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         agent_index: kopf.Index[Key, Manifest],
         dependent_index: kopf.Index[tuple[str, str, str], Key],
         namespace_agent_index: kopf.Index[str, Key],
+        service_index: kopf.Index[Key, Manifest],
+        config_map_index: kopf.Index[Key, Manifest],
         **_: Any,
     ) -> None:
         settings.persistence.finalizer = ours.finalizer
@@ -202,6 +204,8 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         ours_only = ",".join([*(f"{k}={v}" for k, v in MANAGED_BY.items()), AGENT_LABEL])
         settings.watching.label_selectors[("", "pods")] = ours_only
         settings.watching.label_selectors[("apps", "deployments")] = ours_only
+        settings.watching.label_selectors[("", "services")] = ours_only
+        settings.watching.label_selectors[("", "configmaps")] = ours_only
         settings.watching.label_selectors[("batch", "jobs")] = ",".join(
             [*(f"{k}={v}" for k, v in MANAGED_BY.items()), f"{KNOWLEDGE_SYNC_LABEL}=true"]
         )
@@ -248,6 +252,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
             agents=agent_index,
             dependents=dependent_index,
             agents_by_namespace=namespace_agent_index,
+            children={"Service": service_index, "ConfigMap": config_map_index},
         )
         memo[_MEMO_KEY] = state = Started(op, views)  # before serving: cleanup closes what there is
         state.metrics_server = await serve(metrics, ours.metrics_host, ours.metrics_port)
@@ -307,6 +312,59 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         }
         found.update({("tool", ns, str(tool.get("name") or "")): key for tool in spec.get("tools") or []})
         return found
+
+    # An Agent's Service and ConfigMap as their watches show them: a reconcile compares with these
+    # and never reads them (kopf fills its indexes before it runs any other handler)
+    @kopf.index(
+        "",
+        "v1",
+        "services",
+        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
+        registry=registry,
+        id="service_index",
+        when=mine,
+    )
+    @kopf.index(
+        "",
+        "v1",
+        "configmaps",
+        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
+        registry=registry,
+        id="config_map_index",
+        when=mine,
+    )
+    async def child_index(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[Key, Manifest]:
+        return {(namespace or "", labels[AGENT_LABEL]): reconcile.watched_child(body)}
+
+    @on.event(
+        "",
+        "v1",
+        "services",
+        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
+        registry=registry,
+        id="service_changed",
+        when=mine,
+    )
+    @on.event(
+        "",
+        "v1",
+        "configmaps",
+        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
+        registry=registry,
+        id="config_map_changed",
+        when=mine,
+    )
+    async def child_changed(
+        event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    ) -> None:
+        # One edited or deleted by hand is put back at once (not at the next resync)
+        if event["type"] not in ("MODIFIED", "DELETED"):
+            return
+        (op, views), key = clients(memo), (namespace or "", labels[AGENT_LABEL])
+        if reconcile.child_drifted(op, key, event["object"], deleted=event["type"] == "DELETED"):
+            op.soon(("child", *key), 1.0, lambda: _reconcile_agent_key(op, views, key, "child"))
 
     # --- Tenant ------------------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ RULES: list[Manifest] = [
     _rule(GROUP, ["tenants/status", "agents/status", "tools/status", "prompts/status"], ["get", "patch"]),
     # Children, applied server-side (apply-create needs `create`, apply-update `patch`).
     _rule("", ["namespaces"], _WRITE),
-    _rule("", ["resourcequotas", "limitranges", "serviceaccounts", "services"], _WRITE),
-    _rule("", ["configmaps"], [*_WRITE, "list", "delete"]),
+    _rule("", ["resourcequotas", "limitranges", "serviceaccounts"], _WRITE),
+    # An Agent's Service and ConfigMap are watched (like its Deployment): a resync reads none of them.
+    _rule("", ["services"], [*_WRITE, "list", "watch"]),
+    _rule("", ["configmaps"], [*_WRITE, "list", "watch", "delete"]),
     _rule("networking.k8s.io", ["networkpolicies"], _WRITE),
     _rule("rbac.authorization.k8s.io", ["rolebindings"], _WRITE),
     _rule("rbac.authorization.k8s.io", ["clusterroles"], ["bind"], [TENANT_EDITOR_ROLE]),

@@ -714,36 +714,61 @@ def _deployment_ready(
 
 
 OPTIONAL_CHILDREN = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+WATCHED_CHILDREN = ("ConfigMap", "Service")
+"""An Agent's children kept in kopf indexes from their watch (`Views.child`), besides the Deployment
+(`Operator.deployments`): compared with that, never read."""
 """An Agent's children that exist only for some specs, so may be left over from an earlier one."""
 ABSENT = "absent"
 """What `Operator.applied` remembers of an optional child found missing."""
 
 
+def watched_child(body: Mapping[str, Any]) -> Manifest:
+    """A watched child as its index keeps it: without its managed fields (most of its size)."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def child_drifted(op: Operator, key: tuple[str, str], child: Mapping[str, Any], *, deleted: bool) -> bool:
+    """Whether a watch event shows an Agent's child no longer as this instance last planned it
+    (deleted, or edited by someone else). An Agent not planned yet has its first reconcile to come."""
+    planned = op.agent_plans.get(key)
+    if planned is None:
+        return False
+    desired = next((c for c in planned[1].children if c["kind"] == child.get("kind")), None)
+    if desired is None or desired["metadata"]["name"] != child["metadata"]["name"]:
+        return False
+    return deleted or not holds(child, desired)
+
+
 async def _apply_agent_children(
-    op: Operator, key: tuple[str, str], uid: str | None, children: list[Manifest], *, new: bool,
-    dependency: bool,
+    op: Operator, views: Views, key: tuple[str, str], uid: str | None, children: list[Manifest], *,
+    new: bool, dependency: bool,
 ) -> Manifest:  # fmt: skip
     """Apply an Agent's children, its ConfigMap first (pods never start without their config), delete
     an optional child its spec no longer asks for; its Deployment as the API server has it now.
 
     Reads are few: a new Agent's children cannot exist yet, so are applied without reading them
-    first; the Deployment is compared with what its watch shows (`Operator.deployments`), never read.
-    What each child was applied as is remembered (`Operator.applied`): a dependency's reconcile (its
-    Tenant, Prompt or Tool changed) skips the children that stay as applied and writes the others
-    without reading them; the other reconciles read the other children (a resync puts back what was
-    edited by hand), and an optional child found missing once is not looked for again."""
+    first; the Deployment, Service and ConfigMap are compared with what their watches show
+    (`Operator.deployments`, `Views.child`), never read: one that differs (edited by hand) or is
+    missing is applied. What each child was applied as is remembered (`Operator.applied`): a
+    dependency's reconcile (its Tenant, Prompt or Tool changed) skips the children that stay as
+    applied and writes the others without reading them; the optional children are read, and one
+    found missing once is not looked for again."""
     namespace, name = key
     remembered = op.applied_children(key, uid)
 
     async def apply(child: Manifest) -> Manifest:
         kind, fingerprint = child["kind"], digest(child)
-        seen = op.deployments.get(key) if kind == "Deployment" and not new else None
+        watched = kind == "Deployment" or kind in WATCHED_CHILDREN
+        seen = None
+        if not new:
+            seen = op.deployments.get(key) if kind == "Deployment" else views.child(kind, key)
         if seen is not None and holds(seen, child):
-            live = seen  # as its watch shows it now: the Deployment is never read
+            live = seen  # as its watch shows it now: never read
         elif kind != "Deployment" and dependency and remembered.get(kind) == fingerprint:
             live = child  # as we applied it (a Deployment not in its watch is gone: applied again)
         else:
-            read = seen is None and not new and not (dependency and kind in remembered)
+            read = not watched and not new and not (dependency and kind in remembered)
             live, _ = await op.kube.apply(child, read=read)
         remembered[kind] = fingerprint
         return live
@@ -814,7 +839,7 @@ async def reconcile_agent(
         else:
             deployment = None
             live = await _apply_agent_children(
-                op, (namespace, name), uid, plan.children, new=new, dependency=dependency
+                op, views, (namespace, name), uid, plan.children, new=new, dependency=dependency
             )
         deployed, replicas = _deployment_ready(live, plan.config, op.pod_problems_of(namespace, name))
         conditions.append(deployed)
@@ -826,8 +851,11 @@ async def reconcile_agent(
         }
     # A Deployment event's or a dependency's reconcile compares with the status as our last write left
     # it, a new Agent's with the one it was created with (none), and writes a change without reading
-    # the Agent first; the others (a change of the Agent, a resync) compare with the live one.
+    # the Agent first; the others (a change of the Agent, a resync) too when the Agent as watched
+    # shows that status, else (someone else wrote it, or the watch lags) with the live one.
     known = said if deployment is not None or dependency else None
+    if known is None and said is not None and said == body.get("status"):
+        known = said
     if new:
         known = said if said is not None else body.get("status") or {}
     written = await _write_status(op, "Agent", body, conditions, extra, known=known, trusted=True)

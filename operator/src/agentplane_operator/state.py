@@ -206,12 +206,19 @@ class Views:
     agents: Mapping[Key, Iterable[Manifest]]
     dependents: Mapping[tuple[str, str, str], Iterable[Key]]
     agents_by_namespace: Mapping[str, Iterable[Key]]
+    children: Mapping[str, Mapping[Key, Iterable[Manifest]]] = field(default_factory=dict)
+    """kind -> (namespace, agent) -> an Agent's Service or ConfigMap as its watch shows it now"""
 
     def tenant(self, name: str) -> Tenant | None:
         return _first(self.tenants.get(name))
 
     def agent(self, key: Key) -> Manifest | None:
         return _first(self.agents.get(key))
+
+    def child(self, kind: str, key: Key) -> Manifest | None:
+        """The Agent `key`'s child of `kind` (a watched one: `WATCHED_CHILDREN`) as its watch shows it
+        now; None when it does not exist (kopf fills its indexes before any reconcile runs)."""
+        return _first(self.children.get(kind, {}).get(key))
 
     def prompts_in(self, namespace: str) -> dict[str, Prompt]:
         return dict(self.prompts.get(namespace, ()))

@@ -342,9 +342,17 @@ def run_limit(
             )
             for objects in render(layout, settings, changed=True).values()
         ]
+        _progress(f"limit: every Deployment Available after {converged:.1f} s")
         started = time.perf_counter()
         _apply_all(cluster, changed, parallel, *apply_args)
-        return LimitFigures(converged, time.perf_counter() - started)
+        figures = LimitFigures(converged, time.perf_counter() - started)
+        _progress(f"limit: the Prompt change applied after {figures.changed:.1f} s")
+        return figures
+
+
+def _progress(line: str) -> None:
+    """A figure as soon as it is measured (a long run cut short still has it)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def install_llm_secret_namespace(cluster: Cluster) -> None:
@@ -410,6 +418,10 @@ def run_operator(
                 _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout)
                 converged = time.perf_counter() - started
                 cpu_converged = _cpu_seconds(operator.process.pid) - cpu_at_start
+            _progress(
+                f"operator: every Agent Ready after {converged:.1f} s ({cpu_converged:.0f} s of CPU, "
+                f"peak RSS {_peak_rss_mib(operator.process.pid):.0f} MiB)"
+            )
             time.sleep(5)  # let trailing status writes land before counting
             writes = {
                 kind: operator.total("agentplane_operator_api_writes_total", kind=kind)
@@ -456,6 +468,7 @@ def run_operator(
                     h != hashes[k] for k, h in config_hashes().items()
                 ), timeout=timeout, interval=0.1)  # fmt: skip
                 propagated = time.perf_counter() - changed_at
+            _progress(f"operator: the Prompt change reached every dependent after {propagated:.1f} s")
             cpu_propagated = _cpu_seconds(operator.process.pid) - cpu_before_change
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:

@@ -401,3 +401,50 @@ def test_a_watched_child_edited_or_deleted_by_someone_else_is_drift() -> None:
     assert not reconcile.child_drifted(op, key, other, deleted=True)  # not the Agent's
     service = {"kind": "Service", "metadata": {"name": "helper"}}
     assert not reconcile.child_drifted(op, key, service, deleted=True)  # a kind the plan does not have
+
+
+@pytest.mark.asyncio
+async def test_stopping_ends_the_reconciles_under_way_before_closing_the_clients() -> None:
+    """At SIGTERM kopf runs the cleanup handler while handlers still run: the reconciles under way
+    (and those waiting for a lock) are cancelled first, not failed one by one by closed clients."""
+    order: list[str] = []
+
+    class Client:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def close(self) -> None:
+            order.append(f"{self.name} closed")
+
+        aclose = close
+
+    class Engine:
+        async def dispose(self) -> None:
+            order.append("db closed")
+
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, Client("kube")), vectors=cast(Any, Client("qdrant")),
+        redis=cast(Any, Client("redis")), db=cast(Any, Engine()), metrics=Metrics(), build=cast(Any, None),
+        http=cast(Any, Client("http")),
+    )  # fmt: skip
+    started = asyncio.Event()
+
+    async def reconcile_forever(name: str) -> None:
+        try:
+            async with op.reconciling("Agent", name, "tenant-acme", "resync"):
+                started.set()
+                await asyncio.sleep(3600)  # a request to a slow API server
+        except asyncio.CancelledError:
+            order.append(f"{name} cancelled")
+            raise
+
+    running = asyncio.create_task(reconcile_forever("helper"))
+    await started.wait()
+    waiting = asyncio.create_task(reconcile_forever("helper"))  # queued on the same Agent's lock
+    await asyncio.sleep(0)
+    await op.close(grace=5)
+    assert running.cancelled()
+    assert waiting.cancelled()
+    assert order[:2] == ["helper cancelled", "helper cancelled"]
+    assert order[2:] == ["kube closed", "http closed", "qdrant closed", "redis closed", "db closed"]
+    assert op.metrics.queue_depth.labels("Agent")._value.get() == 0

@@ -73,6 +73,8 @@ class Operator:
     """Times new Agent generations to their Ready (`agentplane_operator_agent_ready_seconds`)."""
     _pending: set[Hashable] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _reconciles: set[asyncio.Task[Any]] = field(default_factory=set)
+    """The tasks in a reconcile (or waiting for its lock) now: `close` ends them before the clients."""
 
     def __post_init__(self) -> None:
         self.ready_clock = ReadyClock(self.metrics.agent_ready)
@@ -149,6 +151,9 @@ class Operator:
         depth = self.metrics.queue_depth.labels(kind)
         depth.inc()
         result = "error"
+        task = asyncio.current_task()
+        if task is not None:
+            self._reconciles.add(task)
         try:
             async with self.locks[(kind, namespace, name)]:
                 started = time.perf_counter()
@@ -158,12 +163,20 @@ class Operator:
                 finally:
                     self.metrics.duration.labels(kind).observe(time.perf_counter() - started)
         finally:
+            if task is not None:
+                self._reconciles.discard(task)
             depth.dec()
             self.metrics.reconciles.labels(kind, cause, result).inc()
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
+    async def close(self, grace: float = 5.0) -> None:
+        """Cancel the deferred work and the reconciles under way (each is level-based: the next start
+        does it again), wait up to `grace` seconds for them to end, then close the clients. Closing the
+        clients first failed every one of them with an error of its own (thousands with many Agents)."""
+        running = [*self._tasks, *self._reconciles]
+        for task in running:
             task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=grace)
         await self.kube.close()
         await self.http.aclose()
         await self.vectors.close()

@@ -315,47 +315,11 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
 
     # An Agent's Service and ConfigMap as their watches show them: a reconcile compares with these
     # and never reads them (kopf fills its indexes before it runs any other handler)
-    @kopf.index(
-        "",
-        "v1",
-        "services",
-        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
-        registry=registry,
-        id="service_index",
-        when=mine,
-    )
-    @kopf.index(
-        "",
-        "v1",
-        "configmaps",
-        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
-        registry=registry,
-        id="config_map_index",
-        when=mine,
-    )
     async def child_index(
         namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
     ) -> dict[Key, Manifest]:
         return {(namespace or "", labels[AGENT_LABEL]): reconcile.watched_child(body)}
 
-    @on.event(
-        "",
-        "v1",
-        "services",
-        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
-        registry=registry,
-        id="service_changed",
-        when=mine,
-    )
-    @on.event(
-        "",
-        "v1",
-        "configmaps",
-        labels={**MANAGED_BY, AGENT_LABEL: kopf.PRESENT},
-        registry=registry,
-        id="config_map_changed",
-        when=mine,
-    )
     async def child_changed(
         event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
@@ -365,6 +329,15 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         (op, views), key = clients(memo), (namespace or "", labels[AGENT_LABEL])
         if reconcile.child_drifted(op, key, event["object"], deleted=event["type"] == "DELETED"):
             op.soon(("child", *key), 1.0, lambda: _reconcile_agent_key(op, views, key, "child"))
+
+    agents_children: dict[str, Any] = {**MANAGED_BY, AGENT_LABEL: kopf.PRESENT}
+    for plural, handler_id in (("services", "service"), ("configmaps", "config_map")):
+        kopf.index(
+            "", "v1", plural, labels=agents_children, registry=registry, id=f"{handler_id}_index", when=mine
+        )(child_index)
+        on.event(
+            "", "v1", plural, labels=agents_children, registry=registry, id=f"{handler_id}_changed", when=mine
+        )(child_changed)
 
     # --- Tenant ------------------------------------------------------------------------------
 

@@ -75,31 +75,17 @@ async def _reconcile_agent_key(
     op: Operator, views: Views, key: Key, cause: Cause, *, watched: bool = False
 ) -> None:
     """Reconcile the Agent `key` as the index has it. `watched`: a watch event of its Deployment asks,
-    and the Deployment the watch showed last (not the one of that event: several may have come while
-    the Agent's lock was held, and an older one would undo the readiness a newer one wrote) stands
-    for the live one, unless it differs from what the Agent wants. Such events while one of them
-    waits for the lock are covered by that one (a rollout is a dozen Deployment events)."""
+    and the Deployment the watch showed last (not the one of that event: several may have queued on
+    the Agent's lock meanwhile, and an older one would undo the readiness a newer one wrote) stands
+    for the live one, unless it differs from what the Agent wants."""
     body = views.agent(key)
     if body is None:
         return
-    if watched:
-        if key in op.watched_waiting:  # one waits already, and will see this event's Deployment
-            op.metrics.coalesced.labels("Agent").inc()
-            return
-        op.watched_waiting.add(key)
-    started = False
-    try:
-        async with op.reconciling("Agent", key[1], key[0], cause):
-            started = True
-            if watched:
-                op.watched_waiting.discard(key)
-            deployment = op.deployments.get(key) if watched else None
-            await reconcile.reconcile_agent(
-                op, body, views, deployment=deployment, dependency=cause == "dependency"
-            )
-    finally:
-        if watched and not started:  # cancelled while waiting
-            op.watched_waiting.discard(key)
+    async with op.reconciling("Agent", key[1], key[0], cause):
+        deployment = op.deployments.get(key) if watched else None
+        await reconcile.reconcile_agent(
+            op, body, views, deployment=deployment, dependency=cause == "dependency"
+        )
 
 
 RETRY_DELAYS = (1, 2, 5, 10, 20, 40, 60)

@@ -52,11 +52,6 @@ class Metrics:
             "agentplane_operator_queue_depth", "Reconciles waiting for or holding their object's lock.",
             ["kind"], registry=r,
         )  # fmt: skip
-        self.coalesced = Counter(
-            "agentplane_operator_reconciles_coalesced",
-            "Reconciles not queued: one of the same object waiting for its lock covers them.",
-            ["kind"], registry=r,
-        )  # fmt: skip
         self.writes = Counter(
             "agentplane_operator_api_writes", "Write requests sent to the Kubernetes API by the reconcilers.",
             ["kind", "verb"], registry=r,

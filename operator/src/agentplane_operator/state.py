@@ -66,9 +66,6 @@ class Operator:
     """(namespace, agent) -> ((its uid, generation), the `reconcile.AgentPlan` last made for it)."""
     pod_problems: dict[Key, dict[str, PodProblem]] = field(default_factory=dict)
     """(namespace, agent) -> pod name -> what keeps that pod from running, from the pod watch."""
-    watched_waiting: set[Key] = field(default_factory=set)
-    """Agents with a reconcile asked by their Deployment's watch waiting for the Agent's lock: it will
-    read the newest Deployment once it has the lock, so later events of it need no reconcile of their own."""
     ready_clock: ReadyClock = field(init=False)
     """Times new Agent generations to their Ready (`agentplane_operator_agent_ready_seconds`)."""
     _pending: set[Hashable] = field(default_factory=set)

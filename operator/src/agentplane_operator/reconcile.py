@@ -714,10 +714,10 @@ def _deployment_ready(
 
 
 OPTIONAL_CHILDREN = ("HorizontalPodAutoscaler", "PodDisruptionBudget")
+"""An Agent's children that exist only for some specs, so may be left over from an earlier one."""
 WATCHED_CHILDREN = ("ConfigMap", "Service")
 """An Agent's children kept in kopf indexes from their watch (`Views.child`), besides the Deployment
 (`Operator.deployments`): compared with that, never read."""
-"""An Agent's children that exist only for some specs, so may be left over from an earlier one."""
 ABSENT = "absent"
 """What `Operator.applied` remembers of an optional child found missing."""
 

@@ -71,7 +71,8 @@ def test_each_shard_reconciles_its_own_tenants_and_together_every_tenant(
 ) -> None:
     for name in TENANTS:
         apply(k8s, tenant(name))
-    for name in TENANTS:
+    for name in TENANTS:  # its namespace is the shard's to create: wait for it
+        wait_for(f"Tenant {name} Ready", partial(_ready, k8s, "tenant", name))
         ns = f"tenant-{name}"
         apply(k8s, prompt(ns, "assistant"), agent(ns, "helper"))
     for ns in (f"tenant-{name}" for name in TENANTS):

@@ -530,7 +530,9 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
             return
         (op, views), key = clients(memo), (namespace or "", labels[AGENT_LABEL])
-        op.saw_deployment(key, dict(event["object"]) if event["type"] != "DELETED" else None)
+        op.saw_deployment(
+            key, reconcile.watched_child(event["object"]) if event["type"] != "DELETED" else None
+        )
         await _reconcile_agent_key(op, views, key, "child", watched=True)
 
     # --- Git-kept knowledge: each GitOps revision syncs the tenants' knowledge ----------------------

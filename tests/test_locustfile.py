@@ -103,6 +103,9 @@ def runs(up: Up, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             2,
             AGENTPLANE_LOAD_TARGETS="/v1#docs",
             AGENTPLANE_LOAD_API_KEYS="sk-anything",
+            # it answers at once: no think time, so that the rarest task (models, 1 in 9) is drawn
+            # hundreds of times, not the forty or so that once left it out of a run
+            AGENTPLANE_LOAD_THINK_SECONDS="0,0.005",
         ),
     }
     try:

@@ -33,7 +33,8 @@ class Run:
 
 def locust(host: str, csv_prefix: Path, seconds: int, users: int, **variables: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPLANE_")}
-    env.update(variables, AGENTPLANE_LOAD_THINK_SECONDS="0.05,0.2")  # short think time: more requests
+    env["AGENTPLANE_LOAD_THINK_SECONDS"] = "0.05,0.2"  # short think time: more requests
+    env.update(variables)
     return subprocess.Popen(
         [
             sys.executable,

@@ -69,6 +69,7 @@ from support.cluster import (  # noqa: E402
     running_cluster,
 )
 from support.operator_process import (  # noqa: E402
+    OperatorProcess,
     install_llm_secret,
     install_operator_rbac,
     operator_environment,
@@ -295,11 +296,19 @@ def _apply_all(cluster: Cluster, batches: list[str], parallel: int, *args: str) 
         list(pool.map(one, batches))
 
 
-def _wait(what: str, count: Callable[[], int], want: int, timeout: float) -> None:
+def _wait(
+    what: str,
+    count: Callable[[], int],
+    want: int,
+    timeout: float,
+    report: Callable[[str], None] | None = None,
+) -> None:
     last = [0]
 
     def done() -> bool:
         last[0] = count()
+        if report is not None:
+            report(f"{last[0]} of {want}")
         return last[0] >= want
 
     try:
@@ -353,6 +362,48 @@ def run_limit(
 def _progress(line: str) -> None:
     """A figure as soon as it is measured (a long run cut short still has it)."""
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+class _Reporter:
+    """Every `every` seconds of a long wait, a line of how far it got and what the operator is doing:
+    its reconciles waiting or running and those done since the wait began, by cause, and its writes."""
+
+    def __init__(self, operator: OperatorProcess, what: str, every: float = 30.0) -> None:
+        self.operator, self.what, self.every = operator, what, every
+        self.started = self.last = time.perf_counter()
+        self.before = self._sample()
+
+    def _sample(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        try:
+            return self.operator.metrics()
+        except OSError:
+            return {}
+
+    def __call__(self, progress: str) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        sample = self._sample()
+
+        def since(name: str, label: str) -> dict[str, int]:
+            by: dict[str, int] = {}
+            for (n, labels), value in sample.items():
+                if n == name:
+                    key = dict(labels).get(label, "")
+                    by[key] = by.get(key, 0) + int(value - self.before.get((n, labels), 0))
+            return {k: v for k, v in sorted(by.items()) if v}
+
+        depth = {
+            dict(labels)["kind"]: int(v)
+            for (n, labels), v in sample.items()
+            if n == "agentplane_operator_queue_depth" and v
+        }
+        _progress(
+            f"  {self.what}, {now - self.started:.0f} s: {progress}; queued or running {depth}; "
+            f"reconciles since by cause {since('agentplane_operator_reconcile_total', 'cause')}; "
+            f"writes since {since('agentplane_operator_api_writes_total', 'kind')}"
+        )
 
 
 def install_llm_secret_namespace(cluster: Cluster) -> None:
@@ -415,7 +466,8 @@ def run_operator(
                     parallel,
                 )
                 applied = time.perf_counter() - started
-                _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout)
+                report = _Reporter(operator, "every Agent Ready")
+                _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout, report)
                 converged = time.perf_counter() - started
                 cpu_converged = _cpu_seconds(operator.process.pid) - cpu_at_start
             _progress(
@@ -464,16 +516,26 @@ def run_operator(
             with _profiling(operator.process.pid, prompt_profile):
                 changed_at = time.perf_counter()
                 cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
-                wait_for("every dependent's new config hash", lambda: all(
-                    h != hashes[k] for k, h in config_hashes().items()
-                ), timeout=timeout, interval=0.1)  # fmt: skip
+                report = _Reporter(operator, "the Prompt change")
+
+                def propagated_to_all() -> bool:
+                    reached = sum(h != hashes[k] for k, h in config_hashes().items())
+                    report(f"{reached} of {len(hashes)} dependents have the new config hash")
+                    return reached == len(hashes)
+
+                wait_for(
+                    "every dependent's new config hash", propagated_to_all, timeout=timeout, interval=0.1
+                )
                 propagated = time.perf_counter() - changed_at
             _progress(f"operator: the Prompt change reached every dependent after {propagated:.1f} s")
             cpu_propagated = _cpu_seconds(operator.process.pid) - cpu_before_change
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
             agents.close()
-            operator.stop()
+            stopping = time.perf_counter()
+            operator.stop()  # SIGTERM, and SIGKILL after 30 s
+            code = operator.process.returncode
+            _progress(f"operator: exit code {code}, {time.perf_counter() - stopping:.1f} s after SIGTERM")
             if keep_log is not None:
                 keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(

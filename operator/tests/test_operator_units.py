@@ -53,6 +53,16 @@ def test_holds_compares_quantities_by_value() -> None:
     assert not holds({"name": "api"}, {"name": "apI"})
 
 
+def test_a_digest_that_reads_as_a_huge_number_is_compared_as_text() -> None:
+    """A hex config hash of digits and one `e` is a number past what Decimal holds: comparing two
+    such hashes raised, and failed every reconcile of the Agent (and its Tenant's resync) until
+    the hash changed again. Seen at 5,000 Agents, where a few of the hashes have that shape."""
+    old, new = {"data": {"hash": "4e51234567"}}, {"data": {"hash": "8e63401952"}}
+    assert not holds(old, new)
+    assert holds(new, new)
+    assert not holds({"data": {"hash": "1e3"}}, {"data": {"hash": "9e9999999"}})
+
+
 def test_conditions_keep_their_transition_time_until_the_status_changes() -> None:
     first = merge_conditions([], [Cond("Ready", False, "Progressing", "0/1")])
     assert first[0]["status"] == "False"

@@ -15,7 +15,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +88,15 @@ _SUFFIXES = {
 
 
 def _quantity(value: str) -> Decimal | None:
-    """A Kubernetes quantity's value (`500m`, `1Gi`, `2`), or None if it is not one."""
+    """A Kubernetes quantity's value (`500m`, `1Gi`, `2`), or None if it is not one. A string that
+    only looks like a huge one is none: a hex digest such as `4e51234567` (a config hash in a
+    ConfigMap) is a number with an exponent past what `Decimal` holds."""
     for size in (2, 1, 0):
         suffix = value[-size:] if size else ""
         if suffix in _SUFFIXES:
             try:
                 return Decimal(value[: len(value) - size]) * _SUFFIXES[suffix]
-            except InvalidOperation:
+            except ArithmeticError:  # not a number (InvalidOperation), or too large (Overflow)
                 continue
     return None
 

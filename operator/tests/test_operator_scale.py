@@ -13,9 +13,9 @@ import pytest
 
 from agentplane_operator import handlers, reconcile
 from agentplane_operator.conditions import Cond
-from agentplane_operator.kube import Kube, KubeError, Manifest
+from agentplane_operator.kube import Kube, KubeError, Manifest, PrioritySlots
 from agentplane_operator.metrics import Metrics
-from agentplane_operator.state import Key, Operator, Views
+from agentplane_operator.state import Cause, Key, Operator, Views
 from agentplane_platform.api.v1alpha1 import Prompt
 
 
@@ -38,6 +38,83 @@ async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
     assert len(found) == 40
     assert all(f is not None for f in found)
     assert most == 4
+
+
+@pytest.mark.asyncio
+async def test_requests_waiting_for_a_connection_go_by_priority_then_in_order() -> None:
+    """With every connection busy, a Prompt's reconcile does not wait behind the Agents' resyncs
+    and rollouts queued before it: its requests go first, theirs in the order they came."""
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path.rsplit("/", 1)[-1])
+        if len(sent) == 1:
+            await release.wait()  # the one connection is busy until the queue has formed
+        return httpx.Response(200, json={"kind": "ConfigMap", "metadata": {"name": "x"}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
+    kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None, concurrency=1)
+    op = Operator(
+        settings=cast(Any, None), kube=kube, vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+
+    async def read(kind: str, name: str, cause: Cause) -> None:
+        async with op.reconciling(kind, name, "tenant-acme", cause):
+            await kube.get("ConfigMap", name, "tenant-acme")
+
+    first = asyncio.create_task(read("Agent", "busy", "child"))
+    while not sent:
+        await asyncio.sleep(0)
+    queued = [
+        ("Agent", "resync-1", "resync"), ("Agent", "rollout-1", "child"), ("Agent", "resync-2", "resync"),
+        ("Agent", "changed", "event"), ("Prompt", "greeting", "event"), ("Agent", "rollout-2", "child"),
+        ("Agent", "dependent", "dependency"), ("Tool", "search", "resync"),
+    ]  # fmt: skip
+    tasks = []
+    for kind, name, cause in queued:
+        tasks.append(asyncio.create_task(read(kind, name, cast(Cause, cause))))
+        await asyncio.sleep(0)  # each in line before the next comes
+    release.set()
+    await asyncio.gather(first, *tasks)
+    await kube.close()
+    assert sent == [
+        "busy", "greeting", "changed", "dependent", "search", "rollout-1", "rollout-2", "resync-1", "resync-2",
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_request_cancelled_while_waiting_or_just_granted_gives_its_turn_on() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def wait_for_turn(name: str) -> None:
+        async with slots.slot(1):
+            order.append(name)
+
+    async def hold_then_cancel() -> None:
+        async with slots.slot(0):
+            order.append("holder")
+            await gate.wait()
+        # the slot has just passed to the second waiter (the first gave up): it is cancelled
+        # before it runs, as a task can be at any await
+        waiting[1].cancel()
+
+    holder = asyncio.create_task(hold_then_cancel())
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(wait_for_turn(n)) for n in ("gave-up", "granted-then-cancelled", "last")]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    gate.set()
+    await holder
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["CancelledError", "CancelledError", "NoneType"]
+    assert order == ["holder", "last"]
+    async with slots.slot(5):  # the one slot is free again, and taken once
+        assert slots._free == 0
+    assert slots._free == 1
 
 
 def _deployment(version: str) -> Manifest:

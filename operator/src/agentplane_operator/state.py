@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentplane_operator.builders import BuildSettings
-from agentplane_operator.kube import Kube, Manifest
+from agentplane_operator.kube import PRIORITY, Kube, Manifest
 from agentplane_operator.metrics import Metrics, ReadyClock
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.settings import OperatorSettings
@@ -31,6 +31,18 @@ Key = tuple[str, str]
 
 V = TypeVar("V")
 logger = logging.getLogger(__name__)
+
+
+def request_priority(kind: str, cause: Cause) -> int:
+    """Whose API requests go first when many wait (`kube.PRIORITY`, lower first). First a change of
+    a Tenant, Prompt or Tool: few, each with many Agents waiting on it. Then a change of an Agent or
+    of what it uses, and the resync of a Tenant, Prompt or Tool; then an Agent's Deployment rolling
+    out; last an Agent's resync, which sends no request when all is as applied. A reconcile waiting
+    here holds its object's lock: the resync of a Tenant, Prompt or Tool is not put last, so that a
+    change of it does not wait behind every Agent."""
+    if kind != "Agent":
+        return 1 if cause == "resync" else 0
+    return {"event": 1, "dependency": 1, "child": 2, "resync": 3}[cause]
 
 
 @dataclass
@@ -151,6 +163,7 @@ class Operator:
         task = asyncio.current_task()
         if task is not None:
             self._reconciles.add(task)
+        priority = PRIORITY.set(request_priority(kind, cause))
         try:
             async with self.locks[(kind, namespace, name)]:
                 started = time.perf_counter()
@@ -160,6 +173,7 @@ class Operator:
                 finally:
                     self.metrics.duration.labels(kind).observe(time.perf_counter() - started)
         finally:
+            PRIORITY.reset(priority)
             if task is not None:
                 self._reconciles.discard(task)
             depth.dec()

@@ -20,7 +20,8 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
   - write requests per Agent: the operator's own (its `agentplane_operator_api_writes_total`, for
     the kinds an Agent owns, plus its Agent status patches) and kopf's bookkeeping patches of Agents
     (from the API server's `apiserver_request_total`);
-  - the writes of an idle resync: every write counted again after waiting past the resync interval;
+  - the requests of an idle resync: every write, and the operator's reads, counted again after
+    waiting past the resync interval;
   - one Prompt change per tenant (a new default of its variable changes every dependent's config):
     the time until every Agent shows its new config hash (`--tenants 1 --agents 1000`: one Prompt
     with 1,000 dependents);
@@ -492,6 +493,7 @@ def run_operator(
                 requests = _api_requests(cluster)
                 return {
                     "operator": operator.writes(),
+                    "operator reads": operator.total("agentplane_operator_api_reads_total"),
                     **{r: _writes_on(requests, r) for r in ("agents", "tenants", "prompts", "tools")},
                     **{f"{r}/status": _writes_on(requests, r, "status") for r in ("agents", "tenants")},
                     "events": _writes_on(requests, "events"),
@@ -623,7 +625,7 @@ def main() -> int:
         print(f"  kopf bookkeeping per Agent     {f.kopf / n:6.2f}  (PATCH of the Agent object)")
         print(f"  total writes per Agent         {(f.own + f.kopf) / n:6.2f}")
         idle = ", ".join(f"{k} {int(v)}" for k, v in f.idle_writes.items())
-        print(f"  writes in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
+        print(f"  requests in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
         print(f"  operator peak memory (RSS)     {f.peak_mib:6.0f} MiB")
         print(
             f"  {layout.tenants} Prompt change(s) -> all {f.dependents} dependents' new config hash: "

@@ -12,7 +12,7 @@ import kopf
 import pytest
 
 from agentplane_operator import handlers, reconcile
-from agentplane_operator.conditions import Cond
+from agentplane_operator.conditions import Cond, merge_patched
 from agentplane_operator.kube import Kube, KubeError, Manifest, PrioritySlots
 from agentplane_operator.metrics import Metrics
 from agentplane_operator.state import Cause, Key, Operator, Views
@@ -191,6 +191,43 @@ async def test_a_status_as_our_last_write_left_it_is_neither_read_nor_written() 
     rolling = reconcile._wanted_status({}, 1, [Cond("Deployed", False, "Progressing")], {"replicas": 0})[1]
     await reconcile._write_status(op, "Agent", body, wanted, extra, known=rolling)
     assert reads == ["helper"]  # it differs from what we wrote last: compared with the live one
+
+
+@pytest.mark.asyncio
+async def test_a_status_written_is_remembered_as_the_server_keeps_it() -> None:
+    """A field written as null is gone on the server (a JSON merge patch): remembered as null, the
+    status never equalled what the watch shows, and every resync read every Agent again (an Agent's
+    `url` is null on a platform without a gateway)."""
+    patches: list[Manifest] = []
+
+    class Writes:
+        async def patch_status(
+            self, kind: str, name: str, namespace: str | None, status: Manifest
+        ) -> Manifest:
+            patches.append(status)
+            return {"metadata": {"name": name, "uid": "u"}, "status": status}
+
+    op = Operator(
+        settings=cast(Any, None), kube=cast(Any, Writes()), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+    body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1}}
+    wanted = [Cond("Deployed", True, "Available")]
+    extra = {"configHash": "abc", "replicas": 1}
+    known = {
+        **reconcile._wanted_status({}, 1, wanted, extra)[1],
+        "url": "https://old.example/t/acme/a/helper/v1",
+    }
+    written = await reconcile._write_status(
+        op, "Agent", body, wanted, {**extra, "url": None}, known=known, trusted=True
+    )
+    assert written is not None
+    assert patches[0]["url"] is None  # the patch removes it...
+    assert "url" not in written.after  # ...so it is not remembered as null
+    assert written.after["configHash"] == "abc"
+    assert merge_patched({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": None, "e": 3}, "d": [1]}) == {
+        "a": {"c": 2, "e": 3}, "d": [1],
+    }  # fmt: skip
 
 
 @pytest.mark.asyncio

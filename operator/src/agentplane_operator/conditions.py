@@ -77,6 +77,22 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return {key: value for key, value in desired.items() if current.get(key) != value}
 
 
+def merge_patched(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`current` as the JSON merge patch `patch` (RFC 7386, what a status write sends) leaves it on
+    the server: a null removes the field, an object is merged field by field, anything else replaces.
+    What the operator remembers of its write must be that, or it never equals what the watch shows."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping):
+            old = merged.get(key)
+            merged[key] = merge_patched(old if isinstance(old, Mapping) else {}, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def ready_reason(conditions: Iterable[Cond]) -> Cond | None:
     """The first failing condition, which becomes the `Ready` reason."""
     return next((c for c in conditions if c.ok is not True), None)

@@ -49,6 +49,7 @@ from agentplane_operator.conditions import (
     Cond,
     kstatus,
     merge_conditions,
+    merge_patched,
     ready_reason,
     status_patch,
 )
@@ -173,7 +174,7 @@ async def _write_status(
         current = live.get("status") or {}
     ready, desired = _wanted_status(current, generation, wanted, extra)
     patch = status_patch(current, desired)
-    written = StatusWrite(current, {**current, **desired})
+    written = StatusWrite(current, merge_patched(current, desired))
     if not patch:
         return written
     patched = await op.kube.patch_status(kind, name, namespace or None, patch)

@@ -19,6 +19,14 @@ from agentplane_operator.state import Cause, Key, Operator, Views
 from agentplane_platform.api.v1alpha1 import Prompt
 
 
+def _operator(kube: object = None) -> Operator:
+    """An Operator with only its Kubernetes client (a fake, or None where nothing is requested)."""
+    return Operator(
+        settings=cast(Any, None), kube=cast(Any, kube), vectors=cast(Any, None), redis=cast(Any, None),
+        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
+    )  # fmt: skip
+
+
 @pytest.mark.asyncio
 async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
     in_flight = most = 0
@@ -55,10 +63,7 @@ async def test_requests_waiting_for_a_connection_go_by_priority_then_in_order() 
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
     kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None, concurrency=1)
-    op = Operator(
-        settings=cast(Any, None), kube=kube, vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator(kube)
 
     async def read(kind: str, name: str, cause: Cause) -> None:
         async with op.reconciling(kind, name, "tenant-acme", cause):
@@ -134,10 +139,7 @@ async def test_queued_deployment_events_reconcile_with_the_newest_deployment(
         seen.append(deployment["metadata"]["resourceVersion"] if deployment else None)
 
     monkeypatch.setattr(reconcile, "reconcile_agent", record)
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, None), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator()
     agent = {"metadata": {"name": "helper", "namespace": "tenant-acme"}}
     views = Views(
         tenants={}, prompts={}, tools={}, agents={key: [agent]}, dependents={}, agents_by_namespace={}
@@ -179,10 +181,7 @@ async def test_a_status_as_our_last_write_left_it_is_neither_read_nor_written() 
             reads.append(name)
             return {"metadata": {"name": name, "uid": "u"}, "status": status}
 
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, Reads()), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator(Reads())
     body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1}}
     same = await reconcile._write_status(op, "Agent", body, wanted, extra, known=status)
     assert same is not None
@@ -207,10 +206,7 @@ async def test_a_status_written_is_remembered_as_the_server_keeps_it() -> None:
             patches.append(status)
             return {"metadata": {"name": name, "uid": "u"}, "status": status}
 
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, Writes()), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator(Writes())
     body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1}}
     wanted = [Cond("Deployed", True, "Available")]
     extra = {"configHash": "abc", "replicas": 1}
@@ -274,10 +270,7 @@ async def test_a_dependency_that_leaves_the_config_as_applied_costs_no_request(
         def __getattr__(self, name: str) -> Any:
             raise AssertionError(f"a request: {name}")
 
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, NoRequests()), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator(NoRequests())
     body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 2}}
     views = Views(tenants={}, prompts={}, tools={}, agents={}, dependents={}, agents_by_namespace={})
     resolved = {"type": "ConfigResolved", "status": "True"}
@@ -355,10 +348,7 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
     monkeypatch.setattr(reconcile, "agent_url", lambda config, build: "http://helper")
     monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
     kube = _Recorder()
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, kube), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator(kube)
     key = ("tenant-acme", "helper")
     body: dict[str, Any] = {
         "apiVersion": "agentplane.io/v1alpha1", "kind": "Agent",
@@ -433,10 +423,7 @@ async def test_an_agent_is_reconciled_once_a_generation_and_a_failed_reconcile_r
 
     monkeypatch.setattr(reconcile, "reconcile_agent", record)
     monkeypatch.setattr(handlers, "RETRY_DELAYS", (0.01,))
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, None), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator()
     key: Key = ("tenant-acme", "helper")
 
     def generation(n: int) -> Manifest:
@@ -487,10 +474,7 @@ def test_a_namespace_s_prompts_and_tools_are_read_from_its_own_index_entry() -> 
 def test_a_watched_child_edited_or_deleted_by_someone_else_is_drift() -> None:
     """Events of an Agent's Service and ConfigMap ask for a reconcile only when they show the child
     otherwise than this instance last planned it: its own writes' events cost nothing."""
-    op = Operator(
-        settings=cast(Any, None), kube=cast(Any, None), vectors=cast(Any, None), redis=cast(Any, None),
-        db=cast(Any, None), metrics=Metrics(), build=cast(Any, None), http=cast(Any, None),
-    )  # fmt: skip
+    op = _operator()
     key = ("tenant-acme", "helper")
     planned: Manifest = {
         "kind": "ConfigMap", "metadata": {"name": "agent-helper", "labels": {"a": "b"}}, "data": {"k": "v"}

@@ -33,6 +33,9 @@ V = TypeVar("V")
 logger = logging.getLogger(__name__)
 
 
+_AGENT_PRIORITY: dict[str, int] = {"event": 1, "dependency": 1, "child": 2, "resync": 3}
+
+
 def request_priority(kind: str, cause: Cause) -> int:
     """Whose API requests go first when many wait (`kube.PRIORITY`, lower first). First a change of
     a Tenant, Prompt or Tool: few, each with many Agents waiting on it. Then a change of an Agent or
@@ -42,7 +45,7 @@ def request_priority(kind: str, cause: Cause) -> int:
     change of it does not wait behind every Agent."""
     if kind != "Agent":
         return 1 if cause == "resync" else 0
-    return {"event": 1, "dependency": 1, "child": 2, "resync": 3}[cause]
+    return _AGENT_PRIORITY[cause]
 
 
 @dataclass

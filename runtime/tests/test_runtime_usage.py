@@ -10,17 +10,21 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis
 from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.db import UsageRecord
+from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
+from agentplane_runtime.quotas import WINDOW_SECONDS
 from support.fake_llm import FakeLLM, error, reply, stream_error
 from support.service_fixtures import unavailable
 from support.services import Server, ServiceUnavailable, start_postgres, wait_port
@@ -90,6 +94,48 @@ async def test_every_request_writes_one_usage_row(settings: Settings, fake_llm: 
     assert refused.request_id == "bad-one"
     assert refused.prompt_tokens == 0
     assert all(r.tenant == tenant and r.agent == "helper" for r in found)
+
+
+async def test_a_plain_answer_is_sent_before_its_settlement_which_still_lands(
+    settings: Settings, fake_llm: FakeLLM, redis_server: Server
+) -> None:
+    """The caller has the answer while its quota settlement (one Redis round trip, carrying the usage
+    record) is still under way; the settlement and the record land after it."""
+    tenant = tenant_name()
+    limits = QuotaLimits(tenant, tokens_per_minute=100_000, requests_per_minute=1000, monthly_budget_usd=0)
+    redis = Redis.from_url(redis_server.url)
+    await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
+    async with serve(settings, make_config(tenant)) as served:
+        gate = served.runtime.chat.quota
+        gate.clock = lambda: 1_900_000_020.0
+        counter = f"agentplane:quota:{tenant}:tpm:{1_900_000_020 // WINDOW_SECONDS}"
+        settling = asyncio.Event()
+        release = asyncio.Event()
+        settle = gate.settle
+
+        async def held(*args: Any, **kwargs: Any) -> bool:
+            settling.set()
+            await release.wait()
+            return await settle(*args, **kwargs)
+
+        gate.settle = held  # type: ignore[method-assign]
+        fake_llm.script("gpt-4o-mini", [reply("settled later", prompt_tokens=30, completion_tokens=5)])
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        # a deadline against a hang, not a measure: before this change the answer waited for `release`
+        answer = await asyncio.wait_for(
+            client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}]), 30
+        )
+        await client.close()
+        assert answer.choices[0].message.content == "settled later"
+        assert settling.is_set()  # the settlement had begun, and is held
+        reserved = int(await redis.get(counter) or 0)
+        assert reserved > 35  # the reservation (prompt and max_tokens) still counts, not what was used
+        assert await rows(served, tenant) == []
+        release.set()
+        (row,) = await wait_for_rows(served, tenant, 1)
+        assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 30, 5)
+        assert int(await redis.get(counter) or 0) == 35  # settled to what was used
+    await redis.aclose()
 
 
 @pytest.fixture

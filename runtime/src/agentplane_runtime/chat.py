@@ -15,7 +15,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from agentplane_platform.config import AgentConfig, ResolvedKnowledge, ResolvedTool
 from agentplane_runtime.agents import AgentContext
@@ -384,7 +385,9 @@ class ChatService:
         state.deadline = time.monotonic() + config.limits.timeout_seconds
         labels = (config.tenant, config.agent)
         self.metrics.active.labels(*labels).inc()
-        streaming = False
+        handed_over = False
+        # once a response is handed over, it finishes the request: a plain answer after its body is
+        # sent (`_Answer`), a stream at its end (`_events`); else the request is finished here
         try:
             named = conversation_id(conversation, body)
             if named is not None:
@@ -392,9 +395,10 @@ class ChatService:
             prepared = await self._prepare(state, body)
             if body.stream:
                 response = await self._stream(state, body, prepared)
-                streaming = True
-                return response
-            return await self._answer(state, prepared)
+            else:
+                response = await self._answer(state, prepared)
+            handed_over = True
+            return response
         except QuotaExceeded as exc:
             raise await self._refused(state, exc) from None
         except ApiError as exc:
@@ -408,7 +412,7 @@ class ChatService:
             state.status, state.http_status, state.error_type = "error", 500, type(exc).__name__
             raise ApiError(500, "internal error", type="api_error") from None
         finally:
-            if not streaming:
+            if not handed_over:
                 with anyio.CancelScope(shield=True):
                     await self._finish(state)
 
@@ -612,7 +616,7 @@ class ChatService:
             },
             "agentplane": state.metadata(),
         }
-        return Response(orjson.dumps(body), media_type="application/json", headers=self._headers(state))
+        return _Answer(orjson.dumps(body), headers=self._headers(state), finish=lambda: self._finish(state))
 
     async def _first_call(self, state: RequestState, prepared: Prepared) -> Attempt:
         """The request's first LLM call, made before any byte of the response (so its failure is the
@@ -1024,6 +1028,26 @@ class ChatService:
         except Exception as exc:  # a bug here must not turn the answer into an error
             log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
         return False
+
+
+class _Answer(Response):
+    """A plain answer that finishes its request (metrics, the quota's settlement, the usage record)
+    once its body is sent, or failed to be, so the caller does not wait for that bookkeeping."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, content: bytes, *, headers: dict[str, str], finish: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(content, headers=headers)
+        self._finish = finish
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish()
 
 
 def quota_error(exc: QuotaExceeded) -> ApiError:

@@ -16,9 +16,11 @@ usage metering), and four targets, each one chat request with `max_tokens` 16:
 The load generator is wrk (C, `apt-get install wrk`), so it is not the bottleneck: one thread, a
 fixed number of connections (the concurrency) for `--seconds` each, after a warm-up. CPU per request
 is the server process's (and its children's) user + system time over the run, divided by the
-requests answered.
+requests answered. Every target is loaded once per round, `--rounds` times in turn; each figure is the
+median round, and the ratios are taken within each round (its targets loaded a minute apart at
+most), so a drift of a shared machine's speed shows as the rounds' range instead of as a ratio.
 
-    uv run python loadtests/bench_runtime.py [--seconds 10] [--concurrency 1,16] [--audit on|off]
+    uv run python loadtests/bench_runtime.py [--seconds 5] [--rounds 3] [--concurrency 1,16] [--audit on|off]
 
 `--audit off` starts the runtime with its audit trail off (`AGENTPLANE_AUDIT=false`), to compare. A
 plain chat writes no audit record; the `agentplane-401` row shows what recording one costs.
@@ -186,12 +188,78 @@ def ttft(url: str, headers: dict[str, str], requests: int) -> tuple[float, float
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _spread(values: list[float], unit: str) -> str:
+    """`values` of the rounds as `median (low-high)`; the median alone for one round."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}{unit}"
+    return f"{_median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+
+
+def report(
+    rounds: list[dict[tuple[str, int], Run]],
+    firsts: list[dict[str, tuple[float, float]]],
+    levels: list[int],
+    chosen: list[str],
+    args: argparse.Namespace,
+) -> None:
+    """Each target's round of median requests/s; the ratios of agentplane to the forwarder and to
+    LiteLLM's proxy within each round (both sides loaded minutes apart at most), as their median and
+    range over the rounds."""
+    print(
+        f"\nwrk, {args.seconds} s per run, {len(rounds)} rounds, {os.cpu_count()} cores, audit {args.audit}"
+    )
+    print("each row: the round of median requests/s; `rounds`: every round's requests/s")
+    print(
+        f"{'target':<15} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms/req':>10} {'errors':>6}"
+        "  rounds"
+    )
+    for c in levels:
+        for name in chosen:
+            runs = sorted((each[name, c] for each in rounds), key=lambda run: run.rps)
+            run = runs[(len(runs) - 1) // 2]
+            print(
+                f"{name:<15} {c:>4} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rps:>8.0f} "
+                f"{run.cpu_ms:>10.2f} {run.errors:>6}  {' '.join(f'{each[name, c].rps:.0f}' for each in rounds)}"
+            )
+    if firsts:
+        print("\nstreamed, requests in a row: time to the first token, the median of the rounds' p50 and p99")
+        print(f"{'target':<15} {'p50 ms':>8} {'p99 ms':>8}")
+        for name in firsts[0]:
+            p50 = _median([each[name][0] for each in firsts])
+            p99 = _median([each[name][1] for each in firsts])
+            print(f"{name:<15} {p50:>8.2f} {p99:>8.2f}")
+        if {"forwarder", "agentplane"} <= firsts[0].keys():
+            gaps = [each["agentplane"][0] - each["forwarder"][0] for each in firsts]
+            print(f"agentplane's time to first token (p50) from the forwarder's: {_spread(gaps, ' ms')}")
+    if not {"agentplane", "forwarder", "litellm-proxy"} <= set(chosen):
+        return
+    for c in levels:
+        to_limit = [each["agentplane", c].rps / each["forwarder", c].rps for each in rounds]
+        to_proxy = [each["agentplane", c].rps / each["litellm-proxy", c].rps for each in rounds]
+        print(
+            f"concurrency {c}: agentplane serves {_spread(to_limit, 'x')} the forwarder's requests/s "
+            f"and {_spread(to_proxy, 'x')} LiteLLM proxy's (median of the rounds, their range)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--seconds", type=int, default=10, help="how long each target is loaded at each concurrency"
+        "--seconds", type=int, default=5, help="how long each target is loaded at each concurrency, per round"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="how many times every target is loaded in turn; each figure is the median round",
     )
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--audit", choices=("on", "off"), default="on")
@@ -393,45 +461,26 @@ def main() -> None:
                 proxy.pid,
             ),
         }
-        results: dict[tuple[str, int], Run] = {}
-        for concurrency in levels:
-            for name in chosen:
-                url, headers, pid = targets[name]
-                profile = args.profile if name == "agentplane" and concurrency == levels[0] else None
-                results[name, concurrency] = wrk(url, headers, concurrency, args.seconds, pid, work, profile)
-        print(f"\nwrk, {args.seconds} s per run, {os.cpu_count()} cores, audit {args.audit}")
-        print(
-            f"{'target':<15} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms/req':>10} {'errors':>6}"
-        )
-        for (name, c), run in results.items():
-            print(
-                f"{name:<15} {c:>4} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rps:>8.0f} "
-                f"{run.cpu_ms:>10.2f} {run.errors:>6}"
-            )
+        rounds: list[dict[tuple[str, int], Run]] = []
+        firsts: list[dict[str, tuple[float, float]]] = []
         streamed = [name for name in ("forwarder", "agentplane", "litellm-proxy") if name in chosen]
-        if args.ttft_requests and streamed:
-            print(f"\nstreamed, {args.ttft_requests} requests in a row: time to the first token")
-            print(f"{'target':<15} {'p50 ms':>8} {'p99 ms':>8}")
-            first: dict[str, float] = {}
-            for name in streamed:
-                url, headers, _ = targets[name]
-                first[name], p99 = ttft(url, headers, args.ttft_requests)
-                print(f"{name:<15} {first[name]:>8.2f} {p99:>8.2f}")
-            if {"forwarder", "agentplane"} <= first.keys():
-                print(
-                    f"agentplane's time to first token is {first['agentplane'] - first['forwarder']:+.2f} ms "
-                    "from the forwarder's (p50)"
-                )
-        for c in levels if {"agentplane", "forwarder", "litellm-proxy"} <= set(chosen) else []:
-            ours, limit, proxy_run = (
-                results["agentplane", c],
-                results["forwarder", c],
-                results["litellm-proxy", c],
-            )
-            print(
-                f"concurrency {c}: agentplane serves {ours.rps / limit.rps:.2f}x the forwarder's requests/s "
-                f"and {ours.rps / proxy_run.rps:.2f}x LiteLLM proxy's"
-            )
+        for number in range(args.rounds):
+            # every target once per round, the rounds one after another: a drift of the machine's speed
+            # meets every target alike, and the spread of the rounds shows how much it moved
+            results: dict[tuple[str, int], Run] = {}
+            for concurrency in levels:
+                for name in chosen:
+                    url, headers, pid = targets[name]
+                    first_load = number == 0 and name == "agentplane" and concurrency == levels[0]
+                    profile = args.profile if first_load else None
+                    results[name, concurrency] = wrk(
+                        url, headers, concurrency, args.seconds, pid, work, profile
+                    )
+            rounds.append(results)
+            if args.ttft_requests:
+                firsts.append({name: ttft(*targets[name][:2], args.ttft_requests) for name in streamed})
+            print(f"round {number + 1} of {args.rounds} done", file=sys.stderr)
+        report(rounds, firsts, levels, chosen, args)
     finally:
         for process in reversed(processes):  # the fake upstream (the trace sink) last
             process.terminate()

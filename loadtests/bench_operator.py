@@ -25,7 +25,11 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
   - one Prompt change per tenant (a new default of its variable changes every dependent's config):
     the time until every Agent shows its new config hash (`--tenants 1 --agents 1000`: one Prompt
     with 1,000 dependents);
-  - the operator's peak memory (RSS).
+  - the operator's memory: its peak (RSS), and what it holds once idle after converging;
+  - with `--heap FILE` (best with `--only operator`), what that memory is: the operator runs under
+    `loadtests/operator_heap.py` (tracemalloc, started after its imports), and once every Agent is
+    Ready a snapshot of its live heap goes to FILE, summed here by where it was allocated. Tracing
+    slows the operator several times over: such a run measures memory, not time.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -206,6 +211,38 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mib(pid: int) -> float:
+    """The process's resident memory now (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _heap_snapshot(operator: OperatorProcess, path: Path, agents: int) -> list[str]:
+    """Signal the operator (run by `operator_heap.py`) to write its live heap to `path`; the lines
+    that sum it up: the total and per Agent, then the allocation sites holding the most."""
+    path.unlink(missing_ok=True)
+    operator.process.send_signal(signal.SIGUSR2)
+    wait_for("the operator's heap snapshot", path.exists, timeout=600, interval=1)
+    snapshot = tracemalloc.Snapshot.load(str(path))
+    by_line = snapshot.statistics("lineno")
+    total = sum(s.size for s in by_line)
+    lines = [
+        f"live heap made while running: {total / 2**20:.1f} MiB in {sum(s.count for s in by_line):,} blocks, "
+        f"{total / agents / 1024:.0f} KiB per Agent"
+    ]
+    for stat in snapshot.statistics("filename")[:6]:
+        where = stat.traceback[0].filename.split("site-packages/")[-1].split("/src/")[-1]
+        lines.append(f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {where}")
+    lines.append("  the allocation sites holding the most:")
+    for stat in by_line[:6]:
+        frame = stat.traceback[0]
+        where = frame.filename.split("site-packages/")[-1].split("/src/")[-1]
+        lines.append(f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {where}:{frame.lineno}")
+    return lines
 
 
 def _api_requests(cluster: Cluster) -> dict[tuple[str, str, str], float]:
@@ -423,9 +460,12 @@ class OperatorFigures:
     idle_wait: float
     propagated: float
     dependents: int
+    start_mib: float
     peak_mib: float
+    idle_mib: float
     cpu_converged: float
     cpu_propagated: float
+    heap: list[str]
 
 
 def run_operator(
@@ -438,6 +478,7 @@ def run_operator(
     resync: float,
     profile: Path | None,
     keep_log: Path | None = None,
+    heap: Path | None = None,
 ) -> OperatorFigures:
     redis_url, database_url = services
     with running_cluster(work / "operator", REPO / "specs" / "crds", client_rates=rates) as cluster:
@@ -446,8 +487,11 @@ def run_operator(
         operator = start_operator(
             cluster, kubeconfig, work, redis_url=redis_url, database_url=database_url,
             qdrant_path=work / "qdrant", resync_seconds=resync,
+            extra_env={"AGENTPLANE_BENCH_HEAP_SNAPSHOT": str(heap)} if heap else None,
+            launcher=REPO / "loadtests" / "operator_heap.py" if heap else None,
         )  # fmt: skip
         agents = Watch(cluster, "agents", READY_AND_CONFIG)  # before the Agents exist
+        start_mib = _rss_mib(operator.process.pid)  # its imports, and no object yet
         try:
             names = layout.names
             with _profiling(operator.process.pid, profile):
@@ -487,6 +531,7 @@ def run_operator(
                 if (r, sub, verb) == ("agents", "", "PATCH")
             )
             peak_mib = _peak_rss_mib(operator.process.pid)
+            held = _heap_snapshot(operator, heap, layout.total) if heap else []
 
             # An idle resync: nothing changed, every timer fires once more.
             def counted() -> dict[str, float]:
@@ -505,6 +550,7 @@ def run_operator(
             time.sleep(idle_wait)
             after = counted()
             idle = {k: after[k] - before[k] for k in before}
+            idle_mib = _rss_mib(operator.process.pid)
 
             # One Prompt change per tenant: a new default of its variable changes every dependent's config.
             prompt_profile = profile.with_suffix(".prompt" + profile.suffix) if profile else None
@@ -541,8 +587,8 @@ def run_operator(
             if keep_log is not None:
                 keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(
-        applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), peak_mib,
-        cpu_converged, cpu_propagated,
+        applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), start_mib,
+        peak_mib, idle_mib, cpu_converged, cpu_propagated, held,
     )  # fmt: skip
 
 
@@ -562,6 +608,13 @@ def main() -> int:
         help="py-spy the operator while it converges (and into FILE.prompt.EXT while a Prompt change propagates)",
     )
     parser.add_argument("--operator-log", type=Path, default=None, help="keep the operator's log there")
+    parser.add_argument(
+        "--heap",
+        type=Path,
+        default=None,
+        help="trace the operator's heap (slow: memory, not time) and snapshot it into FILE once every Agent "
+        "is Ready",
+    )
     args = parser.parse_args()
     layout = Layout(args.tenants, args.agents)
     rates = RATES[args.rates]
@@ -590,6 +643,7 @@ def main() -> int:
                     args.resync,
                     args.profile,
                     args.operator_log,
+                    args.heap,
                 )
                 if args.only != "limit"
                 else None
@@ -626,7 +680,12 @@ def main() -> int:
         print(f"  total writes per Agent         {(f.own + f.kopf) / n:6.2f}")
         idle = ", ".join(f"{k} {int(v)}" for k, v in f.idle_writes.items())
         print(f"  requests in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
-        print(f"  operator peak memory (RSS)     {f.peak_mib:6.0f} MiB")
+        traced = " (tracemalloc's own records included)" if f.heap else ""
+        print(
+            f"  operator peak memory (RSS)     {f.peak_mib:6.0f} MiB; {f.idle_mib:.0f} MiB once idle{traced}"
+        )
+        for line in f.heap:
+            print(f"  {line}")
         print(
             f"  {layout.tenants} Prompt change(s) -> all {f.dependents} dependents' new config hash: "
             f"{f.propagated:.1f} s ({f.cpu_propagated:.1f} s of CPU)"

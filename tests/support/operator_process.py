@@ -156,8 +156,10 @@ def start_operator(
     qdrant_path: Path,
     resync_seconds: float = 300.0,
     extra_env: dict[str, str] | None = None,
+    launcher: Path | None = None,
 ) -> OperatorProcess:
-    """Start the operator and wait until it serves `/healthz`."""
+    """Start the operator and wait until it serves `/healthz`; `launcher`: a Python file that runs the
+    operator in its place (`python -m agentplane_operator`), given the same arguments."""
     port = free_port()
     log = workdir / f"operator-{port}.log"
     env = {
@@ -171,7 +173,7 @@ def start_operator(
     }  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agentplane_operator", "run"],
+            [sys.executable, *([str(launcher)] if launcher else ["-m", "agentplane_operator"]), "run"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

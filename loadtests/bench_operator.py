@@ -682,7 +682,8 @@ def main() -> int:
         print(f"  requests in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
         traced = " (tracemalloc's own records included)" if f.heap else ""
         print(
-            f"  operator peak memory (RSS)     {f.peak_mib:6.0f} MiB; {f.idle_mib:.0f} MiB once idle{traced}"
+            f"  operator memory (RSS)          {f.peak_mib:6.0f} MiB at its peak; {f.idle_mib:.0f} MiB once idle, "
+            f"{f.start_mib:.0f} MiB at its start{traced}"
         )
         for line in f.heap:
             print(f"  {line}")

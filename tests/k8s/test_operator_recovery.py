@@ -166,6 +166,11 @@ def test_two_replicas_one_active(env: Env) -> None:
         assert done[0] == 0  # the standby did nothing
         assert done[1] >= 1
         delete_tenants(k8s, "duo")
+        # SIGTERM: kopf stops, and the process exits 0 without the interpreter's teardown, its log
+        # written to the end
+        first.stop()
+        assert first.process.returncode == 0
+        assert first.log_text().rstrip().splitlines()[-1].endswith("the operator stopped")
     finally:
         first.stop()
         if second is not None:

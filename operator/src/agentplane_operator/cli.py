@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import kopf
 import uvloop
@@ -20,7 +22,7 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 """`operator/deploy/` in a source checkout."""
 
 
-def _run(verbose: bool) -> int:
+def _run(verbose: bool) -> NoReturn:
     from agentplane_operator.handlers import build_registry
     from agentplane_operator.settings import OperatorSettings
 
@@ -43,7 +45,13 @@ def _run(verbose: bool) -> int:
             standalone=settings.standalone,
             peering_name=settings.peering_name(),
         )
-    return 0
+    # kopf has stopped, and said goodbye to its peers. The interpreter's own teardown would free the
+    # watched objects one by one: about 10 s of a core at 5,000 Agents, the pod Terminating meanwhile.
+    logging.getLogger("agentplane.operator").info("the operator stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

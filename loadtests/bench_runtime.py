@@ -290,6 +290,8 @@ def main() -> None:
         sys.exit(f"bench_runtime: no target named {', '.join(unknown)} (the targets: {', '.join(TARGETS)})")
     if shutil.which("wrk") is None:
         sys.exit("bench_runtime: wrk is missing (the load generator): apt-get install wrk")
+    if args.rounds < 1:
+        parser.error("--rounds is at least 1")
     levels = [int(c) for c in args.concurrency.split(",")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     work = Path(tempfile.mkdtemp(prefix="agentplane-bench-"))

@@ -205,20 +205,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """The process's peak resident memory (VmHWM), MiB."""
+def _memory_mib(pid: int, field: str) -> float:
+    """A memory field of the process's /proc status, MiB: `VmRSS` (resident now), `VmHWM` (its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    return _memory_mib(pid, "VmHWM")
 
 
 def _rss_mib(pid: int) -> float:
-    """The process's resident memory now (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _memory_mib(pid, "VmRSS")
+
+
+def _short(filename: str) -> str:
+    """A traced file's name from its package on (no site-packages or source-tree prefix)."""
+    return filename.split("site-packages/")[-1].split("/src/")[-1]
 
 
 def _heap_snapshot(operator: OperatorProcess, path: Path, agents: int) -> list[str]:
@@ -235,13 +240,15 @@ def _heap_snapshot(operator: OperatorProcess, path: Path, agents: int) -> list[s
         f"{total / agents / 1024:.0f} KiB per Agent"
     ]
     for stat in snapshot.statistics("filename")[:6]:
-        where = stat.traceback[0].filename.split("site-packages/")[-1].split("/src/")[-1]
-        lines.append(f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {where}")
+        lines.append(
+            f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {_short(stat.traceback[0].filename)}"
+        )
     lines.append("  the allocation sites holding the most:")
     for stat in by_line[:6]:
         frame = stat.traceback[0]
-        where = frame.filename.split("site-packages/")[-1].split("/src/")[-1]
-        lines.append(f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {where}:{frame.lineno}")
+        lines.append(
+            f"  {stat.size / 2**20:7.1f} MiB {stat.count:>9,} blocks  {_short(frame.filename)}:{frame.lineno}"
+        )
     return lines
 
 

@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import httpx
 import psutil
@@ -188,17 +189,11 @@ def ttft(url: str, headers: dict[str, str], requests: int) -> tuple[float, float
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def _spread(values: list[float], unit: str) -> str:
     """`values` of the rounds as `median (low-high)`; the median alone for one round."""
     if len(values) == 1:
         return f"{values[0]:.2f}{unit}"
-    return f"{_median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+    return f"{median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
 
 
 def report(
@@ -231,8 +226,8 @@ def report(
         print("\nstreamed, requests in a row: time to the first token, the median of the rounds' p50 and p99")
         print(f"{'target':<15} {'p50 ms':>8} {'p99 ms':>8}")
         for name in firsts[0]:
-            p50 = _median([each[name][0] for each in firsts])
-            p99 = _median([each[name][1] for each in firsts])
+            p50 = median([each[name][0] for each in firsts])
+            p99 = median([each[name][1] for each in firsts])
             print(f"{name:<15} {p50:>8.2f} {p99:>8.2f}")
         if {"forwarder", "agentplane"} <= firsts[0].keys():
             gaps = [each["agentplane"][0] - each["forwarder"][0] for each in firsts]
@@ -480,7 +475,9 @@ def main() -> None:
                     )
             rounds.append(results)
             if args.ttft_requests:
-                firsts.append({name: ttft(*targets[name][:2], args.ttft_requests) for name in streamed})
+                firsts.append(
+                    {name: ttft(targets[name][0], targets[name][1], args.ttft_requests) for name in streamed}
+                )
             print(f"round {number + 1} of {args.rounds} done", file=sys.stderr)
         report(rounds, firsts, levels, chosen, args)
     finally:

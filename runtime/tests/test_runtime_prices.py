@@ -5,25 +5,31 @@ per minute and budget like chat calls."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import httpx
 import litellm
 import openai
 import pytest
-from redis.asyncio import Redis
-from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
+from runtime_support import (
+    MINUTE,
+    Served,
+    counters,
+    limit,
+    make_config,
+    parse_metrics,
+    scrape,
+    serve,
+    tenant_name,
+    total,
+)
 from sqlalchemy import select
 from test_runtime_audit import audited, wait_for_records
 
 from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import UsageRecord
-from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
 from agentplane_runtime.llm import Price, count_tokens, price_of
 from agentplane_runtime.offline import PRICE, offline_model
-from agentplane_runtime.quotas import WINDOW_SECONDS
 from support.example_specs import example_config, load_example_specs
 from support.fake_llm import FakeLLM, reply
 from support.services import Server
@@ -33,8 +39,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
 EMBEDDER = "openai/text-embedding-3-small"
 """The embedding model of `make_config`'s knowledge bases (litellm prices it)."""
-MINUTE = 1_900_000_020.0
-"""A fixed moment for the quota gate's clock: every counter of a test is in one window."""
 
 
 async def rows(served: Served, tenant: str, count: int) -> list[UsageRecord]:
@@ -49,27 +53,6 @@ async def rows(served: Served, tenant: str, count: int) -> list[UsageRecord]:
         return found if len(found) >= count else None
 
     return await wait_for_async(f"{count} usage rows of {tenant}", enough, 20, interval=0.05)
-
-
-async def limit(redis_server: Server, tenant: str, *, tokens: int = 100_000, budget: float = 10.0) -> None:
-    """The tenant's limits where the operator writes them."""
-    limits = QuotaLimits(
-        tenant, tokens_per_minute=tokens, requests_per_minute=1000, monthly_budget_usd=budget
-    )
-    redis = Redis.from_url(redis_server.url)
-    await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
-    await redis.aclose()
-
-
-async def counters(redis_server: Server, tenant: str) -> tuple[int, float]:
-    """The tenant's tokens this (fixed) minute, and its spend this month."""
-    window = int(MINUTE // WINDOW_SECONDS)
-    month = datetime.fromtimestamp(MINUTE, UTC).strftime("%Y-%m")
-    redis = Redis.from_url(redis_server.url)
-    tokens = await redis.get(f"agentplane:quota:{tenant}:tpm:{window}")
-    spend = await redis.get(f"agentplane:quota:{tenant}:spend:{month}")
-    await redis.aclose()
-    return int(tokens or 0), float(spend or 0)
 
 
 def with_prices(config: AgentConfig, prices: dict[str, ModelPrice]) -> AgentConfig:

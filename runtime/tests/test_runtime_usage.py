@@ -16,15 +16,23 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from redis.asyncio import Redis
-from runtime_support import Served, make_config, parse_metrics, scrape, serve, tenant_name, total
+from runtime_support import (
+    MINUTE,
+    Served,
+    counters,
+    limit,
+    make_config,
+    parse_metrics,
+    scrape,
+    serve,
+    tenant_name,
+    total,
+)
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.db import UsageRecord
-from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import Settings
-from agentplane_runtime.quotas import WINDOW_SECONDS
 from support.fake_llm import FakeLLM, error, reply, stream_error
 from support.service_fixtures import unavailable
 from support.services import Server, ServiceUnavailable, start_postgres, wait_port
@@ -102,13 +110,10 @@ async def test_a_plain_answer_is_sent_before_its_settlement_which_still_lands(
     """The caller has the answer while its quota settlement (one Redis round trip, carrying the usage
     record) is still under way; the settlement and the record land after it."""
     tenant = tenant_name()
-    limits = QuotaLimits(tenant, tokens_per_minute=100_000, requests_per_minute=1000, monthly_budget_usd=0)
-    redis = Redis.from_url(redis_server.url)
-    await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
+    await limit(redis_server, tenant)
     async with serve(settings, make_config(tenant)) as served:
         gate = served.runtime.chat.quota
-        gate.clock = lambda: 1_900_000_020.0
-        counter = f"agentplane:quota:{tenant}:tpm:{1_900_000_020 // WINDOW_SECONDS}"
+        gate.clock = lambda: MINUTE
         settling = asyncio.Event()
         release = asyncio.Event()
         settle = gate.settle
@@ -128,14 +133,13 @@ async def test_a_plain_answer_is_sent_before_its_settlement_which_still_lands(
         await client.close()
         assert answer.choices[0].message.content == "settled later"
         assert settling.is_set()  # the settlement had begun, and is held
-        reserved = int(await redis.get(counter) or 0)
+        reserved, _ = await counters(redis_server, tenant)
         assert reserved > 35  # the reservation (prompt and max_tokens) still counts, not what was used
         assert await rows(served, tenant) == []
         release.set()
         (row,) = await wait_for_rows(served, tenant, 1)
         assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 30, 5)
-        assert int(await redis.get(counter) or 0) == 35  # settled to what was used
-    await redis.aclose()
+        assert (await counters(redis_server, tenant))[0] == 35  # settled to what was used
 
 
 @pytest.fixture

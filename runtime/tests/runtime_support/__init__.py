@@ -8,7 +8,7 @@ import ipaddress
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 import httpx
@@ -16,12 +16,15 @@ import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from agentplane_platform.config import AgentConfig
 from agentplane_platform.keys import create_api_key
+from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime import AgentRegistry, Runtime, Settings, create_app
-from agentplane_runtime.quotas import LimitsSource
+from agentplane_runtime.quotas import WINDOW_SECONDS, LimitsSource
 from support.ports import free_port
+from support.services import Server
 from support.waiting import wait_until_serving
 
 __all__ = [
@@ -210,3 +213,28 @@ async def scrape(url: str) -> str:
         response = await http.get(f"{url}/metrics")
     assert response.status_code == 200, response.text
     return response.text
+
+
+MINUTE = 1_900_000_020.0
+"""A fixed moment for the quota gate's clock: every counter of a test is in one window."""
+
+
+async def limit(redis_server: Server, tenant: str, *, tokens: int = 100_000, budget: float = 10.0) -> None:
+    """The tenant's limits where the operator writes them."""
+    limits = QuotaLimits(
+        tenant, tokens_per_minute=tokens, requests_per_minute=1000, monthly_budget_usd=budget
+    )
+    redis = Redis.from_url(redis_server.url)
+    await redis.hset(f"agentplane:quota:{tenant}:limits", mapping=dict(limits.redis_fields()))  # type: ignore[arg-type]
+    await redis.aclose()
+
+
+async def counters(redis_server: Server, tenant: str) -> tuple[int, float]:
+    """The tenant's tokens this (fixed) minute, and its spend this month."""
+    window = int(MINUTE // WINDOW_SECONDS)
+    month = datetime.fromtimestamp(MINUTE, UTC).strftime("%Y-%m")
+    redis = Redis.from_url(redis_server.url)
+    tokens = await redis.get(f"agentplane:quota:{tenant}:tpm:{window}")
+    spend = await redis.get(f"agentplane:quota:{tenant}:spend:{month}")
+    await redis.aclose()
+    return int(tokens or 0), float(spend or 0)

@@ -1,15 +1,19 @@
-"""What keeps the operator fast and its writes few with many Agents: requests handed to httpx only as
-fast as its pool has connections, and Deployment events that queued on an Agent's lock reconciled
+"""What keeps the operator fast and its writes few with many Agents: no more requests in flight than
+its client has connections, and Deployment events that queued on an Agent's lock reconciled
 with the newest Deployment the watch showed, not each with its own (older) one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import kopf
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from agentplane_operator import handlers, reconcile
 from agentplane_operator.conditions import Cond, merge_patched
@@ -27,22 +31,39 @@ def _operator(kube: object = None) -> Operator:
     )  # fmt: skip
 
 
+@asynccontextmanager
+async def api_server(answer: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """A server on loopback answering every request with `answer`: the API server, as far as `Kube`
+    can tell. Yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("/")).rstrip("/")
+    finally:
+        await server.close()
+
+
+CONFIG_MAP = {"kind": "ConfigMap", "metadata": {"name": "x"}}
+
+
 @pytest.mark.asyncio
 async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
     in_flight = most = 0
 
-    async def answer(request: httpx.Request) -> httpx.Response:
+    async def answer(request: web.Request) -> web.Response:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
-        return httpx.Response(200, json={"kind": "ConfigMap", "metadata": {"name": "x"}})
+        return web.json_response(CONFIG_MAP)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
-    kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None, concurrency=4)
-    found = await asyncio.gather(*(kube.get("ConfigMap", f"c{i}", "ns") for i in range(40)))
-    await kube.close()
+    async with api_server(answer) as url:
+        kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None, concurrency=4)
+        found = await asyncio.gather(*(kube.get("ConfigMap", f"c{i}", "ns") for i in range(40)))
+        await kube.close()
     assert len(found) == 40
     assert all(f is not None for f in found)
     assert most == 4
@@ -55,35 +76,35 @@ async def test_requests_waiting_for_a_connection_go_by_priority_then_in_order() 
     release = asyncio.Event()
     sent: list[str] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path.rsplit("/", 1)[-1])
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.path.rsplit("/", 1)[-1])
         if len(sent) == 1:
             await release.wait()  # the one connection is busy until the queue has formed
-        return httpx.Response(200, json={"kind": "ConfigMap", "metadata": {"name": "x"}})
+        return web.json_response(CONFIG_MAP)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
-    kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None, concurrency=1)
-    op = _operator(kube)
+    async with api_server(answer) as url:
+        kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None, concurrency=1)
+        op = _operator(kube)
 
-    async def read(kind: str, name: str, cause: Cause) -> None:
-        async with op.reconciling(kind, name, "tenant-acme", cause):
-            await kube.get("ConfigMap", name, "tenant-acme")
+        async def read(kind: str, name: str, cause: Cause) -> None:
+            async with op.reconciling(kind, name, "tenant-acme", cause):
+                await kube.get("ConfigMap", name, "tenant-acme")
 
-    first = asyncio.create_task(read("Agent", "busy", "child"))
-    while not sent:
-        await asyncio.sleep(0)
-    queued = [
-        ("Agent", "resync-1", "resync"), ("Agent", "rollout-1", "child"), ("Agent", "resync-2", "resync"),
-        ("Agent", "changed", "event"), ("Prompt", "greeting", "event"), ("Agent", "rollout-2", "child"),
-        ("Agent", "dependent", "dependency"), ("Tool", "search", "resync"),
-    ]  # fmt: skip
-    tasks = []
-    for kind, name, cause in queued:
-        tasks.append(asyncio.create_task(read(kind, name, cast(Cause, cause))))
-        await asyncio.sleep(0)  # each in line before the next comes
-    release.set()
-    await asyncio.gather(first, *tasks)
-    await kube.close()
+        first = asyncio.create_task(read("Agent", "busy", "child"))
+        while not sent:
+            await asyncio.sleep(0)
+        queued = [
+            ("Agent", "resync-1", "resync"), ("Agent", "rollout-1", "child"), ("Agent", "resync-2", "resync"),
+            ("Agent", "changed", "event"), ("Prompt", "greeting", "event"), ("Agent", "rollout-2", "child"),
+            ("Agent", "dependent", "dependency"), ("Tool", "search", "resync"),
+        ]  # fmt: skip
+        tasks = []
+        for kind, name, cause in queued:
+            tasks.append(asyncio.create_task(read(kind, name, cast(Cause, cause))))
+            await asyncio.sleep(0)  # each in line before the next comes
+        release.set()
+        await asyncio.gather(first, *tasks)
+        await kube.close()
     assert sent == [
         "busy", "greeting", "changed", "dependent", "search", "rollout-1", "rollout-2", "resync-1", "resync-2",
     ]  # fmt: skip
@@ -227,24 +248,58 @@ async def test_a_status_written_is_remembered_as_the_server_keeps_it() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_client_reads_a_rotated_token_keeps_a_path_prefix_and_says_why_it_was_refused(
+    tmp_path: Path,
+) -> None:
+    """In a pod the service account's token is rotated under the operator: every request carries the
+    token as the file holds it then. An API server behind a proxy's path keeps that path, and a
+    refusal names the server's reason."""
+    seen: list[tuple[str, str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization", "")))
+        if request.method == "PATCH":
+            return web.json_response(
+                {"kind": "Status", "message": "the object has been modified"}, status=409
+            )
+        return web.json_response(CONFIG_MAP)
+
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    async with api_server(answer) as url:
+        kube = Kube(f"{url}/k8s/clusters/c-1/", field_manager="test", on_write=lambda kind, verb: None,
+                    token_file=token)  # fmt: skip
+        await kube.get("ConfigMap", "c", "ns")
+        token.write_text("second\n")
+        await kube.get("ConfigMap", "c", "ns")
+        with pytest.raises(KubeError, match="409 the object has been modified") as refused:
+            await kube.patch_status("Agent", "a", "ns", {"phase": "Ready"}, resource_version="7")
+        await kube.close()
+    assert refused.value.status == 409
+    path = "/k8s/clusters/c-1/api/v1/namespaces/ns/configmaps/c"
+    assert seen[:2] == [(path, "Bearer first"), (path, "Bearer second")]
+    assert seen[2][0] == "/k8s/clusters/c-1/apis/agentplane.io/v1alpha1/namespaces/ns/agents/a/status"
+
+
+@pytest.mark.asyncio
 async def test_a_new_objects_child_is_applied_without_reading_it_first() -> None:
     sent: list[str] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
+    async def answer(request: web.Request) -> web.Response:
         sent.append(request.method)
         if request.method == "GET":
-            return httpx.Response(404, json={"message": "not found"})
-        return httpx.Response(200, json={"kind": "ConfigMap", "metadata": {"name": "c"}})
+            return web.json_response({"message": "not found"}, status=404)
+        return web.json_response(CONFIG_MAP)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="https://api.test")
-    kube = Kube(client, field_manager="test", on_write=lambda kind, verb: None)
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
-    await kube.apply(manifest)
-    assert sent == ["GET", "PATCH"]
-    sent.clear()
-    await kube.apply(manifest, read=False)
-    assert sent == ["PATCH"]
-    await kube.close()
+    async with api_server(answer) as url:
+        kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None)
+        manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+        await kube.apply(manifest)
+        assert sent == ["GET", "PATCH"]
+        sent.clear()
+        await kube.apply(manifest, read=False)
+        assert sent == ["PATCH"]
+        await kube.close()
 
 
 @pytest.mark.asyncio

@@ -8,13 +8,11 @@ live object already holds every field we want: an unchanged reconcile makes no w
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import heapq
 import itertools
 import json
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -23,8 +21,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import kopf
+import orjson
 
 Manifest = dict[str, Any]
 
@@ -143,48 +142,8 @@ ReadHook = Callable[[str], None]
 """Called with the kind before every read request."""
 
 
-def _ssl_context(info: kopf.ConnectionInfo, workdir: Path) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    context = ssl.create_default_context()
-    if info.ca_path:
-        context.load_verify_locations(cafile=str(info.ca_path))
-    elif info.ca_data:
-        data = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
-        context.load_verify_locations(cadata=base64.b64decode(data).decode())
-
-    def material(path: object, data: str | bytes | None, name: str) -> str | None:
-        if path:
-            return str(path)
-        if data:
-            raw = base64.b64decode(data.encode() if isinstance(data, str) else data)
-            target = workdir / name
-            target.write_bytes(raw)
-            target.chmod(0o600)
-            return str(target)
-        return None
-
-    cert = material(info.certificate_path, info.certificate_data, "client.crt")
-    key = material(info.private_key_path, info.private_key_data, "client.key")
-    if cert:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-class _FileToken(httpx.Auth):
-    """Bearer token re-read on every request: projected service-account tokens rotate."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def auth_flow(self, request: httpx.Request) -> Any:
-        request.headers["Authorization"] = f"Bearer {self.path.read_text().strip()}"
-        yield request
-
-
 CONNECTIONS = 8
-"""Connections to the API server, and so requests in flight at once (httpcore checks every
-connection of its pool for each request it sends: with 32, that was a seventh of the CPU)."""
+"""Connections to the API server, and so requests in flight at once."""
 
 
 PRIORITY: ContextVar[int] = ContextVar("agentplane_request_priority", default=0)
@@ -231,27 +190,47 @@ class PrioritySlots:
 class Kube:
     """The operator's own API client: reads, server-side apply, deletes and status patches.
 
-    At most `concurrency` requests are handed to httpx at once; the others wait their turn here.
-    httpx's pool (httpcore) scans every queued request against every connection each time one is
-    sent or answered: with a thousand Agents reconciling at once, thousands of queued requests made
-    that scan most of the operator's CPU time. The turn goes by `PRIORITY`, then by arrival: with
-    thousands of Agent requests queued, a Prompt's reconcile (several requests one after the other,
-    its dependents waiting for it) took minutes when every request joined one line."""
+    It speaks HTTP with aiohttp, as kopf does: over the event loop's own TLS transport a request
+    costs a fraction of the CPU it did with httpx over anyio's TLS stream, and a thousand Agents'
+    children are thousands of requests (the operator's CPU in `loadtests/bench_operator.py`).
+    At most `concurrency` requests are sent at once, one per pooled connection; the others wait
+    their turn here. The turn goes by `PRIORITY`, then by arrival: with thousands of Agent requests
+    queued, a Prompt's reconcile (several requests one after the other, its dependents waiting for
+    it) took minutes when every request joined one line."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        server: str,
         *,
         field_manager: str,
         on_write: WriteHook,
         on_read: ReadHook | None = None,
         concurrency: int = CONNECTIONS,
+        tls: ssl.SSLContext | bool = True,
+        headers: Mapping[str, str] | None = None,
+        token_file: Path | None = None,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        timeout: float = 30.0,
     ) -> None:
-        self._client = client
+        """`server`: the API server's base URL (a path prefix, as some proxies have, is kept);
+        `tls`: the TLS context (client certificate, CA), False to skip verifying the server;
+        `token_file`: a bearer token read again for every request (projected service-account tokens
+        rotate); `proxy`, `trust_env`: an HTTP proxy, or the environment's; `timeout`: the longest
+        wait to connect, and for each read."""
+        self._base = server.rstrip("/")
         self.field_manager = field_manager
         self._on_write = on_write
         self._on_read = on_read
         self._slots = PrioritySlots(concurrency)
+        self._concurrency = concurrency
+        self._tls = tls
+        self._headers = dict(headers or {})
+        self._token_file = token_file
+        self._proxy = proxy
+        self._trust_env = trust_env
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def connect(
@@ -262,27 +241,38 @@ class Kube:
         on_write: WriteHook,
         on_read: ReadHook | None = None,
     ) -> Kube:
-        """A client for the same server and credentials kopf logged in with."""
-        workdir = Path(tempfile.mkdtemp(prefix="agentplane-operator-"))
-        auth: httpx.Auth | None = None
-        headers: dict[str, str] = {}
-        token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-        if info.token and token_file.exists() and token_file.read_text().strip() == info.token:
-            auth = _FileToken(token_file)
-        else:
-            headers = info.as_http_headers()
-        client = httpx.AsyncClient(
-            base_url=info.server,
-            verify=_ssl_context(info, workdir),
-            auth=auth,
-            headers=headers,
-            timeout=httpx.Timeout(30.0),
-            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
+        """A client for the same server, with the same credentials, TLS and proxy as kopf's."""
+        mounted = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        # kopf's token, if it is the pod's service account's: read from its file at each request
+        rotated = bool(info.token and mounted.exists() and mounted.read_text().strip() == info.token)
+        token_file = mounted if rotated else None
+        return cls(
+            info.server,
+            field_manager=field_manager,
+            on_write=on_write,
+            on_read=on_read,
+            tls=info.as_ssl_context(),
+            headers=None if token_file else info.as_http_headers(),
+            token_file=token_file,
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
         )
-        return cls(client, field_manager=field_manager, on_write=on_write, on_read=on_read)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made in the running loop, on the first request
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._tls),
+                headers=self._headers,
+                timeout=self._timeout,
+                proxy=self._proxy,
+                trust_env=self._trust_env,
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _request(
         self, method: str, path: str, *, kind: str, body: object = None, content: bytes | None = None,
@@ -292,19 +282,29 @@ class Kube:
             self._on_write(kind, method)
         elif self._on_read is not None:
             self._on_read(kind)
-        async with self._slots.slot(PRIORITY.get()):
-            response = await self._client.request(
-                method, path, json=body, content=content, headers=headers, params=params
-            )
-        if response.status_code == 404:
+        sent = dict(headers or {})
+        if body is not None:
+            content = orjson.dumps(body)
+            sent.setdefault("Content-Type", "application/json")
+        if self._token_file is not None:
+            sent["Authorization"] = f"Bearer {self._token_file.read_text().strip()}"
+        async with (
+            self._slots.slot(PRIORITY.get()),
+            self._http().request(
+                method, self._base + path, data=content, headers=sent, params=params
+            ) as response,
+        ):
+            status, data = response.status, await response.read()
+        if status == 404:
             return None
-        if response.status_code >= 400:
+        if status >= 400:
+            text = data.decode(errors="replace")
             try:
-                message = str(response.json().get("message", response.text))
-            except ValueError:
-                message = response.text
-            raise KubeError(response.status_code, method, path, message)
-        result: Manifest = response.json()
+                message = str(orjson.loads(data).get("message", text))
+            except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+                message = text
+            raise KubeError(status, method, path, message)
+        result: Manifest = orjson.loads(data)
         return result
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Manifest | None:
@@ -330,7 +330,7 @@ class Kube:
         if live is not None and holds(live, manifest):
             return live, False
         applied = await self._request(
-            "PATCH", path, kind=kind, content=json.dumps(manifest).encode(),
+            "PATCH", path, kind=kind, content=orjson.dumps(manifest),
             headers={"Content-Type": "application/apply-patch+yaml"},
             params={"fieldManager": self.field_manager, "force": "true"},
         )  # fmt: skip

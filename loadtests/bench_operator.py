@@ -473,6 +473,26 @@ class OperatorFigures:
     cpu_converged: float
     cpu_propagated: float
     heap: list[str]
+    gc: str
+    """The operator's garbage collections until every Agent was Ready."""
+
+
+def _gc_pauses(operator: OperatorProcess) -> str:
+    """The operator's cyclic garbage collections so far (`agentplane_operator_gc_pause_seconds`): their
+    pauses' total, their number, and the bucket of the longest."""
+    name = "agentplane_operator_gc_pause_seconds"
+    samples = operator.metrics()
+    total = sum(v for (n, _), v in samples.items() if n == f"{name}_sum")
+    count = sum(v for (n, _), v in samples.items() if n == f"{name}_count")
+    by_bound: dict[float, float] = {}
+    for (n, labels), v in samples.items():
+        if n == f"{name}_bucket":
+            bound = float(dict(labels)["le"])
+            by_bound[bound] = by_bound.get(bound, 0) + v
+    bounds = sorted(by_bound)
+    # the first bound whose cumulative count holds every collection bounds the longest pause
+    longest = next((b for b in bounds if by_bound[b] >= count), math.inf)
+    return f"{total:.1f} s in {int(count):,} collections, the longest at most {longest:g} s"
 
 
 def run_operator(
@@ -522,6 +542,7 @@ def run_operator(
                 _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout, report)
                 converged = time.perf_counter() - started
                 cpu_converged = _cpu_seconds(operator.process.pid) - cpu_at_start
+                collections = _gc_pauses(operator)
             _progress(
                 f"operator: every Agent Ready after {converged:.1f} s ({cpu_converged:.0f} s of CPU, "
                 f"peak RSS {_peak_rss_mib(operator.process.pid):.0f} MiB)"
@@ -595,7 +616,7 @@ def run_operator(
                 keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(
         applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), start_mib,
-        peak_mib, idle_mib, cpu_converged, cpu_propagated, held,
+        peak_mib, idle_mib, cpu_converged, cpu_propagated, held, collections,
     )  # fmt: skip
 
 
@@ -677,6 +698,7 @@ def main() -> int:
         print(
             f"  operator: every Agent Ready after        {f.converged:6.1f} s  ({f.cpu_converged:.1f} s of CPU)"
         )
+        print(f"  operator garbage collections until then  {f.gc}")
         if limit is not None:
             print(f"  operator / limit                         {f.converged / limit.converged:6.2f}")
         kinds = ", ".join(f"{k} {int(v)}" for k, v in f.writes.items())

@@ -1,9 +1,10 @@
 """The operator's metrics: the time a new Agent generation takes to Ready, the Tenants' limits as
-gauges, and an exposition (served by its own `/metrics`) that `promtool check metrics` accepts."""
+gauges, its garbage collections' pauses, and an exposition (served by its own `/metrics`) that `promtool check metrics` accepts."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -150,6 +151,9 @@ async def test_promtool_accepts_the_operator_exposition() -> None:
     metrics.set_tenant_limits(
         QuotaLimits("acme", tokens_per_minute=5000, requests_per_minute=60, monthly_budget_usd=25)
     )
+    unwatch = metrics.watch_gc()
+    gc.collect()
+    unwatch()
     port = free_port()
     runner = await serve(metrics, "127.0.0.1", port)
     try:
@@ -162,6 +166,47 @@ async def test_promtool_accepts_the_operator_exposition() -> None:
         "agentplane_operator_reconcile_errors", "agentplane_operator_queue_depth", "agentplane_operator_api_writes",
         "agentplane_operator_agent_ready_seconds", "agentplane_tenant_monthly_budget_usd",
         "agentplane_tenant_tokens_per_minute", "agentplane_tenant_requests_per_minute",
+        "agentplane_operator_gc_pause_seconds",
         "process_cpu_seconds", "process_resident_memory_bytes", "python_gc_objects_collected", "python_info",
     } <= families  # fmt: skip
     check_metrics(text)
+
+
+def _pauses(metrics: Metrics, generation: str) -> dict[str, float]:
+    """The pause histogram's samples of one generation: `count`, `sum`, and each bucket by its bound."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        if family.name == "agentplane_operator_gc_pause_seconds":
+            for sample in family.samples:
+                if sample.labels["generation"] == generation:
+                    key = sample.labels.get("le") or sample.name.rsplit("_", 1)[-1]
+                    found[key] = sample.value
+    return found
+
+
+def test_each_garbage_collection_is_timed_while_watched() -> None:
+    """A full collection stops the event loop: each one is a sample of its generation's pause
+    histogram, from `watch_gc` until the function it returned is called."""
+    metrics = Metrics()
+    assert _pauses(metrics, "2")["count"] == 0
+    automatic = gc.isenabled()
+    gc.disable()  # only the collections made here
+    try:
+        unwatch = metrics.watch_gc()
+        try:
+            gc.collect()
+            gc.collect()
+        finally:
+            unwatch()
+        gc.collect()  # no longer watched
+    finally:
+        if automatic:
+            gc.enable()
+    full = _pauses(metrics, "2")
+    assert full["count"] == 2
+    assert full["+Inf"] == 2
+    assert 0 < full["sum"] < 60
+    bounds = [float(k) for k in full if k not in ("count", "sum", "+Inf")]
+    assert bounds == sorted(bounds)
+    assert [full[repr(b)] for b in bounds] == sorted(full[repr(b)] for b in bounds)  # cumulative
+    assert metrics.gc_pauses not in gc.callbacks

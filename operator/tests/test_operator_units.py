@@ -3,7 +3,9 @@ its own deploy manifests (generated, checked in, current)."""
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,10 @@ import pytest
 from operator_support import least_settings
 from pydantic import ValidationError
 
-from agentplane_operator import manifests
+from agentplane_operator import cli, manifests
 from agentplane_operator.builders import build_prompt_config_maps
 from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
+from agentplane_operator.handlers import QuietEventHandlers, build_registry
 from agentplane_operator.kube import holds
 from agentplane_operator.pods import pod_problem
 from agentplane_operator.reconcile import indexed_tool, parameters_condition, tool_discovery
@@ -347,3 +350,42 @@ async def test_an_mcp_tool_without_parameters_shows_its_servers_schema_or_why_no
         # a declared schema needs no discovery
         declared = _tool({"type": "mcp", "url": orders.url, "tool": "x", "parameters": {"type": "object"}})
         assert (await discover(declared))[0] == Cond("SchemaDiscovered", True, "NotNeeded", "")
+
+
+def test_the_operator_leaves_its_import_heap_out_of_collections_and_collects_young_objects_less_often() -> (
+    None
+):
+    """What `agentplane-operator run` does before it watches: the objects of its imports (kopf, the
+    Kubernetes, Qdrant and SQL clients) frozen, never walked by a full collection again, and a young
+    generation large enough that a watch event's parsed object does not start a collection."""
+    before = gc.get_threshold()
+    try:
+        cli.prepare_process()
+        assert gc.get_freeze_count() > 100_000
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert cli.GC_THRESHOLDS[0] > before[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_kopf_logs_no_line_for_each_watch_event_handled_but_still_each_change_and_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    least_settings(monkeypatch)
+    quiet = QuietEventHandlers(build_registry(OperatorSettings()))
+
+    def kept(message: str, level: int = logging.INFO) -> bool:
+        return quiet.filter(logging.LogRecord("kopf.objects", level, __file__, 1, message, None, None))
+
+    for handler in (
+        "agent_event",
+        "pod_changed",
+        "deployment_changed",
+        "config_map_changed",
+        "service_changed",
+    ):
+        assert not kept(f"Handler {handler!r} succeeded.")
+    assert kept("Handler 'tenant_changed' succeeded.")  # a Tenant's change, handled: said once
+    assert kept("Timer 'tenant_resync' succeeded.")
+    assert kept("Handler 'pod_changed' failed with an exception. Will retry.", logging.ERROR)

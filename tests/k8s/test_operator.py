@@ -371,7 +371,11 @@ def test_failures_end_in_conditions_and_events(k8s: Cluster, operator: OperatorP
     assert ("Warning", "SecretNotFound") in [(t, r) for t, r, _ in events(k8s, ns, "lookup")]
     k8s.kubectl("create", "secret", "generic", "lookup-api", "-n", ns, "--from-literal=token=s3cret")
     ready(k8s, "tool", "lookup", ns, timeout=RESYNC * 5)
-    assert "Traceback" not in operator.log_text()
+    log = operator.log_text()
+    assert "Traceback" not in log
+    # a line for each change handled, none for each watch event
+    assert "Handler 'tenant_changed' succeeded." in log
+    assert "Handler 'agent_event' succeeded." not in log
 
 
 def test_an_mcp_tools_schema_is_discovered_into_its_status_and_agents(

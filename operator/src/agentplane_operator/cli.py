@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -17,13 +18,29 @@ import uvloop
 
 from agentplane_operator import manifests
 from agentplane_operator.kopf_speedups import fast_watch_json
+from agentplane_platform.process import freeze_import_heap
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 """`operator/deploy/` in a source checkout."""
 
+GC_THRESHOLDS = (20_000, 10, 10)
+"""The cyclic collector's thresholds while the operator runs (Python's: 700, 10, 10). Each watch event
+is a parsed object of a few thousand allocations that lives on (kopf's latest view of it, our
+indexes): at 700 nearly every event started a young collection that only promoted it, and the full
+collections that followed walked every watched object. Measured converging 1,000 Agents (the
+operator's `agentplane_operator_gc_pause_seconds`), with the import heap frozen: about 4.5 s of
+collections and a longest pause of 0.3 s, against 11 s and 1.2 s with neither."""
+
+
+def prepare_process() -> None:
+    """Once the operator's modules are imported, before it watches anything: the import heap frozen
+    out of the collector's reach, and fewer, larger young collections."""
+    freeze_import_heap()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 def _run(verbose: bool) -> NoReturn:
-    from agentplane_operator.handlers import build_registry
+    from agentplane_operator.handlers import QuietEventHandlers, build_registry
     from agentplane_operator.settings import OperatorSettings
 
     settings = OperatorSettings()  # required fields come from the environment
@@ -34,13 +51,16 @@ def _run(verbose: bool) -> NoReturn:
             "kopf's watch streams are parsed with the standard library's json (this kopf version has "
             "no json module where agentplane_operator.kopf_speedups expects it): slower, still correct"
         )
+    registry = build_registry(settings)
+    logging.getLogger("kopf.objects").addFilter(QuietEventHandlers(registry))
+    prepare_process()
     # uvloop, as kopf's own CLI runs it (`kopf.run` alone takes asyncio's loop): every watch event
     # and API request goes through the loop's transports
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         kopf.run(
             loop=runner.get_loop(),
             priority=settings.priority if settings.priority is not None else random.randint(1, 2**31),
-            registry=build_registry(settings),
+            registry=registry,
             clusterwide=True,
             standalone=settings.standalone,
             peering_name=settings.peering_name(),

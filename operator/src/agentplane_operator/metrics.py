@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import gc
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,12 +22,51 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from agentplane_platform.quotas import QuotaLimits
 
 READY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 """Seconds from a new Agent generation to its Ready: from a config change to a cold image pull."""
+
+
+class GcPauses(Collector):
+    """Python's cyclic garbage collections, each one's pause by generation, as a histogram
+    (`agentplane_operator_gc_pause_seconds`): while one runs the operator's event loop stands still,
+    no watch event, reconcile or request moving. Counted by a `gc.callbacks` entry (`Metrics.watch_gc`)
+    into plain lists, no lock taken: a collection can start inside any code, a scrape's included."""
+
+    BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+    def __init__(self) -> None:
+        self._counts = [[0] * (len(self.BUCKETS) + 1) for _ in range(3)]  # the last: over every bound
+        self._sums = [0.0] * 3
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info["generation"]
+        self._sums[generation] += pause
+        self._counts[generation][bisect.bisect_left(self.BUCKETS, pause)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "agentplane_operator_gc_pause_seconds",
+            "Pauses of the operator's event loop for Python's cyclic garbage collections, by generation.",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.BUCKETS, math.inf), self._counts[generation], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), float(cumulative)))
+            family.add_metric([str(generation)], buckets, self._sums[generation])
+        yield family
 
 
 @dataclass
@@ -88,6 +130,13 @@ class Metrics:
             "Share of its monthly budget a Tenant has spent this UTC month (1: all of it); none without a budget.",
             ["tenant"], registry=r,
         )  # fmt: skip
+        self.gc_pauses = GcPauses()
+        r.register(self.gc_pauses)
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every garbage collection from now on (`gc_pauses`); returns what stops it."""
+        gc.callbacks.append(self.gc_pauses)
+        return lambda: gc.callbacks.remove(self.gc_pauses)
 
     def count_write(self, kind: str, verb: str) -> None:
         self.writes.labels(kind, verb).inc()

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from agentplane_platform.process import freeze_import_heap
     from agentplane_runtime.app import create_app
     from agentplane_runtime.core.logging import configure_logging
-    from agentplane_runtime.core.process import freeze_import_heap
 
     configure_logging(settings.log_level, json=settings.log_json)
     app = create_app(settings)

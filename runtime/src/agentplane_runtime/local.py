@@ -65,8 +65,8 @@ def up(
 
     import uvicorn
 
+    from agentplane_platform.process import freeze_import_heap
     from agentplane_runtime.core.logging import configure_logging
-    from agentplane_runtime.core.process import freeze_import_heap
 
     configure_logging(settings.log_level, json=settings.log_json)
     app = create_local_app(

@@ -91,7 +91,7 @@ async def test_requests_waiting_for_a_connection_go_by_priority_then_in_order() 
                 await kube.get("ConfigMap", name, "tenant-acme")
 
         first = asyncio.create_task(read("Agent", "busy", "child"))
-        while not sent:
+        while not sent and not first.done():  # arrived, or failed (then the gather below raises)
             await asyncio.sleep(0)
         queued = [
             ("Agent", "resync-1", "resync"), ("Agent", "rollout-1", "child"), ("Agent", "resync-2", "resync"),

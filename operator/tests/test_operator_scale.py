@@ -14,11 +14,14 @@ import kopf
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from operator_support import least_settings
+from pydantic import ValidationError
 
 from agentplane_operator import handlers, reconcile
 from agentplane_operator.conditions import Cond, merge_patched
-from agentplane_operator.kube import Kube, KubeError, Manifest, PrioritySlots
+from agentplane_operator.kube import CONNECTIONS, Kube, KubeError, Manifest, PrioritySlots
 from agentplane_operator.metrics import Metrics
+from agentplane_operator.settings import OperatorSettings
 from agentplane_operator.state import Cause, Key, Operator, Views
 from agentplane_platform.api.v1alpha1 import Prompt
 
@@ -67,6 +70,67 @@ async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
     assert len(found) == 40
     assert all(f is not None for f in found)
     assert most == 4
+
+
+@pytest.mark.asyncio
+async def test_the_api_concurrency_setting_bounds_the_requests_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    least_settings(monkeypatch)
+    assert OperatorSettings().api_concurrency == CONNECTIONS
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_API_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        OperatorSettings()
+    monkeypatch.setenv("AGENTPLANE_OPERATOR_API_CONCURRENCY", "3")
+    settings = OperatorSettings()
+    in_flight = most = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return web.json_response(CONFIG_MAP)
+
+    async with api_server(answer) as url:
+        kube = Kube.connect(
+            kopf.ConnectionInfo(server=url), field_manager="test", on_write=lambda kind, verb: None,
+            concurrency=settings.api_concurrency,
+        )  # fmt: skip
+        await asyncio.gather(*(kube.get("ConfigMap", f"c{i}", "ns") for i in range(30)))
+        await kube.close()
+    assert most == 3
+
+
+@pytest.mark.asyncio
+async def test_requests_are_counted_when_sent_not_while_they_wait_for_a_connection() -> None:
+    """`agentplane_operator_api_writes_total` and `_reads_total` say what the API server got so far:
+    a request still waiting for a connection is not in them yet."""
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response(CONFIG_MAP)
+
+    reads: list[str] = []
+    writes: list[tuple[str, str]] = []
+    async with api_server(answer) as url:
+        kube = Kube(
+            url, field_manager="test", on_write=lambda kind, verb: writes.append((kind, verb)),
+            on_read=reads.append, concurrency=1,
+        )  # fmt: skip
+        first = asyncio.create_task(kube.get("ConfigMap", "a", "ns"))
+        await asyncio.wait({first, asyncio.create_task(arrived.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        queued = [asyncio.create_task(kube.delete("ConfigMap", f"c{i}", "ns")) for i in range(3)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (reads, writes) == (["ConfigMap"], [])
+        release.set()
+        await asyncio.gather(first, *queued)
+        await kube.close()
+    assert writes == [("ConfigMap", "DELETE")] * 3
 
 
 @pytest.mark.asyncio

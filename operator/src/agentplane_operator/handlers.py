@@ -239,6 +239,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
                 field_manager=ours.field_manager,
                 on_write=metrics.count_write,
                 on_read=metrics.count_read,
+                concurrency=ours.api_concurrency,
             ),
             vectors=VectorStore.connect(url=ours.qdrant_url, path=ours.qdrant_path, api_key=key),
             redis=Redis.from_url(ours.redis_url.get_secret_value(), decode_responses=True),

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentplane_operator.builders import BuildSettings, EgressTarget, Gateway, KeyVault
+from agentplane_operator.kube import CONNECTIONS
 from agentplane_operator.shards import Shard
 from agentplane_platform.contract import LLM_SECRET, RuntimeStores
 
@@ -113,6 +114,9 @@ class OperatorSettings(BaseSettings):
     finalizer: str = "agentplane.io/finalizer"
     worker_limit: int | None = None
     """Most objects reconciled at once (kopf's batching worker limit); none by default."""
+    api_concurrency: int = Field(default=CONNECTIONS, ge=1, le=256)
+    """Most of the reconcilers' own requests in flight at once, one connection each (kopf's watches
+    and its own patches are not counted); the others wait their turn by priority."""
     shard: str | None = None
     """`I/N`: this instance reconciles only the tenants of shard I of N (`agentplane_operator.shards`),
     under the peering `<peering>-I`; none: every tenant."""

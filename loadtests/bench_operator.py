@@ -10,13 +10,15 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
 - the limit: the objects the operator would create for every Tenant and Agent (namespace, quota,
   policies, secrets, service account; per Prompt its ConfigMap; per Agent its ConfigMap, Deployment
   and Service), rendered by the operator's own builders with the settings the operator runs with,
-  server-side applied straight with kubectl (one kubectl per tenant, `--parallel` at once), no
-  operator running; timed from the first apply until every Deployment is Available (no owner
-  references: there are no Agent objects to own them); then the Prompt change below as the same
+  server-side applied straight with kubectl (one kubectl per tenant, `--parallel` at once: as many
+  as the operator's requests in flight), no operator running; timed from the first apply until
+  every Deployment is Available (no owner references: there are no Agent objects to own them);
+  then the Prompt change below as the same
   kind of apply of what it changes (every Agent's ConfigMap and Deployment), timed until applied.
 - the operator: every Tenant, Prompt, Tool and Agent created at once, timed from the first
-  `kubectl apply` until every Agent is Ready (its pods, simulated by kwok, available with the current
-  config hash); then
+  `kubectl apply` (server-side, as Flux's kustomize-controller applies a Git repository;
+  `--spec-apply client-side` for kubectl's default) until every Agent is Ready (its pods,
+  simulated by kwok, available with the current config hash); then
   - write requests per Agent: the operator's own (its `agentplane_operator_api_writes_total`, for
     the kinds an Agent owns, plus its Agent status patches) and kopf's bookkeeping patches of Agents
     (from the API server's `apiserver_request_total`);
@@ -30,6 +32,15 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
     `loadtests/operator_heap.py` (tracemalloc, started after its imports), and once every Agent is
     Ready a snapshot of its live heap goes to FILE, summed here by where it was allocated. Tracing
     slows the operator several times over: such a run measures memory, not time.
+- on both sides, where the machine's CPU went until they converged: the API server, etcd, the
+  controller manager, the scheduler, kwok, the operator, and the rest (kubectl, the kernel). On two
+  shared cores a side is as fast as the work all of them do together: that is what `operator /
+  limit` compares;
+- with `--timeline`, when the operator had sent its last Deployment, when a watch had seen every
+  Deployment and every one was Available, and when it had written its last Agent's Ready (one more
+  kubectl watch runs beside it); with `--api-server-profile DIR`, the API server's own CPU profile
+  while each side converged (Go's pprof, summed up by `go tool pprof`: what the operator's requests
+  cost it beyond the limit's).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +75,7 @@ from agentplane_operator.builders import (  # noqa: E402
     build_prompt_config_maps,
     build_tenant_children,
 )
+from agentplane_operator.kube import CONNECTIONS  # noqa: E402
 from agentplane_operator.settings import OperatorSettings  # noqa: E402
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool  # noqa: E402
 from agentplane_platform.config import resolve_agent  # noqa: E402
@@ -94,6 +107,10 @@ AGENT_KINDS = (
 )
 LLM_SECRET_DATA = {"OPENAI_API_KEY": "sk-test"}
 RATES = {"large": LARGE_CLUSTER_RATES, "default": None}
+SPEC_APPLY: dict[str, tuple[str, ...]] = {
+    "server-side": ("--server-side", "--field-manager=kustomize-controller"),
+    "client-side": (),
+}
 PY_SPY = Path.home() / ".local" / "bin" / "py-spy"
 
 
@@ -141,26 +158,55 @@ class Watch:
     """`kubectl get KIND -A --watch`, one line per event: the latest value of a JSONPath for every
     object. One stream, instead of listing every object each time the count is checked (at a
     thousand objects each list cost the machine under test most of a core). Start it before the
-    objects exist: kubectl prints the objects it lists first as one line, not one each."""
+    objects exist: kubectl prints the objects it lists first as one line, not one each.
+
+    An API server short of CPU closes a watch whose reader falls behind ("Forcing ... watcher close
+    due to unresponsiveness"), and kubectl then exits: the watch is started again (`--watch-only`),
+    the objects are listed once, and then what the new watch shows, in order, is taken over that
+    (its events from before the list come first, the newer after them)."""
 
     def __init__(self, cluster: Cluster, kind: str, jsonpath: str) -> None:
-        template = "{.metadata.namespace}/{.metadata.name} " + jsonpath + '{"\\n"}'
-        self.process = subprocess.Popen(
-            [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "get", kind, "-A",
-             "--watch", "-o", f"jsonpath={template}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cluster.env(),
-        )  # fmt: skip
+        self.cluster, self.kind = cluster, kind
+        self.template = "{.metadata.namespace}/{.metadata.name} " + jsonpath + '{"\\n"}'
         self.values: dict[str, str] = {}
+        self.restarts = 0
+        self._closed = False
         self._lock = threading.Lock()
+        self.process = self._start(watch_only=False)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def _kubectl(self, *args: str) -> list[str]:
+        return [str(self.cluster.kubectl_path), f"--kubeconfig={self.cluster.kubeconfig}", "get", self.kind, "-A",
+                *args]  # fmt: skip
+
+    def _start(self, *, watch_only: bool) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self._kubectl("--watch-only" if watch_only else "--watch", "-o", f"jsonpath={self.template}"),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.cluster.env(),
+        )  # fmt: skip
+
     def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            key, _, value = line.rstrip("\n").partition(" ")
+        while True:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                key, _, value = line.rstrip("\n").partition(" ")
+                with self._lock:
+                    self.values[key] = value
+            self.process.wait()
             with self._lock:
-                self.values[key] = value
+                if self._closed:
+                    return
+                self.restarts += 1
+                self.process = self._start(watch_only=True)
+            listed = subprocess.run(
+                self._kubectl("-o", "jsonpath={range .items[*]}" + self.template + "{end}"),
+                capture_output=True, text=True, env=self.cluster.env(), check=False,
+            )  # fmt: skip
+            with self._lock:
+                for line in listed.stdout.splitlines():
+                    key, _, value = line.partition(" ")
+                    self.values[key] = value
 
     def snapshot(self) -> dict[str, str]:
         with self._lock:
@@ -171,8 +217,15 @@ class Watch:
         return sum(1 for v in self.snapshot().values() if ([*v.split(" "), ""])[field] == value)
 
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        with self._lock:
+            self._closed = True
+            process = self.process
+        process.terminate()
+        process.wait(timeout=10)
+        if self.restarts:
+            _progress(
+                f"the {self.kind} watch was closed by the API server {self.restarts} time(s) and restarted"
+            )
 
 
 @contextmanager
@@ -203,6 +256,49 @@ def _cpu_seconds(pid: int) -> float:
     """The process's CPU time so far (user and system), s."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy so far (every core, every process and the kernel), s."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuLedger:
+    """Where the machine's CPU went between `start` and `stop`: the control plane's processes and
+    the operator each, and the rest (kubectl, this script, the kernel), s. On two shared cores a side
+    converges only as fast as the work all of them do together allows."""
+
+    def __init__(self, cluster: Cluster, operator_pid: int | None = None) -> None:
+        self.pids = {p.name: p.pid for p in cluster.processes}
+        if operator_pid is not None:
+            self.pids["operator"] = operator_pid
+        self.before: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        sample = {"machine": _machine_busy_seconds()}
+        for name, pid in self.pids.items():
+            try:
+                sample[name] = _cpu_seconds(pid)
+            except OSError:  # gone: counted as nothing more
+                sample[name] = self.before.get(name, 0.0)
+        return sample
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self, elapsed: float) -> str:
+        after = self._sample()
+        used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        machine = used.pop("machine")
+        rest = machine - sum(used.values())
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
+        cores = os.cpu_count() or 1
+        return (
+            f"{machine:.0f} s of CPU, {machine / elapsed / cores:.0%} of {cores} cores: {parts}, "
+            f"the rest (kubectl, this script, the kernel) {rest:.0f}"
+        )
 
 
 def _memory_mib(pid: int, field: str) -> float:
@@ -277,6 +373,63 @@ def _writes_on(requests: dict[tuple[str, str, str], float], resource: str, subre
         for (r, s, verb), v in requests.items()
         if r == resource and s == subresource and verb in WRITE_VERBS
     )
+
+
+class ApiServerProfile:
+    """The API server's CPU profile while it runs: consecutive 10-s Go profiles from its
+    `/debug/pprof/profile` into `directory/<label>-N.pb.gz` (the cluster started with profiling on),
+    summed up at the end by `go tool pprof`."""
+
+    SECONDS = 10
+
+    def __init__(self, cluster: Cluster, directory: Path, label: str) -> None:
+        self.cluster, self.label = cluster, label
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._record, daemon=True)
+        self._thread.start()
+
+    def _record(self) -> None:
+        while not self._stop.is_set():
+            out = self.directory / f"{self.label}-{len(self.files):03}.pb.gz"
+            with out.open("wb") as sink:
+                done = subprocess.run(
+                    [str(self.cluster.kubectl_path), f"--kubeconfig={self.cluster.kubeconfig}", "get", "--raw",
+                     f"/debug/pprof/profile?seconds={self.SECONDS}"],
+                    stdout=sink, stderr=subprocess.DEVNULL, env=self.cluster.env(), check=False,
+                )  # fmt: skip
+            if done.returncode == 0:
+                self.files.append(out)
+
+    def stop(self) -> list[str]:
+        """Stop after the profile under way; the top of all of them, by cumulative CPU."""
+        self._stop.set()
+        self._thread.join(timeout=self.SECONDS + 30)
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        if not self.files:
+            return [f"{self.label}: no API server profile taken"]
+        top = subprocess.run(
+            [go, "tool", "pprof", "-top", "-cum", "-nodecount=40", *map(str, self.files)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return [f"{self.label}: the API server's CPU, {len(self.files)} profiles in {self.directory}",
+                *top.stdout.splitlines()]  # fmt: skip
+
+
+@contextmanager
+def _api_server_profile(cluster: Cluster, directory: Path | None, label: str) -> Iterator[list[str]]:
+    """Profile the API server meanwhile (when `directory` is given); the summary goes into the list."""
+    summary: list[str] = []
+    if directory is None:
+        yield summary
+        return
+    profile = ApiServerProfile(cluster, directory, label)
+    try:
+        yield summary
+    finally:
+        summary.extend(profile.stop())
 
 
 @contextmanager
@@ -368,23 +521,49 @@ class LimitFigures:
     """every Deployment Available, from the first apply"""
     changed: float
     """the Prompt change's new ConfigMaps and Deployments of every Agent applied"""
+    timeline: dict[str, float]
+    """when every object was applied and every Deployment seen by a watch, s from the first apply"""
+    cpu: str
+    """where the machine's CPU went until then (`CpuLedger`)"""
 
 
 def run_limit(
-    layout: Layout, work: Path, env: dict[str, str], rates: ClientRates | None, parallel: int, timeout: float
+    layout: Layout,
+    work: Path,
+    env: dict[str, str],
+    rates: ClientRates | None,
+    parallel: int,
+    timeout: float,
+    api_profile: Path | None = None,
 ) -> LimitFigures:
     settings = _settings(env)
     rendered = render(layout, settings)
     batches = ["\n---\n".join(json.dumps(o) for o in objects) for objects in rendered.values()]
     apply_args = ("--server-side", "--force-conflicts", "--field-manager=agentplane-operator")
-    with running_cluster(work / "limit", REPO / "specs" / "crds", client_rates=rates) as cluster:
+    with running_cluster(
+        work / "limit", REPO / "specs" / "crds", client_rates=rates, profiling=api_profile is not None
+    ) as cluster:
         _room_for(cluster, layout)
         install_llm_secret_namespace(cluster)
-        with watching(cluster, "deployments", AVAILABLE) as deployments:
+        with (
+            watching(cluster, "deployments", AVAILABLE) as deployments,
+            _api_server_profile(cluster, api_profile, "limit") as summary,
+        ):
+            ledger = CpuLedger(cluster)
+            ledger.start()
             started = time.perf_counter()
             _apply_all(cluster, batches, parallel, *apply_args)
-            _wait("every Deployment Available", lambda: deployments.count("True"), layout.total, timeout)
+            timeline = {"every object applied": time.perf_counter() - started}
+
+            def available() -> int:
+                if len(deployments.snapshot()) >= layout.total:
+                    timeline.setdefault("every Deployment seen by a watch", time.perf_counter() - started)
+                return deployments.count("True")
+
+            _wait("every Deployment Available", available, layout.total, timeout)
             converged = time.perf_counter() - started
+            cpu = ledger.stop(converged)
+        _report_profile(summary)
         # The Prompt change: what it changes of every Agent (its ConfigMap and Deployment), applied
         # while those Deployments roll; the operator also writes each Agent's status.
         changed = [
@@ -399,9 +578,14 @@ def run_limit(
         _progress(f"limit: every Deployment Available after {converged:.1f} s")
         started = time.perf_counter()
         _apply_all(cluster, changed, parallel, *apply_args)
-        figures = LimitFigures(converged, time.perf_counter() - started)
+        figures = LimitFigures(converged, time.perf_counter() - started, timeline, cpu)
         _progress(f"limit: the Prompt change applied after {figures.changed:.1f} s")
         return figures
+
+
+def _report_profile(summary: list[str]) -> None:
+    for line in summary:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _progress(line: str) -> None:
@@ -475,6 +659,11 @@ class OperatorFigures:
     heap: list[str]
     gc: str
     """The operator's garbage collections until every Agent was Ready."""
+    timeline: dict[str, float]
+    """With `--timeline`: when every Deployment existed and when every one was Available, s from the
+    first apply."""
+    cpu: str
+    """Where the machine's CPU went until every Agent was Ready (`CpuLedger`)."""
 
 
 def _gc_pauses(operator: OperatorProcess) -> str:
@@ -506,43 +695,92 @@ def run_operator(
     profile: Path | None,
     keep_log: Path | None = None,
     heap: Path | None = None,
+    timeline: bool = False,
+    api_profile: Path | None = None,
+    spec_apply: tuple[str, ...] = (),
 ) -> OperatorFigures:
     redis_url, database_url = services
-    with running_cluster(work / "operator", REPO / "specs" / "crds", client_rates=rates) as cluster:
+    with running_cluster(
+        work / "operator", REPO / "specs" / "crds", client_rates=rates, profiling=api_profile is not None
+    ) as cluster:
         _room_for(cluster, layout)
         kubeconfig = install_operator_rbac(cluster, work)
         operator = start_operator(
             cluster, kubeconfig, work, redis_url=redis_url, database_url=database_url,
             qdrant_path=work / "qdrant", resync_seconds=resync,
-            extra_env={"AGENTPLANE_BENCH_HEAP_SNAPSHOT": str(heap)} if heap else None,
+            extra_env={
+                # as many requests in flight as the limit's kubectl processes
+                "AGENTPLANE_OPERATOR_API_CONCURRENCY": str(parallel),
+                **({"AGENTPLANE_BENCH_HEAP_SNAPSHOT": str(heap)} if heap else {}),
+            },
             launcher=REPO / "loadtests" / "operator_heap.py" if heap else None,
         )  # fmt: skip
         agents = Watch(cluster, "agents", READY_AND_CONFIG)  # before the Agents exist
+        deployments = Watch(cluster, "deployments", AVAILABLE) if timeline else None
+        milestones: dict[str, float] = {}
+
+        def ready() -> int:
+            if deployments is not None:
+                seen = deployments.snapshot()
+                done = operator.metrics()
+
+                def said(name: str, **labels: str) -> float:
+                    wanted = set(labels.items())
+                    return sum(v for (n, ls), v in done.items() if n == name and wanted <= ls)
+
+                for what, reached in (
+                    (
+                        "the operator's last Deployment written",
+                        said("agentplane_operator_api_writes_total", kind="Deployment") >= layout.total,
+                    ),
+                    ("every Deployment seen by a watch", len(seen) >= layout.total),
+                    ("every Deployment Available", sum(v == "True" for v in seen.values()) >= layout.total),
+                    (
+                        "the operator's last Agent Ready written",
+                        said("agentplane_operator_agent_ready_seconds_count") >= layout.total,
+                    ),
+                ):
+                    if reached and what not in milestones:
+                        milestones[what] = time.perf_counter() - started
+            return agents.count("True")
+
         start_mib = _rss_mib(operator.process.pid)  # its imports, and no object yet
         try:
             names = layout.names
-            with _profiling(operator.process.pid, profile):
+            with (
+                _profiling(operator.process.pid, profile),
+                _api_server_profile(cluster, api_profile, "operator") as summary,
+            ):
                 cpu_at_start = _cpu_seconds(operator.process.pid)
+                ledger = CpuLedger(cluster, operator.process.pid)
+                ledger.start()
                 started = time.perf_counter()
                 tenants = [layout.tenant(n) for n in names]
                 cluster.kubectl(
-                    "apply", "-f", "-", input="\n---\n".join(json.dumps(t) for t in tenants), timeout=300
+                    "apply", *spec_apply, "-f", "-", input="\n---\n".join(json.dumps(t) for t in tenants),
+                    timeout=300,
+                )  # fmt: skip
+                wanted = {f"namespace/tenant-{n}" for n in names}
+                wait_for(
+                    "namespaces",
+                    lambda: wanted <= set(cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()),
+                    timeout=300,
+                    interval=1,
                 )
-                wait_for("namespaces", lambda: all(
-                    cluster.kubectl("get", "namespace", f"tenant-{n}", check=False).returncode == 0
-                    for n in names
-                ), timeout=300, interval=1)  # fmt: skip
                 _apply_all(
                     cluster,
                     ["\n---\n".join(json.dumps(d) for d in layout.namespaced(n)) for n in names],
                     parallel,
+                    *spec_apply,
                 )
                 applied = time.perf_counter() - started
                 report = _Reporter(operator, "every Agent Ready")
-                _wait("every Agent Ready", lambda: agents.count("True"), layout.total, timeout, report)
+                _wait("every Agent Ready", ready, layout.total, timeout, report)
                 converged = time.perf_counter() - started
                 cpu_converged = _cpu_seconds(operator.process.pid) - cpu_at_start
+                machine_cpu = ledger.stop(converged)
                 collections = _gc_pauses(operator)
+            _report_profile(summary)
             _progress(
                 f"operator: every Agent Ready after {converged:.1f} s ({cpu_converged:.0f} s of CPU, "
                 f"peak RSS {_peak_rss_mib(operator.process.pid):.0f} MiB)"
@@ -591,7 +829,9 @@ def run_operator(
             cpu_before_change = _cpu_seconds(operator.process.pid)
             with _profiling(operator.process.pid, prompt_profile):
                 changed_at = time.perf_counter()
-                cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped))
+                cluster.kubectl(
+                    "apply", *spec_apply, "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped)
+                )
                 report = _Reporter(operator, "the Prompt change")
 
                 def propagated_to_all() -> bool:
@@ -608,6 +848,8 @@ def run_operator(
             peak_mib = max(peak_mib, _peak_rss_mib(operator.process.pid))
         finally:
             agents.close()
+            if deployments is not None:
+                deployments.close()
             stopping = time.perf_counter()
             operator.stop()  # SIGTERM, and SIGKILL after 30 s
             code = operator.process.returncode
@@ -616,7 +858,7 @@ def run_operator(
                 keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(
         applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), start_mib,
-        peak_mib, idle_mib, cpu_converged, cpu_propagated, held, collections,
+        peak_mib, idle_mib, cpu_converged, cpu_propagated, held, collections, milestones, machine_cpu,
     )  # fmt: skip
 
 
@@ -626,7 +868,13 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--only", choices=("operator", "limit"), default=None, help="run only one side")
     parser.add_argument("--rates", choices=tuple(RATES), default="large", help="control-plane client rates")
-    parser.add_argument("--parallel", type=int, default=8, help="kubectl processes applying at once")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=CONNECTIONS,
+        help="kubectl processes applying at once: as many as the operator's requests in flight "
+        "(`AGENTPLANE_OPERATOR_API_CONCURRENCY`), by default",
+    )
     parser.add_argument("--resync", type=float, default=60.0, help="the operator's resync interval, s")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest wait for convergence, s")
     parser.add_argument(
@@ -643,6 +891,27 @@ def main() -> int:
         help="trace the operator's heap (slow: memory, not time) and snapshot it into FILE once every Agent "
         "is Ready",
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also watch the operator's Deployments: when every one existed and was Available (one more "
+        "kubectl watch running beside the operator)",
+    )
+    parser.add_argument(
+        "--spec-apply",
+        choices=tuple(SPEC_APPLY),
+        default="server-side",
+        help="how the specs are applied: server-side, as Flux's kustomize-controller applies a Git "
+        "repository's; or client-side, `kubectl apply`'s default (a GET before each, and the whole spec "
+        "again in an annotation)",
+    )
+    parser.add_argument(
+        "--api-server-profile",
+        type=Path,
+        default=None,
+        help="profile the API server (Go's pprof) while each side converges, into DIR; needs the Go "
+        "toolchain `make k8s-binaries` uses",
+    )
     args = parser.parse_args()
     layout = Layout(args.tenants, args.agents)
     rates = RATES[args.rates]
@@ -656,7 +925,7 @@ def main() -> int:
         )  # fmt: skip
         try:
             limit = (
-                run_limit(layout, work, env, rates, args.parallel, args.timeout)
+                run_limit(layout, work, env, rates, args.parallel, args.timeout, args.api_server_profile)
                 if args.only != "operator"
                 else None
             )
@@ -672,6 +941,9 @@ def main() -> int:
                     args.profile,
                     args.operator_log,
                     args.heap,
+                    args.timeline,
+                    args.api_server_profile,
+                    SPEC_APPLY[args.spec_apply],
                 )
                 if args.only != "limit"
                 else None
@@ -691,6 +963,9 @@ def main() -> int:
         print(
             f"  limit: every Deployment Available after   {limit.converged:6.1f} s  (kubectl apply --server-side)"
         )
+        for what, at in limit.timeline.items():
+            print(f"  limit: {what} after {at:6.1f} s")
+        print(f"  limit: the machine until then: {limit.cpu}")
         print(f"  limit: a Prompt change's ConfigMaps and Deployments applied {limit.changed:6.1f} s")
     if figures is not None:
         f = figures
@@ -698,6 +973,9 @@ def main() -> int:
         print(
             f"  operator: every Agent Ready after        {f.converged:6.1f} s  ({f.cpu_converged:.1f} s of CPU)"
         )
+        for what, at in f.timeline.items():
+            print(f"  operator: {what} after {at:6.1f} s")
+        print(f"  operator: the machine until then: {f.cpu}")
         print(f"  operator garbage collections until then  {f.gc}")
         if limit is not None:
             print(f"  operator / limit                         {f.converged / limit.converged:6.2f}")

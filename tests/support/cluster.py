@@ -582,6 +582,7 @@ def start_cluster(
     timeout: float = 120.0,
     real_node: bool = False,
     client_rates: ClientRates | None = None,
+    profiling: bool = False,
 ) -> Cluster:
     """Start a fresh control plane with state, kubeconfigs and logs under ``workdir``.
 
@@ -597,6 +598,9 @@ def start_cluster(
 
     ``client_rates``: the API client rate limit of kube-controller-manager and kube-scheduler
     (default: client-go's, 20/s with bursts of 30); :data:`LARGE_CLUSTER_RATES` for a production-like one.
+
+    ``profiling=True``: the API server serves its Go profiles at ``/debug/pprof/`` (to cluster
+    admins), as it does by default; the tests turn them off.
     """
     workdir = workdir.resolve()
     rate_flags = client_rates.flags() if client_rates is not None else []
@@ -718,7 +722,7 @@ def start_cluster(
                 "--authorization-mode=Node,RBAC",
                 # Default admission plugins (incl. ValidatingAdmissionPolicy, GA since 1.30).
                 "--allow-privileged=true",
-                "--profiling=false",
+                f"--profiling={str(profiling).lower()}",
                 # Without a real node the only address is loopback, which Endpoints
                 # reject, and nothing runs in-cluster: the kubernetes Service needs no
                 # endpoints. With one, pods reach the API server through it.
@@ -988,9 +992,12 @@ def running_cluster(
     bin_dir: Path | None = None,
     real_node: bool = False,
     client_rates: ClientRates | None = None,
+    profiling: bool = False,
 ) -> Iterator[Cluster]:
     """Context manager: start a cluster (with a real node if asked), yield it, always stop it."""
-    cluster = start_cluster(workdir, crd_dir, bin_dir=bin_dir, real_node=real_node, client_rates=client_rates)
+    cluster = start_cluster(
+        workdir, crd_dir, bin_dir=bin_dir, real_node=real_node, client_rates=client_rates, profiling=profiling
+    )
     try:
         yield cluster
     finally:

@@ -51,25 +51,30 @@ async def api_server(answer: Callable[[web.Request], Awaitable[web.Response]]) -
 CONFIG_MAP = {"kind": "ConfigMap", "metadata": {"name": "x"}}
 
 
-@pytest.mark.asyncio
-async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
-    in_flight = most = 0
+class InFlight:
+    """An answer taking 10 ms that keeps the most requests it had at once."""
 
-    async def answer(request: web.Request) -> web.Response:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.now += 1
+        self.most = max(self.most, self.now)
         await asyncio.sleep(0.01)
-        in_flight -= 1
+        self.now -= 1
         return web.json_response(CONFIG_MAP)
 
-    async with api_server(answer) as url:
+
+@pytest.mark.asyncio
+async def test_no_more_requests_in_flight_than_the_client_allows() -> None:
+    in_flight = InFlight()
+    async with api_server(in_flight.answer) as url:
         kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None, concurrency=4)
         found = await asyncio.gather(*(kube.get("ConfigMap", f"c{i}", "ns") for i in range(40)))
         await kube.close()
     assert len(found) == 40
     assert all(f is not None for f in found)
-    assert most == 4
+    assert in_flight.most == 4
 
 
 @pytest.mark.asyncio
@@ -83,24 +88,15 @@ async def test_the_api_concurrency_setting_bounds_the_requests_in_flight(
         OperatorSettings()
     monkeypatch.setenv("AGENTPLANE_OPERATOR_API_CONCURRENCY", "3")
     settings = OperatorSettings()
-    in_flight = most = 0
-
-    async def answer(request: web.Request) -> web.Response:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        await asyncio.sleep(0.01)
-        in_flight -= 1
-        return web.json_response(CONFIG_MAP)
-
-    async with api_server(answer) as url:
+    in_flight = InFlight()
+    async with api_server(in_flight.answer) as url:
         kube = Kube.connect(
             kopf.ConnectionInfo(server=url), field_manager="test", on_write=lambda kind, verb: None,
             concurrency=settings.api_concurrency,
         )  # fmt: skip
         await asyncio.gather(*(kube.get("ConfigMap", f"c{i}", "ns") for i in range(30)))
         await kube.close()
-    assert most == 3
+    assert in_flight.most == 3
 
 
 @pytest.mark.asyncio

@@ -75,8 +75,7 @@ from agentplane_operator.builders import (  # noqa: E402
     build_prompt_config_maps,
     build_tenant_children,
 )
-from agentplane_operator.kube import CONNECTIONS  # noqa: E402
-from agentplane_operator.settings import OperatorSettings  # noqa: E402
+from agentplane_operator.settings import API_CONCURRENCY, OperatorSettings  # noqa: E402
 from agentplane_platform.api.v1alpha1 import Agent, Prompt, Tenant, Tool  # noqa: E402
 from agentplane_platform.config import resolve_agent  # noqa: E402
 from support.cluster import (  # noqa: E402
@@ -93,6 +92,7 @@ from support.operator_process import (  # noqa: E402
     install_operator_rbac,
     operator_environment,
     start_operator,
+    total_of,
 )
 from support.services import start_postgres, start_redis  # noqa: E402
 from support.waiting import wait_for  # noqa: E402
@@ -662,8 +662,9 @@ class OperatorFigures:
     gc: str
     """The operator's garbage collections until every Agent was Ready."""
     timeline: dict[str, float]
-    """With `--timeline`: when every Deployment existed and when every one was Available, s from the
-    first apply."""
+    """With `--timeline`: when the operator had sent its last Deployment, when a watch had seen every
+    Deployment and every one was Available, and when it had written its last Ready, s from the first
+    apply."""
     cpu: str
     """Where the machine's CPU went until every Agent was Ready (`CpuLedger`)."""
 
@@ -726,21 +727,17 @@ def run_operator(
             if deployments is not None:
                 seen = deployments.snapshot()
                 done = operator.metrics()
-
-                def said(name: str, **labels: str) -> float:
-                    wanted = set(labels.items())
-                    return sum(v for (n, ls), v in done.items() if n == name and wanted <= ls)
-
                 for what, reached in (
                     (
-                        "the operator's last Deployment written",
-                        said("agentplane_operator_api_writes_total", kind="Deployment") >= layout.total,
+                        "the operator's last Deployment sent",
+                        total_of(done, "agentplane_operator_api_writes_total", kind="Deployment")
+                        >= layout.total,
                     ),
                     ("every Deployment seen by a watch", len(seen) >= layout.total),
                     ("every Deployment Available", sum(v == "True" for v in seen.values()) >= layout.total),
                     (
                         "the operator's last Agent Ready written",
-                        said("agentplane_operator_agent_ready_seconds_count") >= layout.total,
+                        total_of(done, "agentplane_operator_agent_ready_seconds_count") >= layout.total,
                     ),
                 ):
                     if reached and what not in milestones:
@@ -874,7 +871,7 @@ def main() -> int:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=CONNECTIONS,
+        default=API_CONCURRENCY,
         help="kubectl processes applying at once: as many as the operator's requests in flight "
         "(`AGENTPLANE_OPERATOR_API_CONCURRENCY`), by default",
     )
@@ -897,8 +894,8 @@ def main() -> int:
     parser.add_argument(
         "--timeline",
         action="store_true",
-        help="also watch the operator's Deployments: when every one existed and was Available (one more "
-        "kubectl watch running beside the operator)",
+        help="when the operator sent its last Deployment, when every Deployment was seen and Available, and "
+        "when it wrote its last Ready (one more kubectl watch running beside the operator)",
     )
     parser.add_argument(
         "--spec-apply",

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from agentplane_operator import handlers, reconcile
 from agentplane_operator.conditions import Cond, merge_patched
-from agentplane_operator.kube import CONNECTIONS, Kube, KubeError, Manifest, PrioritySlots
+from agentplane_operator.kube import Kube, KubeError, Manifest, PrioritySlots
 from agentplane_operator.metrics import Metrics
-from agentplane_operator.settings import OperatorSettings
+from agentplane_operator.settings import API_CONCURRENCY, OperatorSettings
 from agentplane_operator.state import Cause, Key, Operator, Views
 from agentplane_platform.api.v1alpha1 import Prompt
 
@@ -82,7 +82,7 @@ async def test_the_api_concurrency_setting_bounds_the_requests_in_flight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     least_settings(monkeypatch)
-    assert OperatorSettings().api_concurrency == CONNECTIONS
+    assert OperatorSettings().api_concurrency == API_CONCURRENCY
     monkeypatch.setenv("AGENTPLANE_OPERATOR_API_CONCURRENCY", "0")
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         OperatorSettings()
@@ -328,7 +328,7 @@ async def test_the_client_reads_a_rotated_token_keeps_a_path_prefix_and_says_why
     token.write_text("first\n")
     async with api_server(answer) as url:
         kube = Kube(f"{url}/k8s/clusters/c-1/", field_manager="test", on_write=lambda kind, verb: None,
-                    token_file=token)  # fmt: skip
+                    concurrency=1, token_file=token)  # fmt: skip
         await kube.get("ConfigMap", "c", "ns")
         token.write_text("second\n")
         await kube.get("ConfigMap", "c", "ns")
@@ -352,7 +352,7 @@ async def test_a_new_objects_child_is_applied_without_reading_it_first() -> None
         return web.json_response(CONFIG_MAP)
 
     async with api_server(answer) as url:
-        kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None)
+        kube = Kube(url, field_manager="test", on_write=lambda kind, verb: None, concurrency=1)
         manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
         await kube.apply(manifest)
         assert sent == ["GET", "PATCH"]

@@ -77,6 +77,16 @@ def install_llm_secret(cluster: Cluster, data: dict[str, str]) -> None:
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Metric samples as `OperatorProcess.metrics` reads them: (name, labels) -> value."""
+
+
+def total_of(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
 @dataclass
 class OperatorProcess:
     """One running operator process."""
@@ -85,7 +95,7 @@ class OperatorProcess:
     log: Path
     metrics_url: str
 
-    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    def metrics(self) -> Samples:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
         samples = {}
@@ -99,8 +109,7 @@ class OperatorProcess:
 
     def total(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include `labels`."""
-        wanted = set(labels.items())
-        return sum(v for (n, ls), v in self.metrics().items() if n == name and wanted <= ls)
+        return total_of(self.metrics(), name, **labels)
 
     def writes(self) -> float:
         return self.total("agentplane_operator_api_writes_total")

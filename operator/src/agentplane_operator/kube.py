@@ -142,13 +142,6 @@ ReadHook = Callable[[str], None]
 """Called with the kind before every read request."""
 
 
-CONNECTIONS = 32
-"""Connections to the API server, and so requests in flight at once, unless told otherwise
-(`OperatorSettings.api_concurrency`). With 8, a Prompt change reaching a thousand dependents waited
-on round trips, the API server not busy (45 to 50 s); with 32, 23.2 s, beside 22.0 s for kubectl
-applying what it changes 32 at once (`loadtests/bench_operator.py`)."""
-
-
 PRIORITY: ContextVar[int] = ContextVar("agentplane_request_priority", default=0)
 """The priority of the requests the current task sends (lower first): `Operator.reconciling` sets
 it by what is reconciled and why (`state.request_priority`)."""
@@ -208,7 +201,7 @@ class Kube:
         field_manager: str,
         on_write: WriteHook,
         on_read: ReadHook | None = None,
-        concurrency: int = CONNECTIONS,
+        concurrency: int,
         tls: ssl.SSLContext | bool = True,
         headers: Mapping[str, str] | None = None,
         token_file: Path | None = None,
@@ -243,7 +236,7 @@ class Kube:
         field_manager: str,
         on_write: WriteHook,
         on_read: ReadHook | None = None,
-        concurrency: int = CONNECTIONS,
+        concurrency: int,
     ) -> Kube:
         """A client for the same server, with the same credentials, TLS and proxy as kopf's."""
         mounted = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")

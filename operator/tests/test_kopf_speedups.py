@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any, cast
@@ -11,7 +12,13 @@ import orjson
 import pytest
 from kopf._cogs.clients import api
 
-from agentplane_operator.kopf_speedups import LeanDiffBaseStorage, LeanProgressStorage, fast_watch_json
+from agentplane_operator.kopf_speedups import (
+    PAUSE_WAITER,
+    LeanDiffBaseStorage,
+    LeanProgressStorage,
+    end_pause_waiters,
+    fast_watch_json,
+)
 
 
 def test_watch_events_are_parsed_by_orjson_into_the_same_objects(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,3 +102,30 @@ def test_the_lean_essence_of_sparse_metadata_is_kopfs(metadata: dict[str, Any]) 
     ours = LeanDiffBaseStorage(prefix="agentplane.io", key="last-handled-configuration")
     kopfs = kopf.AnnotationsDiffBaseStorage(prefix="agentplane.io", key="last-handled-configuration")
     assert ours.build(body=body) == kopfs.build(body=body)
+
+
+@pytest.mark.asyncio
+async def test_the_pause_waiter_of_a_watch_stream_kopf_left_open_is_ended() -> None:
+    """kopf's own watch stream, suspended inside its block as the Agents' stream is when kopf
+    cancels its busy watcher at exit, and never closed: its pause waiter runs on (and held every
+    exit for kopf's 5 s) until `end_pause_waiters` ends it."""
+    from kopf._cogs.aiokits import aiotoggles
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs import references
+
+    paused = aiotoggles.ToggleSet(any)
+    agents = references.Resource(group="agentplane.io", version="v1alpha1", plural="agents")
+
+    async def stream() -> Any:
+        async with watching.streaming_block(resource=agents, namespace=None, operator_paused=paused):
+            yield "event"
+
+    abandoned = stream()
+    assert await anext(abandoned) == "event"
+    waiters = [t for t in asyncio.all_tasks() if t.get_name().startswith(PAUSE_WAITER)]
+    assert [t.get_name() for t in waiters] == [f"{PAUSE_WAITER}{agents}"]  # kopf still names it so
+    assert end_pause_waiters() == 1
+    await asyncio.wait(waiters, timeout=5)
+    assert waiters[0].cancelled()
+    assert end_pause_waiters() == 0
+    await abandoned.aclose()  # closing it later (as the loop's shutdown does) is still clean

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from agentplane_operator import budget, reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
-from agentplane_operator.kopf_speedups import LeanDiffBaseStorage, LeanProgressStorage
+from agentplane_operator.kopf_speedups import LeanDiffBaseStorage, LeanProgressStorage, end_pause_waiters
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
@@ -269,7 +269,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         return _login(settings, ours)
 
     @on.cleanup(registry=registry, id="stop")
-    async def stop(memo: kopf.Memo, **_: Any) -> None:
+    async def stop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         if _MEMO_KEY not in memo:  # the startup handler failed before it made the clients
             return
         state = started(memo)
@@ -278,6 +278,8 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         if state.metrics_server is not None:
             await state.metrics_server.cleanup()
         await state.op.close()
+        if left := end_pause_waiters():
+            logger.info(f"ended {left} watch stream pause waiter(s) kopf left running")
 
     # --- indexes: what reconciles read instead of asking the API server ---------------------------
 

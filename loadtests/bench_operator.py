@@ -170,6 +170,7 @@ class Watch:
         self.template = "{.metadata.namespace}/{.metadata.name} " + jsonpath + '{"\\n"}'
         self.values: dict[str, str] = {}
         self.restarts = 0
+        self.failed_lists = 0
         self._closed = False
         self._lock = threading.Lock()
         self.process = self._start(watch_only=False)
@@ -199,14 +200,25 @@ class Watch:
                     return
                 self.restarts += 1
                 self.process = self._start(watch_only=True)
+            listed = self._list()
+            with self._lock:
+                for line in listed.splitlines():
+                    key, _, value = line.partition(" ")
+                    self.values[key] = value
+
+    def _list(self) -> str:
+        """Every object's line, listed once; a list the API server refuses (it is short of CPU when it
+        closes watches) is asked for again: without it, what changed while no watch ran is lost."""
+        while True:
             listed = subprocess.run(
                 self._kubectl("-o", "jsonpath={range .items[*]}" + self.template + "{end}"),
                 capture_output=True, text=True, env=self.cluster.env(), check=False,
             )  # fmt: skip
-            with self._lock:
-                for line in listed.stdout.splitlines():
-                    key, _, value = line.partition(" ")
-                    self.values[key] = value
+            if listed.returncode == 0 or self._closed:
+                return listed.stdout
+            self.failed_lists += 1
+            _progress(f"listing {self.kind} failed, again in 1 s: {listed.stderr.strip()[:300]}")
+            time.sleep(1.0)
 
     def snapshot(self) -> dict[str, str]:
         with self._lock:
@@ -224,7 +236,8 @@ class Watch:
         process.wait(timeout=10)
         if self.restarts:
             _progress(
-                f"the {self.kind} watch was closed by the API server {self.restarts} time(s) and restarted"
+                f"the {self.kind} watch was closed by the API server {self.restarts} time(s) and restarted; "
+                f"{self.failed_lists} list(s) failed and were asked for again"
             )
 
 

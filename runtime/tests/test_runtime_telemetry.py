@@ -15,6 +15,7 @@ from runtime_support import CALCULATOR, make_config, parse_metrics, serve, tenan
 from agentplane_runtime import Settings
 from agentplane_runtime.core.logging import JsonFormatter
 from support.fake_llm import FakeLLM, error, reply, tool_calls
+from support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -50,6 +51,14 @@ async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> 
                 extra_headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
             )
             request_id = raw.headers["x-request-id"]
+
+            async def request_ended() -> bool:
+                # the answer is sent before its bookkeeping (metrics, settlement), and the server span
+                # ends after that: once it has, every metric of the request is in
+                finished = served.spans.get_finished_spans()
+                return any(s.name == "POST /v1/chat/completions" for s in finished)
+
+            await wait_for_async("the chat request's server span to end", request_ended, 30, interval=0.02)
             async with httpx.AsyncClient() as http:
                 metrics = (await http.get(f"{served.url}/metrics")).text
             spans = served.spans.get_finished_spans()

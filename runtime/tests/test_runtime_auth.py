@@ -63,6 +63,17 @@ async def test_api_keys_scope_expiry_and_revocation(settings: Settings) -> None:
         # the same answer whatever was wrong: nothing to learn from it
         messages = {r.json()["error"]["message"] for r in refusals[1:]}
         assert messages == {"invalid credentials"}
+        # a caller is refused before its body is read: an invalid body tells a stranger nothing
+        stranger = await create_api_key(engine, tenant=other, name="stranger")
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            for token, status in (("garbage", 401), (stranger, 403), (good, 400)):
+                invalid = await http.post(
+                    "/v1/chat/completions",
+                    json={"model": "helper"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert invalid.status_code == status, invalid.text
+                assert ("messages" in invalid.text) is (status == 400)
         assert all(r.headers["www-authenticate"] == "Bearer" for r in refusals)
 
         revoked = await create_api_key(engine, tenant=tenant, name="leaked")

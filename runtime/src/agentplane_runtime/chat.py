@@ -463,9 +463,7 @@ class ChatService:
         state.max_tokens = max_tokens
         context_bytes = sum(kb.top_k for kb in config.knowledge) * (CHUNK_CHARS * 4 + 256)
         query = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")[:4000]
-        with self.tracer.start_as_current_span(
-            "quota", attributes={"agentplane.tenant": config.tenant}
-        ) as span:
+        with self.tracer.start_span("quota", attributes={"agentplane.tenant": config.tenant}) as span:
             # the first call's prompt as it is before retrieval, its output bound, and the query's
             # embeddings; the context retrieval adds is reserved once it is known (`_top_up`)
             state.prompt_reserved = self.llm.reserve_tokens(

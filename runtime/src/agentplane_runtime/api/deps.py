@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -77,7 +78,8 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
     """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail).
     Both refusals are audited (`auth.failed`, `access.denied`)."""
     config = agent.config
-    with runtime.telemetry.tracer.start_as_current_span("auth") as span:
+    # a leaf span (nothing under it): started, not made current, which costs a context switch more
+    with runtime.telemetry.tracer.start_span("auth") as span:
         try:
             principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
         except AuthError as exc:
@@ -136,3 +138,27 @@ async def request_id(request: Request) -> str:
 
 
 RequestId = Annotated[str, Depends(request_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCaller:
+    """What the chat route needs before its body: the runtime, the agent, the authenticated caller and
+    the request's id. One dependency instead of four: FastAPI's work per dependency per request was a
+    tenth of the chat path's CPU before the first token."""
+
+    runtime: Runtime
+    agent: AgentContext
+    principal: Principal
+    request_id: str
+
+
+async def chat_caller(request: Request) -> ChatCaller:
+    """The route's runtime, agent and caller, as `get_runtime`, `get_agent` and `get_principal` give
+    them (in that order: a caller is refused before its body is read)."""
+    runtime = await get_runtime(request)
+    agent = await get_agent(request, runtime)
+    principal = await get_principal(request, runtime, agent)
+    return ChatCaller(runtime, agent, principal, _request_id(request))
+
+
+CurrentChatCaller = Annotated[ChatCaller, Depends(chat_caller)]

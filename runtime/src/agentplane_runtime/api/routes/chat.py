@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from agentplane_runtime.agents import AgentNotFound
-from agentplane_runtime.api.deps import CurrentAgent, CurrentPrincipal, RequestId, RuntimeDep, client_address
+from agentplane_runtime.api.deps import CurrentAgent, CurrentChatCaller, CurrentPrincipal, client_address
 from agentplane_runtime.api.schemas import ChatCompletionRequest, ModelCard, ModelList
 from agentplane_runtime.chat import CONVERSATION_HEADER
 from agentplane_runtime.core.errors import ApiError
@@ -63,19 +63,14 @@ router = APIRouter(tags=["chat"])
 
 
 async def chat_completions(
-    request: Request,
-    body: ChatCompletionRequest,
-    agent: CurrentAgent,
-    principal: CurrentPrincipal,
-    runtime: RuntimeDep,
-    request_id: RequestId,
+    request: Request, caller: CurrentChatCaller, body: ChatCompletionRequest
 ) -> Response:
     setattr(request.state, _HANDLED, True)
-    return await runtime.chat.handle(
-        agent,
+    return await caller.runtime.chat.handle(
+        caller.agent,
         body,
-        principal,
-        request_id,
+        caller.principal,
+        caller.request_id,
         conversation=request.headers.get(CONVERSATION_HEADER),
         source=client_address(request),
     )

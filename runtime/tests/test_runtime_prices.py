@@ -28,7 +28,7 @@ from agentplane_platform.api.v1alpha1.tenant import ModelPrice
 from agentplane_platform.config import AgentConfig
 from agentplane_platform.db import UsageRecord
 from agentplane_runtime import Settings
-from agentplane_runtime.llm import Price, count_tokens, price_of
+from agentplane_runtime.llm import Price, count_text_tokens, count_tokens, price_of
 from agentplane_runtime.offline import PRICE, offline_model
 from support.example_specs import example_config, load_example_specs
 from support.fake_llm import FakeLLM, reply
@@ -287,3 +287,32 @@ async def test_a_prompt_is_counted_by_litellm_and_never_under_reserved(
 
     monkeypatch.setattr(litellm, "token_counter", broken)
     assert count_tokens("openai/gpt-4o-mini", messages, None) > len(str(messages)) // 2  # bytes, then
+
+
+@pytest.mark.parametrize(
+    "model", ["openai/gpt-4o-mini", "gpt-4o", "azure/gpt-35-turbo", "anthropic/claude-3-5-sonnet-20240620"]
+)
+async def test_a_prompt_is_counted_as_litellm_counts_it_with_its_tokenizer_chosen_once(model: str) -> None:
+    """The tokenizer is chosen once per model (litellm chooses it on every count otherwise): the
+    counts are litellm's own, with a tool definition, a named message and text alike."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "calculator",
+                "description": "Evaluates arithmetic.",
+                "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "system", "content": "You help."},
+        {"role": "user", "content": "What is a quota? " * 5, "name": "bob"},
+    ]
+    for offered in (None, tools):
+        assert count_tokens(model, messages, offered) == litellm.token_counter(
+            model=model, messages=messages, tools=offered
+        )
+    assert count_text_tokens(model, ["a quota", "a budget"]) == sum(
+        litellm.token_counter(model=model, text=text) for text in ("a quota", "a budget")
+    )

@@ -78,7 +78,7 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
     """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail).
     Both refusals are audited (`auth.failed`, `access.denied`)."""
     config = agent.config
-    # a leaf span (nothing under it): started, not made current, which costs a context switch more
+    # a leaf span (nothing runs under it): started, not made current (attaching a context costs more)
     with runtime.telemetry.tracer.start_span("auth") as span:
         try:
             principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
@@ -143,8 +143,8 @@ RequestId = Annotated[str, Depends(request_id)]
 @dataclass(frozen=True, slots=True)
 class ChatCaller:
     """What the chat route needs before its body: the runtime, the agent, the authenticated caller and
-    the request's id. One dependency instead of four: FastAPI's work per dependency per request was a
-    tenth of the chat path's CPU before the first token."""
+    the request's id. One dependency instead of four: FastAPI's own work for each (its cache keys,
+    scope and signature checks) was about 6 % of the runtime's CPU for a streamed chat."""
 
     runtime: Runtime
     agent: AgentContext

@@ -1,4 +1,4 @@
-"""kopf's per-event work done cheaper, the same as kopf's own."""
+"""kopf's per-event work done cheaper, the same as kopf's own; a task kopf leaves running at exit, ended."""
 
 from __future__ import annotations
 

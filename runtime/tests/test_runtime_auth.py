@@ -63,6 +63,7 @@ async def test_api_keys_scope_expiry_and_revocation(settings: Settings) -> None:
         # the same answer whatever was wrong: nothing to learn from it
         messages = {r.json()["error"]["message"] for r in refusals[1:]}
         assert messages == {"invalid credentials"}
+        assert all(r.headers["www-authenticate"] == "Bearer" for r in refusals)
         # a caller is refused before its body is read: an invalid body tells a stranger nothing
         stranger = await create_api_key(engine, tenant=other, name="stranger")
         async with httpx.AsyncClient(base_url=served.url) as http:
@@ -74,7 +75,6 @@ async def test_api_keys_scope_expiry_and_revocation(settings: Settings) -> None:
                 )
                 assert invalid.status_code == status, invalid.text
                 assert ("messages" in invalid.text) is (status == 400)
-        assert all(r.headers["www-authenticate"] == "Bearer" for r in refusals)
 
         revoked = await create_api_key(engine, tenant=tenant, name="leaked")
         assert (await post(served.url, revoked)).status_code == 200

@@ -10,7 +10,9 @@ from typing import Any, cast
 import kopf
 import orjson
 import pytest
-from kopf._cogs.clients import api
+from kopf._cogs.aiokits import aiotoggles
+from kopf._cogs.clients import api, watching
+from kopf._cogs.structs import references
 
 from agentplane_operator.kopf_speedups import (
     PAUSE_WAITER,
@@ -109,10 +111,6 @@ async def test_the_pause_waiter_of_a_watch_stream_kopf_left_open_is_ended() -> N
     """kopf's own watch stream, suspended inside its block as the Agents' stream is when kopf
     cancels its busy watcher at exit, and never closed: its pause waiter runs on (and held every
     exit for kopf's 5 s) until `end_pause_waiters` ends it."""
-    from kopf._cogs.aiokits import aiotoggles
-    from kopf._cogs.clients import watching
-    from kopf._cogs.structs import references
-
     paused = aiotoggles.ToggleSet(any)
     agents = references.Resource(group="agentplane.io", version="v1alpha1", plural="agents")
 

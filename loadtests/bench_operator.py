@@ -171,6 +171,10 @@ class Watch:
         self.values: dict[str, str] = {}
         self.restarts = 0
         self.failed_lists = 0
+        self.missed = 0
+        """Values a list found that the watch had not shown (`resync`)."""
+        self._events = 0  # lines the watch has shown, and the number of each object's last one
+        self._last_event: dict[str, int] = {}
         self._closed = False
         self._lock = threading.Lock()
         self.process = self._start(watch_only=False)
@@ -194,7 +198,10 @@ class Watch:
                 key, _, value = line.rstrip("\n").partition(" ")
                 with self._lock:
                     self.values[key] = value
+                    self._events += 1
+                    self._last_event[key] = self._events
             self.process.wait()
+            self.process.stdout.close()
             with self._lock:
                 if self._closed:
                     return
@@ -206,9 +213,10 @@ class Watch:
                     key, _, value = line.partition(" ")
                     self.values[key] = value
 
-    def _list(self) -> str:
+    def _list(self, attempts: int | None = None) -> str:
         """Every object's line, listed once; a list the API server refuses (it is short of CPU when it
-        closes watches) is asked for again: without it, what changed while no watch ran is lost."""
+        closes watches) is asked for again (up to `attempts` times, else until it is given): without
+        it, what changed while no watch ran is lost."""
         while True:
             listed = subprocess.run(
                 self._kubectl("-o", "jsonpath={range .items[*]}" + self.template + "{end}"),
@@ -217,8 +225,27 @@ class Watch:
             if listed.returncode == 0 or self._closed:
                 return listed.stdout
             self.failed_lists += 1
+            if attempts is not None and (attempts := attempts - 1) <= 0:
+                return ""
             _progress(f"listing {self.kind} failed, again in 1 s: {listed.stderr.strip()[:300]}")
             time.sleep(1.0)
+
+    def resync(self) -> int:
+        """List the objects once and take the values the watch did not show: an object's listed value
+        replaces its own unless the watch has shown a line of it since the list began (that line is
+        newer). How many values changed: changes the watch missed."""
+        with self._lock:
+            began = self._events
+        listed = self._list(attempts=3)
+        fixed = 0
+        with self._lock:
+            for line in listed.splitlines():
+                key, _, value = line.partition(" ")
+                if self._last_event.get(key, 0) <= began and self.values.get(key) != value:
+                    self.values[key] = value
+                    fixed += 1
+            self.missed += fixed
+        return fixed
 
     def snapshot(self) -> dict[str, str]:
         with self._lock:
@@ -234,11 +261,43 @@ class Watch:
             process = self.process
         process.terminate()
         process.wait(timeout=10)
+        self._reader.join(timeout=10)  # it closes the process's output once read to its end
         if self.restarts:
             _progress(
                 f"the {self.kind} watch was closed by the API server {self.restarts} time(s) and restarted; "
                 f"{self.failed_lists} list(s) failed and were asked for again"
             )
+        if self.missed:
+            _progress(
+                f"the {self.kind} watch missed {self.missed} change(s), found by listing when a count stalled"
+            )
+
+
+class StallGuard:
+    """Lists a watch's objects again (`Watch.resync`) when a count taken from it has not moved for
+    `stall` seconds: a watch can miss changes (one run sat at 984 of 1,000 Ready for 800 s while
+    every Agent was Ready), and a count that is only waited for would then never arrive."""
+
+    def __init__(self, watch: Watch, stall: float = 30.0) -> None:
+        self.watch, self.stall = watch, stall
+        self._value: object = None
+        self._since = time.monotonic()
+
+    def moved(self, value: object) -> bool:
+        """Note the count's `value`; True when it stalled and a list found changes (count again)."""
+        now = time.monotonic()
+        if value != self._value:
+            self._value, self._since = value, now
+            return False
+        if now - self._since < self.stall:
+            return False
+        self._since = now
+        fixed = self.watch.resync()
+        if fixed:
+            _progress(
+                f"{self.watch.kind}: stalled for {self.stall:.0f} s; a list found {fixed} change(s) the watch missed"
+            )
+        return fixed > 0
 
 
 @contextmanager
@@ -515,11 +574,14 @@ def _wait(
     want: int,
     timeout: float,
     report: Callable[[str], None] | None = None,
+    guard: StallGuard | None = None,
 ) -> None:
     last = [0]
 
     def done() -> bool:
         last[0] = count()
+        if guard is not None and last[0] < want and guard.moved(last[0]):
+            last[0] = count()
         if report is not None:
             report(f"{last[0]} of {want}")
         return last[0] >= want
@@ -575,7 +637,9 @@ def run_limit(
                     timeline.setdefault("every Deployment seen by a watch", time.perf_counter() - started)
                 return deployments.count("True")
 
-            _wait("every Deployment Available", available, layout.total, timeout)
+            _wait(
+                "every Deployment Available", available, layout.total, timeout, guard=StallGuard(deployments)
+            )
             converged = time.perf_counter() - started
             cpu = ledger.stop(converged)
         _report_profile(summary)
@@ -788,7 +852,7 @@ def run_operator(
                 )
                 applied = time.perf_counter() - started
                 report = _Reporter(operator, "every Agent Ready")
-                _wait("every Agent Ready", ready, layout.total, timeout, report)
+                _wait("every Agent Ready", ready, layout.total, timeout, report, StallGuard(agents))
                 converged = time.perf_counter() - started
                 cpu_converged = _cpu_seconds(operator.process.pid) - cpu_at_start
                 machine_cpu = ledger.stop(converged)
@@ -846,9 +910,12 @@ def run_operator(
                     "apply", *spec_apply, "-f", "-", input="\n---\n".join(json.dumps(p) for p in bumped)
                 )
                 report = _Reporter(operator, "the Prompt change")
+                guard = StallGuard(agents)
 
                 def propagated_to_all() -> bool:
                     reached = sum(h != hashes[k] for k, h in config_hashes().items())
+                    if reached < len(hashes) and guard.moved(reached):
+                        reached = sum(h != hashes[k] for k, h in config_hashes().items())
                     report(f"{reached} of {len(hashes)} dependents have the new config hash")
                     return reached == len(hashes)
 

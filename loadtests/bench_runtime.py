@@ -24,6 +24,14 @@ most), so a drift of a shared machine's speed shows as the rounds' range instead
 
 `--audit off` starts the runtime with its audit trail off (`AGENTPLANE_AUDIT=false`), to compare. A
 plain chat writes no audit record; the `agentplane-401` row shows what recording one costs.
+
+`--baseline REF` compares this checkout's runtime with the one of the git revision REF instead (its
+`runtime/src` and `platform/src`, on this checkout's dependencies): both run, with the same stores
+and settings, and every round loads the two at the same time, one wrk each, so a swing of a shared
+machine's speed meets both alike. A change worth a few percent of CPU is lost in the swings between
+runs taken one after another (10-25 % from one round to the next here); side by side it shows.
+
+    uv run python loadtests/bench_runtime.py --baseline HEAD~1 [--rounds 8] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -117,7 +126,7 @@ def wrk(
 ) -> Run:
     """Load `url` with wrk: `concurrency` connections for `seconds` (after a 2 s warm-up); with
     `profile`, py-spy records the server meanwhile into that file."""
-    script = work / "post.lua"
+    script = work / f"post-{server_pid}.lua"  # one each: two targets are loaded at once with `--baseline`
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     lines.append('wrk.headers["Content-Type"] = "application/json"')
@@ -243,6 +252,52 @@ def report(
         )
 
 
+def baseline_sources(ref: str, into: Path) -> str:
+    """The runtime's and the platform's sources at the git revision `ref`, extracted `into` a folder:
+    the PYTHONPATH that runs them (ahead of this checkout's, installed in the environment)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "runtime/src", "platform/src"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        sys.exit(f"bench_runtime: no sources at {ref}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return os.pathsep.join(str(into / part / "src") for part in ("runtime", "platform"))
+
+
+Target = tuple[str, dict[str, str], int]
+
+
+def compare(
+    current: Target, baseline: Target, ref: str, levels: list[int], rounds: int, seconds: int, work: Path
+) -> None:
+    """Load this checkout's runtime and `ref`'s at the same time, each with its own wrk, `rounds` times
+    at each concurrency; print every round and the median of the rounds' ratios."""
+    ratios: dict[int, list[tuple[float, float]]] = {c: [] for c in levels}
+    print(f"this checkout's runtime beside {ref}'s, loaded at the same time, {seconds} s per round")
+    print(f"{'round':<6} {'conc':>4} {'req/s':>8} {'base':>8} {'CPU ms/req':>11} {'base':>8}")
+    for number in range(rounds):
+        for concurrency in levels:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                loads = [pool.submit(wrk, url, headers, concurrency, seconds, pid, work)
+                         for url, headers, pid in (current, baseline)]  # fmt: skip
+                now, base = (load.result() for load in loads)
+            if now.errors or base.errors:
+                sys.exit(f"bench_runtime: errors under load: {now.errors} here, {base.errors} at {ref}")
+            ratios[concurrency].append((now.rps / base.rps, now.cpu_ms / base.cpu_ms))
+            print(f"{number + 1:<6} {concurrency:>4} {now.rps:>8.0f} {base.rps:>8.0f} "
+                  f"{now.cpu_ms:>11.2f} {base.cpu_ms:>8.2f}", flush=True)  # fmt: skip
+    for concurrency, pairs in ratios.items():
+        rps = sorted(r for r, _ in pairs)
+        cpu = sorted(c for _, c in pairs)
+        print(
+            f"concurrency {concurrency}: requests/s {median(rps):.3f}x {ref}'s ({rps[0]:.3f}-{rps[-1]:.3f}), "
+            f"CPU a request {median(cpu):.3f}x ({cpu[0]:.3f}-{cpu[-1]:.3f}), the median of {len(pairs)} rounds"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -269,6 +324,12 @@ def main() -> None:
         type=int,
         default=300,
         help="streamed requests in a row per target to measure the time to first token (0: none)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="compare the runtime with the one of the git revision REF, both loaded at the same time "
+        "(only those two targets, no time to first token)",
     )
     parser.add_argument(
         "--profile",
@@ -358,20 +419,15 @@ def main() -> None:
             "AGENTPLANE_QDRANT_PATH": str(work / "qdrant"),
             "AGENTPLANE_AUDIT": "true" if args.audit == "on" else "false",
         }
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "agentplane-runtime"),
-                    "--config",
-                    str(config_path),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(runtime_port),
-                ],
-                env=runtime_env,
-            )
-        )
+
+        def start_runtime(port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "agentplane-runtime"), "--config", str(config_path),
+                 "--host", "127.0.0.1", "--port", str(port)],
+                env={**runtime_env, **(extra_env or {})},
+            )  # fmt: skip
+
+        processes.append(start_runtime(runtime_port))
         proxy_config = work / "proxy.yaml"
         proxy_config.write_text(
             json.dumps(
@@ -423,6 +479,23 @@ def main() -> None:
             )
         )
         fake, runtime, proxy, forwarder = processes
+        baseline_port = free_port()
+        if args.baseline:
+            # its own state (the embedded Qdrant takes a lock on its folder) and its own streams (on
+            # shared ones, whichever writer reads first would write the other's records too); the
+            # same stores otherwise
+            baseline = start_runtime(
+                baseline_port,
+                {
+                    "PYTHONPATH": baseline_sources(args.baseline, work / "baseline"),
+                    "AGENTPLANE_STATE_DIR": str(work / "baseline-state"),
+                    "AGENTPLANE_QDRANT_PATH": str(work / "baseline-qdrant"),
+                    "AGENTPLANE_USAGE_STREAM": "agentplane:usage:baseline",
+                    "AGENTPLANE_AUDIT_STREAM": "agentplane:audit:baseline",
+                },
+            )
+            processes.append(baseline)
+            wait_http(f"http://127.0.0.1:{baseline_port}/healthz/startup")
         wait_http(f"http://127.0.0.1:{runtime_port}/healthz/startup")
         if "litellm-proxy" in chosen:
             wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
@@ -458,6 +531,13 @@ def main() -> None:
                 proxy.pid,
             ),
         }
+        if args.baseline:
+            baseline_target = (targets["agentplane"][0].replace(str(runtime_port), str(baseline_port)),
+                               targets["agentplane"][1], baseline.pid)  # fmt: skip
+            compare(
+                targets["agentplane"], baseline_target, args.baseline, levels, args.rounds, args.seconds, work
+            )
+            return
         rounds: list[dict[tuple[str, int], Run]] = []
         firsts: list[dict[str, tuple[float, float]]] = []
         streamed = [name for name in ("forwarder", "agentplane", "litellm-proxy") if name in chosen]

@@ -13,6 +13,7 @@ import openai
 import pytest
 import pytest_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 from runtime_support import Served, make_config, serve, tenant_name
 
 from agentplane_platform.quotas import QuotaLimits
@@ -30,6 +31,7 @@ from agentplane_runtime.quotas import (
     StaticLimits,
 )
 from support.fake_llm import FakeLLM
+from support.ports import free_port
 from support.services import Server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
@@ -109,6 +111,78 @@ async def test_a_settlement_carries_a_record_to_its_stream_in_the_same_round_tri
     finally:
         await redis.aclose()
         await other.aclose()
+
+
+async def test_a_settlement_goes_ahead_of_the_next_check_in_its_round_trip(redis_server: Server) -> None:
+    """A settlement waits for the next check and goes in its pipeline, ahead of it, so that check
+    sees the tokens given back; the record goes along. A Redis that lost both scripts gets them again.
+    With no check after it, `flush` sends it, and so does the delay on its own."""
+    redis = Redis.from_url(redis_server.url)
+    try:
+        backend = RedisQuotaBackend(redis, settle_delay=3600.0)  # only a check or `flush` sends it
+        counter, spend, stream = key(), key(), key()
+        assert (await backend.acquire([CounterSpec(counter, 10, 10)], spend_key=spend, budget=-1, ttl=60)).ok
+        appended = backend.settle([counter], -4, spend, 0.25, 60, StreamEntry(redis, stream, b"one"))
+        await asyncio.sleep(0.05)
+        assert not appended.done()
+        assert await number(redis, counter) == 10  # still reserved
+        await redis.script_flush()
+        # 4 more fit only if the settlement went first
+        checked = await backend.acquire([CounterSpec(counter, 4, 10)], spend_key=spend, budget=-1, ttl=60)
+        assert (checked.ok, checked.values) == (True, (10,))
+        assert appended.done()
+        assert appended.result()
+        assert await number(redis, spend) == 0.25
+        assert await redis.xlen(stream) == 1
+        last = backend.settle([counter], -10, spend, 0.0, 60)
+        await backend.flush()
+        assert last.done()
+        assert not last.result()  # settled; it had no record to append
+        assert await number(redis, counter) == 0
+        backend.settle_delay = 0.05
+        alone = backend.settle([counter], 3, spend, 0.0, 60, StreamEntry(redis, stream, b"two"))
+        assert await asyncio.wait_for(alone, 10)  # a deadline against a hang, not a measure
+        assert await number(redis, counter) == 3
+        assert await redis.xlen(stream) == 2
+    finally:
+        await redis.aclose()
+
+
+async def test_a_cancelled_check_still_sends_the_settlements_it_took(redis_server: Server) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        backend = RedisQuotaBackend(redis, settle_delay=3600.0)
+        counter, stream = key(), key()
+        assert (await backend.acquire([CounterSpec(counter, 10, 100)], spend_key=key(), budget=-1, ttl=60)).ok
+        appended = backend.settle([counter], -4, key(), 0.0, 60, StreamEntry(redis, stream, b"one"))
+        check = asyncio.ensure_future(
+            backend.acquire([CounterSpec(counter, 1, 100)], spend_key=key(), budget=-1, ttl=60)
+        )
+        await asyncio.sleep(0)  # the check has taken the settlement into its round trip
+        check.cancel()
+        assert await asyncio.wait_for(appended, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await check
+        assert await number(redis, counter) == 7  # settled, and the check itself went through
+        assert await redis.xlen(stream) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_settlements_on_a_redis_gone_tell_their_caller_to_record_the_usage(
+    redis_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+    try:
+        backend = RedisQuotaBackend(gone, settle_delay=3600.0)
+        appended = backend.settle([key()], -4, key(), 0.5, 60, StreamEntry(gone, key(), b"one"))
+        with pytest.raises(RedisError):
+            await backend.acquire([CounterSpec(key(), 1, 100)], spend_key=key(), budget=-1, ttl=60)
+        assert appended.done()
+        assert appended.result() is False
+        assert "quota settle failed" in caplog.text
+    finally:
+        await gone.aclose()
 
 
 async def test_concurrent_acquires_never_pass_the_limit(backend: QuotaBackend) -> None:

@@ -214,6 +214,7 @@ async def test_budget_report_and_the_budget_left_on_chat_responses(
         )
         redis = served.runtime.redis
         assert redis is not None
+        await served.runtime.chat.quota.flush()  # the first's settlement (it waits for a round trip)
         (spend_key,) = await redis.keys(f"agentplane:quota:{tenant}:spend:*")
         await redis.set(spend_key, "2.5")
         second = await client.chat.completions.with_raw_response.create(

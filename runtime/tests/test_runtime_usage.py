@@ -10,7 +10,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -33,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from agentplane_platform.db import UsageRecord
 from agentplane_runtime import Settings
+from agentplane_runtime.quotas import RedisQuotaBackend
 from support.fake_llm import FakeLLM, error, reply, stream_error
 from support.service_fixtures import unavailable
 from support.services import Server, ServiceUnavailable, start_postgres, wait_port
@@ -104,42 +104,44 @@ async def test_every_request_writes_one_usage_row(settings: Settings, fake_llm: 
     assert all(r.tenant == tenant and r.agent == "helper" for r in found)
 
 
-async def test_a_plain_answer_is_sent_before_its_settlement_which_still_lands(
+async def test_a_plain_answer_is_sent_before_its_settlement_which_the_next_request_carries(
     settings: Settings, fake_llm: FakeLLM, redis_server: Server
 ) -> None:
-    """The caller has the answer while its quota settlement (one Redis round trip, carrying the usage
-    record) is still under way; the settlement and the record land after it."""
+    """The caller has the answer while its quota settlement (carrying the usage record) still waits
+    for a Redis round trip; the next request's quota check carries it, ahead of that check, and the
+    runtime's shutdown sends the last one."""
     tenant = tenant_name()
     await limit(redis_server, tenant)
     async with serve(settings, make_config(tenant)) as served:
         gate = served.runtime.chat.quota
         gate.clock = lambda: MINUTE
-        settling = asyncio.Event()
-        release = asyncio.Event()
-        settle = gate.settle
-
-        async def held(*args: Any, **kwargs: Any) -> bool:
-            settling.set()
-            await release.wait()
-            return await settle(*args, **kwargs)
-
-        gate.settle = held  # type: ignore[method-assign]
-        fake_llm.script("gpt-4o-mini", [reply("settled later", prompt_tokens=30, completion_tokens=5)])
-        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
-        # a deadline against a hang, not a measure: before this change the answer waited for `release`
-        answer = await asyncio.wait_for(
-            client.chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}]), 30
+        backend = gate.backend
+        assert isinstance(backend, RedisQuotaBackend)
+        backend.settle_delay = 3600.0  # only a request (or the shutdown) sends a settlement
+        fake_llm.script(
+            "gpt-4o-mini",
+            [
+                reply("settled later", prompt_tokens=30, completion_tokens=5),
+                reply("again", prompt_tokens=30, completion_tokens=5),
+            ],
         )
-        await client.close()
+        client = openai.AsyncOpenAI(api_key=await served.key(), base_url=served.base_url, max_retries=0)
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+        # a deadline against a hang, not a measure
+        answer = await asyncio.wait_for(client.chat.completions.create(model="helper", messages=messages), 30)
         assert answer.choices[0].message.content == "settled later"
-        assert settling.is_set()  # the settlement had begun, and is held
         reserved, _ = await counters(redis_server, tenant)
         assert reserved > 35  # the reservation (prompt and max_tokens) still counts, not what was used
         assert await rows(served, tenant) == []
-        release.set()
-        (row,) = await wait_for_rows(served, tenant, 1)
+        again = await asyncio.wait_for(client.chat.completions.create(model="helper", messages=messages), 30)
+        await client.close()
+        assert again.choices[0].message.content == "again"
+        (row,) = await wait_for_rows(served, tenant, 1)  # the first's record came with the second's check
         assert (row.status, row.prompt_tokens, row.completion_tokens) == ("ok", 30, 5)
-        assert (await counters(redis_server, tenant))[0] == 35  # settled to what was used
+        assert (await counters(redis_server, tenant))[0] == 35 + reserved  # settled; the second reserved
+        await served.runtime.chat.aclose()
+        assert (await counters(redis_server, tenant))[0] == 70
+        assert len(await wait_for_rows(served, tenant, 2)) == 2
 
 
 @pytest.fixture

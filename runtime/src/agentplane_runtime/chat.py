@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -278,16 +279,8 @@ class EmbeddingMeter:
 
     async def _settle(self, used: int, cost: float) -> None:
         reservation, self._reservation = self._reservation, None
-        if reservation is None:
-            return
-        try:
-            await self.service.quota.settle(reservation, used, cost)
-        except (RedisError, OSError, TimeoutError) as exc:
-            config = self.agent.config
-            log.warning(
-                "quota settle for %s/%s failed (%s: %s)",
-                config.tenant, config.agent, type(exc).__name__, exc,
-            )  # fmt: skip
+        if reservation is not None:  # sent with the next round trip; a failure is logged there
+            self.service.quota.settle(reservation, used, cost)
 
 
 class ChatService:
@@ -315,6 +308,16 @@ class ChatService:
         self.audit = audit
         self.tracer = telemetry.tracer
         self.metrics = telemetry.metrics
+        self._settling: set[asyncio.Future[bool]] = set()  # settlements not sent yet
+        self._recording: set[asyncio.Task[None]] = set()  # usage records their settlement did not carry
+
+    async def aclose(self) -> None:
+        """Send the settlements still waiting, and record the usage they could not carry."""
+        await self.quota.flush()
+        if self._settling:  # done now; awaited so their callbacks have run
+            await asyncio.gather(*self._settling)
+        if self._recording:
+            await asyncio.gather(*self._recording)
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -1001,31 +1004,41 @@ class ChatService:
             llm_calls=state.llm_calls,
             created_at=now_utc(),
         )
-        # the settlement carries the usage record when both live in one Redis: one round trip
-        if not await self._settle(state, used, event):
+        # the settlement carries the usage record when both live in one Redis, and goes with the
+        # next request's quota check: this request does not wait for it
+        appended = self._settle(state, used, event)
+        if appended is None or (appended.done() and not appended.result()):
             await self.usage.record(event)
+        elif not appended.done():
+            self._settling.add(appended)
+            appended.add_done_callback(functools.partial(self._settled, event))
 
-    async def _settle(self, state: RequestState, used: int, event: UsageEvent) -> bool:
-        """Settle the request's reservation to what it used, appending the usage `event` to its
-        stream along if it can: whether it did. Never raises (the answer is given): a failure is logged, and the caller records
-        the usage itself (a record appended twice is written once: its id is the row's key)."""
+    def _settle(self, state: RequestState, used: int, event: UsageEvent) -> asyncio.Future[bool] | None:
+        """Settle the request's reservation to what it used, with the usage `event` appended to its
+        stream along if it can: the future says whether it was (None: no settlement). Never raises
+        (the answer is given): a failure is logged, and the caller records the usage itself (a
+        record appended twice is written once: its id is the row's key)."""
         if state.reservation is None:
-            return False
-        config = state.agent.config
+            return None
         try:
-            return await self.quota.settle(
+            return self.quota.settle(
                 state.reservation,
                 used + state.embedding_tokens,
                 state.cost + state.embedding_cost,
                 append=self.usage.stream_entry(event),
             )
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning(
-                "quota settle for %s/%s failed (%s: %s)", config.tenant, config.agent, type(exc).__name__, exc
-            )
         except Exception as exc:  # a bug here must not turn the answer into an error
+            config = state.agent.config
             log.error("quota settle for %s/%s failed", config.tenant, config.agent, exc_info=exc)
-        return False
+        return None
+
+    def _settled(self, event: UsageEvent, appended: asyncio.Future[bool]) -> None:
+        """A settlement was sent: record its usage on its own if it did not carry it."""
+        self._settling.discard(appended)
+        if not appended.result():
+            task = asyncio.ensure_future(self.usage.record(event))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
 
 
 class _Answer(Response):

@@ -8,10 +8,16 @@ same in-process (for `agentplane up`), with the same semantics and the same test
 Tokens are *reserved* before the LLM call (prompt size and `max_tokens`) and *settled* after it
 with the real usage: the difference is given back, so the counters only ever hold
 reserved-or-used tokens and concurrent or streaming requests cannot overshoot a limit.
+
+A settlement does not take a Redis round trip of its own: `RedisQuotaBackend` sends it (with the
+request's usage record) ahead of the next `acquire`, in that call's pipeline, or after
+`SETTLE_DELAY_SECONDS` when no request comes. Under load a request costs one round trip, and the
+next request's check still sees every settlement before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -19,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -32,6 +38,8 @@ log = logging.getLogger("agentplane.runtime.quota")
 
 WINDOW_SECONDS = 60
 UNLIMITED = -1
+# how long a settlement waits for a request to carry it to Redis before it goes on its own
+SETTLE_DELAY_SECONDS = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,7 @@ class QuotaBackend(Protocol):
         counter does not exist yet (the caller initialises it from the usage records and retries)."""
         ...
 
-    async def settle(
+    def settle(
         self,
         keys: Sequence[str],
         delta: int,
@@ -73,10 +81,16 @@ class QuotaBackend(Protocol):
         amount: float,
         ttl: int,
         append: StreamEntry | None = None,
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
         """A request is done: add `delta` (possibly negative) to those of `keys` that still exist, and
         `amount` USD (if any) to the spend counter, which expires in `ttl` seconds; and append the
-        record `append` in the same round trip when it can (True then)."""
+        record `append` in the same round trip when it can. Returns at once; the future says, once
+        the settlement is sent, whether `append` was appended (it never raises: a failure is logged,
+        and the caller records the record itself). Awaiting it is optional."""
+        ...
+
+    async def flush(self) -> None:
+        """Send every settlement not sent yet, and wait for those under way (at shutdown)."""
         ...
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
@@ -133,13 +147,30 @@ return 1
 """
 
 
-class RedisQuotaBackend:
-    """Counters in Redis; each check-and-increment is one Lua script, atomic across replicas."""
+@dataclass(slots=True)
+class _Settlement:
+    """A settlement waiting for a round trip: its script's keys and arguments (none when it changes
+    no counter), the record to append with it, and its outcome."""
 
-    def __init__(self, redis: Redis) -> None:
+    keys: list[str]
+    args: list[str | int] | None
+    append: StreamEntry | None
+    appended: asyncio.Future[bool]
+
+
+class RedisQuotaBackend:
+    """Counters in Redis; each check-and-increment is one Lua script, atomic across replicas.
+    Settlements wait for the next `acquire` and go in its pipeline, ahead of its script (or alone
+    after `settle_delay` seconds): one round trip a request under load."""
+
+    def __init__(self, redis: Redis, *, settle_delay: float = SETTLE_DELAY_SECONDS) -> None:
         self.redis = redis
+        self.settle_delay = settle_delay
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
+        self._pending: list[_Settlement] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._under_way: set[asyncio.Task[Any]] = set()
 
     async def acquire(
         self, counters: Sequence[CounterSpec], *, spend_key: str, budget: float, ttl: int
@@ -149,7 +180,11 @@ class RedisQuotaBackend:
         for c in counters:
             args += [c.add, c.limit]
         args += [budget, ttl]
-        result = await self._acquire(keys=keys, args=args)
+        pending = self._take()
+        if pending:  # the settlements first, so this check sees them; shielded: they must land
+            result = await asyncio.shield(self._send(pending, (keys, args)))
+        else:
+            result = await self._acquire(keys=keys, args=args)
         status = int(result[0])
         if status == -1:
             return Acquired(ok=False, spend_missing=True)
@@ -166,7 +201,7 @@ class RedisQuotaBackend:
         # the counters' new values, then the month's spend as text (a Lua number would be truncated)
         return Acquired(ok=True, values=tuple(int(v) for v in result[1:-1]), spend=float(result[-1]))
 
-    async def settle(
+    def settle(
         self,
         keys: Sequence[str],
         delta: int,
@@ -174,26 +209,104 @@ class RedisQuotaBackend:
         amount: float,
         ttl: int,
         append: StreamEntry | None = None,
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        appended: asyncio.Future[bool] = loop.create_future()
+        if append is not None and append.redis is not self.redis:
+            append = None  # another Redis: the caller records it (the future says False)
         # the amount as text (repr): INCRBYFLOAT adds it as Redis parses it, with no rounding by Lua
-        settle_keys = [*keys, spend_key]
-        settle_args: list[str | int] = [delta, repr(float(amount)), ttl]
         needed = bool(delta or amount > 0)
-        if append is None or append.redis is not self.redis:
-            if needed:
-                await self._settle(keys=settle_keys, args=settle_args)
-            return False
-        # one round trip: the script (by its digest) and the record's append, in one pipeline
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if needed:
-                pipe.evalsha(self._settle.sha, len(settle_keys), *settle_keys, *settle_args)
-            pipe.xadd(append.stream, {"r": append.data})
-            results = await pipe.execute(raise_on_error=False)
-        if needed and isinstance(results[0], NoScriptError):  # Redis restarted: load the script again
-            await self._settle(keys=settle_keys, args=settle_args)
-        elif needed and isinstance(results[0], Exception):
-            log.warning("quota settle failed (%s: %s)", type(results[0]).__name__, results[0])
-        return not isinstance(results[-1], Exception)
+        if not needed and append is None:
+            appended.set_result(False)
+            return appended
+        settle_args: list[str | int] | None = [delta, repr(float(amount)), ttl] if needed else None
+        self._pending.append(_Settlement([*keys, spend_key], settle_args, append, appended))
+        if self._timer is None:
+            self._timer = loop.call_later(self.settle_delay, self._send_pending)
+        return appended
+
+    async def flush(self) -> None:
+        pending = self._take()
+        if pending:
+            await self._send(pending, None)
+        while self._under_way:
+            await asyncio.gather(*self._under_way, return_exceptions=True)
+
+    def _take(self) -> list[_Settlement]:
+        """The settlements waiting, for the round trip about to be made."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _send_pending(self) -> None:
+        """No request came in time: the waiting settlements go on their own."""
+        self._timer = None
+        if pending := self._take():
+            self._send(pending, None)
+
+    def _send(
+        self, pending: list[_Settlement], acquire: tuple[list[str], list[str | int | float]] | None
+    ) -> asyncio.Task[Any]:
+        """One pipeline: `pending`, each settlement's script and record, then `acquire`'s script (the
+        task's result is that script's). Tracked until done, so `flush` can wait for it."""
+        task = asyncio.ensure_future(self._round_trip(pending, acquire))
+        self._under_way.add(task)
+        task.add_done_callback(self._sent)
+        return task
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._under_way.discard(task)
+        if not task.cancelled():
+            task.exception()  # an acquire's error is its caller's; a cancelled caller's is dropped
+
+    async def _round_trip(
+        self, pending: list[_Settlement], acquire: tuple[list[str], list[str | int | float]] | None
+    ) -> Any:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in pending:
+                    if item.args is not None:
+                        pipe.evalsha(self._settle.sha, len(item.keys), *item.keys, *item.args)
+                    if item.append is not None:
+                        pipe.xadd(item.append.stream, {"r": item.append.data})
+                if acquire is not None:
+                    pipe.evalsha(self._acquire.sha, len(acquire[0]), *acquire[0], *acquire[1])
+                results = list(await pipe.execute(raise_on_error=False))
+        except BaseException as exc:
+            for item in pending:
+                self._settled(item, exc, exc)
+            raise
+        results.reverse()
+        for item in pending:
+            outcome = results.pop() if item.args is not None else None
+            if isinstance(outcome, NoScriptError):  # Redis restarted: load the script again
+                try:
+                    await self._settle(keys=item.keys, args=item.args)
+                    outcome = None
+                except (RedisError, OSError) as exc:
+                    outcome = exc
+            self._settled(item, outcome, results.pop() if item.append is not None else None)
+        if acquire is None:
+            return None
+        result = results.pop()
+        if isinstance(result, NoScriptError):
+            return await self._acquire(keys=acquire[0], args=acquire[1])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @staticmethod
+    def _settled(item: _Settlement, settle: object, append: object) -> None:
+        """Log a settlement that failed; say whether its record was appended (`append` is the
+        XADD's reply: the record's id, or the error)."""
+        if isinstance(settle, BaseException) and not isinstance(settle, asyncio.CancelledError):
+            log.warning("quota settle failed (%s: %s)", type(settle).__name__, settle)
+        if not item.appended.done():
+            item.appended.set_result(
+                item.append is not None and append is not None and not isinstance(append, BaseException)
+            )
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         await self.redis.set(key, repr(float(amount)), nx=True, ex=ttl)
@@ -252,7 +365,7 @@ class MemoryQuotaBackend:
             values.append(value)
         return Acquired(ok=True, values=tuple(values), spend=spend)
 
-    async def settle(
+    def settle(
         self,
         keys: Sequence[str],
         delta: int,
@@ -260,14 +373,19 @@ class MemoryQuotaBackend:
         amount: float,
         ttl: int,
         append: StreamEntry | None = None,
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
         for key in keys if delta else ():
             entry = self._values.get(key)
             if entry is not None and self._get(key) is not None:
                 self._values[key] = (entry[0] + delta, entry[1])
         if amount > 0:
             self._set(spend_key, (self._get(spend_key) or 0.0) + amount, ttl)
-        return False  # no stream here to append to
+        appended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        appended.set_result(False)  # no stream here to append to
+        return appended
+
+    async def flush(self) -> None:
+        return None  # every settlement is done when `settle` returns
 
     async def init_spend(self, key: str, amount: float, ttl: int) -> None:
         if self._get(key) is None:
@@ -481,26 +599,31 @@ class QuotaGate:
             reservation.reserved += tokens
         return result.ok
 
-    async def settle(
+    def settle(
         self,
         reservation: Reservation,
         used_tokens: int,
         cost_usd: float,
         *,
         append: StreamEntry | None = None,
-    ) -> bool:
+    ) -> asyncio.Future[bool]:
         """Replace the reservation by the real usage (gives back what was not used); with `append`, a
-        record to add to its Redis stream in the same round trip: True when it was (else the caller
-        records it itself)."""
+        record to add to its Redis stream in the same round trip. Returns at once (the backend sends
+        it with its next round trip); the future says whether the record was appended (else the
+        caller records it itself) and never raises."""
         keys = reservation.token_keys if reservation.enforced else ()
         delta = used_tokens - reservation.reserved if reservation.enforced else 0
         _, _, to_month_end = _month(datetime.fromtimestamp(self.clock(), UTC))
-        appended = await self.backend.settle(
+        appended = self.backend.settle(
             keys, delta, reservation.spend_key, max(0.0, cost_usd), int(to_month_end) + 86400, append
         )
         if reservation.enforced:
             reservation.reserved = used_tokens
         return appended
+
+    async def flush(self) -> None:
+        """Send the settlements still waiting (at shutdown)."""
+        await self.backend.flush()
 
     @staticmethod
     def _headers(

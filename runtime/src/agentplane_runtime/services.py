@@ -273,6 +273,7 @@ async def build_runtime(
             telemetry=telemetry,
             audit=audit,
         )
+        stack.push_async_callback(chat.aclose)  # first: the settlements' records go before `usage.stop`
         runtime = Runtime(
             settings=settings,
             agents=agents,

@@ -8,6 +8,7 @@ import asyncio
 
 import httpx
 import pytest
+from aiohttp import web
 from runtime_support import make_config, serve, tenant_name
 
 from agentplane_runtime import Settings
@@ -158,3 +159,51 @@ async def test_the_direct_path_takes_the_proxy_of_the_environment(monkeypatch: p
         assert proxy_for("http://localhost:8080/v1/chat/completions") is None
     finally:
         _proxy_for_origin.cache_clear()
+
+
+async def test_a_provider_cookie_goes_to_no_later_call() -> None:
+    """The direct path's pooled client is shared by every tenant: a cookie a provider sets on one
+    answer (OpenAI's edge sets some) must not ride on the next call, which may be another tenant's."""
+    seen: list[str | None] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "model": "gpt-4o-mini",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+        response.set_cookie("__cf_bm", "tenant-a-session", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    direct = DirectClient()
+    try:
+        # a name, not an address: aiohttp's jar keeps no cookie of an address
+        to = Call(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            params={},
+            tools=None,
+            stream=False,
+            timeout=5.0,
+            credentials={"api_key": "sk-test", "api_base": f"http://localhost:{port}/v1"},
+        )
+        for _ in range(2):
+            answer = await direct.open(to)
+            assert summary(await read(answer))[0] == "hi"
+        assert seen == [None, None]
+    finally:
+        await direct.aclose()
+        await runner.cleanup()

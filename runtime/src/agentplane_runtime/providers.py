@@ -153,6 +153,8 @@ class DirectClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
                 trust_env=False,  # the proxy is `proxy_for`'s: aiohttp would read the environment per call
+                # every tenant's calls share this session: a cookie one answer sets goes to no later call
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -207,11 +207,7 @@ class Watch:
                     return
                 self.restarts += 1
                 self.process = self._start(watch_only=True)
-            listed = self._list()
-            with self._lock:
-                for line in listed.splitlines():
-                    key, _, value = line.partition(" ")
-                    self.values[key] = value
+            self._take(self._list(), newer_than=None)  # the new watch's lines are read after it
 
     def _list(self, attempts: int | None = None) -> str:
         """Every object's line, listed once; a list the API server refuses (it is short of CPU when it
@@ -236,15 +232,21 @@ class Watch:
         newer). How many values changed: changes the watch missed."""
         with self._lock:
             began = self._events
-        listed = self._list(attempts=3)
+        fixed = self._take(self._list(attempts=3), newer_than=began)
+        self.missed += fixed
+        return fixed
+
+    def _take(self, listed: str, newer_than: int | None) -> int:
+        """Take a list's values, except (with `newer_than`) of objects the watch has shown a line of
+        since its `newer_than`th: how many values changed."""
         fixed = 0
         with self._lock:
             for line in listed.splitlines():
                 key, _, value = line.partition(" ")
-                if self._last_event.get(key, 0) <= began and self.values.get(key) != value:
+                newer = newer_than is not None and self._last_event.get(key, 0) > newer_than
+                if not newer and self.values.get(key) != value:
                     self.values[key] = value
                     fixed += 1
-            self.missed += fixed
         return fixed
 
     def snapshot(self) -> dict[str, str]:

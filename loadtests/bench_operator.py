@@ -162,8 +162,10 @@ class Watch:
 
     An API server short of CPU closes a watch whose reader falls behind ("Forcing ... watcher close
     due to unresponsiveness"), and kubectl then exits: the watch is started again (`--watch-only`),
-    the objects are listed once, and then what the new watch shows, in order, is taken over that
-    (its events from before the list come first, the newer after them)."""
+    the objects are listed once the API server holds the new watch (kubectl's request log says its
+    watch request was answered; a list taken before that missed what changed until then, up to a few
+    dozen changes a restart), and then what the new watch shows, in order, is taken over that (its
+    events from before the list come first, the newer after them)."""
 
     def __init__(self, cluster: Cluster, kind: str, jsonpath: str) -> None:
         self.cluster, self.kind = cluster, kind
@@ -177,6 +179,7 @@ class Watch:
         self._last_event: dict[str, int] = {}
         self._closed = False
         self._lock = threading.Lock()
+        self._requests: Any = None  # a restarted kubectl's request log (`_watching`)
         self.process = self._start(watch_only=False)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -186,10 +189,31 @@ class Watch:
                 *args]  # fmt: skip
 
     def _start(self, *, watch_only: bool) -> subprocess.Popen[str]:
+        if not watch_only:
+            return subprocess.Popen(
+                self._kubectl("--watch", "-o", f"jsonpath={self.template}"),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.cluster.env(),
+            )  # fmt: skip
+        if self._requests is not None:
+            self._requests.close()
+        self._requests = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives with the process; closed by the next start or `close`)
         return subprocess.Popen(
-            self._kubectl("--watch-only" if watch_only else "--watch", "-o", f"jsonpath={self.template}"),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.cluster.env(),
+            self._kubectl("--watch-only", "-v=6", "-o", f"jsonpath={self.template}"),
+            stdout=subprocess.PIPE, stderr=self._requests, text=True, env=self.cluster.env(),
         )  # fmt: skip
+
+    def _watching(self, process: subprocess.Popen[str], timeout: float = 60.0) -> bool:
+        """Wait until the restarted kubectl's watch request has been answered: the API server answers
+        once it holds the watch, so a list taken after that misses nothing. False if kubectl exited or
+        `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            self._requests.seek(0)
+            log = self._requests.read()
+            if any("watch=true" in line and "200 OK" in line for line in log.splitlines()):
+                return True
+            time.sleep(0.05)
+        return False
 
     def _read(self) -> None:
         while True:
@@ -206,7 +230,8 @@ class Watch:
                 if self._closed:
                     return
                 self.restarts += 1
-                self.process = self._start(watch_only=True)
+                self.process = process = self._start(watch_only=True)
+            self._watching(process)
             self._take(self._list(), newer_than=None)  # the new watch's lines are read after it
 
     def _list(self, attempts: int | None = None) -> str:
@@ -264,6 +289,8 @@ class Watch:
         process.terminate()
         process.wait(timeout=10)
         self._reader.join(timeout=10)  # it closes the process's output once read to its end
+        if self._requests is not None:
+            self._requests.close()
         if self.restarts:
             _progress(
                 f"the {self.kind} watch was closed by the API server {self.restarts} time(s) and restarted; "

@@ -65,3 +65,37 @@ def test_a_stalled_count_lists_and_takes_what_the_watch_missed(k8s: Cluster, ben
             assert watch.snapshot()[key] == "2"
     finally:
         k8s.kubectl("delete", "configmap", name, "--wait=false")
+
+
+def test_a_restarted_watch_lists_only_once_the_api_server_holds_it(k8s: Cluster, bench: ModuleType) -> None:
+    """The API server closed the watch and kubectl is started again. A change made right after the
+    list that follows the restart is shown: the list waited until the new watch was held. Before, a
+    kubectl slow to start (here by 2 s) watched from after that change, and the value stayed old."""
+    name = f"restarted-{uuid.uuid4().hex[:8]}"
+    key = f"default/{name}"
+    k8s.kubectl("create", "configmap", name, "--from-literal=v=1")
+    try:
+        with bench.watching(k8s, "configmaps", "{.data.v}") as watch:
+            wait_for("the watch to show the ConfigMap", lambda: watch.snapshot().get(key) == "1", timeout=30)
+            command, listing = watch._kubectl, watch._list
+
+            def slow_to_start(*args: str) -> list[str]:
+                argv: list[str] = command(*args)
+                return ["sh", "-c", 'sleep 2; exec "$@"', "sh", *argv] if "--watch-only" in args else argv
+
+            def then_changed(attempts: int | None = None) -> str:
+                listed: str = listing(attempts)
+                watch._list = listing
+                k8s.kubectl("patch", "configmap", name, "--type=merge", "-p", '{"data":{"v":"2"}}')
+                return listed
+
+            watch._kubectl, watch._list = slow_to_start, then_changed
+            watch.process.kill()  # kubectl exits, as when the API server closes its watch
+            wait_for(
+                "the restarted watch to show the change made after its list",
+                lambda: watch.snapshot().get(key) == "2",
+                timeout=30,
+            )
+            assert (watch.restarts, watch.missed) == (1, 0)
+    finally:
+        k8s.kubectl("delete", "configmap", name, "--wait=false")

@@ -158,3 +158,50 @@ async def test_trace_sampling_is_set_by_the_standard_variables(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     assert exported(sampled_parent=False) == 0
     assert exported(sampled_parent=True) == 1
+
+
+async def test_the_runtime_exports_only_its_own_telemetry(
+    settings: Settings, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI (0.165 on) makes spans, metrics and logs of its own as soon as the process has global
+    OpenTelemetry providers, as `opentelemetry-instrument` installs, or `FASTAPI_OTEL_AUTO_CONFIGURE`
+    makes from the OTLP endpoint every agent pod is given: a second server span per request, and a
+    log record of each invalid request with the input it refused, which may be a tenant's prompt. The
+    runtime turns that off: what it exports is its own tracer's spans, with the attributes it chose."""
+    from opentelemetry import _logs, metrics, trace
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans, readings = InMemorySpanExporter(), InMemoryMetricReader()
+    logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    tracer_provider, logger_provider = TracerProvider(), LoggerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    meter_provider = MeterProvider(metric_readers=[readings])
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: tracer_provider)
+    monkeypatch.setattr(metrics, "get_meter_provider", lambda: meter_provider)
+    monkeypatch.setattr(_logs, "get_logger_provider", lambda: logger_provider)
+    async with serve(settings, make_config(tenant_name())) as served:
+        key = await served.key()
+        fake_llm.script("gpt-4o-mini", [reply("hello")])
+        async with httpx.AsyncClient(
+            base_url=served.base_url, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            answered = await http.post(
+                "/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            refused = await http.post(
+                "/chat/completions", json={"messages": [{"role": "wizard", "content": "secret prompt text"}]}
+            )
+        assert (answered.status_code, refused.status_code) == (200, 400)
+        assert any(s.name == "POST /v1/chat/completions" for s in served.spans.get_finished_spans())
+    assert spans.get_finished_spans() == ()
+    assert logs.get_finished_logs() == ()
+    found = readings.get_metrics_data()
+    assert [m.name for rm in (found.resource_metrics if found else []) for sm in rm.scope_metrics for m in sm.metrics
+            if sm.scope.name == "fastapi"] == []  # fmt: skip

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import start_http_server
 
@@ -33,6 +34,16 @@ def agent_router() -> APIRouter:
     router.include_router(keys.router)
     router.include_router(reports.router)
     return router
+
+
+NO_FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+"""FastAPI's native telemetry, every signal of it off (`create_app`)."""
 
 
 def create_app(
@@ -79,6 +90,11 @@ def create_app(
         summary="An OpenAI-compatible agent server with retrieval, tools, quotas, metering and telemetry",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry turns on by itself when the process has global providers (and
+        # FASTAPI_OTEL_AUTO_CONFIGURE makes them from the OTLP endpoint pods are given): a second
+        # server span, and logs of refused requests with their input. What the runtime exports is
+        # its own tracer's spans (`core.telemetry`, `core.middleware`), chosen here, not by absence.
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     app.include_router(agent_router(), prefix="/v1")

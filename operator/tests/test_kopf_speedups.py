@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 from typing import Any, cast
 
 import kopf
@@ -20,7 +21,9 @@ from agentplane_operator.kopf_speedups import (
     LeanProgressStorage,
     end_pause_waiters,
     fast_watch_json,
+    report_tasks_left,
 )
+from support.waiting import wait_for_async
 
 
 def test_watch_events_are_parsed_by_orjson_into_the_same_objects(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,3 +130,27 @@ async def test_the_pause_waiter_of_a_watch_stream_kopf_left_open_is_ended() -> N
     assert waiters[0].cancelled()
     assert end_pause_waiters() == 0
     await abandoned.aclose()  # closing it later (as the loop's shutdown does) is still clean
+
+
+@pytest.mark.asyncio
+async def test_the_tasks_an_exit_still_waits_for_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    """A task still running after the cleanup holds the exit for kopf's 5 s: the log names it."""
+
+    async def lingering() -> None:
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(lingering(), name="lingering")
+    caplog.set_level(logging.INFO, "agentplane.test")
+    try:
+        report_tasks_left(logging.getLogger("agentplane.test"), delay=0.05)
+        assert "still running" not in caplog.text  # not at once: after the delay
+        await wait_for_async("the report", lambda: _said(caplog, "still running"), 10, interval=0.02)
+    finally:
+        task.cancel()
+    (line,) = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert "0.05 s after the cleanup" in line
+    assert "lingering (test_the_tasks_an_exit_still_waits_for_are_named.<locals>.lingering)" in line
+
+
+async def _said(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text

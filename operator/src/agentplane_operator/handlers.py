@@ -20,7 +20,12 @@ from redis.asyncio import Redis
 
 from agentplane_operator import budget, reconcile
 from agentplane_operator.builders import AGENT_LABEL, CONFIG_HASH_ANNOTATION, KNOWLEDGE_SYNC_LABEL, MANAGED_BY
-from agentplane_operator.kopf_speedups import LeanDiffBaseStorage, LeanProgressStorage, end_pause_waiters
+from agentplane_operator.kopf_speedups import (
+    LeanDiffBaseStorage,
+    LeanProgressStorage,
+    end_pause_waiters,
+    report_tasks_left,
+)
 from agentplane_operator.kube import Kube, Manifest
 from agentplane_operator.metrics import Metrics, serve
 from agentplane_operator.pods import pod_problem
@@ -280,6 +285,7 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         await state.op.close()
         if left := end_pause_waiters():
             logger.info(f"ended {left} watch stream pause waiter(s) kopf left running")
+        report_tasks_left(log)
 
     # --- indexes: what reconciles read instead of asking the API server ---------------------------
 

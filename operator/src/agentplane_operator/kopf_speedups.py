@@ -2,7 +2,8 @@
 done cheaper. Each keeps kopf's behaviour exactly (tests compare with kopf's own) and replaces what
 kopf documents as replaceable (its storages), except `fast_watch_json`, which replaces a module
 attribute of kopf's API client; `LeanDiffBaseStorage` also calls one private method of kopf's
-storages. `end_pause_waiters` ends tasks kopf leaves behind, found by the name kopf gives them. Tests
+storages. `end_pause_waiters` ends tasks kopf leaves behind, found by the name kopf gives them, and
+`report_tasks_left` names those still running once the cleanup is done. Tests
 fail loudly if a kopf upgrade moves any of them.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import types
 from collections.abc import Iterable
 from typing import Any, cast
@@ -97,3 +99,25 @@ def end_pause_waiters() -> int:
     for task in waiters:
         task.cancel()
     return len(waiters)
+
+
+EXIT_REPORT_SECONDS = 1.0
+"""How long after the cleanup handler the tasks still running are named (`report_tasks_left`)."""
+
+
+def report_tasks_left(logger: logging.Logger, delay: float = EXIT_REPORT_SECONDS) -> None:
+    """Name, `delay` seconds from now, the tasks still running: at exit kopf gives any task left once
+    its own have stopped 5 s before it cancels it, so a slow exit says what it waited for. Nothing is
+    logged when the exit is done before (the loop is closed with the callback still pending)."""
+    this = asyncio.current_task()
+
+    def report() -> None:
+        left = sorted(
+            f"{task.get_name()} ({getattr(task.get_coro(), '__qualname__', '?')})"
+            for task in asyncio.all_tasks()
+            if task is not this and not task.done()
+        )
+        if left:
+            logger.info(f"{len(left)} task(s) still running {delay:g} s after the cleanup: {'; '.join(left)}")
+
+    asyncio.get_running_loop().call_later(delay, report)

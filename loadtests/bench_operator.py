@@ -189,17 +189,16 @@ class Watch:
                 *args]  # fmt: skip
 
     def _start(self, *, watch_only: bool) -> subprocess.Popen[str]:
-        if not watch_only:
-            return subprocess.Popen(
-                self._kubectl("--watch", "-o", f"jsonpath={self.template}"),
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.cluster.env(),
-            )  # fmt: skip
-        if self._requests is not None:
-            self._requests.close()
-        self._requests = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives with the process; closed by the next start or `close`)
+        args: tuple[str, ...] = ("--watch",)
+        stderr: Any = subprocess.DEVNULL
+        if watch_only:  # a restart: its request log says when its watch is held (`_watching`)
+            if self._requests is not None:
+                self._requests.close()
+            self._requests = stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives with the process; closed by the next start or `close`)
+            args = ("--watch-only", "-v=6")
         return subprocess.Popen(
-            self._kubectl("--watch-only", "-v=6", "-o", f"jsonpath={self.template}"),
-            stdout=subprocess.PIPE, stderr=self._requests, text=True, env=self.cluster.env(),
+            self._kubectl(*args, "-o", f"jsonpath={self.template}"),
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=self.cluster.env(),
         )  # fmt: skip
 
     def _watching(self, process: subprocess.Popen[str], timeout: float = 60.0) -> bool:

@@ -199,7 +199,8 @@ async def test_the_runtime_exports_only_its_own_telemetry(
                 "/chat/completions", json={"messages": [{"role": "wizard", "content": "secret prompt text"}]}
             )
         assert (answered.status_code, refused.status_code) == (200, 400)
-        assert any(s.name == "POST /v1/chat/completions" for s in served.spans.get_finished_spans())
+    # the server is stopped: every span of both requests has ended
+    assert any(s.name == "POST /v1/chat/completions" for s in served.spans.get_finished_spans())
     assert spans.get_finished_spans() == ()
     assert logs.get_finished_logs() == ()
     found = readings.get_metrics_data()

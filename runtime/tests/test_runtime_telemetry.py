@@ -1,4 +1,4 @@
-"""Telemetry: spans for auth, quota, retrieval, each LLM attempt and each tool call with the GenAI
+"""Telemetry: spans for a key's lookup, quota, retrieval, each LLM attempt and each tool call with the GenAI
 attribute names; Prometheus metrics labelled by tenant/agent/model; JSON logs with the request id."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ async def test_spans_metrics_and_logs(settings: Settings, fake_llm: FakeLLM) -> 
         logging.getLogger("agentplane").removeHandler(handler)
     names = [s.name for s in spans]
     for expected in (
-        "auth",
+        "auth lookup",  # the key was new to the runtime
         "quota",
         "retrieval",
         "chat openai/flaky-model",
@@ -206,3 +206,28 @@ async def test_the_runtime_exports_only_its_own_telemetry(
     found = readings.get_metrics_data()
     assert [m.name for rm in (found.resource_metrics if found else []) for sm in rm.scope_metrics for m in sm.metrics
             if sm.scope.name == "fastapi"] == []  # fmt: skip
+
+
+async def test_authentication_has_a_span_only_where_it_waited(settings: Settings, fake_llm: FakeLLM) -> None:
+    """A key's first request reads it from the database, and its trace has an `auth lookup` span; the
+    next, checked from the cache, has none. Both requests' spans say how the caller authenticated."""
+    cached = settings.model_copy(update={"api_key_cache_seconds": 60.0})
+    async with serve(cached, make_config(tenant_name())) as served:
+        key = await served.key()
+        fake_llm.script("gpt-4o-mini", [reply("one"), reply("two")])
+        async with httpx.AsyncClient(
+            base_url=served.base_url, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            for _ in range(2):
+                answered = await http.post(
+                    "/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+                )
+                assert answered.status_code == 200, answered.text
+    # the server is stopped: every span of both requests has ended
+    spans = served.spans.get_finished_spans()
+    servers = sorted(
+        (s for s in spans if s.name == "POST /v1/chat/completions"), key=lambda s: s.start_time or 0
+    )
+    assert [(s.attributes or {}).get("agentplane.auth.method") for s in servers] == ["api_key", "api_key"]
+    lookups = [s.parent.span_id if s.parent else None for s in spans if s.name == "auth lookup"]
+    assert lookups == [servers[0].context.span_id]

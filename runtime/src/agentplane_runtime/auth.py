@@ -8,6 +8,11 @@ unreachable, trusted for `api_key_stale_seconds`.
 An OIDC token is verified against the issuer's JWKS (issuer, audience, expiry, signature); its
 roles are the `roles` claim plus the roles mapped from its group claims. A role `<tenant>:user`
 or `<tenant>:admin` grants access to that tenant's agents.
+
+A request's trace has a span of authentication only where it waited for something: `auth lookup` when
+a key was read from the database, `auth jwks` when the issuer's keys were fetched. A check from the
+caches has none (the request's span carries `agentplane.auth.method`): a span costs about as much as
+the check itself.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Literal
 
 import httpx
 import jwt
+from opentelemetry.trace import Status, StatusCode, Tracer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -80,8 +86,11 @@ class _CachedKey:
 class ApiKeyVerifier:
     """Checks API keys against the database, with a short cache."""
 
-    def __init__(self, engine: AsyncEngine, *, cache_seconds: float, stale_seconds: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, tracer: Tracer, *, cache_seconds: float, stale_seconds: float
+    ) -> None:
         self.engine = engine
+        self.tracer = tracer
         self.cache_seconds = cache_seconds
         self.stale_seconds = stale_seconds
         self._cache: dict[str, _CachedKey] = {}
@@ -92,6 +101,23 @@ class ApiKeyVerifier:
             row = result.mappings().first()
         return dict(row) if row is not None else None
 
+    async def _lookup(self, key_id: str, cached: _CachedKey | None, now: float) -> dict[str, Any] | None:
+        """The key's row from the database (and cached), or the cached one while the database is
+        unreachable for at most `stale_seconds`."""
+        # a leaf span (nothing runs under it): started, not made current
+        with self.tracer.start_span("auth lookup", attributes={"agentplane.auth.method": "api_key"}) as span:
+            try:
+                row = await self._load(key_id)
+            except (SQLAlchemyError, OSError) as exc:
+                span.set_status(Status(StatusCode.ERROR, "the key store is unreachable"))
+                if cached is not None and now - cached.checked_at < self.stale_seconds:
+                    return cached.row
+                raise AuthUnavailable("the key store is unreachable") from exc
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[key_id] = _CachedKey(row, now)
+        return row
+
     async def verify(self, token: str) -> Principal:
         parts = split_key(token)
         if parts is None:
@@ -99,21 +125,10 @@ class ApiKeyVerifier:
         key_id, secret = parts
         now = time.monotonic()
         cached = self._cache.get(key_id)
-        row: dict[str, Any] | None
         if cached is not None and now - cached.checked_at < self.cache_seconds:
             row = cached.row
         else:
-            try:
-                row = await self._load(key_id)
-            except (SQLAlchemyError, OSError) as exc:
-                if cached is not None and now - cached.checked_at < self.stale_seconds:
-                    row = cached.row
-                else:
-                    raise AuthUnavailable("the key store is unreachable") from exc
-            else:
-                if len(self._cache) > 50_000:
-                    self._cache.clear()
-                self._cache[key_id] = _CachedKey(row, now)
+            row = await self._lookup(key_id, cached, now)
         if row is None or not hmac.compare_digest(row["secret_hash"], hash_secret(secret)):
             raise AuthError("invalid credentials")
         if row["revoked_at"] is not None:
@@ -141,7 +156,7 @@ class ApiKeyVerifier:
 class OidcVerifier:
     """Verifies bearer JWTs against an issuer's JWKS (fetched over HTTP, cached, refetched on a new kid)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, tracer: Tracer) -> None:
         if not (settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks_url):
             raise ValueError("OIDC needs oidc_issuer, oidc_audience and oidc_jwks_url")
         self.settings = settings
@@ -149,6 +164,7 @@ class OidcVerifier:
         self.audience = settings.oidc_audience
         self.jwks_url = settings.oidc_jwks_url
         self.http = http
+        self.tracer = tracer
         self._keys: jwt.PyJWKSet | None = None
         self._fetched_at = 0.0
 
@@ -157,14 +173,16 @@ class OidcVerifier:
         stale = now - self._fetched_at > self.settings.oidc_jwks_cache_seconds
         # A refresh for an unknown kid at most every 10 s (tokens with made-up kids cannot hammer the issuer).
         if self._keys is None or stale or (refresh and now - self._fetched_at > 10):
-            try:
-                response = await self.http.get(self.jwks_url, timeout=5)
-                response.raise_for_status()
-                self._keys = jwt.PyJWKSet.from_dict(response.json())
-                self._fetched_at = now
-            except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
-                if self._keys is None:
-                    raise AuthUnavailable("the identity provider's keys are unreachable") from exc
+            with self.tracer.start_span("auth jwks", attributes={"agentplane.auth.method": "oidc"}) as span:
+                try:
+                    response = await self.http.get(self.jwks_url, timeout=5)
+                    response.raise_for_status()
+                    self._keys = jwt.PyJWKSet.from_dict(response.json())
+                    self._fetched_at = now
+                except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+                    span.set_status(Status(StatusCode.ERROR, "the identity provider's keys are unreachable"))
+                    if self._keys is None:
+                        raise AuthUnavailable("the identity provider's keys are unreachable") from exc
         assert self._keys is not None
         return self._keys
 

@@ -248,10 +248,11 @@ async def build_runtime(
         llm = LLMClient(settings, telemetry.metrics, telemetry.tracer)
         stack.push_async_callback(llm.close)
         knowledge = KnowledgeService(vectors, embedder or default_embedder(settings, llm))
-        oidc = OidcVerifier(settings, http) if settings.oidc_issuer else None
+        oidc = OidcVerifier(settings, http, telemetry.tracer) if settings.oidc_issuer else None
         authenticator = Authenticator(
             ApiKeyVerifier(
                 engine,
+                telemetry.tracer,
                 cache_seconds=settings.api_key_cache_seconds,
                 stale_seconds=settings.api_key_stale_seconds,
             ),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry import trace
 
 from agentplane_platform.audit import AuditAction, AuditOutcome
 from agentplane_runtime.agents import AgentContext, AgentNotFound
@@ -78,50 +78,46 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
     """The authenticated caller, allowed to use this agent (401/403 otherwise, with no detail).
     Both refusals are audited (`auth.failed`, `access.denied`)."""
     config = agent.config
-    # a leaf span (nothing runs under it): started, not made current (attaching a context costs more)
-    with runtime.telemetry.tracer.start_span("auth") as span:
-        try:
-            principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
-        except AuthError as exc:
-            span.set_status(Status(StatusCode.ERROR, "unauthenticated"))
-            await runtime.audit.record(
-                audit_event(
-                    AuditAction.AUTH_FAILED,
-                    tenant=config.tenant,
-                    actor=actor(request, None),
-                    outcome=AuditOutcome.FAILURE,
-                    agent=config.agent,
-                    target=f"agent:{config.agent}",
-                    details={"reason": str(exc), "path": request.url.path},
-                )
+    try:
+        principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
+    except AuthError as exc:
+        await runtime.audit.record(
+            audit_event(
+                AuditAction.AUTH_FAILED,
+                tenant=config.tenant,
+                actor=actor(request, None),
+                outcome=AuditOutcome.FAILURE,
+                agent=config.agent,
+                target=f"agent:{config.agent}",
+                details={"reason": str(exc), "path": request.url.path},
             )
-            raise ApiError(
-                401,
-                str(exc),
-                type="authentication_error",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        except AuthUnavailable:
-            span.set_status(Status(StatusCode.ERROR, "auth unavailable"))
-            raise ApiError(
-                503,
-                "authentication is unavailable, retry shortly",
-                type="api_error",
-                headers={"Retry-After": "5"},
-            ) from None
-        span.set_attribute("agentplane.auth.method", principal.method)
-        if not principal.may_use(config.tenant, config.agent):
-            span.set_status(Status(StatusCode.ERROR, "forbidden"))
-            raise await denied(
-                request,
-                runtime,
-                agent,
-                principal,
-                f"agent:{config.agent}",
-                ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden"),
-            )
-        return principal
+        )
+        raise ApiError(
+            401,
+            str(exc),
+            type="authentication_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from None
+    except AuthUnavailable:
+        raise ApiError(
+            503,
+            "authentication is unavailable, retry shortly",
+            type="api_error",
+            headers={"Retry-After": "5"},
+        ) from None
+    # on the request's span: authentication has a span of its own only where it waited (`auth`)
+    trace.get_current_span().set_attribute("agentplane.auth.method", principal.method)
+    if not principal.may_use(config.tenant, config.agent):
+        raise await denied(
+            request,
+            runtime,
+            agent,
+            principal,
+            f"agent:{config.agent}",
+            ApiError(403, "not allowed to use this agent", type="permission_error", code="forbidden"),
+        )
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -43,7 +43,9 @@ async def backend(request: pytest.FixtureRequest, redis_server: Server) -> Async
         yield MemoryQuotaBackend()
         return
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(redis_server.url, max_connections=32))
-    yield RedisQuotaBackend(redis)
+    backend = RedisQuotaBackend(redis)
+    yield backend
+    await backend.aclose()
     await redis.aclose(close_connection_pool=True)
 
 
@@ -90,8 +92,8 @@ async def test_a_settlement_carries_a_record_to_its_stream_in_the_same_round_tri
     (restarted) gets it again, and the settlement still counts."""
     redis = Redis.from_url(redis_server.url)
     other = Redis.from_url(redis_server.url)
+    backend = RedisQuotaBackend(redis)
     try:
-        backend = RedisQuotaBackend(redis)
         counter, spend, stream = key(), key(), key()
         assert (await backend.acquire([CounterSpec(counter, 10, 100)], spend_key=key(), budget=-1, ttl=60)).ok
         assert await backend.settle([counter], -4, spend, 0.25, 60, StreamEntry(redis, stream, b"one"))
@@ -109,6 +111,7 @@ async def test_a_settlement_carries_a_record_to_its_stream_in_the_same_round_tri
         )
         assert await redis.xlen(stream) == 2
     finally:
+        await backend.aclose()
         await redis.aclose()
         await other.aclose()
 
@@ -118,8 +121,8 @@ async def test_a_settlement_goes_ahead_of_the_next_check_in_its_round_trip(redis
     sees the tokens given back; the record goes along. A Redis that lost both scripts gets them again.
     With no check after it, `flush` sends it, and so does the delay on its own."""
     redis = Redis.from_url(redis_server.url)
+    backend = RedisQuotaBackend(redis, settle_delay=3600.0)  # only a check or `flush` sends it
     try:
-        backend = RedisQuotaBackend(redis, settle_delay=3600.0)  # only a check or `flush` sends it
         counter, spend, stream = key(), key(), key()
         assert (await backend.acquire([CounterSpec(counter, 10, 10)], spend_key=spend, budget=-1, ttl=60)).ok
         appended = backend.settle([counter], -4, spend, 0.25, 60, StreamEntry(redis, stream, b"one"))
@@ -145,13 +148,14 @@ async def test_a_settlement_goes_ahead_of_the_next_check_in_its_round_trip(redis
         assert await number(redis, counter) == 3
         assert await redis.xlen(stream) == 2
     finally:
+        await backend.aclose()
         await redis.aclose()
 
 
 async def test_a_cancelled_check_still_sends_the_settlements_it_took(redis_server: Server) -> None:
     redis = Redis.from_url(redis_server.url)
+    backend = RedisQuotaBackend(redis, settle_delay=3600.0)
     try:
-        backend = RedisQuotaBackend(redis, settle_delay=3600.0)
         counter, stream = key(), key()
         assert (await backend.acquire([CounterSpec(counter, 10, 100)], spend_key=key(), budget=-1, ttl=60)).ok
         appended = backend.settle([counter], -4, key(), 0.0, 60, StreamEntry(redis, stream, b"one"))
@@ -166,6 +170,7 @@ async def test_a_cancelled_check_still_sends_the_settlements_it_took(redis_serve
         assert await number(redis, counter) == 7  # settled, and the check itself went through
         assert await redis.xlen(stream) == 1
     finally:
+        await backend.aclose()
         await redis.aclose()
 
 
@@ -173,8 +178,8 @@ async def test_settlements_on_a_redis_gone_tell_their_caller_to_record_the_usage
     redis_server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     gone = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2)
+    backend = RedisQuotaBackend(gone, settle_delay=3600.0)
     try:
-        backend = RedisQuotaBackend(gone, settle_delay=3600.0)
         appended = backend.settle([key()], -4, key(), 0.5, 60, StreamEntry(gone, key(), b"one"))
         with pytest.raises(RedisError):
             await backend.acquire([CounterSpec(key(), 1, 100)], spend_key=key(), budget=-1, ttl=60)
@@ -182,6 +187,7 @@ async def test_settlements_on_a_redis_gone_tell_their_caller_to_record_the_usage
         assert appended.result() is False
         assert "quota settle failed" in caplog.text
     finally:
+        await backend.aclose()
         await gone.aclose()
 
 

@@ -258,7 +258,7 @@ def ensure_binaries() -> Path:
 
 
 @dataclass(frozen=True)
-class _CertPair:
+class CertPair:
     cert: Path
     key: Path
 
@@ -289,7 +289,7 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-class _Pki:
+class Pki:
     """Throwaway CA plus serving, client and service-account keys."""
 
     def __init__(self, directory: Path) -> None:
@@ -318,7 +318,7 @@ class _Pki:
             )
             .sign(self._ca_key, hashes.SHA256())
         )
-        self.ca = _CertPair(directory / "ca.crt", directory / "ca.key")
+        self.ca = CertPair(directory / "ca.crt", directory / "ca.key")
         self.ca.cert.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self.ca.key, self._ca_key)
 
@@ -342,7 +342,7 @@ class _Pki:
         server: bool = False,
         dns_names: Sequence[str] = (),
         ips: Sequence[str] = (),
-    ) -> _CertPair:
+    ) -> CertPair:
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -371,13 +371,13 @@ class _Pki:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
-        pair = _CertPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
+        pair = CertPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(pair.key, key)
         return pair
 
 
-def _write_kubeconfig(path: Path, *, server: str, ca: Path, client: _CertPair, user: str) -> None:
+def _write_kubeconfig(path: Path, *, server: str, ca: Path, client: CertPair, user: str) -> None:
     """Write a self-contained kubeconfig (JSON is valid kubeconfig YAML)."""
 
     def b64(p: Path) -> str:
@@ -630,7 +630,7 @@ def start_cluster(
     etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port(address)
     server = f"https://{address}:{api_port}"
 
-    pki = _Pki(workdir / "pki")
+    pki = Pki(workdir / "pki")
     serving = pki.issue(
         "apiserver",
         "kube-apiserver",
@@ -663,7 +663,7 @@ def start_cluster(
         # namespaces and policies cluster-wide.
         identities["kube-router"] = ("kube-router", ("system:masters",))
     kubeconfigs: dict[str, Path] = {}
-    clients: dict[str, _CertPair] = {}
+    clients: dict[str, CertPair] = {}
     for name, (cn, orgs) in identities.items():
         clients[name] = pki.issue(f"client-{name}", cn, organizations=orgs)
         kubeconfigs[name] = workdir / f"{name}.kubeconfig"

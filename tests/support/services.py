@@ -208,20 +208,34 @@ def start_postgres(directory: Path, *, host: str = "127.0.0.1", clients: str | N
     return server
 
 
-def start_redis(directory: Path, *, host: str = "127.0.0.1") -> Server:
-    """Start a Redis server with persistence off, on loopback (and `host`, for the real node's pods)."""
+def start_redis(directory: Path, *, host: str = "127.0.0.1", tls: bool = False) -> Server:
+    """Start a Redis server with persistence off, on loopback (and `host`, for the real node's pods).
+    With `tls`, it serves TLS only, with a certificate for 127.0.0.1 from a throwaway CA (its URL
+    names the CA, `rediss://...?ssl_ca_certs=<directory>/pki/ca.crt`), and on a Unix socket too
+    (`<directory>/redis.sock`)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("redis-server is not installed (run tools/install-system-deps.sh)")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    listen = ["--port", str(port)]
+    url = f"redis://{host}:{port}/0"
+    if tls:
+        from support.cluster import Pki
+
+        pki = Pki(directory / "pki")
+        pair = pki.issue("redis", "127.0.0.1", server=True, ips=["127.0.0.1"])
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(pair.cert),
+                  "--tls-key-file", str(pair.key), "--tls-ca-cert-file", str(pki.ca.cert),
+                  "--tls-auth-clients", "no", "--unixsocket", str(directory / "redis.sock"),
+                  "--unixsocketperm", "700"]  # fmt: skip
+        url = f"rediss://{host}:{port}/0?ssl_ca_certs={pki.ca.cert}"
     log = directory / "redis.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
                 binary,
-                "--port",
-                str(port),
+                *listen,
                 "--bind",
                 "127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1 {host}",
                 "--dir",
@@ -239,7 +253,7 @@ def start_redis(directory: Path, *, host: str = "127.0.0.1") -> Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server("redis", f"redis://{host}:{port}/0", port, process, directory)
+    server = Server("redis", url, port, process, directory)
     try:
         wait_port(port, process, log, host=host)
     except BaseException:

@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, RedisError
 from agentplane_platform.config import ResolvedQuota
 from agentplane_platform.quotas import QuotaLimits
 from agentplane_runtime.buffer import StreamEntry
+from agentplane_runtime.redis_pipe import Command, RedisPipe
 
 log = logging.getLogger("agentplane.runtime.quota")
 
@@ -168,6 +169,7 @@ class RedisQuotaBackend:
         self.settle_delay = settle_delay
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
+        self._pipe = RedisPipe(redis)  # the request's own round trip; redis-py loads a missing script
         self._pending: list[_Settlement] = []
         self._timer: asyncio.TimerHandle | None = None
         self._under_way: set[asyncio.Task[Any]] = set()
@@ -184,7 +186,11 @@ class RedisQuotaBackend:
         if pending:  # the settlements first, so this check sees them; shielded: they must land
             result = await asyncio.shield(self._send(pending, (keys, args)))
         else:
-            result = await self._acquire(keys=keys, args=args)
+            (result,) = await self._pipe.execute([("EVALSHA", self._acquire.sha, len(keys), *keys, *args)])
+            if isinstance(result, NoScriptError):  # Redis restarted: load the script again
+                result = await self._acquire(keys=keys, args=args)
+            elif isinstance(result, Exception):
+                raise result
         status = int(result[0])
         if status == -1:
             return Acquired(ok=False, spend_missing=True)
@@ -264,16 +270,16 @@ class RedisQuotaBackend:
     async def _round_trip(
         self, pending: list[_Settlement], acquire: tuple[list[str], list[str | int | float]] | None
     ) -> Any:
+        commands: list[Command] = []
+        for item in pending:
+            if item.args is not None:
+                commands.append(("EVALSHA", self._settle.sha, len(item.keys), *item.keys, *item.args))
+            if item.append is not None:
+                commands.append(("XADD", item.append.stream, "*", "r", item.append.data))
+        if acquire is not None:
+            commands.append(("EVALSHA", self._acquire.sha, len(acquire[0]), *acquire[0], *acquire[1]))
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for item in pending:
-                    if item.args is not None:
-                        pipe.evalsha(self._settle.sha, len(item.keys), *item.keys, *item.args)
-                    if item.append is not None:
-                        pipe.xadd(item.append.stream, {"r": item.append.data})
-                if acquire is not None:
-                    pipe.evalsha(self._acquire.sha, len(acquire[0]), *acquire[0], *acquire[1])
-                results = list(await pipe.execute(raise_on_error=False))
+            results = await self._pipe.execute(commands)
         except BaseException as exc:
             for item in pending:
                 self._settled(item, exc, exc)
@@ -313,6 +319,10 @@ class RedisQuotaBackend:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    async def aclose(self) -> None:
+        """Close the connection of the requests' round trips (once `flush` has sent what waited)."""
+        await self._pipe.aclose()
 
 
 class MemoryQuotaBackend:

@@ -203,7 +203,8 @@ async def build_runtime(
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
             )
             stack.push_async_callback(redis.aclose, close_connection_pool=True)
-            quota_backend = RedisQuotaBackend(redis)
+            redis_quota = quota_backend = RedisQuotaBackend(redis)
+            stack.push_async_callback(redis_quota.aclose)  # after the chat's flush, before the client's
             buffer = redis_usage_buffer(redis, settings.usage_stream)
             audit_buffer = RedisStreamBuffer(
                 redis, settings.audit_stream, group=AUDIT_GROUP, encode=encode_event, decode=decode_event

@@ -270,6 +270,22 @@ def baseline_sources(ref: str, into: Path) -> str:
 Target = tuple[str, dict[str, str], int]
 
 
+def check_no_errors_counted(url: str, name: str) -> None:
+    """Exit if the runtime serving `url` counted errors (`agentplane_errors_total`): one that fails open
+    (its quota store unreachable, say) still answers 200, so wrk sees nothing wrong, and its figures
+    would be of a runtime doing less than its work."""
+    base = url.split("/v1/", 1)[0]
+    counted: dict[str, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith("agentplane_errors_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found = re.search(r'type="([^"]*)"', labels)
+            kind = found.group(1) if found else labels
+            counted[kind] = counted.get(kind, 0.0) + float(value)
+    if any(counted.values()):
+        sys.exit(f"bench_runtime: {name} counted errors while it answered: {counted}; see its log")
+
+
 def compare(
     current: Target, baseline: Target, ref: str, levels: list[int], rounds: int, seconds: int, work: Path
 ) -> None:
@@ -289,6 +305,8 @@ def compare(
             ratios[concurrency].append((now.rps / base.rps, now.cpu_ms / base.cpu_ms))
             print(f"{number + 1:<6} {concurrency:>4} {now.rps:>8.0f} {base.rps:>8.0f} "
                   f"{now.cpu_ms:>11.2f} {base.cpu_ms:>8.2f}", flush=True)  # fmt: skip
+    check_no_errors_counted(current[0], "this checkout's runtime")
+    check_no_errors_counted(baseline[0], f"{ref}'s runtime")
     for concurrency, pairs in ratios.items():
         rps = sorted(r for r, _ in pairs)
         cpu = sorted(c for _, c in pairs)
@@ -559,6 +577,8 @@ def main() -> None:
                     {name: ttft(targets[name][0], targets[name][1], args.ttft_requests) for name in streamed}
                 )
             print(f"round {number + 1} of {args.rounds} done", file=sys.stderr)
+        if "agentplane" in chosen:
+            check_no_errors_counted(targets["agentplane"][0], "the runtime")
         report(rounds, firsts, levels, chosen, args)
     finally:
         for process in reversed(processes):  # the fake upstream (the trace sink) last

@@ -29,7 +29,9 @@ plain chat writes no audit record; the `agentplane-401` row shows what recording
 `runtime/src` and `platform/src`, on this checkout's dependencies): both run, with the same stores
 and settings, and every round loads the two at the same time, one wrk each, so a swing of a shared
 machine's speed meets both alike. A change worth a few percent of CPU is lost in the swings between
-runs taken one after another (10-25 % from one round to the next here); side by side it shows.
+runs taken one after another (10-25 % from one round to the next here); side by side it shows. Each
+round then measures both runtimes' time to the first token, one after the other (which goes first
+alternates), and reports the difference of their p50s.
 
     uv run python loadtests/bench_runtime.py --baseline HEAD~1 [--rounds 8] [--seconds 5]
 """
@@ -287,11 +289,20 @@ def check_no_errors_counted(url: str, name: str) -> None:
 
 
 def compare(
-    current: Target, baseline: Target, ref: str, levels: list[int], rounds: int, seconds: int, work: Path
+    current: Target,
+    baseline: Target,
+    ref: str,
+    levels: list[int],
+    rounds: int,
+    seconds: int,
+    work: Path,
+    ttft_requests: int,
 ) -> None:
     """Load this checkout's runtime and `ref`'s at the same time, each with its own wrk, `rounds` times
-    at each concurrency; print every round and the median of the rounds' ratios."""
+    at each concurrency, then measure each one's time to first token (`ttft_requests` in a row, which
+    goes first alternating by round); print every round and the median of the rounds' ratios."""
     ratios: dict[int, list[tuple[float, float]]] = {c: [] for c in levels}
+    firsts: list[float] = []
     print(f"this checkout's runtime beside {ref}'s, loaded at the same time, {seconds} s per round")
     print(f"{'round':<6} {'conc':>4} {'req/s':>8} {'base':>8} {'CPU ms/req':>11} {'base':>8}")
     for number in range(rounds):
@@ -305,6 +316,13 @@ def compare(
             ratios[concurrency].append((now.rps / base.rps, now.cpu_ms / base.cpu_ms))
             print(f"{number + 1:<6} {concurrency:>4} {now.rps:>8.0f} {base.rps:>8.0f} "
                   f"{now.cpu_ms:>11.2f} {base.cpu_ms:>8.2f}", flush=True)  # fmt: skip
+        if ttft_requests:
+            both = (current, baseline)
+            order = (0, 1) if number % 2 == 0 else (1, 0)
+            p50 = {i: ttft(both[i][0], both[i][1], ttft_requests)[0] for i in order}
+            firsts.append(p50[0] - p50[1])
+            print(f"{number + 1:<6} time to first token (p50): {p50[0]:.2f} ms, {p50[1]:.2f} ms at {ref}",
+                  flush=True)  # fmt: skip
     check_no_errors_counted(current[0], "this checkout's runtime")
     check_no_errors_counted(baseline[0], f"{ref}'s runtime")
     for concurrency, pairs in ratios.items():
@@ -314,6 +332,9 @@ def compare(
             f"concurrency {concurrency}: requests/s {median(rps):.3f}x {ref}'s ({rps[0]:.3f}-{rps[-1]:.3f}), "
             f"CPU a request {median(cpu):.3f}x ({cpu[0]:.3f}-{cpu[-1]:.3f}), the median of {len(pairs)} rounds"
         )
+    if firsts:
+        print(f"time to first token (p50): {median(firsts):+.2f} ms against {ref}'s "
+              f"({min(firsts):+.2f} to {max(firsts):+.2f}), the median of {len(firsts)} rounds")  # fmt: skip
 
 
 def main() -> None:
@@ -347,7 +368,7 @@ def main() -> None:
         "--baseline",
         metavar="REF",
         help="compare the runtime with the one of the git revision REF, both loaded at the same time "
-        "(only those two targets, no time to first token)",
+        "(only those two targets; the time to first token of each, one after the other)",
     )
     parser.add_argument(
         "--profile",
@@ -553,8 +574,9 @@ def main() -> None:
             baseline_target = (targets["agentplane"][0].replace(str(runtime_port), str(baseline_port)),
                                targets["agentplane"][1], baseline.pid)  # fmt: skip
             compare(
-                targets["agentplane"], baseline_target, args.baseline, levels, args.rounds, args.seconds, work
-            )
+                targets["agentplane"], baseline_target, args.baseline, levels, args.rounds, args.seconds, work,
+                args.ttft_requests,
+            )  # fmt: skip
             return
         rounds: list[dict[tuple[str, int], Run]] = []
         firsts: list[dict[str, tuple[float, float]]] = []

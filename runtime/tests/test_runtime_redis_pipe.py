@@ -17,6 +17,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError
 
 from agentplane_runtime.redis_pipe import RedisPipe
 from support.services import Server, start_redis
+from support.waiting import wait_for_async
 
 pytestmark = [pytest.mark.redis]
 
@@ -105,6 +106,30 @@ async def test_a_lost_connection_fails_what_is_in_flight_and_the_next_round_trip
         assert other_id != client_id
     finally:
         await pipe.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_connection_idle_for_the_health_check_interval_is_replaced(
+    redis: Redis, redis_server: Server
+) -> None:
+    """A load balancer may drop an idle connection without a word: one idle for the client's
+    health-check interval is closed and a new one made before the next round trip."""
+    checked = Redis.from_url(redis_server.url, health_check_interval=0.5)
+    pipe = RedisPipe(checked)
+    try:
+        (first,) = await pipe.execute([("CLIENT", "ID")])
+        assert await pipe.execute([("CLIENT", "ID")]) == [first]  # busy: the same connection
+        await asyncio.sleep(0.7)
+        (second,) = await pipe.execute([("CLIENT", "ID")])
+        assert second != first
+
+        async def closed() -> bool:  # the idle one
+            return first not in {int(c["id"]) for c in await redis.client_list()}
+
+        await wait_for_async("the idle connection to close", closed, 10)
+    finally:
+        await pipe.aclose()
+        await checked.aclose()
 
 
 @pytest.mark.asyncio

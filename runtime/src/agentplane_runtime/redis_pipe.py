@@ -13,7 +13,11 @@ URL reaches the same server the same way. Everything else of the runtime's Redis
 health checks, scripts to load) stays on redis-py.
 
 A reply that does not come within the client's socket timeout fails every round trip in flight and
-closes the connection; a lost connection fails them too. The next round trip connects again. Errors
+closes the connection; a lost connection fails them too. The next round trip connects again. A
+connection idle for the client's health-check interval (the runtime's is 30 s) is replaced before
+its next round trip, where redis-py would PING it first: a load balancer may have dropped it without
+a word (Azure's drops flows idle for 4 minutes), and a round trip sent into it would wait out the
+socket timeout. Errors
 are redis-py's (`redis.exceptions`): `ConnectionError`, `TimeoutError`, `AuthenticationError`; an error reply is returned
 in its place (a `ResponseError`, or `NoScriptError` for a script Redis does not hold).
 """
@@ -21,6 +25,7 @@ in its place (a `ResponseError`, or `NoScriptError` for a script Redis does not 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,8 +86,15 @@ class _Protocol(asyncio.Protocol):
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.active = time.monotonic()  # when it last wrote or read
         self._reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         self._waiting: deque[_RoundTrip] = deque()
+
+    def usable(self, idle: float) -> bool:
+        """Not lost, and not idle for `idle` seconds (0: however long)."""
+        if self.lost is not None:
+            return False
+        return not idle or bool(self._waiting) or time.monotonic() - self.active < idle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of it
@@ -97,6 +109,7 @@ class _Protocol(asyncio.Protocol):
             trip.deadline = loop.call_later(self.timeout, self._expired, trip)
         self._waiting.append(trip)
         self.transport.write(data)
+        self.active = time.monotonic()
         return trip.future
 
     def _expired(self, trip: _RoundTrip) -> None:
@@ -104,6 +117,7 @@ class _Protocol(asyncio.Protocol):
             self.close(errors.TimeoutError(f"no reply from Redis in {self.timeout} s"))
 
     def data_received(self, data: bytes) -> None:
+        self.active = time.monotonic()
         self._reader.feed(data)
         waiting = self._waiting
         while True:
@@ -152,21 +166,26 @@ class RedisPipe:
     def __init__(self, redis: Redis) -> None:
         # a connection as the client's pool makes them, for its settings only: never connected
         self._settings: AbstractConnection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._idle = float(self._settings.health_check_interval or 0)
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The replies of `commands`, sent in one write, in order; an error reply is its exception."""
         protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
+        if protocol is None or not protocol.usable(self._idle):
             protocol = await self._connected()
         trip = protocol.send(pack(commands), len(commands))
         return await trip
 
     async def _connected(self) -> _Protocol:
         async with self._connecting:
-            if self._protocol is None or self._protocol.lost is not None:
+            old = self._protocol
+            if old is None or not old.usable(self._idle):
+                if old is not None:  # idle (nothing in flight) or lost
+                    old.close(errors.ConnectionError("replaced: idle for the health-check interval"))
                 self._protocol = await self._connect()
+            assert self._protocol is not None
             return self._protocol
 
     async def _connect(self) -> _Protocol:

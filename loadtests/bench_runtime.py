@@ -155,6 +155,8 @@ def wrk(
         spy.wait(timeout=60)
     out = done.stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    if set(latency) != {"50", "99"}:
+        sys.exit(f"bench_runtime: no latency distribution in wrk's output for {url}:\n{out}")
     requests = int(re.search(r"^\s+(\d+) requests in", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)

@@ -59,19 +59,33 @@ async def denied(
     error: ApiError,
 ) -> ApiError:
     """`error` (a 403), once the audit trail has it: `access.denied` of `target`, with its reason."""
+    details = {"reason": error.message, "path": request.url.path, "method": request.method}
+    await _audit_refusal(request, runtime, agent, AuditAction.ACCESS_DENIED, principal, target, details)
+    return error
+
+
+async def _audit_refusal(
+    request: Request,
+    runtime: Runtime,
+    agent: AgentContext,
+    action: AuditAction,
+    principal: Principal | None,
+    target: str,
+    details: dict[str, str],
+) -> None:
+    """The audit record of a caller refused (`auth.failed` with no principal, else `access.denied`)."""
     config = agent.config
     await runtime.audit.record(
         audit_event(
-            AuditAction.ACCESS_DENIED,
+            action,
             tenant=config.tenant,
             actor=actor(request, principal),
-            outcome=AuditOutcome.DENIED,
+            outcome=AuditOutcome.DENIED if principal is not None else AuditOutcome.FAILURE,
             agent=config.agent,
             target=target,
-            details={"reason": error.message, "path": request.url.path, "method": request.method},
+            details=details,
         )
     )
-    return error
 
 
 async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAgent) -> Principal:
@@ -81,16 +95,9 @@ async def get_principal(request: Request, runtime: RuntimeDep, agent: CurrentAge
     try:
         principal = await runtime.authenticator.authenticate(request.headers.get("authorization"))
     except AuthError as exc:
-        await runtime.audit.record(
-            audit_event(
-                AuditAction.AUTH_FAILED,
-                tenant=config.tenant,
-                actor=actor(request, None),
-                outcome=AuditOutcome.FAILURE,
-                agent=config.agent,
-                target=f"agent:{config.agent}",
-                details={"reason": str(exc), "path": request.url.path},
-            )
+        details = {"reason": str(exc), "path": request.url.path}
+        await _audit_refusal(
+            request, runtime, agent, AuditAction.AUTH_FAILED, None, f"agent:{config.agent}", details
         )
         raise ApiError(
             401,

@@ -72,6 +72,20 @@ def test_round_trips_on_uvloop(redis_server: Server) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_argument_redis_cannot_take_is_refused_before_anything_is_sent(redis: Redis) -> None:
+    pipe = RedisPipe(redis)
+    k = key()
+    try:
+        for wrong in (None, True):
+            with pytest.raises(TypeError, match="is not a Redis argument"):
+                await pipe.execute([("SET", k, "sent"), ("SET", k, wrong)])  # type: ignore[list-item]
+        assert await redis.get(k) is None
+        assert await pipe.execute([("SET", k, 1.5), ("GET", k)]) == [b"OK", b"1.5"]
+    finally:
+        await pipe.aclose()
+
+
+@pytest.mark.asyncio
 async def test_an_error_reply_is_returned_in_its_place(redis: Redis) -> None:
     pipe = RedisPipe(redis)
     try:

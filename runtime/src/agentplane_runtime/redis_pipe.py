@@ -49,9 +49,10 @@ def _encoded(arg: Arg) -> bytes:
         return arg
     if isinstance(arg, str):
         return arg.encode()
-    if isinstance(arg, bool):
-        raise TypeError("a bool is not a Redis argument")  # as redis-py: say 0 or 1
-    return repr(arg).encode()  # int and float as redis-py writes them
+    if isinstance(arg, int | float) and not isinstance(arg, bool):
+        return repr(arg).encode()  # as redis-py writes them
+    # as redis-py: a bool or None is refused (say 0 or 1, or leave it out), never written as "None"
+    raise TypeError(f"{type(arg).__name__} is not a Redis argument (bytes, str, int or float)")
 
 
 def pack(commands: Sequence[Command]) -> bytes:
@@ -206,6 +207,16 @@ class RedisPipe:
                     )
         except (OSError, TimeoutError) as exc:
             raise errors.ConnectionError(f"cannot connect to Redis: {type(exc).__name__}: {exc}") from exc
+        try:
+            await self._handshake(protocol)
+        except BaseException as exc:  # refused, timed out or cancelled: the connection goes too
+            protocol.close(exc if isinstance(exc, Exception) else errors.ConnectionError("cancelled"))
+            raise
+        return protocol
+
+    async def _handshake(self, protocol: _Protocol) -> None:
+        """AUTH and SELECT, as the URL asks, in one round trip."""
+        settings = self._settings
         handshake: dict[str, Command] = {}
         if settings.credential_provider or settings.username or settings.password:
             provider = settings.credential_provider or UsernamePasswordCredentialProvider(
@@ -219,10 +230,7 @@ class RedisPipe:
             for name, reply in zip(handshake, replies, strict=True):
                 if isinstance(reply, ResponseError):
                     error = errors.AuthenticationError if name == "AUTH" else errors.ConnectionError
-                    failure = error(f"Redis refused {name}: {reply}")
-                    protocol.close(failure)
-                    raise failure
-        return protocol
+                    raise error(f"Redis refused {name}: {reply}")
 
     async def aclose(self) -> None:
         protocol, self._protocol = self._protocol, None

@@ -110,9 +110,13 @@ async def test_a_lost_connection_fails_what_is_in_flight_and_the_next_round_trip
 ) -> None:
     pipe = RedisPipe(redis)
     try:
-        ((client_id,),) = [await pipe.execute([("CLIENT", "ID")])]
+        (client_id,) = await pipe.execute([("CLIENT", "ID")])
         waiting = asyncio.ensure_future(pipe.execute([("BLPOP", key(), 30)]))  # blocks: in flight
-        await asyncio.sleep(0.2)
+
+        async def blocked() -> bool:
+            return any(int(c["id"]) == client_id and c["cmd"] == "blpop" for c in await redis.client_list())
+
+        await wait_for_async("the round trip to be in flight", blocked, 10)
         assert await redis.client_kill_filter(_id=client_id) == 1
         with pytest.raises(ConnectionError):
             await asyncio.wait_for(waiting, 10)  # a deadline against a hang, not a measure

@@ -1,7 +1,7 @@
 """How an LLM call reaches its provider, and the one shape every answer takes (`Delta`s).
 
 OpenAI and Azure OpenAI speak the OpenAI wire format, so their calls go out directly: the JSON body
-on one pooled HTTP client, read back with orjson. litellm still decides the parameters (which ones
+on pooled keep-alive connections (`http1`; aiohttp through a proxy), read back with orjson. litellm still decides the parameters (which ones
 the model supports and what they are called: `max_completion_tokens` for the reasoning models, no
 `temperature` where it is refused) and prices the call; it is the per-call machinery around that
 (its logging object, callbacks, the openai SDK's request transformation) that the direct path skips.
@@ -24,6 +24,9 @@ import aiohttp
 import litellm
 import orjson
 from litellm.utils import get_optional_params
+
+from agentplane_runtime import http1
+from agentplane_runtime.http1 import HttpError
 
 DIRECT_PROVIDERS = frozenset({"openai", "azure"})
 """The providers whose calls skip litellm's call path (they speak the OpenAI wire format)."""
@@ -140,16 +143,59 @@ def proxy_for(url: str) -> str | None:
     return _proxy_for_origin(parts.scheme, parts.hostname or "")
 
 
+class _Proxied:
+    """An aiohttp response (a call through a proxy) read the way an `http1.Response` is."""
+
+    __slots__ = ("_response", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.status = response.status
+        self._response = response
+
+    async def read(self, limit: int | None = None) -> bytes:
+        try:
+            response = self._response
+            data = await (response.read() if limit is None else response.content.read(limit))
+        except aiohttp.ClientError as exc:
+            self.close()
+            raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        if limit is None:
+            self.release()
+        else:
+            self.close()
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self._response.content.iter_any():
+                yield piece
+        except aiohttp.ClientError as exc:
+            raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+Response = http1.Response | _Proxied
+
+
 class DirectClient:
-    """OpenAI-format calls on one pooled HTTP client (the direct path): aiohttp, whose C parser costs
-    a fraction of httpx's per call."""
+    """OpenAI-format calls on pooled keep-alive connections (the direct path): `http1.Http1Pool`, or
+    aiohttp for a call that goes through a proxy (see `proxy_for`)."""
 
     def __init__(self, *, max_connections: int = 200) -> None:
         self.max_connections = max_connections
+        self._pool = http1.Http1Pool(max_connections=max_connections)
         self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:  # made in the running loop, on the first call
+    def _proxied(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made in the running loop, on the first call through a proxy
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
                 trust_env=False,  # the proxy is `proxy_for`'s: aiohttp would read the environment per call
@@ -159,6 +205,7 @@ class DirectClient:
         return self._session
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -193,29 +240,43 @@ class DirectClient:
             body["stream_options"] = {"include_usage": True}
         return url, query, headers, orjson.dumps(body)
 
-    async def open(self, call: Call) -> Answer:
-        """Send `call`; returns once the response's status and headers are in (a failed status raises
-        `ProviderError`); a stream's body is read as the answer is."""
+    async def _send(self, call: Call) -> Response:
         url, query, headers, body = self.request(call)
+        proxy = proxy_for(url)
+        if proxy is None:
+            return await self._pool.post(
+                http1.target_of(url, tuple(query.items())),
+                headers,
+                body,
+                connect_timeout=call.timeout,
+                read_timeout=call.timeout,
+            )
         # `connect` bounds getting a connection, `sock_read` every wait for bytes (a stream's chunks)
         timeout = aiohttp.ClientTimeout(total=None, connect=call.timeout, sock_read=call.timeout)
         try:
-            response = await self._http().post(
-                url, params=query, headers=headers, data=body, timeout=timeout, proxy=proxy_for(url)
+            response = await self._proxied().post(
+                url, params=query, headers=headers, data=body, timeout=timeout, proxy=proxy
             )
+        except aiohttp.ClientError as exc:
+            raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+        return _Proxied(response)
+
+    async def open(self, call: Call) -> Answer:
+        """Send `call`; returns once the response's status and headers are in (a failed status raises
+        `ProviderError`); a stream's body is read as the answer is."""
+        try:
+            response = await self._send(call)
         except TimeoutError as exc:
             raise ProviderError(f"{call.model}: no answer in time", kind="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise ProviderError(
-                f"{call.model}: {type(exc).__name__}: {exc}", kind="connection_error"
-            ) from exc
+        except HttpError as exc:
+            raise ProviderError(f"{call.model}: {exc}", kind="connection_error") from exc
+        except ValueError as exc:  # a credential that cannot be a header (a line break in a key)
+            raise ProviderError(f"{call.model}: {exc}", kind="bad_request", status_code=400) from exc
         if response.status >= 400:
             try:
-                detail = (await response.content.read(500)).decode(errors="replace")
-            except (aiohttp.ClientError, TimeoutError):
+                detail = (await response.read(500)).decode(errors="replace")
+            except (HttpError, TimeoutError):
                 detail = ""
-            finally:
-                response.close()
             status = response.status
             raise ProviderError(
                 f"{call.model}: HTTP {status}: {detail}",
@@ -228,14 +289,12 @@ class DirectClient:
             data = orjson.loads(await response.read())
         except TimeoutError as exc:
             raise ProviderError(f"{call.model}: no answer in time", kind="timeout") from exc
-        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+        except (HttpError, orjson.JSONDecodeError) as exc:
             raise ProviderError(
-                f"{call.model}: unreadable answer ({type(exc).__name__})",
+                f"{call.model}: unreadable answer ({exc})",
                 kind="bad_response",
                 status_code=502,
             ) from exc
-        finally:
-            response.release()
         return _one(_delta(data, whole=True))
 
 
@@ -243,12 +302,12 @@ async def _one(delta: Delta) -> Answer:
     yield delta
 
 
-async def _events(response: aiohttp.ClientResponse, model: str) -> Answer:
+async def _events(response: Response, model: str) -> Answer:
     """A server-sent event stream's chunks (`data: {...}`, up to `data: [DONE]`)."""
     done = ended = False
     pending = bytearray()
     try:
-        async for piece in response.content.iter_any():
+        async for piece in response.chunks():
             pending += piece
             while not ended and (end := pending.find(b"\n")) >= 0:
                 line = bytes(pending[:end]).strip()
@@ -270,10 +329,8 @@ async def _events(response: aiohttp.ClientResponse, model: str) -> Answer:
         done = True
     except TimeoutError as exc:
         raise ProviderError(f"{model}: the stream stalled", kind="timeout") from exc
-    except aiohttp.ClientError as exc:
-        raise ProviderError(
-            f"{model}: the stream broke ({type(exc).__name__})", kind="connection_error"
-        ) from exc
+    except HttpError as exc:
+        raise ProviderError(f"{model}: the stream broke ({exc})", kind="connection_error") from exc
     finally:
         if done:
             response.release()  # read to its end: the connection goes back to the pool

@@ -207,3 +207,31 @@ async def test_a_provider_cookie_goes_to_no_later_call() -> None:
     finally:
         await direct.aclose()
         await runner.cleanup()
+
+
+async def test_a_call_through_a_proxy_goes_to_the_proxy(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy is the fake provider itself, and the provider's own name resolves nowhere: an answer
+    can only come through the proxy (plain, streamed, and a refusal read back)."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake_llm.base_url.removesuffix("/v1"))
+    _proxy_for_origin.cache_clear()
+    direct = DirectClient()
+    unreachable = "http://llm.agentplane.invalid/v1"
+    try:
+        fake_llm.script("gpt-4o-mini", [reply("through the proxy"), reply("streamed through it"), error(429)])
+        for stream in (False, True):
+            answer = await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=stream, base=unreachable))
+            assert summary(await read(answer))[0] == (
+                "streamed through it" if stream else "through the proxy"
+            )
+        with pytest.raises(ProviderError) as refused:
+            await direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False, base=unreachable))
+        assert refused.value.kind == "rate_limited"
+        assert "HTTP 429" in str(refused.value)
+        assert len(fake_llm.chat_requests("gpt-4o-mini")) == 3
+    finally:
+        await direct.aclose()
+        _proxy_for_origin.cache_clear()

@@ -138,6 +138,14 @@ async def test_an_abandoned_stream_gives_its_connection_back(fake_llm: FakeLLM) 
         first = await anext(answer)
         assert first.id
         await answer.aclose()
+        # closed before its first chunk was read (a caller gone at once), or dropped unread
+        for drop in (True, False):
+            fake_llm.script("gpt-4o-mini", [reply(" ".join(["slow"] * 40))])
+            unread = await asyncio.wait_for(direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=True)), 5)
+            if drop:
+                del unread
+            else:
+                await unread.aclose()
         fake_llm.script("gpt-4o-mini", [reply("next")])  # plain: the chunk delay does not apply
         again = await asyncio.wait_for(
             direct.open(call(fake_llm, "openai/gpt-4o-mini", stream=False, timeout=2)), 5

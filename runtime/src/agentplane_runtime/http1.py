@@ -22,6 +22,7 @@ connection that broke before answering fails the call, and the caller's retry po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ssl
 import urllib.parse
@@ -305,6 +306,13 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    def __del__(self) -> None:
+        # dropped without `release` or `close` (a stream whose answer was never started): its
+        # connection must not stay open, holding a place of the pool
+        if self._connection is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the socket is closed with it
+                self.close()
 
 
 class Http1Pool:

@@ -18,6 +18,7 @@ import uvloop
 
 from agentplane_runtime.http1 import Http1Pool, HttpError, Response, target_of
 from support.cluster import Pki
+from support.waiting import wait_for_async
 
 JSON = {"content-type": "application/json", "authorization": "Bearer sk-test"}
 
@@ -79,6 +80,13 @@ async def serving(handler: Handler, *, tls: ssl.SSLContext | None = None) -> Asy
         listening.close()
         for writer in server.writers:
             writer.close()
+
+
+async def until(what: str, condition: Callable[[], bool]) -> None:
+    async def probe() -> bool:
+        return condition()
+
+    await wait_for_async(what, probe, timeout=5, interval=0.01)
 
 
 def answer(body: bytes, *extra: str) -> bytes:
@@ -241,7 +249,7 @@ def test_a_connection_is_not_reused_when_it_should_not_be() -> None:
             # the server closes an idle connection: it leaves the pool, the next call does not fail
             await (await post(pool, server)).read()
             server.writers[-1].close()
-            await asyncio.sleep(0.1)
+            await until("the closed connection to leave the pool", lambda: pool._open == 0)
             assert len(await (await post(pool, server)).read()) == 2000
             assert server.connections == 4
         await pool.aclose()
@@ -310,11 +318,11 @@ def test_the_pool_holds_at_most_max_connections() -> None:
         pool = Http1Pool(max_connections=2)
         async with serving(held) as server, serving(ok) as other:
             first = [asyncio.create_task(post(pool, server)) for _ in range(2)]
-            await asyncio.sleep(0.1)
+            await until("two requests held", lambda: len(server.requests) == 2)
             with pytest.raises(TimeoutError):  # no place for a third connection in time
                 await post(pool, server, timeout=0.3)
             third = asyncio.create_task(post(pool, other))  # another origin waits for a place too
-            await asyncio.sleep(0.1)
+            await until("the third request to wait", lambda: len(pool._waiting) == 1)
             assert not third.done()
             assert other.connections == 0
             release.set()
@@ -322,6 +330,35 @@ def test_the_pool_holds_at_most_max_connections() -> None:
             # a released connection of the first origin is closed to make room for the other's
             assert await (await third).read() == b'{"echo": 2}'
             assert pool._open == 2
+        await pool.aclose()
+
+    asyncio.run(test())
+
+
+def test_a_waiter_woken_as_it_gives_up_passes_the_wake_on() -> None:
+    """A place freed for the first waiter, cancelled (or timed out) before it ran, goes to the next
+    one; otherwise the next waits for its own timeout beside an idle connection."""
+    release = asyncio.Event()
+
+    async def held(request: Request, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(answer(b"done"))
+
+    async def test() -> None:
+        pool = Http1Pool(max_connections=1)
+        async with serving(held) as server:
+            first = asyncio.create_task(post(pool, server))
+            await until("the first request held", lambda: len(server.requests) == 1)
+            gives_up = asyncio.create_task(post(pool, server))
+            waits = asyncio.create_task(post(pool, server, timeout=5))
+            await until("two requests waiting for a place", lambda: len(pool._waiting) == 2)
+            release.set()
+            assert await (await first).read() == b"done"  # its connection back: `gives_up` woken
+            gives_up.cancel()  # before it ran
+            assert await (await waits).read() == b"done"
+            assert server.connections == 1
+            with pytest.raises(asyncio.CancelledError):
+                await gives_up
         await pool.aclose()
 
     asyncio.run(test())

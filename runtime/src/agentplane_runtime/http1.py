@@ -383,6 +383,10 @@ class Http1Pool:
                     self._waiting.append(waiter)
                     try:
                         await waiter
+                    except BaseException:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_one()  # woken, then timed out or cancelled: pass the wake on
+                        raise
                     finally:
                         if waiter in self._waiting:
                             self._waiting.remove(waiter)

@@ -18,7 +18,6 @@ from pathlib import Path
 from statistics import median
 
 import aiohttp
-import httpx
 import uvloop
 
 from agentplane_runtime.http1 import Http1Pool, target_of
@@ -27,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.ports import free_port  # noqa: E402
+from support.waiting import wait_for_http  # noqa: E402
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 HEADERS = {"content-type": "application/json", "accept": "application/json", "authorization": "Bearer sk"}
@@ -85,15 +85,7 @@ def main() -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", timeout=60)
         micros = uvloop.run(measure(url, args.calls, args.rounds))
     finally:
         upstream.terminate()

@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.ports import free_port  # noqa: E402
 from support.services import start_postgres, start_redis  # noqa: E402
+from support.waiting import wait_for_http  # noqa: E402
 
 TARGETS = ("upstream", "forwarder", "agentplane", "agentplane-401", "litellm-proxy")
 
@@ -71,18 +72,6 @@ BODY = {
     "messages": [{"role": "user", "content": "Say something short about latency."}],
     "max_tokens": 16,
 }
-
-
-def wait_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up")
 
 
 @dataclass
@@ -409,7 +398,7 @@ def main() -> None:
                 env={**env, "PYTHONPATH": str(REPO / "tests")},
             )
         )
-        wait_http(f"{fake_url}/v1/models")
+        wait_for_http(f"{fake_url}/v1/models")
 
         from agentplane_platform.config import AgentConfig
 
@@ -536,11 +525,11 @@ def main() -> None:
                 },
             )
             processes.append(baseline)
-            wait_http(f"http://127.0.0.1:{baseline_port}/healthz/startup")
-        wait_http(f"http://127.0.0.1:{runtime_port}/healthz/startup")
+            wait_for_http(f"http://127.0.0.1:{baseline_port}/healthz/startup")
+        wait_for_http(f"http://127.0.0.1:{runtime_port}/healthz/startup")
         if "litellm-proxy" in chosen:
-            wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
-        wait_http(f"http://127.0.0.1:{forwarder_port}/docs")
+            wait_for_http(f"http://127.0.0.1:{proxy_port}/health/liveliness")
+        wait_for_http(f"http://127.0.0.1:{forwarder_port}/docs")
 
         async def key() -> str:
             from agentplane_platform.db import create_engine

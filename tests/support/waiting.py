@@ -53,6 +53,19 @@ def wait_for(
         time.sleep(min(interval, left))
 
 
+def wait_for_http(url: str, timeout: float = 120.0) -> None:
+    """Wait for `url` to answer a GET with anything but a server error (a process starting up)."""
+    import httpx
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_for(url, answers, timeout, interval=0.25)
+
+
 async def wait_for_async(
     what: str,
     probe: Callable[[], Awaitable[T | None]],

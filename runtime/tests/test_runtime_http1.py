@@ -94,6 +94,16 @@ def answer(body: bytes, *extra: str) -> bytes:
     return f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{headers}\r\n".encode() + body
 
 
+def held_until(release: asyncio.Event) -> Handler:
+    """A handler holding each request until `release` is set, then answering `done`."""
+
+    async def held(request: Request, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(answer(b"done"))
+
+    return held
+
+
 async def ok(request: Request, writer: asyncio.StreamWriter) -> None:
     writer.write(answer(b'{"echo": %d}' % len(request.body)))
 
@@ -309,10 +319,7 @@ def test_timeouts_bound_each_wait_not_the_whole() -> None:
 
 def test_the_pool_holds_at_most_max_connections() -> None:
     release = asyncio.Event()
-
-    async def held(request: Request, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(answer(b"done"))
+    held = held_until(release)
 
     async def test() -> None:
         pool = Http1Pool(max_connections=2)
@@ -339,10 +346,7 @@ def test_a_waiter_woken_as_it_gives_up_passes_the_wake_on() -> None:
     """A place freed for the first waiter, cancelled (or timed out) before it ran, goes to the next
     one; otherwise the next waits for its own timeout beside an idle connection."""
     release = asyncio.Event()
-
-    async def held(request: Request, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(answer(b"done"))
+    held = held_until(release)
 
     async def test() -> None:
         pool = Http1Pool(max_connections=1)

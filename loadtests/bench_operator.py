@@ -20,8 +20,8 @@ of a production cluster (`--rates large`: `support.cluster.LARGE_CLUSTER_RATES`,
   `--spec-apply client-side` for kubectl's default) until every Agent is Ready (its pods,
   simulated by kwok, available with the current config hash); then
   - write requests per Agent: the operator's own (its `agentplane_operator_api_writes_total`, for
-    the kinds an Agent owns, plus its Agent status patches) and kopf's bookkeeping patches of Agents
-    (from the API server's `apiserver_request_total`);
+    the kinds an Agent owns, plus its Agent status patches), kopf's bookkeeping patches of Agents
+    (from the API server's `apiserver_request_total`), and the Events posted about Agents (listed);
   - the requests of an idle resync: every write, and the operator's reads, counted again after
     waiting past the resync interval;
   - one Prompt change per tenant (a new default of its variable changes every dependent's config):
@@ -469,6 +469,27 @@ def _api_requests(cluster: Cluster) -> dict[tuple[str, str, str], float]:
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
 
 
+def _agent_events(cluster: Cluster) -> int:
+    """The Events about Agents (only the operator posts them: kopf's poster sends them one by one,
+    behind the reconciles), once their count has stopped growing for 3 s."""
+
+    def count() -> int:
+        listed = cluster.kubectl(
+            "get", "events", "-A", "--field-selector", "involvedObject.kind=Agent", "-o", "name"
+        )
+        return len(listed.stdout.split())
+
+    last = count()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        now = count()
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def _writes_on(requests: dict[tuple[str, str, str], float], resource: str, subresource: str = "") -> float:
     return sum(
         v
@@ -754,6 +775,8 @@ class OperatorFigures:
     writes: dict[str, float]
     own: float
     kopf: float
+    events: float
+    """Events posted about Agents until they converged (each a POST of its own)."""
     idle_writes: dict[str, float]
     idle_wait: float
     propagated: float
@@ -901,6 +924,7 @@ def run_operator(
                 for (r, sub, verb), v in _api_requests(cluster).items()
                 if (r, sub, verb) == ("agents", "", "PATCH")
             )
+            events = _agent_events(cluster)
             peak_mib = _peak_rss_mib(operator.process.pid)
             held = _heap_snapshot(operator, heap, layout.total) if heap else []
 
@@ -965,7 +989,7 @@ def run_operator(
             if keep_log is not None:
                 keep_log.write_bytes(operator.log.read_bytes())
     return OperatorFigures(
-        applied, converged, writes, own, kopf, idle, idle_wait, propagated, len(hashes), start_mib,
+        applied, converged, writes, own, kopf, events, idle, idle_wait, propagated, len(hashes), start_mib,
         peak_mib, idle_mib, cpu_converged, cpu_propagated, held, collections, milestones, machine_cpu,
     )  # fmt: skip
 
@@ -1099,7 +1123,10 @@ def main() -> int:
             f"  operator writes per Agent      {f.own / n:6.2f}  ({kinds}; minus {layout.tenants} Prompt maps)"
         )
         print(f"  kopf bookkeeping per Agent     {f.kopf / n:6.2f}  (PATCH of the Agent object)")
-        print(f"  total writes per Agent         {(f.own + f.kopf) / n:6.2f}")
+        print(
+            f"  Events about Agents per Agent  {f.events / n:6.2f}  (POST of an Event: Ready, or a failure)"
+        )
+        print(f"  total writes per Agent         {(f.own + f.kopf + f.events) / n:6.2f}")
         idle = ", ".join(f"{k} {int(v)}" for k, v in f.idle_writes.items())
         print(f"  requests in {f.idle_wait:.0f} s idle (resync {args.resync:.0f} s): {idle}")
         traced = " (tracemalloc's own records included)" if f.heap else ""

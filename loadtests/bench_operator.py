@@ -479,15 +479,16 @@ def _agent_events(cluster: Cluster) -> int:
         )
         return len(listed.stdout.split())
 
-    last = count()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(3)
+    last: list[int] = []  # the count 3 s before (none at the first look)
+
+    def settled() -> tuple[int] | None:
         now = count()
-        if now == last:
-            break
-        last = now
-    return last
+        if last == [now]:
+            return (now,)
+        last[:] = [now]
+        return None
+
+    return wait_for("the Events about Agents to stop growing", settled, timeout=120, interval=3)[0]
 
 
 def _writes_on(requests: dict[tuple[str, str, str], float], resource: str, subresource: str = "") -> float:
@@ -776,7 +777,7 @@ class OperatorFigures:
     own: float
     kopf: float
     events: float
-    """Events posted about Agents until they converged (each a POST of its own)."""
+    """Events posted about Agents as they converged (each a POST of its own)."""
     idle_writes: dict[str, float]
     idle_wait: float
     propagated: float

@@ -415,7 +415,10 @@ def test_a_response_read_slower_than_it_comes_pauses_the_socket() -> None:
         pool = Http1Pool()
         async with serving(big) as server:
             response = await post(pool, server)
-            await asyncio.sleep(0.5)  # not reading: the client stops reading its socket
+            connection = response._connection
+            assert connection is not None
+            # not reading: the client stops reading its socket
+            await until("the client to pause reading", lambda: connection.paused)
             writer = server.writers[0]
             assert writer.transport.get_write_buffer_size() > size // 2  # the rest waits at the server
             assert len(await response.read()) == size
@@ -439,7 +442,7 @@ def test_bytes_no_request_asked_for_end_the_connection() -> None:
         for handler in (chatty, at_once):
             async with serving(handler) as server:
                 assert await (await post(pool, server)).read() == b"one"
-                await asyncio.sleep(0.2)
+                await until("the connection that carried unasked bytes to close", lambda: pool._open == 0)
                 assert await (await post(pool, server)).read() == b"one"
                 assert server.connections == 2
         await pool.aclose()

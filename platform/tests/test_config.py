@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -48,6 +49,18 @@ def test_hash_is_stable_and_follows_the_pinned_version(specs: SpecSet) -> None:
     agent: Agent = specs.agents[("tenant-acme", "support-bot")].resource
     bumped = agent.spec.prompt.model_copy(update={"version": 1})
     assert example_config(specs, "tenant-acme", "support-bot", prompt=bumped).hash() != v2.hash()
+
+
+def test_a_copy_with_changes_hashes_its_own_content(specs: SpecSet) -> None:
+    # the canonical form is kept once made: a changed copy must not inherit it (its pods would
+    # never roll)
+    config = example_config(specs, "tenant-acme", "support-bot")
+    before = config.hash()
+    changed = config.model_copy(update={"description": "another description"})
+    assert changed.hash() != before
+    assert json.loads(changed.canonical_json())["description"] == "another description"
+    assert config.hash() == before
+    assert config.model_copy().hash() == before
 
 
 @pytest.mark.parametrize(

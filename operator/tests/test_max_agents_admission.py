@@ -30,8 +30,7 @@ def _views(tenant: Tenant, agents: Mapping[str, str]) -> Views:
         prompts={},
         tools={},
         agents=manifests,
-        dependents={},
-        agents_by_namespace={NAMESPACE: list(manifests)},
+        dependents={("tenant", "", tenant.name): list(manifests)},
     )
 
 

@@ -222,9 +222,7 @@ async def test_queued_deployment_events_reconcile_with_the_newest_deployment(
     monkeypatch.setattr(reconcile, "reconcile_agent", record)
     op = _operator()
     agent = {"metadata": {"name": "helper", "namespace": "tenant-acme"}}
-    views = Views(
-        tenants={}, prompts={}, tools={}, agents={key: [agent]}, dependents={}, agents_by_namespace={}
-    )
+    views = Views(tenants={}, prompts={}, tools={}, agents={key: [agent]}, dependents={})
     async with op.locks[("Agent", *key)]:  # a reconcile of the Agent is under way
         queued = []
         for version in ("7", "8"):  # two events of its Deployment meanwhile: 8 is the newer
@@ -387,7 +385,7 @@ async def test_a_dependency_that_leaves_the_config_as_applied_costs_no_request(
 
     op = _operator(NoRequests())
     body = {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 2}}
-    views = Views(tenants={}, prompts={}, tools={}, agents={}, dependents={}, agents_by_namespace={})
+    views = Views(tenants={}, prompts={}, tools={}, agents={}, dependents={})
     resolved = {"type": "ConfigResolved", "status": "True"}
     op.agent_statuses[("tenant-acme", "helper")] = (
         "u", {"observedGeneration": 2, "configHash": "abc", "conditions": [resolved]},
@@ -470,9 +468,7 @@ async def test_a_config_change_reaches_a_dependent_without_reading_what_the_oper
         "metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": 1},
     }  # fmt: skip
     watched: dict[str, dict[Key, list[Manifest]]] = {"ConfigMap": {}, "Service": {}}
-    views = Views(
-        tenants={}, prompts={}, tools={}, agents={}, dependents={}, agents_by_namespace={}, children=watched
-    )
+    views = Views(tenants={}, prompts={}, tools={}, agents={}, dependents={}, children=watched)
 
     def watches_show_what_was_applied() -> None:
         for child in children():
@@ -545,7 +541,7 @@ async def test_an_agent_is_reconciled_once_a_generation_and_a_failed_reconcile_r
         return {"metadata": {"name": "helper", "namespace": "tenant-acme", "uid": "u", "generation": n}}
 
     index: dict[Key, list[Manifest]] = {key: [generation(1)]}
-    views = Views(tenants={}, prompts={}, tools={}, agents=index, dependents={}, agents_by_namespace={})
+    views = Views(tenants={}, prompts={}, tools={}, agents=index, dependents={})
     await handlers._reconcile_agent_generation(op, views, key, generation(1), new=True)
     assert calls == [(1, True)]  # failed: tried again shortly, from the index
     async with asyncio.timeout(5):
@@ -576,7 +572,6 @@ def test_a_namespace_s_prompts_and_tools_are_read_from_its_own_index_entry() -> 
         tools={},
         agents={},
         dependents={},
-        agents_by_namespace={},
     )
     acme = views.prompts_in("tenant-acme")
     assert sorted(acme) == ["sales", "support"]

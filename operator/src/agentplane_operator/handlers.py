@@ -132,7 +132,7 @@ async def _resync_tenant(op: Operator, views: Views, name: str, body: kopf.Body)
     async with op.reconciling("Tenant", name, "", "resync"):
         await reconcile.reconcile_tenant(op, body, views)
     namespace = Tenant.model_validate(spec_body(body)).namespace
-    keys = sorted(set(views.agents_by_namespace.get(namespace, ())))
+    keys = views.agent_keys_in(namespace)
     await asyncio.gather(*(_reconcile_agent_key(op, views, key, "resync") for key in keys))
 
 
@@ -199,7 +199,6 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         tool_index: kopf.Index[str, tuple[str, Tool]],
         agent_index: kopf.Index[Key, Manifest],
         dependent_index: kopf.Index[tuple[str, str, str], Key],
-        namespace_agent_index: kopf.Index[str, Key],
         service_index: kopf.Index[Key, Manifest],
         config_map_index: kopf.Index[Key, Manifest],
         **_: Any,
@@ -261,7 +260,6 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
             tools=tool_index,
             agents=agent_index,
             dependents=dependent_index,
-            agents_by_namespace=namespace_agent_index,
             children={"Service": service_index, "ConfigMap": config_map_index},
         )
         memo[_MEMO_KEY] = state = Started(op, views)  # before serving: cleanup closes what there is
@@ -310,10 +308,6 @@ def build_registry(ours: OperatorSettings) -> kopf.OperatorRegistry:
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[Key, dict[str, Any]]:
         return {(namespace or "", name): {**spec_body(body), "status": dict(body.get("status") or {})}}
-
-    @kopf.index(*agents, registry=registry, id="namespace_agent_index", when=mine)
-    async def namespace_agent_index(namespace: str | None, name: str, **_: Any) -> dict[str, Key]:
-        return {namespace or "": (namespace or "", name)}
 
     @kopf.index(*agents, registry=registry, id="dependent_index", when=mine)
     async def dependent_index(

@@ -21,7 +21,7 @@ from agentplane_operator.metrics import Metrics, ReadyClock
 from agentplane_operator.pods import PodProblem
 from agentplane_operator.settings import OperatorSettings
 from agentplane_platform import max_agents
-from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool
+from agentplane_platform.api.v1alpha1 import Prompt, Tenant, Tool, tenant_of
 from agentplane_platform.knowledge import VectorStore
 
 Cause = Literal["event", "resync", "dependency", "child"]
@@ -232,7 +232,8 @@ class Views:
     """by namespace, as `prompts`"""
     agents: Mapping[Key, Iterable[Manifest]]
     dependents: Mapping[tuple[str, str, str], Iterable[Key]]
-    agents_by_namespace: Mapping[str, Iterable[Key]]
+    """(kind, namespace, name) of a Tenant, Prompt or Tool -> the Agents whose config uses it (every
+    Agent uses its namespace's Tenant: `("tenant", "", tenant_of(namespace) or "")`)"""
     children: Mapping[str, Mapping[Key, Iterable[Manifest]]] = field(default_factory=dict)
     """kind -> (namespace, agent) -> an Agent's Service or ConfigMap as its watch shows it now"""
 
@@ -253,14 +254,16 @@ class Views:
     def tools_in(self, namespace: str) -> dict[str, Tool]:
         return dict(self.tools.get(namespace, ()))
 
+    def agent_keys_in(self, namespace: str) -> list[Key]:
+        """The keys of the namespace's Agents, sorted (from the dependents of its Tenant: an index of
+        its own cost a handler call on each Agent event)."""
+        found = self.dependents.get(("tenant", "", tenant_of(namespace) or ""), ())
+        return sorted({key for key in found if key[0] == namespace})
+
     def agents_in(self, namespace: str) -> list[Manifest]:
         """The namespace's Agents in the order the tenant's `maxAgents` admits them (oldest first,
         then by name: `agentplane_platform.max_agents`)."""
-        found = [
-            a
-            for key in set(self.agents_by_namespace.get(namespace, ()))
-            if (a := self.agent(key)) is not None
-        ]
+        found = [a for key in self.agent_keys_in(namespace) if (a := self.agent(key)) is not None]
         return sorted(found, key=lambda a: max_agents.order_key(_candidate(a)))
 
     def admission(self, tenant: Tenant) -> max_agents.Admission:

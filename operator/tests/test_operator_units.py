@@ -18,7 +18,7 @@ from agentplane_operator import cli, manifests
 from agentplane_operator.builders import build_prompt_config_maps
 from agentplane_operator.conditions import Cond, kstatus, merge_conditions, ready_reason, status_patch
 from agentplane_operator.handlers import QuietEventHandlers, build_registry
-from agentplane_operator.kube import holds
+from agentplane_operator.kube import digest, holds
 from agentplane_operator.pods import pod_problem
 from agentplane_operator.reconcile import indexed_tool, parameters_condition, tool_discovery
 from agentplane_operator.settings import OperatorSettings
@@ -54,6 +54,23 @@ def test_holds_compares_quantities_by_value() -> None:
     assert holds({"cpu": "500m"}, {"cpu": "0.5"})
     assert not holds({"cpu": "2"}, {"cpu": "1000m"})
     assert not holds({"name": "api"}, {"name": "apI"})
+
+
+def test_a_manifests_fingerprint_ignores_key_order_and_follows_every_value() -> None:
+    # what a dependency's reconcile compares to skip a child that stays as it was applied
+    manifest = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "a", "labels": {"x": "1", "y": None}},
+        "data": {"k": "v"},
+    }
+    reordered = {
+        "data": {"k": "v"},
+        "metadata": {"labels": {"y": None, "x": "1"}, "name": "a"},
+        "kind": "ConfigMap",
+    }
+    assert digest(manifest) == digest(reordered)
+    assert digest(manifest) != digest({**manifest, "data": {"k": "w"}})
+    assert digest(manifest) != digest({**manifest, "metadata": {"name": "a", "labels": {"x": "1"}}})
 
 
 def test_a_digest_that_reads_as_a_huge_number_is_compared_as_text() -> None:

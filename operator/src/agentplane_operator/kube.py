@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import heapq
 import itertools
-import json
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -131,8 +130,9 @@ def holds(live: object, want: object) -> bool:
 
 
 def digest(manifest: Manifest) -> str:
-    """A manifest's fingerprint: equal for equal manifests, whatever the order of their keys."""
-    encoded = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    """A manifest's fingerprint: equal for equal manifests, whatever the order of their keys (kept in
+    memory only, so orjson's encoding, not a stable one)."""
+    encoded = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 

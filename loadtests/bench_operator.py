@@ -479,14 +479,12 @@ def _agent_events(cluster: Cluster) -> int:
         )
         return len(listed.stdout.split())
 
-    last: list[int] = []  # the count 3 s before (none at the first look)
+    last: int | None = None  # the count 3 s before (none at the first look)
 
     def settled() -> tuple[int] | None:
-        now = count()
-        if last == [now]:
-            return (now,)
-        last[:] = [now]
-        return None
+        nonlocal last
+        before, last = last, count()
+        return (last,) if last == before else None
 
     return wait_for("the Events about Agents to stop growing", settled, timeout=120, interval=3)[0]
 
